@@ -1,0 +1,16 @@
+//! `simulate` (not built yet).
+
+use std::process::ExitCode;
+
+/// Flags of this command.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {}
+
+/// Run the command.
+///
+/// # Errors
+///
+/// Always, until the command lands.
+pub fn run(_args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("this command is not built yet")
+}

@@ -1,0 +1,1 @@
+//! The model catalog: shapes of common open models as data.

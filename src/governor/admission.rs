@@ -1,0 +1,363 @@
+//! "Does this task fit": one pool's ledger of charged worst cases against its ceilings.
+//!
+//! Pure arithmetic, no I/O. Sums are done in `u128` so no input can overflow them; a
+//! ceiling is never exceeded by an admitted charge (checked by property tests in
+//! `governor::tests`).
+
+use super::types::{
+    Bytes, EngineSample, GpuSample, HoldReason, KvPlacement, Millis, PoolBudget, PoolObservation,
+    PoolPolicy, WorstCase,
+};
+
+/// What one task costs in one pool's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Charge {
+    /// GPU bytes.
+    pub bytes: u128,
+    /// KV tokens (only where the engine has a KV pool).
+    pub kv_tokens: u128,
+    /// Engine slots (only where the engine has fixed slots).
+    pub slots: u128,
+}
+
+impl Charge {
+    /// Component-wise sum.
+    pub fn plus(&self, other: &Charge) -> Charge {
+        Charge {
+            bytes: self.bytes + other.bytes,
+            kv_tokens: self.kv_tokens + other.kv_tokens,
+            slots: self.slots + other.slots,
+        }
+    }
+
+    /// `n` times this charge.
+    pub fn times(&self, n: u32) -> Charge {
+        let n = u128::from(n);
+        Charge {
+            bytes: self.bytes * n,
+            kv_tokens: self.kv_tokens * n,
+            slots: self.slots * n,
+        }
+    }
+}
+
+fn clamp_u64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// One pool's ceilings and what is charged against them.
+#[derive(Debug, Clone)]
+pub struct PoolLedger {
+    placement: KvPlacement,
+    stale: Option<String>,
+    gpu: Option<GpuSample>,
+    baseline: Option<Bytes>,
+    ceiling_bytes: Option<u128>,
+    ceiling_kv_tokens: Option<u128>,
+    observed_kv_tokens: u128,
+    slots: Option<u128>,
+    slot_context_tokens: Option<u64>,
+    charged: Charge,
+    /// `charged` when the decision started (before its releases), for the budget report.
+    charged_before: Option<Charge>,
+}
+
+impl PoolLedger {
+    /// Build the ledger of `pool` from its observation at `now`. A missing or stale sample
+    /// makes the ledger stale: it then admits nothing and says why.
+    pub fn new(pool: &PoolPolicy, obs: Option<&PoolObservation>, now: Millis) -> PoolLedger {
+        let gpu = obs.and_then(|o| o.gpu);
+        let engine: Option<EngineSample> = obs.and_then(|o| o.engine);
+        let mut stale = None;
+        match gpu {
+            None => stale = Some("no GPU memory sample (telemetry unavailable)".to_owned()),
+            Some(s) if now.since(s.at) > pool.max_staleness => {
+                stale = Some(format!(
+                    "GPU sample {} old (max_staleness {})",
+                    now.since(s.at),
+                    pool.max_staleness
+                ));
+            }
+            Some(_) => {}
+        }
+        let engine_fresh = engine.filter(|e| now.since(e.at) <= pool.max_staleness);
+
+        let ceiling_bytes = gpu.map(|s| {
+            let total = u128::from(s.total.get());
+            let base = match pool.kv_placement {
+                // The KV pool is inside the engine's preallocation: headroom applies there.
+                KvPlacement::EnginePool => total,
+                KvPlacement::GpuBytes => scale(total, pool.headroom),
+            };
+            base.saturating_sub(u128::from(pool.reserve.get()))
+        });
+
+        let mut ceiling_kv_tokens = None;
+        let mut observed_kv_tokens = 0;
+        if pool.kv_placement == KvPlacement::EnginePool {
+            let capacity = pool
+                .kv_capacity_tokens
+                .or_else(|| engine_fresh.and_then(|e| e.kv_capacity_tokens));
+            match capacity {
+                Some(c) => ceiling_kv_tokens = Some(scale(u128::from(c), pool.headroom)),
+                None if stale.is_none() => {
+                    stale = Some(match engine {
+                        Some(e) if now.since(e.at) > pool.max_staleness => format!(
+                            "engine metrics {} old (max_staleness {})",
+                            now.since(e.at),
+                            pool.max_staleness
+                        ),
+                        _ => "engine KV capacity unknown (engine metrics unavailable; \
+                              or set engine.kv_capacity_tokens)"
+                            .to_owned(),
+                    });
+                }
+                None => {}
+            }
+            observed_kv_tokens = engine_fresh
+                .and_then(|e| e.kv_used_tokens)
+                .map_or(0, u128::from);
+        }
+        let slots = pool
+            .slots
+            .or_else(|| engine_fresh.and_then(|e| e.slots))
+            .map(u128::from);
+        let slot_context_tokens = pool
+            .slot_context_tokens
+            .or_else(|| engine_fresh.and_then(|e| e.slot_context_tokens));
+
+        PoolLedger {
+            placement: pool.kv_placement,
+            stale,
+            gpu,
+            baseline: obs.and_then(|o| o.baseline),
+            ceiling_bytes,
+            ceiling_kv_tokens,
+            observed_kv_tokens,
+            slots,
+            slot_context_tokens,
+            charged: Charge::default(),
+            charged_before: None,
+        }
+    }
+
+    /// Why this pool admits nothing right now, if so.
+    pub fn stale(&self) -> Option<&str> {
+        self.stale.as_deref()
+    }
+
+    /// The charge of a task with worst case `wc` in this pool.
+    pub fn charge_of(&self, wc: &WorstCase) -> Charge {
+        Charge {
+            bytes: u128::from(wc.gpu_bytes(self.placement).get()),
+            kv_tokens: match self.placement {
+                KvPlacement::EnginePool => u128::from(wc.kv_tokens),
+                KvPlacement::GpuBytes => 0,
+            },
+            slots: if self.slots.is_some() {
+                u128::from(wc.slots)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Charge a task's worst case (it runs, or was released).
+    pub fn charge(&mut self, wc: &WorstCase) {
+        let c = self.charge_of(wc);
+        self.charged = self.charged.plus(&c);
+    }
+
+    /// Remember the charges so far as "before this decision" (for [`PoolLedger::budget`]).
+    pub fn seal_baseline(&mut self) {
+        self.charged_before = Some(self.charged);
+    }
+
+    /// Projected GPU peak with the given charges: `max(used, baseline + charged)`, or
+    /// `used + charged` with no baseline.
+    fn projected_bytes(&self, charged: &Charge) -> Option<u128> {
+        self.gpu.map(|s| {
+            let used = u128::from(s.used.get());
+            match self.baseline {
+                Some(b) => used.max(u128::from(b.get()) + charged.bytes),
+                None => used + charged.bytes,
+            }
+        })
+    }
+
+    fn projected_kv(&self, charged: &Charge) -> u128 {
+        self.observed_kv_tokens.max(charged.kv_tokens)
+    }
+
+    /// Why a task with worst case `wc` can never fit this pool, even alone, if so.
+    pub fn never_fits(&self, wc: &WorstCase) -> Option<String> {
+        let c = self.charge_of(wc);
+        if let Some(ceiling) = self.ceiling_bytes {
+            let floor = self.baseline.map_or(0, |b| u128::from(b.get()));
+            if floor + c.bytes > ceiling {
+                return Some(format!(
+                    "its worst case of {} exceeds the GPU ceiling of {} (baseline {})",
+                    Bytes(clamp_u64(c.bytes)),
+                    Bytes(clamp_u64(ceiling)),
+                    Bytes(clamp_u64(floor))
+                ));
+            }
+        }
+        if let Some(ceiling) = self.ceiling_kv_tokens
+            && c.kv_tokens > ceiling
+        {
+            return Some(format!(
+                "its worst case of {} KV tokens exceeds the KV ceiling of {ceiling} tokens",
+                c.kv_tokens
+            ));
+        }
+        if let Some(slots) = self.slots
+            && c.slots > slots
+        {
+            return Some(format!(
+                "it needs {} slots and the engine has {slots}",
+                c.slots
+            ));
+        }
+        if let Some(ctx) = self.slot_context_tokens
+            && wc.request_tokens > ctx
+        {
+            return Some(format!(
+                "one request of {} context tokens exceeds a slot's context of {ctx} tokens",
+                wc.request_tokens
+            ));
+        }
+        None
+    }
+
+    /// Whether `charge` fits with `kept` held back for others; the reason if not.
+    ///
+    /// # Errors
+    ///
+    /// The memory hold reason of the first pool that does not fit.
+    pub fn fits(&self, charge: &Charge, kept: &Charge) -> Result<(), HoldReason> {
+        let with_kept = self.charged.plus(kept);
+        if let (Some(ceiling), Some(projected)) =
+            (self.ceiling_bytes, self.projected_bytes(&with_kept))
+            && projected + charge.bytes > ceiling
+        {
+            return Err(HoldReason::VramHeadroom {
+                needed: Bytes(clamp_u64(charge.bytes)),
+                free: Bytes(clamp_u64(ceiling.saturating_sub(projected))),
+            });
+        }
+        if let Some(ceiling) = self.ceiling_kv_tokens {
+            let projected = self.projected_kv(&self.charged) + kept.kv_tokens;
+            if projected + charge.kv_tokens > ceiling {
+                return Err(HoldReason::KvHeadroom {
+                    needed: clamp_u64(charge.kv_tokens),
+                    free: clamp_u64(ceiling.saturating_sub(projected)),
+                });
+            }
+        }
+        if let Some(slots) = self.slots
+            && with_kept.slots + charge.slots > slots
+        {
+            return Err(HoldReason::NoSlot {
+                needed: u32::try_from(charge.slots).unwrap_or(u32::MAX),
+                free: u32::try_from(slots.saturating_sub(with_kept.slots)).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(())
+    }
+
+    /// The pool's budget as this ledger sees it now.
+    pub fn budget(&self, name: &str) -> PoolBudget {
+        let before = self.charged_before.unwrap_or(self.charged);
+        PoolBudget {
+            name: name.to_owned(),
+            ceiling_bytes: self.ceiling_bytes.map(|c| Bytes(clamp_u64(c))),
+            projected_bytes: self.projected_bytes(&before).map(|c| Bytes(clamp_u64(c))),
+            projected_after_bytes: self
+                .projected_bytes(&self.charged)
+                .map(|c| Bytes(clamp_u64(c))),
+            ceiling_kv_tokens: self.ceiling_kv_tokens.map(clamp_u64),
+            charged_kv_tokens: clamp_u64(self.projected_kv(&before)),
+            charged_after_kv_tokens: clamp_u64(self.projected_kv(&self.charged)),
+            slots: self.slots.map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
+            slots_used_after: u32::try_from(self.charged.slots).unwrap_or(u32::MAX),
+            stale: self.stale.clone(),
+        }
+    }
+}
+
+/// `value × fraction`, rounded down; `fraction` is validated to (0, 1] by config.
+fn scale(value: u128, fraction: f64) -> u128 {
+    // Per-mille-of-a-million precision is plenty for a headroom fraction and keeps the
+    // arithmetic integral (so the same input always gives the same ceiling).
+    let ppm = (fraction.clamp(0.0, 1.0) * 1_000_000.0).round() as u128;
+    value * ppm / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(placement: KvPlacement) -> PoolPolicy {
+        PoolPolicy {
+            name: "default".into(),
+            kv_placement: placement,
+            headroom: 0.85,
+            reserve: Bytes::gib(1),
+            kv_capacity_tokens: None,
+            slots: None,
+            slot_context_tokens: None,
+            max_staleness: Millis::secs(5),
+        }
+    }
+
+    #[test]
+    fn gpu_bytes_ceiling_is_headroom_times_total_minus_reserve() {
+        let obs = PoolObservation {
+            gpu: Some(GpuSample {
+                at: Millis(0),
+                total: Bytes::gib(24),
+                used: Bytes::gib(10),
+                free: Bytes::gib(14),
+            }),
+            baseline: None,
+            engine: None,
+        };
+        let l = PoolLedger::new(&pool(KvPlacement::GpuBytes), Some(&obs), Millis(0));
+        // 0.85 × 24 GiB − 1 GiB = 19.4 GiB
+        let expected = (24u128 * (1 << 30)) * 850_000 / 1_000_000 - (1 << 30);
+        assert_eq!(l.ceiling_bytes, Some(expected));
+    }
+
+    #[test]
+    fn stale_sample_makes_the_pool_hold() {
+        let obs = PoolObservation {
+            gpu: Some(GpuSample {
+                at: Millis(0),
+                total: Bytes::gib(24),
+                used: Bytes::gib(10),
+                free: Bytes::gib(14),
+            }),
+            baseline: None,
+            engine: None,
+        };
+        let l = PoolLedger::new(&pool(KvPlacement::GpuBytes), Some(&obs), Millis(5_001));
+        assert_eq!(l.stale(), Some("GPU sample 5001ms old (max_staleness 5s)"));
+    }
+
+    #[test]
+    fn engine_pool_without_capacity_is_stale() {
+        let obs = PoolObservation {
+            gpu: Some(GpuSample {
+                at: Millis(0),
+                total: Bytes::gib(80),
+                used: Bytes::gib(72),
+                free: Bytes::gib(8),
+            }),
+            baseline: None,
+            engine: None,
+        };
+        let l = PoolLedger::new(&pool(KvPlacement::EnginePool), Some(&obs), Millis(0));
+        assert!(l.stale().is_some_and(|s| s.contains("kv_capacity_tokens")));
+    }
+}

@@ -1,0 +1,1 @@
+//! Exact examples and properties of `decide`.

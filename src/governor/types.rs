@@ -1,0 +1,551 @@
+//! Domain types of the decision core: units, identifiers, what is observed, what is decided.
+//!
+//! Everything here is plain data (serde where it crosses a process or a file). No I/O, no
+//! clock: time is a [`Millis`] value that the caller puts into the [`Observation`].
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A number of bytes. Displayed in binary units (`24.0 GiB`), parsed from IEC strings by
+/// `config` (never from a bare number: a unitless size is a config error).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    /// One KiB.
+    pub const KIB: u64 = 1 << 10;
+    /// One MiB.
+    pub const MIB: u64 = 1 << 20;
+    /// One GiB.
+    pub const GIB: u64 = 1 << 30;
+
+    /// `n` GiB.
+    pub const fn gib(n: u64) -> Bytes {
+        Bytes(n * Self::GIB)
+    }
+
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> Bytes {
+        Bytes(n * Self::MIB)
+    }
+
+    /// The number of bytes.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// `self - other`, or zero.
+    pub const fn saturating_sub(self, other: Bytes) -> Bytes {
+        Bytes(self.0.saturating_sub(other.0))
+    }
+
+    /// `self + other`, saturating at `u64::MAX`.
+    pub const fn saturating_add(self, other: Bytes) -> Bytes {
+        Bytes(self.0.saturating_add(other.0))
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0 as f64;
+        let (v, unit) = if self.0 >= Self::GIB {
+            (b / Self::GIB as f64, "GiB")
+        } else if self.0 >= Self::MIB {
+            (b / Self::MIB as f64, "MiB")
+        } else if self.0 >= Self::KIB {
+            (b / Self::KIB as f64, "KiB")
+        } else {
+            return write!(f, "{} B", self.0);
+        };
+        write!(f, "{v:.1} {unit}")
+    }
+}
+
+/// A point in time or a duration in milliseconds. Points are Unix epoch milliseconds.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// `n` seconds.
+    pub const fn secs(n: u64) -> Millis {
+        Millis(n * 1000)
+    }
+
+    /// The number of milliseconds.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// `self - earlier`, or zero when `earlier` is later.
+    pub const fn since(self, earlier: Millis) -> Millis {
+        Millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 >= 1000 && self.0 % 1000 == 0 {
+            write!(f, "{}s", self.0 / 1000)
+        } else {
+            write!(f, "{}ms", self.0)
+        }
+    }
+}
+
+/// A Hermes task id (`t_` + 8 hex on Hermes 0.19.0; any string is accepted).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub String);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for TaskId {
+    fn from(s: &str) -> Self {
+        TaskId(s.to_owned())
+    }
+}
+
+/// The name of a governed profile: the Hermes profile that runs its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProfileId(pub String);
+
+impl fmt::Display for ProfileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ProfileId {
+    fn from(s: &str) -> Self {
+        ProfileId(s.to_owned())
+    }
+}
+
+/// Where an engine keeps its KV cache, which decides which capacity pool a task's KV is
+/// charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvPlacement {
+    /// The engine preallocates its KV pool at start-up (vLLM, SGLang, llama.cpp): NVML
+    /// "used" stays flat, so KV is charged in tokens against the engine's KV capacity and
+    /// only `extra_bytes` is charged against GPU bytes.
+    EnginePool,
+    /// The engine allocates per request (Ollama, an unknown OpenAI-compatible server): KV is
+    /// charged in bytes against GPU memory.
+    GpuBytes,
+}
+
+/// A task's worst case in every capacity pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorstCase {
+    /// KV bytes (`kv_bytes_per_token × max_context_tokens × requests_per_task`).
+    pub kv_bytes: Bytes,
+    /// GPU bytes used outside the engine (`extra_bytes`).
+    pub extra_bytes: Bytes,
+    /// KV tokens (`max_context_tokens × requests_per_task`).
+    pub kv_tokens: u64,
+    /// Engine slots (`requests_per_task`).
+    pub slots: u32,
+    /// Context tokens of the largest single request (`max_context_tokens`), checked against
+    /// a fixed slot's context (llama.cpp `n_ctx / np`).
+    pub request_tokens: u64,
+}
+
+impl WorstCase {
+    /// The bytes this task is charged against GPU memory under `placement`.
+    pub fn gpu_bytes(&self, placement: KvPlacement) -> Bytes {
+        match placement {
+            KvPlacement::EnginePool => self.extra_bytes,
+            KvPlacement::GpuBytes => self.kv_bytes.saturating_add(self.extra_bytes),
+        }
+    }
+
+    /// All the bytes this task can come to (KV + extra), whatever the placement.
+    pub fn total_bytes(&self) -> Bytes {
+        self.kv_bytes.saturating_add(self.extra_bytes)
+    }
+}
+
+/// How a profile's charged footprint is chosen (DESIGN §4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FootprintMode {
+    /// The declared worst case, always.
+    Declared,
+    /// The learned upper estimate once enough samples exist (never below the largest observed
+    /// peak plus a margin), else the declared worst case.
+    Learned,
+    /// The larger of declared and learned: a profile that outgrows its declaration is caught.
+    #[default]
+    Max,
+}
+
+/// One capacity pool's policy: a GPU (or several, tensor-parallel) and the engine on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolPolicy {
+    /// Pool name (`default` for the single `[gpu]`/`[engine]` pair).
+    pub name: String,
+    /// Where the engine keeps KV.
+    pub kv_placement: KvPlacement,
+    /// Fraction of the KV-holding capacity the governor may fill, in (0, 1].
+    pub headroom: f64,
+    /// GPU bytes always kept free for the driver and other tenants.
+    pub reserve: Bytes,
+    /// KV capacity in tokens, when configured (else taken from the engine's metrics).
+    pub kv_capacity_tokens: Option<u64>,
+    /// Engine slots, when configured (else taken from the engine's metrics).
+    pub slots: Option<u32>,
+    /// Context tokens per slot, when configured (llama.cpp `n_ctx / np`).
+    pub slot_context_tokens: Option<u64>,
+    /// Telemetry older than this is stale and makes the pool hold.
+    pub max_staleness: Millis,
+}
+
+/// One governed profile's policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfilePolicy {
+    /// The Hermes profile that runs the work.
+    pub id: ProfileId,
+    /// The holding assignee governed tasks wait on (not a Hermes profile).
+    pub lane: String,
+    /// Index into [`Policy::pools`].
+    pub pool: usize,
+    /// The declared worst case of one task.
+    pub declared: WorstCase,
+    /// The profile's own cap on running tasks.
+    pub max_parallel: Option<u32>,
+    /// Tasks' worth of room kept for this profile that other profiles may not take.
+    pub guaranteed: u32,
+    /// How the charged footprint is chosen.
+    pub footprint: FootprintMode,
+}
+
+/// Everything the decision needs from the validated config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Capacity pools; at least one.
+    pub pools: Vec<PoolPolicy>,
+    /// Governed profiles.
+    pub profiles: Vec<ProfilePolicy>,
+    /// Global cap on running tasks (governed and not) on the board.
+    pub max_running: Option<u32>,
+    /// Starvation guard: a task held this long gets room reserved for it.
+    pub max_wait: Millis,
+}
+
+impl Policy {
+    /// The profile named `id`, with its index.
+    pub fn profile(&self, id: &ProfileId) -> Option<(usize, &ProfilePolicy)> {
+        self.profiles.iter().enumerate().find(|(_, p)| &p.id == id)
+    }
+}
+
+/// A GPU memory sample (NVML memory info v2, summed over the pool's GPUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuSample {
+    /// When it was taken.
+    pub at: Millis,
+    /// Total memory.
+    pub total: Bytes,
+    /// Used memory (v2: allocated, not counting `reserved`).
+    pub used: Bytes,
+    /// Free memory. Headroom is computed from this, never from `total - used`.
+    pub free: Bytes,
+}
+
+/// An engine sample (from its metrics endpoint, or configured).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSample {
+    /// When it was taken.
+    pub at: Millis,
+    /// KV pool capacity in tokens (vLLM `num_gpu_blocks × block_size`).
+    pub kv_capacity_tokens: Option<u64>,
+    /// KV tokens in use now.
+    pub kv_used_tokens: Option<u64>,
+    /// Number of slots (llama.cpp `total_slots`, Ollama `NUM_PARALLEL`).
+    pub slots: Option<u32>,
+    /// Context tokens per slot.
+    pub slot_context_tokens: Option<u64>,
+}
+
+/// What is known about one pool right now. `None` means unknown: the pool holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolObservation {
+    /// The latest GPU sample.
+    pub gpu: Option<GpuSample>,
+    /// What the GPU holds with no governed task running (weights, other tenants), if known.
+    pub baseline: Option<Bytes>,
+    /// The latest engine sample.
+    pub engine: Option<EngineSample>,
+}
+
+/// A task that is running or was released and is not yet seen running (in flight).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningTask {
+    /// Task id.
+    pub id: TaskId,
+    /// The Hermes assignee it runs as (a governed profile, or not).
+    pub assignee: String,
+    /// When it started or was released.
+    pub since: Millis,
+}
+
+/// Why a waiting task is not dispatchable regardless of capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Dispatchable once released.
+    Ready,
+    /// `todo` in Hermes: a parent is not done.
+    WaitingOnParent,
+}
+
+/// A task waiting for the governor, in its lane (or adopted from its profile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingTask {
+    /// Task id.
+    pub id: TaskId,
+    /// The governed profile it belongs to (resolved from its lane or assignee), or `None`.
+    pub profile: Option<ProfileId>,
+    /// Its Hermes assignee as found on the board.
+    pub assignee: String,
+    /// Hermes priority (higher first).
+    pub priority: i64,
+    /// Hermes `created_at`, Unix ms (older first among equal priorities).
+    pub created_at: Millis,
+    /// Since when it has been waiting (for `max_wait`).
+    pub waiting_since: Millis,
+    /// Whether Hermes would dispatch it.
+    pub readiness: Readiness,
+}
+
+/// Everything observed at one instant, as values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Now.
+    pub now: Millis,
+    /// One entry per [`Policy::pools`], same order.
+    pub pools: Vec<PoolObservation>,
+    /// Tasks running on the board, plus tasks released and not yet seen running.
+    pub running: Vec<RunningTask>,
+    /// Tasks waiting for a release.
+    pub waiting: Vec<WaitingTask>,
+    /// A gateway dispatcher also dispatches this board (`Some(detail)`): hold everything.
+    pub dual_dispatcher: Option<String>,
+    /// The latency limit on running tasks (AIMD), if one is in force.
+    pub latency_limit: Option<u32>,
+    /// Learned footprints per profile (same order as [`Policy::profiles`]); `None` = none yet.
+    pub learned: Vec<Option<WorstCase>>,
+}
+
+/// Why a task is held. Every held task has exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HoldReason {
+    /// Its worst case does not fit in GPU memory under the ceiling.
+    VramHeadroom {
+        /// Bytes it needs.
+        needed: Bytes,
+        /// Bytes left under the ceiling.
+        free: Bytes,
+    },
+    /// Its worst case does not fit in the engine's KV pool under the ceiling.
+    KvHeadroom {
+        /// Tokens it needs.
+        needed: u64,
+        /// Tokens left under the ceiling.
+        free: u64,
+    },
+    /// The engine has no free slot for it.
+    NoSlot {
+        /// Slots it needs.
+        needed: u32,
+        /// Slots free.
+        free: u32,
+    },
+    /// Its profile runs `max_parallel` tasks already.
+    PoolFull {
+        /// The profile's cap.
+        max_parallel: u32,
+    },
+    /// The board runs `max_running` tasks already.
+    MaxRunning {
+        /// The global cap.
+        max_running: u32,
+    },
+    /// The latency limit is reached.
+    LatencyLimit {
+        /// The current limit.
+        limit: u32,
+    },
+    /// Room is kept for another profile's `guaranteed` tasks.
+    Guaranteed {
+        /// The profile the room is kept for.
+        for_profile: ProfileId,
+    },
+    /// Room is reserved for a task that has waited longer than `max_wait`.
+    Reserved {
+        /// The starving task.
+        for_task: TaskId,
+    },
+    /// Telemetry is missing or older than `max_staleness`.
+    Stale {
+        /// What is stale, e.g. `gpu sample 12s old (max_staleness 5s)`.
+        detail: String,
+    },
+    /// A parent is not done.
+    WaitingOnParent,
+    /// Its lane or assignee is no governed profile.
+    UnknownProfile {
+        /// The assignee found.
+        assignee: String,
+    },
+    /// A gateway dispatcher dispatches this board too.
+    DualDispatcher {
+        /// What was detected.
+        detail: String,
+    },
+    /// Even alone it can never fit.
+    NeverFits {
+        /// Why.
+        detail: String,
+    },
+}
+
+impl HoldReason {
+    /// A short stable name (`vram_headroom`, ...) for metrics labels and tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HoldReason::VramHeadroom { .. } => "vram_headroom",
+            HoldReason::KvHeadroom { .. } => "kv_headroom",
+            HoldReason::NoSlot { .. } => "no_slot",
+            HoldReason::PoolFull { .. } => "pool_full",
+            HoldReason::MaxRunning { .. } => "max_running",
+            HoldReason::LatencyLimit { .. } => "latency_limit",
+            HoldReason::Guaranteed { .. } => "guaranteed",
+            HoldReason::Reserved { .. } => "reserved",
+            HoldReason::Stale { .. } => "stale",
+            HoldReason::WaitingOnParent => "waiting_on_parent",
+            HoldReason::UnknownProfile { .. } => "unknown_profile",
+            HoldReason::DualDispatcher { .. } => "dual_dispatcher",
+            HoldReason::NeverFits { .. } => "never_fits",
+        }
+    }
+}
+
+impl fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HoldReason::VramHeadroom { needed, free } => {
+                write!(
+                    f,
+                    "VramHeadroom: needs {needed}, {free} free under the ceiling"
+                )
+            }
+            HoldReason::KvHeadroom { needed, free } => write!(
+                f,
+                "KvHeadroom: needs {needed} KV tokens, {free} free under the ceiling"
+            ),
+            HoldReason::NoSlot { needed, free } => {
+                write!(f, "NoSlot: needs {needed} engine slot(s), {free} free")
+            }
+            HoldReason::PoolFull { max_parallel } => {
+                write!(f, "PoolFull: profile runs max_parallel = {max_parallel}")
+            }
+            HoldReason::MaxRunning { max_running } => {
+                write!(f, "MaxRunning: board runs max_running = {max_running}")
+            }
+            HoldReason::LatencyLimit { limit } => {
+                write!(f, "LatencyLimit: latency limit is {limit} running tasks")
+            }
+            HoldReason::Guaranteed { for_profile } => {
+                write!(f, "Guaranteed: room kept for profile {for_profile}")
+            }
+            HoldReason::Reserved { for_task } => {
+                write!(
+                    f,
+                    "Reserved: room reserved for {for_task} (waited max_wait)"
+                )
+            }
+            HoldReason::Stale { detail } => write!(f, "Stale: {detail}"),
+            HoldReason::WaitingOnParent => write!(f, "WaitingOnParent: a parent is not done"),
+            HoldReason::UnknownProfile { assignee } => {
+                write!(
+                    f,
+                    "UnknownProfile: '{assignee}' is no governed profile or lane"
+                )
+            }
+            HoldReason::DualDispatcher { detail } => write!(f, "DualDispatcher: {detail}"),
+            HoldReason::NeverFits { detail } => write!(f, "NeverFits: {detail}"),
+        }
+    }
+}
+
+/// A task chosen for release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Task id.
+    pub id: TaskId,
+    /// Its profile.
+    pub profile: ProfileId,
+    /// The worst case it was charged.
+    pub charged: WorstCase,
+}
+
+/// A task held, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Task id.
+    pub id: TaskId,
+    /// Its profile, if governed.
+    pub profile: Option<ProfileId>,
+    /// Why it waits.
+    pub reason: HoldReason,
+}
+
+/// One pool's budget as the decision saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolBudget {
+    /// Pool name.
+    pub name: String,
+    /// GPU bytes ceiling (`headroom × total − reserve`, or `total − reserve` for an engine pool).
+    pub ceiling_bytes: Option<Bytes>,
+    /// Projected GPU peak before this decision's releases.
+    pub projected_bytes: Option<Bytes>,
+    /// Projected GPU peak after them.
+    pub projected_after_bytes: Option<Bytes>,
+    /// KV token ceiling (`headroom × kv_capacity_tokens`).
+    pub ceiling_kv_tokens: Option<u64>,
+    /// KV tokens charged before this decision's releases.
+    pub charged_kv_tokens: u64,
+    /// KV tokens charged after them.
+    pub charged_after_kv_tokens: u64,
+    /// Engine slots.
+    pub slots: Option<u32>,
+    /// Slots charged after this decision's releases.
+    pub slots_used_after: u32,
+    /// Why this pool cannot admit anything right now (stale telemetry), if so.
+    pub stale: Option<String>,
+}
+
+/// The output of [`crate::governor::decide`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Tasks to release now, in release order.
+    pub release: Vec<Release>,
+    /// Every other waiting task, in board order, with its reason.
+    pub held: Vec<Hold>,
+    /// Per pool, the budget as seen.
+    pub pools: Vec<PoolBudget>,
+}

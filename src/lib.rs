@@ -1,0 +1,27 @@
+//! kanban-governor: admits Hermes Agent kanban tasks only while their worst-case GPU memory
+//! fits under a headroom ceiling.
+//!
+//! # Layout
+//!
+//! - [`governor`]: the pure decision core. `decide(policy, observation) -> Decision`, the
+//!   admission arithmetic, footprints, concurrency limits. No clock, file, env or logging.
+//! - [`catalog`]: model shapes as data; KV bytes per token and weight bytes are computed.
+//! - [`config`]: TOML (+ env + flags) into a validated `Config`, in two stages.
+//! - [`ports`]: the small traits the app layer is generic over (telemetry, board, dispatcher,
+//!   state, clock).
+//! - [`adapters`]: one file per external system (NVML, engine metrics, the Hermes board and
+//!   CLI, the state DB, the metrics endpoint).
+//! - [`app`]: the commands: one tick, the daemon, plan, simulate, status, doctor.
+//! - [`sim`]: the discrete-event simulator of a GPU host, its engine and a Hermes board.
+//! - [`error`]: the usage-error marker and exit codes.
+#![warn(missing_docs)]
+
+pub mod adapters;
+pub mod app;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod governor;
+pub mod ports;
+pub mod sim;
