@@ -64,12 +64,36 @@ pub trait GpuTelemetry {
     fn read_gpu(&mut self, now: Millis) -> Result<GpuSample, PortError>;
 }
 
+/// What one read of an engine tells: the capacity sample the decision uses, plus the load
+/// and latency signals the latency limit and footprint learning use.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EngineReading {
+    /// Capacity and KV use (what `decide` needs).
+    pub sample: EngineSample,
+    /// Requests running in the engine now.
+    pub requests_running: Option<u32>,
+    /// Requests waiting (queued, deferred) in the engine now.
+    pub requests_waiting: Option<u32>,
+    /// Cumulative preemptions (vLLM `num_preemptions_total`), if exposed.
+    pub preemptions_total: Option<u64>,
+    /// Cumulative TTFT histogram, if exposed: `(upper bound seconds, cumulative count)`,
+    /// ascending, the last bound `+Inf`.
+    pub ttft_buckets: Vec<(f64, u64)>,
+    /// Time to first token measured by a probe request, if one was sent.
+    pub probe_ttft: Option<Millis>,
+    /// The engine runs part of a model on the CPU (Ollama `size_vram < size`).
+    pub offloaded: bool,
+    /// The largest context (tokens) any request reached, if exposed (llama.cpp
+    /// `n_tokens_max`, per-slot `n_ctx` use).
+    pub peak_context_tokens: Option<u64>,
+}
+
 /// The inference engine of one pool (vLLM/SGLang/llama.cpp/Ollama metrics, replay).
 pub trait EngineTelemetry {
-    /// One engine sample, stamped with `now`.
+    /// One engine reading, stamped with `now`.
     ///
     /// # Errors
     ///
     /// The engine could not be reached or its answer could not be parsed.
-    fn read_engine(&mut self, now: Millis) -> Result<EngineSample, PortError>;
+    fn read_engine(&mut self, now: Millis) -> Result<EngineReading, PortError>;
 }
