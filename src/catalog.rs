@@ -682,7 +682,7 @@ static MODELS: &[ModelSpec] = &[
         attention: Attention::Full,
         params: 23_600 * M,
         max_context: 32_768,
-        source: "shape: 40 layers, 32 Q / 8 KV heads, head_dim 128, hidden 5120 (ENGINES.md source D: a test fixture and model-card excerpts; a public-code search found no verbatim config.json for 2501: UNVERIFIED); params 23.6B: model card; context 32768: model card (Together AI docs excerpt)",
+        source: "shape and context: config.json of mistralai/Mistral-Small-24B-Instruct-2501 as copied in unsloth/Mistral-Small-24B-Instruct-2501-GGUF (40 layers, 32 Q / 8 KV heads, head_dim 128, hidden 5120, max_position_embeddings 32768, no sliding window; verified, and Mistral-Small-24B-Base-2501 copies agree); params 23.6B: model card",
     },
     ModelSpec {
         name: "mistral-small-3.2-24b",
@@ -701,7 +701,7 @@ static MODELS: &[ModelSpec] = &[
         attention: Attention::Full,
         params: 24_000 * M,
         max_context: 131_072,
-        source: "shape: text_config as Mistral-Small-24B (ENGINES.md source D, UNVERIFIED); params 24B incl. vision encoder: model card; context 131072: model card",
+        source: "shape: text_config as Mistral-Small-24B-2501 (40 layers, 8 KV heads, head_dim 128; ENGINES.md source D, the 3.1/3.2 config itself not verified); params 24B incl. vision encoder: model card; context 131072: model card",
     },
     ModelSpec {
         name: "gemma-2-9b",
@@ -744,7 +744,7 @@ static MODELS: &[ModelSpec] = &[
         },
         params: 27_400 * M,
         max_context: 131_072,
-        source: "shape: text_config 62 layers, 32 Q / 16 KV heads, head_dim 128, hidden 5376, sliding_window 1024, pattern 6 (ENGINES.md source E; a second independent code-search excerpt, a SimpleNamespace gemma_3_27b config, agrees: verified against two third-party copies, not google/gemma-3-27b-it itself); global layers 5, 11, ..., 59 = 10; params 27.4B incl. vision: model card; context 131072: model card",
+        source: "shape: text_config 62 layers, 32 Q / 16 KV heads, head_dim 128, hidden 5376, sliding_window 1024, sliding_window_pattern 6 (ENGINES.md source E); heads, head_dim, hidden and pattern agree with a GEMMA3_27B_CONFIG test fixture (layers trimmed), and layers 62 and window 1024 with a gemma_3_27b SimpleNamespace config, both in public code: verified against two third-party copies, not google/gemma-3-27b-it itself; global layers 5, 11, ..., 59 = 10; params 27.4B incl. vision: model card; context 131072: model card",
     },
     ModelSpec {
         name: "phi-3.5-mini",
