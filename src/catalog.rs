@@ -627,7 +627,9 @@ static MODELS: &[ModelSpec] = &[
             src_a!(),
             " and ",
             src_b!(),
-            " agree (verified); params 8.2B: model card; context 40960 = config.json max_position_embeddings"
+            " agree, and a verbatim copy of Qwen/Qwen3-8B config.json confirms 36 layers, 8 KV \
+             heads, head_dim 128, max_position_embeddings 40960 (verified); params 8.2B: model \
+             card (Ollama lists 8.19B); context 40960 = config.json max_position_embeddings"
         ),
     },
     ModelSpec {
