@@ -93,6 +93,10 @@ pub struct PlanFlags {
     /// q4_k_m for llamacpp/ollama.
     #[arg(long, value_name = "FORMAT")]
     pub weights: Option<String>,
+    /// Memory the loaded weights take, as an IEC size: overrides the catalog's estimate
+    /// (params × bits per weight), and is how weights are counted with --kv-bytes-per-token.
+    #[arg(long, value_name = "SIZE")]
+    pub weight_memory: Option<String>,
     /// KV cache dtype: f16, bf16, fp8, q8_0, q4_0. Default f16.
     #[arg(long, value_name = "DTYPE")]
     pub kv_dtype: Option<String>,
@@ -256,6 +260,8 @@ struct PlanInput {
     headroom: f64,
     reserve: u64,
     weights: WeightFormat,
+    /// Given weight memory (replaces the catalog estimate).
+    weight_memory: Option<u64>,
     overhead_per_model: u64,
     max_model_len: Option<u64>,
     /// llama.cpp/Ollama server settings already in force: (slots, context per slot).
@@ -457,6 +463,10 @@ fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
             .map_err(|e| usage(format!("--weights: {e}")))?,
         None => engine.default_weights(),
     };
+    let weight_memory = match &args.weight_memory {
+        Some(s) => Some(parse_size("--weight-memory", s)?),
+        None => None,
+    };
     let overhead_per_model = match &args.overhead {
         Some(s) => parse_size("--overhead", s)?,
         None => engine.default_overhead(),
@@ -508,6 +518,7 @@ fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
         headroom,
         reserve,
         weights,
+        weight_memory,
         overhead_per_model,
         max_model_len: args.max_model_len,
         slots,
@@ -742,7 +753,9 @@ fn backlog(budget: u64, wc: &WorstCase) -> u64 {
 
 fn plan(input: &PlanInput) -> PlanReport {
     let models = distinct_models(&input.profiles);
-    let weight_bytes: u64 = models.iter().map(|m| m.weight_bytes(input.weights)).sum();
+    let weight_bytes: u64 = input
+        .weight_memory
+        .unwrap_or_else(|| models.iter().map(|m| m.weight_bytes(input.weights)).sum());
     let overhead_bytes = input
         .overhead_per_model
         .saturating_mul(models.len().max(1) as u64);
@@ -1153,6 +1166,16 @@ fn engine_settings(
             format!("(server-specific) max concurrent requests {seqs}, max context {longest}")
         }
     };
+    if input.weight_memory.is_none() && plannable.iter().any(|p| p.model.is_none()) {
+        notes.push(
+            "a profile gives kv_bytes_per_token without a model, so its weights are not \
+             counted; pass --weight-memory with what the loaded weights take"
+                .to_owned(),
+        );
+    }
+    if profiles.iter().all(|p| p.in_mix == 0) {
+        notes.push("nothing fits: these settings are not a working plan".to_owned());
+    }
     EngineSettings {
         engine: input.engine,
         settings,
@@ -1314,6 +1337,44 @@ mod tests {
         for p in &profiles {
             assert!(p.model.is_some(), "{}", p.name);
         }
+    }
+
+    #[test]
+    fn every_file_in_profiles_parses_and_opens_with_a_comment() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("# "),
+                "{} opens with a comment",
+                path.display()
+            );
+            let p = parse_profile(&path.display().to_string(), &text).unwrap();
+            let m = p.model.unwrap();
+            assert!(
+                p.max_context <= u64::from(m.max_context),
+                "{}",
+                path.display()
+            );
+            n += 1;
+        }
+        assert!(n >= 3);
+    }
+
+    #[test]
+    fn given_weight_memory_replaces_the_catalog_estimate() {
+        let mut a = args();
+        a.engine = Some(Engine::Openai);
+        a.gpu_memory = Some("16GiB".into());
+        a.kv_bytes_per_token = Some(131_072);
+        a.max_context = Some(8_192);
+        a.weight_memory = Some("6GiB".into());
+        let r = plan(&input_from_args(&a).unwrap());
+        assert_eq!(r.weight_bytes, 6 * Bytes::GIB);
+        // 0.85 × 16 GiB − 1 GiB − 6 GiB − 4 GiB = 2.6 GiB: two 1 GiB tasks.
+        assert_eq!(r.profiles[0].max_concurrent_alone, 2);
     }
 
     #[test]
