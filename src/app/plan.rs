@@ -819,10 +819,14 @@ fn plan(input: &PlanInput) -> PlanReport {
         let (policy, obs) = synthetic(input, &[p], baseline, slots, &[n]);
         let decision = governor::decide(&policy, &obs);
         let released = decision.release.len() as u64;
-        let never = decision.held.iter().find_map(|h| match &h.reason {
-            HoldReason::NeverFits { detail } => Some(detail.clone()),
-            _ => None,
-        });
+        // Nothing released alone: the first task's hold reason says why (NeverFits when the
+        // worst case exceeds even an empty GPU's ceiling, VramHeadroom or NoSlot when the
+        // weights leave too little).
+        let never = if released == 0 {
+            decision.held.first().map(|h| h.reason.clone())
+        } else {
+            None
+        };
         alone.push((released, released >= MAX_TASKS, never));
     }
 
@@ -846,9 +850,9 @@ fn plan(input: &PlanInput) -> PlanReport {
     for ((p, ctx_reason), (alone_n, at_least, decide_reason)) in
         input.profiles.iter().zip(&context_reasons).zip(alone)
     {
-        let reason = ctx_reason
-            .clone()
-            .or_else(|| decide_reason.map(|d| explain_never_fits(input, &d, kv_budget_bytes)));
+        let reason = ctx_reason.clone().or_else(|| {
+            decide_reason.map(|d| explain_never_fits(input, p, &d, ceiling_bytes, baseline))
+        });
         if let Some(r) = &reason {
             never_fit.push(NeverFit {
                 name: p.name.clone(),
@@ -912,21 +916,38 @@ fn plan(input: &PlanInput) -> PlanReport {
     report
 }
 
-/// Add the plan's context to the decision core's never-fits detail: what the budget is made
-/// of, and what would help.
-fn explain_never_fits(input: &PlanInput, detail: &str, kv_budget: u64) -> String {
-    if kv_budget == 0 {
-        format!(
-            "{detail}: the weights and the {} overhead alone fill the ceiling; use a larger \
-             GPU, smaller weights (--weights) or a higher --headroom",
-            input.engine.name()
-        )
-    } else {
-        format!(
-            "{detail}: the KV budget is {}; lower max_context_tokens or requests_per_task, \
-             quantize the KV cache (kv_dtype), or use a larger GPU",
-            Bytes(kv_budget)
-        )
+/// Why a profile fits zero times alone, in plan terms, with the decision core's own reason.
+fn explain_never_fits(
+    input: &PlanInput,
+    p: &PlanProfile,
+    reason: &HoldReason,
+    ceiling: u64,
+    baseline: u64,
+) -> String {
+    let wc = p.worst_case().total_bytes();
+    let kv_budget = ceiling.saturating_sub(baseline);
+    match reason {
+        HoldReason::PoolFull { max_parallel } => {
+            format!("its max_parallel is {max_parallel} (decide: {reason})")
+        }
+        HoldReason::NoSlot { .. } | HoldReason::NeverFits { .. } if wc.get() <= kv_budget => {
+            format!("{reason}; set the server's slots and context to fit the profile")
+        }
+        _ if kv_budget == 0 => format!(
+            "the weights and the {} overhead ({}) alone fill the ceiling of {}; use a larger \
+             GPU, smaller weights (--weights) or a higher --headroom (decide: {reason})",
+            input.engine.name(),
+            Bytes(baseline),
+            Bytes(ceiling)
+        ),
+        _ => format!(
+            "its worst case of {wc} exceeds the KV budget of {} (ceiling {} − weights and \
+             overhead {}); lower max_context_tokens or requests_per_task, quantize the KV \
+             cache (kv_dtype), or use a larger GPU (decide: {reason})",
+            Bytes(kv_budget),
+            Bytes(ceiling),
+            Bytes(baseline)
+        ),
     }
 }
 
@@ -1429,14 +1450,29 @@ mod tests {
         let mut a = args();
         a.gpu_memory = Some("80GiB".into());
         a.engine = Some(Engine::Vllm);
-        a.model = Some("qwen2.5-72b".into());
+        a.model = Some("qwen2.5-32b".into());
         a.weights = Some("fp8".into());
         a.max_context = Some(32_768);
-        a.requests_per_task = Some(4);
+        // 5 × 8 GiB = 40 GiB against a 32.7 GiB KV budget.
+        a.requests_per_task = Some(5);
         let r = plan(&input_from_args(&a).unwrap());
         let reason = r.profiles[0].never_fits.as_deref().unwrap();
-        assert!(reason.contains("exceeds the GPU ceiling"), "{reason}");
+        assert!(reason.contains("exceeds the KV budget"), "{reason}");
+        assert!(reason.contains("decide: VramHeadroom"), "{reason}");
         assert_eq!(r.mix_tasks, 0);
+        assert_eq!(r.never_fit.len(), 1);
+    }
+
+    #[test]
+    fn weights_that_fill_the_ceiling_are_named_as_the_reason() {
+        let mut a = args();
+        a.model = Some("qwen2.5-72b".into());
+        a.weights = Some("fp8".into());
+        a.max_context = Some(8_192);
+        let r = plan(&input_from_args(&a).unwrap());
+        assert_eq!(r.kv_budget_bytes, 0);
+        let reason = r.profiles[0].never_fits.as_deref().unwrap();
+        assert!(reason.contains("alone fill the ceiling"), "{reason}");
     }
 
     #[test]
