@@ -223,10 +223,16 @@ struct PlanProfile {
     guaranteed: u32,
     extra_bytes: u64,
     footprint: FootprintMode,
+    /// The worst case as a governor config computed it (it may honour sliding windows):
+    /// used instead of the plain product so plan charges what the governor charges.
+    declared: Option<WorstCase>,
 }
 
 impl PlanProfile {
     fn worst_case(&self) -> WorstCase {
+        if let Some(wc) = self.declared {
+            return wc;
+        }
         let tokens = self
             .max_context
             .saturating_mul(u64::from(self.requests_per_task));
@@ -255,6 +261,8 @@ impl PlanProfile {
 /// Everything the plan is computed from.
 #[derive(Debug, Clone)]
 struct PlanInput {
+    /// The capacity pool's name (`default` outside a multi-pool config).
+    pool: String,
     gpu_memory: u64,
     engine: Engine,
     headroom: f64,
@@ -262,6 +270,10 @@ struct PlanInput {
     weights: WeightFormat,
     /// Given weight memory (replaces the catalog estimate).
     weight_memory: Option<u64>,
+    /// Given baseline (weights, overhead and other tenants), replacing weights + overhead.
+    baseline: Option<u64>,
+    /// The board's global cap on running tasks.
+    max_running: Option<u32>,
     overhead_per_model: u64,
     max_model_len: Option<u64>,
     /// llama.cpp/Ollama server settings already in force: (slots, context per slot).
@@ -303,6 +315,7 @@ struct EngineSettings {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 struct PlanReport {
+    pool: String,
     gpu_memory_bytes: u64,
     engine: Engine,
     headroom: f64,
@@ -310,6 +323,8 @@ struct PlanReport {
     weights: WeightFormat,
     weight_bytes: u64,
     overhead_bytes: u64,
+    /// What the GPU holds with no task: weights + overhead, or as configured.
+    baseline_bytes: u64,
     ceiling_bytes: u64,
     kv_budget_bytes: u64,
     slots: Option<u32>,
@@ -513,12 +528,15 @@ fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
         ready_profiles()?
     };
     Ok(PlanInput {
+        pool: "default".to_owned(),
         gpu_memory,
         engine,
         headroom,
         reserve,
         weights,
         weight_memory,
+        baseline: None,
+        max_running: None,
         overhead_per_model,
         max_model_len: args.max_model_len,
         slots,
@@ -586,6 +604,7 @@ fn profile_from_flags(args: &PlanFlags) -> anyhow::Result<PlanProfile> {
         guaranteed: 0,
         extra_bytes,
         footprint: FootprintMode::Max,
+        declared: None,
     })
 }
 
@@ -630,6 +649,7 @@ fn parse_profile(file: &str, text: &str) -> anyhow::Result<PlanProfile> {
         guaranteed: raw.guaranteed.unwrap_or(0),
         extra_bytes,
         footprint: raw.footprint.unwrap_or_default(),
+        declared: None,
     })
 }
 
@@ -699,7 +719,7 @@ fn synthetic(
             max_staleness: Millis::secs(60),
         }],
         profiles: profiles.iter().map(|p| p.policy()).collect(),
-        max_running: None,
+        max_running: input.max_running,
         // No task has waited: no starvation reservations.
         max_wait: Millis(u64::MAX),
     };
@@ -759,7 +779,9 @@ fn plan(input: &PlanInput) -> PlanReport {
     let overhead_bytes = input
         .overhead_per_model
         .saturating_mul(models.len().max(1) as u64);
-    let baseline = weight_bytes.saturating_add(overhead_bytes);
+    let baseline = input
+        .baseline
+        .unwrap_or_else(|| weight_bytes.saturating_add(overhead_bytes));
     // The same ceiling the decision core computes for a per-request engine.
     let ceiling_bytes = {
         let ppm = (input.headroom * 1_000_000.0).round() as u128;
@@ -893,6 +915,7 @@ fn plan(input: &PlanInput) -> PlanReport {
         &models,
     );
     let mut report = PlanReport {
+        pool: input.pool.clone(),
         gpu_memory_bytes: input.gpu_memory,
         engine: input.engine,
         headroom: input.headroom,
@@ -900,6 +923,7 @@ fn plan(input: &PlanInput) -> PlanReport {
         weights: input.weights,
         weight_bytes,
         overhead_bytes,
+        baseline_bytes: baseline,
         ceiling_bytes,
         kv_budget_bytes,
         slots: slots.map(|(n, _)| n),
@@ -1207,10 +1231,14 @@ fn engine_settings(
 
 fn summary(r: &PlanReport) -> String {
     let fits: Vec<String> = r
-        .mix
+        .profiles
         .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(name, n)| format!("{n} {name}"))
+        .filter(|p| p.in_mix > 0)
+        .map(|p| {
+            // A count at the backlog's size is a lower bound.
+            let at_least = if p.in_mix >= MAX_TASKS { "≥" } else { "" };
+            format!("{at_least}{} {}", p.in_mix, p.name)
+        })
         .collect();
     let mut s = format!(
         "{} on {} ({}): KV budget {}; largest mix {}",
@@ -1235,21 +1263,32 @@ fn render(r: &PlanReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "GPU {} · {} · headroom {} · reserve {}",
+        "pool {} · GPU {} · {} · headroom {} · reserve {}",
+        r.pool,
         Bytes(r.gpu_memory_bytes),
         r.engine.name(),
         r.headroom,
         Bytes(r.reserve_bytes)
     );
-    let _ = writeln!(
-        out,
-        "ceiling {} − weights {} ({}) − overhead {} = KV budget {}",
-        Bytes(r.ceiling_bytes),
-        Bytes(r.weight_bytes),
-        r.weights,
-        Bytes(r.overhead_bytes),
-        Bytes(r.kv_budget_bytes)
-    );
+    if r.baseline_bytes == r.weight_bytes.saturating_add(r.overhead_bytes) {
+        let _ = writeln!(
+            out,
+            "ceiling {} − weights {} ({}) − overhead {} = KV budget {}",
+            Bytes(r.ceiling_bytes),
+            Bytes(r.weight_bytes),
+            r.weights,
+            Bytes(r.overhead_bytes),
+            Bytes(r.kv_budget_bytes)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "ceiling {} − baseline {} (configured) = KV budget {}",
+            Bytes(r.ceiling_bytes),
+            Bytes(r.baseline_bytes),
+            Bytes(r.kv_budget_bytes)
+        );
+    }
     if let (Some(n), Some(c)) = (r.slots, r.slot_context_tokens) {
         let _ = writeln!(out, "slots {n} × {c} tokens");
     }
