@@ -274,6 +274,11 @@ struct PlanInput {
     baseline: Option<u64>,
     /// The board's global cap on running tasks.
     max_running: Option<u32>,
+    /// Where KV is charged: GPU bytes (flags mode and per-request engines) or the engine's
+    /// preallocated pool in tokens (a governor config's vLLM/SGLang/llama.cpp pool).
+    placement: KvPlacement,
+    /// The engine's KV pool in tokens, when known (EnginePool only).
+    kv_capacity_tokens: Option<u64>,
     overhead_per_model: u64,
     max_model_len: Option<u64>,
     /// llama.cpp/Ollama server settings already in force: (slots, context per slot).
@@ -327,6 +332,10 @@ struct PlanReport {
     baseline_bytes: u64,
     ceiling_bytes: u64,
     kv_budget_bytes: u64,
+    /// Engine pools: the engine's KV pool in tokens, and the part the governor fills
+    /// (headroom × pool).
+    kv_capacity_tokens: Option<u64>,
+    kv_budget_tokens: Option<u64>,
     slots: Option<u32>,
     slot_context_tokens: Option<u64>,
     profiles: Vec<ProfileReport>,
@@ -537,6 +546,9 @@ fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
         weight_memory,
         baseline: None,
         max_running: None,
+        // Flags mode charges KV in GPU bytes whatever the engine: the plan sizes the engine.
+        placement: KvPlacement::GpuBytes,
+        kv_capacity_tokens: None,
         overhead_per_model,
         max_model_len: args.max_model_len,
         slots,
@@ -704,16 +716,17 @@ fn synthetic(
     profiles: &[&PlanProfile],
     baseline: u64,
     slots: Option<(u32, u64)>,
+    capacity: Option<u64>,
     tasks_each: &[u64],
 ) -> (Policy, Observation) {
     let now = Millis(0);
     let policy = Policy {
         pools: vec![PoolPolicy {
-            name: "default".to_owned(),
-            kv_placement: KvPlacement::GpuBytes,
+            name: input.pool.clone(),
+            kv_placement: input.placement,
             headroom: input.headroom,
             reserve: Bytes(input.reserve),
-            kv_capacity_tokens: None,
+            kv_capacity_tokens: capacity,
             slots: slots.map(|(n, _)| n),
             slot_context_tokens: slots.map(|(_, c)| c),
             max_staleness: Millis::secs(60),
@@ -766,10 +779,17 @@ fn synthetic(
 
 /// How many waiting tasks of one profile to offer: enough that memory, not the backlog,
 /// is the limit (one more than fits in the budget), capped at [`MAX_TASKS`].
-fn backlog(budget: u64, wc: &WorstCase) -> u64 {
-    let per_task = wc.total_bytes().get().max(1);
-    (budget / per_task).saturating_add(1).min(MAX_TASKS)
+fn backlog(budget_bytes: u64, budget_tokens: Option<u64>, wc: &WorstCase) -> u64 {
+    let n = match budget_tokens {
+        Some(tokens) => tokens / wc.kv_tokens.max(1),
+        None => budget_bytes / wc.total_bytes().get().max(1),
+    };
+    n.saturating_add(1).min(MAX_TASKS)
 }
+
+/// vLLM's default `--gpu-memory-utilization` (ENGINES.md §2.1), used to estimate an engine
+/// pool that a config does not size.
+const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
 
 fn plan(input: &PlanInput) -> PlanReport {
     let models = distinct_models(&input.profiles);
@@ -782,13 +802,36 @@ fn plan(input: &PlanInput) -> PlanReport {
     let baseline = input
         .baseline
         .unwrap_or_else(|| weight_bytes.saturating_add(overhead_bytes));
-    // The same ceiling the decision core computes for a per-request engine.
-    let ceiling_bytes = {
-        let ppm = (input.headroom * 1_000_000.0).round() as u128;
-        let c = u128::from(input.gpu_memory) * ppm / 1_000_000;
-        u64::try_from(c.saturating_sub(u128::from(input.reserve))).unwrap_or(u64::MAX)
+    let engine_pool = input.placement == KvPlacement::EnginePool;
+    // An engine pool the config does not size: what the engine would preallocate at its
+    // default utilization after weights and overhead, in tokens of the largest profile.
+    let largest_bpt = input
+        .profiles
+        .iter()
+        .map(|p| p.kv_bytes_per_token)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let capacity = if engine_pool {
+        input.kv_capacity_tokens.or_else(|| {
+            let pool = (input.gpu_memory as f64 * VLLM_DEFAULT_UTILIZATION) as u64;
+            Some(pool.saturating_sub(weight_bytes.saturating_add(overhead_bytes)) / largest_bpt)
+        })
+    } else {
+        None
     };
-    let kv_budget_bytes = ceiling_bytes.saturating_sub(baseline);
+    // The ceilings as the decision core computes them: ask it, with nothing waiting.
+    let (policy, obs) = synthetic(input, &[], baseline, input.slots, capacity, &[]);
+    let budget = governor::decide(&policy, &obs).pools.into_iter().next();
+    let ceiling_bytes = budget
+        .as_ref()
+        .and_then(|b| b.ceiling_bytes)
+        .map_or(0, Bytes::get);
+    let kv_budget_tokens = budget.as_ref().and_then(|b| b.ceiling_kv_tokens);
+    let kv_budget_bytes = match kv_budget_tokens {
+        Some(t) => t.saturating_mul(largest_bpt),
+        None => ceiling_bytes.saturating_sub(baseline),
+    };
 
     // Profiles whose context the model or server refuses never enter the backlog.
     let context_reasons: Vec<Option<String>> = input
@@ -809,7 +852,7 @@ fn plan(input: &PlanInput) -> PlanReport {
     // With several models each has its own server (llama.cpp) or its own slots (Ollama), so
     // one pool-wide slot count would be wrong: then only bytes are counted, and the settings
     // size each model's slots from the mix.
-    let slots = if input.engine.has_slots() && models.len() <= 1 {
+    let slots = if input.engine.has_slots() && (models.len() <= 1 || input.slots.is_some()) {
         let slot_ctx = plannable.iter().map(|p| p.max_context).max().unwrap_or(0);
         let slot_bytes = plannable
             .iter()
@@ -819,7 +862,7 @@ fn plan(input: &PlanInput) -> PlanReport {
         match input.slots {
             Some((np, 0)) => Some((np, slot_ctx)),
             Some(given) => Some(given),
-            None if slot_bytes > 0 => {
+            None if slot_bytes > 0 && !engine_pool => {
                 let n = (kv_budget_bytes / slot_bytes).min(MAX_TASKS);
                 Some((u32::try_from(n).unwrap_or(u32::MAX), slot_ctx))
             }
@@ -837,8 +880,8 @@ fn plan(input: &PlanInput) -> PlanReport {
             continue;
         }
         let wc = p.worst_case();
-        let n = backlog(kv_budget_bytes, &wc);
-        let (policy, obs) = synthetic(input, &[p], baseline, slots, &[n]);
+        let n = backlog(kv_budget_bytes, kv_budget_tokens, &wc);
+        let (policy, obs) = synthetic(input, &[p], baseline, slots, capacity, &[n]);
         let decision = governor::decide(&policy, &obs);
         let released = decision.release.len() as u64;
         // Nothing released alone: the first task's hold reason says why (NeverFits when the
@@ -855,9 +898,9 @@ fn plan(input: &PlanInput) -> PlanReport {
     // The mix: every plannable profile's backlog at once, interleaved.
     let backlogs: Vec<u64> = plannable
         .iter()
-        .map(|p| backlog(kv_budget_bytes, &p.worst_case()))
+        .map(|p| backlog(kv_budget_bytes, kv_budget_tokens, &p.worst_case()))
         .collect();
-    let (policy, obs) = synthetic(input, &plannable, baseline, slots, &backlogs);
+    let (policy, obs) = synthetic(input, &plannable, baseline, slots, capacity, &backlogs);
     let decision = governor::decide(&policy, &obs);
     let mut mix: BTreeMap<String, u64> = plannable.iter().map(|p| (p.name.clone(), 0)).collect();
     let mut mix_worst_case_bytes = 0u64;
@@ -926,6 +969,8 @@ fn plan(input: &PlanInput) -> PlanReport {
         baseline_bytes: baseline,
         ceiling_bytes,
         kv_budget_bytes,
+        kv_capacity_tokens: capacity,
+        kv_budget_tokens,
         slots: slots.map(|(n, _)| n),
         slot_context_tokens: slots.map(|(_, c)| c),
         profiles,
@@ -957,6 +1002,11 @@ fn explain_never_fits(
         HoldReason::NoSlot { .. } | HoldReason::NeverFits { .. } if wc.get() <= kv_budget => {
             format!("{reason}; set the server's slots and context to fit the profile")
         }
+        HoldReason::KvHeadroom { needed, .. } => format!(
+            "its worst case of {needed} KV tokens exceeds what the governor fills of the \
+             engine's KV pool; lower max_context_tokens or requests_per_task, or give the \
+             engine more memory (decide: {reason})"
+        ),
         _ if kv_budget == 0 => format!(
             "the weights and the {} overhead ({}) alone fill the ceiling of {}; use a larger \
              GPU, smaller weights (--weights) or a higher --headroom (decide: {reason})",
@@ -1289,6 +1339,12 @@ fn render(r: &PlanReport) -> String {
             Bytes(r.kv_budget_bytes)
         );
     }
+    if let (Some(cap), Some(fill)) = (r.kv_capacity_tokens, r.kv_budget_tokens) {
+        let _ = writeln!(
+            out,
+            "engine KV pool {cap} tokens; the governor fills {fill} (headroom × pool)"
+        );
+    }
     if let (Some(n), Some(c)) = (r.slots, r.slot_context_tokens) {
         let _ = writeln!(out, "slots {n} × {c} tokens");
     }
@@ -1512,6 +1568,65 @@ mod tests {
         assert_eq!(r.kv_budget_bytes, 0);
         let reason = r.profiles[0].never_fits.as_deref().unwrap();
         assert!(reason.contains("alone fill the ceiling"), "{reason}");
+    }
+
+    fn llama_profile(name: &str, ctx: u64, rpt: u32) -> PlanProfile {
+        let m = catalog::lookup("llama-3.1-8b").unwrap();
+        PlanProfile {
+            name: name.into(),
+            lane: format!("{name}@gpu"),
+            model: Some(m),
+            kv_dtype: KvDtype::F16,
+            kv_bytes_per_token: m.kv_bytes_per_token(KvDtype::F16),
+            max_context: ctx,
+            requests_per_task: rpt,
+            max_parallel: None,
+            guaranteed: 0,
+            extra_bytes: 0,
+            footprint: FootprintMode::Max,
+            declared: None,
+        }
+    }
+
+    #[test]
+    fn an_engine_pool_is_planned_in_tokens_as_the_governor_charges_it() {
+        // A vLLM pool sized by config: 442,368 KV tokens, headroom 0.85 = 376,012 tokens.
+        let input = PlanInput {
+            pool: "default".into(),
+            gpu_memory: 80 * Bytes::GIB,
+            engine: Engine::Vllm,
+            headroom: 0.85,
+            reserve: Bytes::GIB,
+            weights: WeightFormat::Bf16,
+            weight_memory: None,
+            baseline: Some(72 * Bytes::GIB),
+            max_running: None,
+            placement: KvPlacement::EnginePool,
+            kv_capacity_tokens: Some(442_368),
+            overhead_per_model: 4 * Bytes::GIB,
+            max_model_len: None,
+            slots: None,
+            profiles: vec![
+                llama_profile("coder", 32_768, 1),
+                llama_profile("researcher", 65_536, 2),
+                llama_profile("big", 131_072, 3),
+            ],
+        };
+        let r = plan(&input);
+        assert_eq!(r.kv_budget_tokens, Some(376_012));
+        // 376,012 / 32,768 = 11.5; 376,012 / 131,072 = 2.9.
+        assert_eq!(r.profiles[0].max_concurrent_alone, 11);
+        assert_eq!(r.profiles[1].max_concurrent_alone, 2);
+        let reason = r.profiles[2].never_fits.as_deref().unwrap();
+        assert!(reason.contains("KV tokens"), "{reason}");
+        // The mix: interleaved coder, researcher, coder, researcher, ... within 376,012.
+        let used: u64 = r.profiles[0].in_mix * 32_768 + r.profiles[1].in_mix * 131_072;
+        assert!(used <= 376_012);
+        assert!(
+            used + 32_768 > 376_012,
+            "a coder more would still fit: {}",
+            r.summary
+        );
     }
 
     #[test]
