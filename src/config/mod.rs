@@ -25,6 +25,8 @@
 mod catalog_stub;
 mod raw;
 mod render;
+#[cfg(test)]
+mod tests;
 mod units;
 mod validate;
 

@@ -466,8 +466,10 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
 
     // Profiles.
     let mut profiles = Vec::new();
+    let mut idents = Vec::new();
     for (i, p) in raw.profiles.unwrap_or_default().into_iter().enumerate() {
-        if let Some(pc) = profile(&mut v, file, &format!("profiles[{i}]"), p, &pools) {
+        let key = format!("profiles[{i}]");
+        if let Some(pc) = profile(&mut v, file, &key, p, &pools, &mut idents) {
             profiles.push(pc);
         }
     }
@@ -481,13 +483,19 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if let Some(pc) = profile(&mut v, &f, &format!("profiles[{label}]"), p, &pools) {
+        let key = format!("profiles[{label}]");
+        if let Some(pc) = profile(&mut v, &f, &key, p, &pools, &mut idents) {
             profiles.push(pc);
         }
     }
-    check_names_and_lanes(&mut v, &profiles, &home, &files.hermes_profiles(&home));
+    check_names_and_lanes(&mut v, &idents, &home, &files.hermes_profiles(&home));
 
     if !v.problems.is_empty() {
+        // File order reads best: by file, then line; env and flag problems last.
+        v.problems.sort_by_key(|p| match &p.source {
+            Source::File { path, line } => (0, path.clone(), line.unwrap_or(0)),
+            _ => (1, PathBuf::new(), 0),
+        });
         return Err(ConfigError {
             problems: v.problems,
         });
@@ -516,16 +524,24 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     })
 }
 
+/// A profile's name and lane, kept even when the rest of it is broken, for the cross checks.
+struct Ident {
+    name: ProfileId,
+    lane: String,
+    source: Source,
+    lane_source: Source,
+}
+
 /// Duplicate profiles and lanes, lanes that are profiles (governed or Hermes's own).
 fn check_names_and_lanes(
     v: &mut V,
-    profiles: &[ProfileConfig],
+    profiles: &[Ident],
     home: &Path,
     hermes_profiles: &BTreeSet<String>,
 ) {
     for (i, p) in profiles.iter().enumerate() {
         let key = |f: &str| format!("profiles[{}].{f}", p.name);
-        let lane_src = v.src(&key("lane"), &p.source);
+        let lane_src = p.lane_source.clone();
         if let Some(first) = profiles[..i].iter().find(|q| q.name == p.name) {
             v.err(
                 p.source.clone(),
@@ -792,6 +808,7 @@ fn profile(
     fallback_key: &str,
     p: Spanned<RawProfile>,
     pools: &[PoolConfig],
+    idents: &mut Vec<Ident>,
 ) -> Option<ProfileConfig> {
     let source = f.source(&p.span());
     let p = p.into_inner();
@@ -830,6 +847,12 @@ fn profile(
             }
         })
         .unwrap_or_else(|| format!("{name}@gpu"));
+    idents.push(Ident {
+        name: ProfileId(name.clone()),
+        lane: lane.clone(),
+        source: source.clone(),
+        lane_source: v.src(&key("lane"), &source),
+    });
     let pool_name = v
         .get(f, &key("pool"), &p.pool, |s: &String| {
             Ok::<_, String>(s.clone())
