@@ -33,13 +33,14 @@ pub struct ModelSpec {
     /// Head dim.
     pub head_dim: u32,
     /// Max context.
-    pub max_context: u64,
+    pub max_context: u32,
 }
 
 impl ModelSpec {
     /// Bytes per token.
     pub fn kv_bytes_per_token(&self, dtype: KvDtype) -> u64 {
-        let elems = 2 * u64::from(self.layers) * u64::from(self.kv_heads) * u64::from(self.head_dim);
+        let elems =
+            2 * u64::from(self.layers) * u64::from(self.kv_heads) * u64::from(self.head_dim);
         match dtype {
             KvDtype::F16 | KvDtype::Bf16 => elems * 2,
             KvDtype::Fp8 => elems,
@@ -56,15 +57,34 @@ impl ModelSpec {
 
 /// Unknown model.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown model '{0}'; close names: llama-3.1-8b-instruct, qwen2.5-7b-instruct")]
+#[error(
+    "unknown model '{0}'; close names: llama-3.1-8b, qwen2.5-7b; use one of them, or give kv_bytes_per_token directly"
+)]
 pub struct CatalogError(String);
 
 static MODELS: [ModelSpec; 2] = [
-    ModelSpec { name: "llama-3.1-8b-instruct", layers: 32, kv_heads: 8, head_dim: 128, max_context: 131_072 },
-    ModelSpec { name: "qwen2.5-7b-instruct", layers: 28, kv_heads: 4, head_dim: 128, max_context: 32_768 },
+    ModelSpec {
+        name: "llama-3.1-8b",
+        layers: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        max_context: 131_072,
+    },
+    ModelSpec {
+        name: "qwen2.5-7b",
+        layers: 28,
+        kv_heads: 4,
+        head_dim: 128,
+        max_context: 32_768,
+    },
 ];
 
 /// Find a model.
 pub fn lookup(name: &str) -> Result<&'static ModelSpec, CatalogError> {
-    MODELS.iter().find(|m| m.name == name).ok_or_else(|| CatalogError(name.to_owned()))
+    let n = name.to_ascii_lowercase();
+    let n = n.strip_suffix("-instruct").unwrap_or(&n);
+    MODELS
+        .iter()
+        .find(|m| m.name == n)
+        .ok_or_else(|| CatalogError(name.to_owned()))
 }

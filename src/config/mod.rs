@@ -367,9 +367,7 @@ impl EngineKind {
     /// Where the engine keeps KV, i.e. which pool a task's KV is charged to.
     pub fn kv_placement(self) -> KvPlacement {
         match self {
-            EngineKind::Vllm | EngineKind::Sglang | EngineKind::Llamacpp => {
-                KvPlacement::EnginePool
-            }
+            EngineKind::Vllm | EngineKind::Sglang | EngineKind::Llamacpp => KvPlacement::EnginePool,
             EngineKind::Ollama | EngineKind::Openai => KvPlacement::GpuBytes,
         }
     }
@@ -606,7 +604,11 @@ pub fn config_path(
     let home = args
         .hermes_home
         .clone()
-        .or_else(|| env(ENV_HERMES_HOME).filter(|s| !s.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            env(ENV_HERMES_HOME)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
         .or_else(|| user_home(env).map(|h| h.join(".hermes")))?;
     Some((home.join(CONFIG_FILE_NAME), Source::Default))
 }
@@ -681,7 +683,10 @@ impl Files for NoFiles {
 /// Every problem found (see [`ConfigError`]): an explicitly named file that is missing or
 /// unreadable, invalid TOML, unknown keys, bad values, inconsistencies. A missing default
 /// file is not an error: the defaults apply (logged at info).
-pub fn load(args: &ConfigArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+pub fn load(
+    args: &ConfigArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let args = absolutize_flags(args);
     let file = match config_path(&args, env) {
         None => {

@@ -130,7 +130,11 @@ impl FileText {
     /// The 1-based line of byte offset `at`.
     pub fn line(&self, at: usize) -> usize {
         let end = at.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     /// The source of a value at `span` in this file.

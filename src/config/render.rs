@@ -3,7 +3,7 @@
 //! (a unit test checks the round trip). Pure: builds a string.
 
 use super::units::{format_duration, format_size};
-use super::{Config, GpuSelector, PoolConfig, Source, Telemetry, DEFAULT_POOL};
+use super::{Config, DEFAULT_POOL, GpuSelector, PoolConfig, Source, Telemetry};
 use std::fmt::Write as _;
 
 /// A TOML basic string (JSON's escapes are a subset of TOML's).
@@ -121,7 +121,11 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
             o.kv("kv_dtype", q(&dtype), &pk("kv_dtype"));
         }
         if let Some(b) = p.kv_bytes_per_token {
-            o.kv("kv_bytes_per_token", b.to_string(), &pk("kv_bytes_per_token"));
+            o.kv(
+                "kv_bytes_per_token",
+                b.to_string(),
+                &pk("kv_bytes_per_token"),
+            );
         }
         o.kv(
             "max_context_tokens",
@@ -137,7 +141,11 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
             o.kv("max_parallel", m.to_string(), &pk("max_parallel"));
         }
         o.kv("guaranteed", p.guaranteed.to_string(), &pk("guaranteed"));
-        o.kv("extra_bytes", q(&format_size(p.extra_bytes)), &pk("extra_bytes"));
+        o.kv(
+            "extra_bytes",
+            q(&format_size(p.extra_bytes)),
+            &pk("extra_bytes"),
+        );
         let fp = match p.footprint {
             crate::governor::FootprintMode::Declared => "declared",
             crate::governor::FootprintMode::Learned => "learned",
@@ -161,7 +169,10 @@ fn pool(o: &mut Out<'_>, p: &PoolConfig, single: bool) {
     let (gpu_table, eng_table) = if single {
         ("gpu".to_owned(), "engine".to_owned())
     } else {
-        (format!("pools.{}.gpu", p.name), format!("pools.{}.engine", p.name))
+        (
+            format!("pools.{}.gpu", p.name),
+            format!("pools.{}.engine", p.name),
+        )
     };
     // Sources were recorded under `gpu.*` for the shorthand pool, `pools.NAME.gpu.*` else.
     let keys = |section: &str, k: &str| {
@@ -211,13 +222,25 @@ fn pool(o: &mut Out<'_>, p: &PoolConfig, single: bool) {
     };
     o.kv("telemetry", telemetry, &keys("gpu", "telemetry"));
     if let Some(t) = g.memory_total {
-        o.kv("memory_total", q(&format_size(t)), &keys("gpu", "memory_total"));
+        o.kv(
+            "memory_total",
+            q(&format_size(t)),
+            &keys("gpu", "memory_total"),
+        );
     }
     if let Some(b) = g.baseline {
         o.kv("baseline", q(&format_size(b)), &keys("gpu", "baseline"));
     }
-    o.kv("headroom", format!("{:?}", g.headroom), &keys("gpu", "headroom"));
-    o.kv("reserve", q(&format_size(g.reserve)), &keys("gpu", "reserve"));
+    o.kv(
+        "headroom",
+        format!("{:?}", g.headroom),
+        &keys("gpu", "headroom"),
+    );
+    o.kv(
+        "reserve",
+        q(&format_size(g.reserve)),
+        &keys("gpu", "reserve"),
+    );
 
     let e = &p.engine;
     o.table(&eng_table);
@@ -227,7 +250,11 @@ fn pool(o: &mut Out<'_>, p: &PoolConfig, single: bool) {
         o.kv("model", q(m), &keys("engine", "model"));
     }
     if let Some(t) = e.kv_capacity_tokens {
-        o.kv("kv_capacity_tokens", t.to_string(), &keys("engine", "kv_capacity_tokens"));
+        o.kv(
+            "kv_capacity_tokens",
+            t.to_string(),
+            &keys("engine", "kv_capacity_tokens"),
+        );
     }
     if let Some(s) = e.slots {
         o.kv("slots", s.to_string(), &keys("engine", "slots"));

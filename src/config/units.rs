@@ -102,7 +102,7 @@ pub fn format_size(b: Bytes) -> String {
         return "0B".to_owned();
     }
     for (unit, mult) in UNITS {
-        if n % mult == 0 {
+        if n.is_multiple_of(mult) {
             return format!("{}{unit}", n / mult);
         }
     }
@@ -174,7 +174,15 @@ mod tests {
 
     #[test]
     fn sizes_format_in_the_largest_exact_unit_and_parse_back() {
-        for b in [0, 1, 1023, 1024, 1536 * 1024 * 1024, 80 << 30, (1 << 40) + 1] {
+        for b in [
+            0,
+            1,
+            1023,
+            1024,
+            1536 * 1024 * 1024,
+            80 << 30,
+            (1 << 40) + 1,
+        ] {
             let s = format_size(Bytes(b));
             assert_eq!(parse_size_str(&s), Ok(Bytes(b)), "{s}");
         }
@@ -188,7 +196,11 @@ mod tests {
         let e = parse_duration(&toml::Value::Integer(15)).unwrap_err();
         assert!(e.contains("\"15s\""), "{e}");
         assert!(parse_duration_str("soon").is_err());
-        for d in [Duration::from_millis(1500), Duration::from_secs(90), Duration::ZERO] {
+        for d in [
+            Duration::from_millis(1500),
+            Duration::from_secs(90),
+            Duration::ZERO,
+        ] {
             assert_eq!(parse_duration_str(&format_duration(d)), Ok(d));
         }
     }

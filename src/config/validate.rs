@@ -67,7 +67,10 @@ impl V {
 
     /// Where `key` was set, else `fallback`.
     fn src(&self, key: &str, fallback: &Source) -> Source {
-        self.sources.get(key).cloned().unwrap_or_else(|| fallback.clone())
+        self.sources
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| fallback.clone())
     }
 
     /// Read `raw` (absent → `None`), parse it, record its source; a parse failure is a
@@ -117,7 +120,9 @@ impl V {
 fn int_at_least(min: i64) -> impl Fn(&i64) -> Result<u64, String> {
     move |&n| {
         if n < min {
-            Err(format!("{n} is below {min}; set an integer of at least {min}"))
+            Err(format!(
+                "{n} is below {min}; set an integer of at least {min}"
+            ))
         } else {
             Ok(n as u64)
         }
@@ -166,7 +171,10 @@ fn abs_path(s: &str, what: &str) -> Result<PathBuf, String> {
 fn positive_duration(v: &toml::Value) -> Result<Duration, String> {
     let d = parse_duration(v)?;
     if d.is_zero() {
-        Err(format!("{} is zero; set a positive duration such as \"5s\"", show(v)))
+        Err(format!(
+            "{} is zero; set a positive duration such as \"5s\"",
+            show(v)
+        ))
     } else {
         Ok(d)
     }
@@ -179,7 +187,10 @@ fn choice<T: Copy>(s: &str, options: &[(&str, T)]) -> Result<T, String> {
         .map(|(_, t)| *t)
         .ok_or_else(|| {
             let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-            format!("\"{s}\" is not one of {}; pick one of them", names.join(", "))
+            format!(
+                "\"{s}\" is not one of {}; pick one of them",
+                names.join(", ")
+            )
         })
 }
 
@@ -192,9 +203,8 @@ fn kv_dtype(s: &str) -> Result<KvDtype, String> {
 }
 
 fn lookup_model(name: &str) -> Result<&'static ModelSpec, String> {
-    catalog::lookup(name).map_err(|e| {
-        format!("{e}; use a catalog name, or give kv_bytes_per_token directly instead of model")
-    })
+    // The catalog's message lists close names and the kv_bytes_per_token alternative.
+    catalog::lookup(name).map_err(|e| e.to_string())
 }
 
 /// Stage 1 on `file` and the `profiles_dir` files, then stage 2.
@@ -283,18 +293,32 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
 
     // [hermes]
     let rh = raw.hermes.unwrap_or_default();
-    let o_bin = over(path_str(&args.hermes_bin), "--hermes-bin", env, ENV_HERMES_BIN);
-    let o_home = over(path_str(&args.hermes_home), "--hermes-home", env, ENV_HERMES_HOME);
+    let o_bin = over(
+        path_str(&args.hermes_bin),
+        "--hermes-bin",
+        env,
+        ENV_HERMES_BIN,
+    );
+    let o_home = over(
+        path_str(&args.hermes_home),
+        "--hermes-home",
+        env,
+        ENV_HERMES_HOME,
+    );
     let o_board = over(args.board.clone(), "--board", env, ENV_BOARD);
     let bin_fix = "(`command -v hermes` or `kanban-governor doctor` prints it): cron and systemd do not share your PATH";
     let bin = match &o_bin {
         Some(_) => v.over("hermes.bin", &o_bin, |s| abs_path(s, bin_fix)),
-        None => v.get(file, "hermes.bin", &rh.bin, |s: &String| abs_path(s, bin_fix)),
+        None => v.get(file, "hermes.bin", &rh.bin, |s: &String| {
+            abs_path(s, bin_fix)
+        }),
     };
     let home_fix = "for the governed board's HERMES_HOME, e.g. \"/home/me/.hermes\"";
     let home = match &o_home {
         Some(_) => v.over("hermes.home", &o_home, |s| abs_path(s, home_fix)),
-        None => v.get(file, "hermes.home", &rh.home, |s: &String| abs_path(s, home_fix)),
+        None => v.get(file, "hermes.home", &rh.home, |s: &String| {
+            abs_path(s, home_fix)
+        }),
     };
     let home = match home {
         Some(h) => h,
@@ -384,7 +408,8 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     if let (Some(h), Some(src)) = (headroom_over, v.sources.remove("headroom")) {
         for (prefix, p) in &mut pools {
             p.gpu.headroom = h;
-            v.sources.insert(format!("{prefix}gpu.headroom"), src.clone());
+            v.sources
+                .insert(format!("{prefix}gpu.headroom"), src.clone());
         }
     }
     let pools: Vec<PoolConfig> = pools.into_iter().map(|(_, p)| p).collect();
@@ -412,7 +437,10 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         .get(file, "latency.max_limit", &rl.max_limit, u32_at_least(1))
         .unwrap_or(DEFAULT_MAX_LIMIT);
     if max_limit < min_limit {
-        let src = v.src("latency.max_limit", &v.src("latency.min_limit", &Source::Default));
+        let src = v.src(
+            "latency.max_limit",
+            &v.src("latency.min_limit", &Source::Default),
+        );
         v.err(
             src,
             "latency.max_limit",
@@ -648,7 +676,8 @@ fn pool(
 
     let telemetry = v
         .get(f, &gpu_key("telemetry"), &g.telemetry, |val| {
-            let fix = "set telemetry = \"nvml\", \"host\", \"static\" or { replay = \"samples.jsonl\" }";
+            let fix =
+                "set telemetry = \"nvml\", \"host\", \"static\" or { replay = \"samples.jsonl\" }";
             match val {
                 toml::Value::String(s) => match s.as_str() {
                     "nvml" => Ok(Telemetry::Nvml),
@@ -894,7 +923,7 @@ fn profile(
             v.err(
                 source.clone(),
                 key("model"),
-                "missing; set model to a catalog name (e.g. \"llama-3.1-8b-instruct\") or give kv_bytes_per_token",
+                "missing; set model to a catalog name (e.g. \"llama-3.1-8b\") or give kv_bytes_per_token",
             );
             ok = false;
         }
@@ -974,6 +1003,22 @@ fn profile(
         (None, _, Some(_)) => None,
         _ => return None,
     };
+    // vLLM, SGLang and llama.cpp serve one model per server: a profile declaring another
+    // would be charged the wrong KV per token.
+    if let (Some(s), Some(served)) = (spec, &pool.engine.model) {
+        let one_model = pool.engine.kind.kv_placement() == KvPlacement::EnginePool;
+        if one_model && s.name != served.as_str() {
+            let src = v.src(&key("model"), &source);
+            v.err(
+                src,
+                key("model"),
+                format!(
+                    "\"{}\" is not the model pool \"{}\"'s {} engine serves (\"{served}\"); set model = \"{served}\" or put the profile in a pool that serves it",
+                    s.name, pool.name, pool.engine.kind
+                ),
+            );
+        }
+    }
     let honour = pool.engine.kind.honours_sliding_window();
     let per_request = |tokens: u64| -> u64 {
         match (spec, direct) {
@@ -1107,7 +1152,10 @@ fn profile(
         if check_bytes && need > room.get() {
             // The longest context that would fit, by bisection (KV grows with tokens).
             let fits = |t: u64| {
-                per_request(t).saturating_mul(rpt).saturating_add(need_extra) <= room.get()
+                per_request(t)
+                    .saturating_mul(rpt)
+                    .saturating_add(need_extra)
+                    <= room.get()
             };
             let (mut lo, mut hi) = (0u64, max_context);
             while lo < hi {
