@@ -176,9 +176,15 @@ pub(crate) fn parse_profile(file: &FileText) -> Result<Spanned<RawProfile>, Prob
 fn de_problem(file: &FileText, e: &toml::de::Error) -> Problem {
     let line = e.span().map(|s| file.line(s.start));
     let msg = e.message().trim_end().replace('\n', " ");
-    let key = unknown_field(&msg).unwrap_or_else(|| "(toml)".to_owned());
+    let key = match unknown_field(&msg) {
+        Some(field) => match e.span().and_then(|s| table_at(&file.text, s.start)) {
+            Some(table) => format!("{table}.{field}"),
+            None => field,
+        },
+        None => "(toml syntax)".to_owned(),
+    };
     let fix = if msg.starts_with("unknown field") {
-        "remove it or fix its spelling (see `kanban-governor check-config --help`)"
+        "remove it or fix its spelling"
     } else if msg.starts_with("invalid type") {
         "write the value with the type the key expects (strings quoted, sizes as \"24GiB\", durations as \"15s\")"
     } else {
@@ -192,6 +198,22 @@ fn de_problem(file: &FileText, e: &toml::de::Error) -> Problem {
         key,
         detail: format!("{msg}; {fix}"),
     }
+}
+
+/// The `[table]` or `[[table]]` header in force at byte `at` (`None` at top level), so an
+/// unknown key is named with its table (`gpu.headrom`).
+fn table_at(text: &str, at: usize) -> Option<String> {
+    let before = &text[..at.min(text.len())];
+    // Only whole lines before the one with the error (which may be the header itself).
+    let before = &before[..before.rfind('\n').unwrap_or(0)];
+    let header = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))?;
+    let name = header.trim_start_matches('[');
+    let name = &name[..name.find(']')?];
+    Some(name.trim().to_owned())
 }
 
 /// The key named by serde's "unknown field `x`, expected ..." message.

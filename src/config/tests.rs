@@ -221,7 +221,7 @@ fn invalid_toml_names_the_line() {
 #[test]
 fn unknown_keys_are_named_with_the_expected_ones() {
     let e = load_err("[gpu]\nheadrom = 0.8\n");
-    let p = problem(&e, "headrom");
+    let p = problem(&e, "gpu.headrom");
     assert!(p.detail.contains("headroom"), "lists the valid keys: {p}");
     assert!(p.detail.contains("remove it or fix its spelling"), "{p}");
     let e = load_err("[gpus]\n");
