@@ -15,6 +15,18 @@
 //! and for the embedded default ([`embedded_default`]). Nothing here reads the process
 //! environment: callers pass a lookup (`&config::process_env` in `app/`).
 //!
+//! # Use
+//!
+//! ```no_run
+//! use kanban_governor::config::{self, ConfigArgs};
+//! # fn main() -> Result<(), config::ConfigError> {
+//! let args = ConfigArgs::default(); // a command's `#[command(flatten)] config: ConfigArgs`
+//! let cfg = config::load(&args, &config::process_env)?; // ConfigError → exit 2
+//! let policy = cfg.policy(); // for governor::decide
+//! let _bin = cfg.hermes_bin()?; // absolute path, or a ConfigError naming the fix
+//! # let _ = policy; Ok(()) }
+//! ```
+//!
 //! # Environment overrides
 //!
 //! `KANBAN_GOVERNOR_CONFIG` (config path), `KANBAN_GOVERNOR_HERMES_BIN` (`hermes.bin`),

@@ -71,6 +71,13 @@ pub fn parse_size_str(s: &str) -> Result<Bytes, String> {
         ));
     }
     if let Some((_, mult)) = UNITS.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit)) {
+        // Whole numbers stay exact (an f64 loses bytes above 2^53).
+        if let Ok(whole) = num.parse::<u64>() {
+            return whole
+                .checked_mul(*mult)
+                .map(Bytes)
+                .ok_or_else(|| format!("\"{s}\" is too large; sizes go up to 16EiB"));
+        }
         let bytes = n * *mult as f64;
         if !bytes.is_finite() || bytes >= u64::MAX as f64 {
             return Err(format!("\"{s}\" is too large; sizes go up to 16EiB"));
@@ -187,6 +194,19 @@ mod tests {
             assert_eq!(parse_size_str(&s), Ok(Bytes(b)), "{s}");
         }
         assert_eq!(format_size(Bytes::gib(80)), "80GiB");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_formats_and_parses_back_exactly(n in 0u64..(1u64 << 62)) {
+            proptest::prop_assert_eq!(parse_size_str(&format_size(Bytes(n))), Ok(Bytes(n)));
+        }
+
+        #[test]
+        fn any_duration_formats_and_parses_back_exactly(ms in 0u64..(1u64 << 40)) {
+            let d = Duration::from_millis(ms);
+            proptest::prop_assert_eq!(parse_duration_str(&format_duration(d)), Ok(d));
+        }
     }
 
     #[test]
