@@ -665,3 +665,27 @@ fn profiles_dir_files_load_relative_to_the_config_and_lanes_may_not_be_hermes_pr
     assert!(p.detail.contains("real Hermes profile"), "{p}");
     assert!(p.to_string().contains("profiles/b.toml:2"), "{p}");
 }
+
+#[test]
+fn guarantees_that_cannot_all_fit_together_are_refused() {
+    let toml = r#"
+[engine]
+kind = "vllm"
+kv_capacity_tokens = 100000
+[[profiles]]
+name = "a"
+kv_bytes_per_token = 1000
+max_context_tokens = 30000
+guaranteed = 2
+[[profiles]]
+name = "b"
+kv_bytes_per_token = 1000
+max_context_tokens = 10000
+guaranteed = 3
+"#;
+    // 2 × 30000 + 3 × 10000 = 90000 > 0.85 × 100000.
+    let e = load_err(toml);
+    let p = problem(&e, "profiles[b].guaranteed");
+    assert!(p.detail.contains("90000 KV tokens > 85000"), "{p}");
+    load_ok(&toml.replace("guaranteed = 3", "guaranteed = 2"));
+}

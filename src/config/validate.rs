@@ -517,6 +517,9 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         }
     }
     check_names_and_lanes(&mut v, &idents, &home, &files.hermes_profiles(&home));
+    for pool in &pools {
+        check_guaranteed(&mut v, pool, &profiles);
+    }
 
     if !v.problems.is_empty() {
         // File order reads best: by file, then line; env and flag problems last.
@@ -614,6 +617,65 @@ fn check_names_and_lanes(
                 ),
             );
         }
+    }
+}
+
+/// The room all `guaranteed` tasks of a pool's profiles keep must fit the pool, or the
+/// guarantee is a promise the governor cannot keep.
+fn check_guaranteed(v: &mut V, pool: &PoolConfig, profiles: &[ProfileConfig]) {
+    let mine: Vec<&ProfileConfig> = profiles
+        .iter()
+        .filter(|p| p.pool == pool.name && p.guaranteed > 0)
+        .collect();
+    let Some(last) = mine.last() else {
+        return;
+    };
+    let sum = |f: &dyn Fn(&ProfileConfig) -> u64| -> u64 {
+        mine.iter()
+            .map(|p| u64::from(p.guaranteed).saturating_mul(f(p)))
+            .fold(0u64, u64::saturating_add)
+    };
+    let who: Vec<String> = mine
+        .iter()
+        .map(|p| format!("{} × {}", p.guaranteed, p.name))
+        .collect();
+    let who = who.join(" + ");
+    let mut over = Vec::new();
+    if pool.engine.kind.kv_placement() == KvPlacement::EnginePool {
+        if let Some(cap) = pool.engine.kv_capacity_tokens {
+            let ceiling = (pool.gpu.headroom * cap as f64).floor() as u64;
+            let need = sum(&|p| p.declared.kv_tokens);
+            if need > ceiling {
+                over.push(format!("{need} KV tokens > {ceiling} allowed"));
+            }
+        }
+    } else if let Some(total) = pool.gpu.memory_total {
+        let room = Bytes((pool.gpu.headroom * total.get() as f64).floor() as u64)
+            .saturating_sub(pool.gpu.reserve)
+            .saturating_sub(pool.gpu.baseline.unwrap_or(Bytes(0)));
+        let need = Bytes(sum(&|p| p.declared.total_bytes().get()));
+        if need > room {
+            over.push(format!("{need} > {room} under the ceiling"));
+        }
+    }
+    if let Some(slots) = pool.engine.slots {
+        let need = sum(&|p| u64::from(p.declared.slots));
+        if need > u64::from(slots) {
+            over.push(format!("{need} slots > {slots}"));
+        }
+    }
+    if !over.is_empty() {
+        let key = format!("profiles[{}].guaranteed", last.name);
+        let src = v.src(&key, &last.source);
+        v.err(
+            src,
+            key,
+            format!(
+                "the room guaranteed in pool \"{}\" ({who}) does not fit: {}; lower guaranteed so the guarantees fit together",
+                pool.name,
+                over.join(", ")
+            ),
+        );
     }
 }
 
