@@ -34,7 +34,6 @@
 //! `KANBAN_GOVERNOR_HEADROOM` (`headroom` of every pool), `KANBAN_GOVERNOR_STATE_DIR`
 //! (`dispatch.state_dir`). The matching flags in [`ConfigArgs`] beat them.
 
-mod catalog_stub;
 mod raw;
 mod render;
 #[cfg(test)]
@@ -42,9 +41,7 @@ mod tests;
 mod units;
 mod validate;
 
-use catalog_stub as catalog;
-
-pub use catalog::KvDtype;
+pub use crate::catalog::KvDtype;
 pub use units::{format_duration, format_size, parse_duration_str, parse_size_str};
 
 use crate::governor::{
@@ -490,6 +487,25 @@ pub struct ProfileConfig {
     /// Where it was declared.
     #[serde(skip)]
     pub source: Source,
+}
+
+impl ProfileConfig {
+    /// The catalog model, when the profile names one (`None` with `kv_bytes_per_token`).
+    pub fn spec(&self) -> Option<&'static crate::catalog::ModelSpec> {
+        // Validation looked the name up already; it stores the catalog's canonical name.
+        self.model
+            .as_deref()
+            .and_then(|m| crate::catalog::lookup(m).ok())
+    }
+}
+
+impl EngineConfig {
+    /// The catalog model the engine serves, when configured.
+    pub fn spec(&self) -> Option<&'static crate::catalog::ModelSpec> {
+        self.model
+            .as_deref()
+            .and_then(|m| crate::catalog::lookup(m).ok())
+    }
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

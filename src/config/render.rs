@@ -114,11 +114,7 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
         o.kv("lane", q(&p.lane), &pk("lane"));
         if let Some(m) = &p.model {
             o.kv("model", q(m), &pk("model"));
-            let dtype = serde_json::to_value(p.kv_dtype)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            o.kv("kv_dtype", q(&dtype), &pk("kv_dtype"));
+            o.kv("kv_dtype", q(p.kv_dtype.name()), &pk("kv_dtype"));
         }
         if let Some(b) = p.kv_bytes_per_token {
             o.kv(

@@ -74,6 +74,8 @@ fn the_embedded_default_validates_and_its_three_profiles_share_one_vllm_pool() {
     assert_eq!(researcher.declared.kv_tokens, 2 * 65_536);
     assert_eq!(researcher.declared.slots, 2);
     assert_eq!(policy.profiles[2].guaranteed, 2);
+    assert_eq!(c.profiles[0].spec().map(|s| s.name), Some("llama-3.1-8b"));
+    assert_eq!(c.pools[0].engine.spec().map(|s| s.layers), Some(32));
 }
 
 #[test]

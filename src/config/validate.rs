@@ -4,10 +4,10 @@
 //! Pure apart from the [`Files`] port (which the edge implements with the real filesystem):
 //! no environment reads (the `env` lookup is passed in), no clock, no logging.
 
-use super::catalog::{self, KvDtype, ModelSpec};
 use super::raw::{self, FileText, Opt, RawConfig, RawEngine, RawGpu, RawProfile};
 use super::units::{format_size, parse_duration, parse_size, show};
 use super::*;
+use crate::catalog::{self, KvDtype, ModelSpec};
 use toml::Spanned;
 
 /// Hermes's board/profile slug rule (`^[a-z0-9][a-z0-9\-_]{0,63}$`, HERMES.md §1).
@@ -195,11 +195,8 @@ fn choice<T: Copy>(s: &str, options: &[(&str, T)]) -> Result<T, String> {
 }
 
 fn kv_dtype(s: &str) -> Result<KvDtype, String> {
-    serde_json::from_value::<KvDtype>(serde_json::Value::String(s.to_owned())).map_err(|_| {
-        format!(
-            "\"{s}\" is not a KV dtype; pick one of \"f16\", \"bf16\", \"fp8\", \"q8_0\", \"q4_0\""
-        )
-    })
+    // The catalog also accepts engines' spellings (`fp16`, `fp8_e4m3`).
+    s.parse::<KvDtype>().map_err(|e| e.to_string())
 }
 
 fn lookup_model(name: &str) -> Result<&'static ModelSpec, String> {
