@@ -262,6 +262,10 @@ pub struct HermesConfig {
     pub home: PathBuf,
     /// Board slug (`default` or `^[a-z0-9][a-z0-9\-_]{0,63}$`).
     pub board: String,
+    /// What `hermes kanban dispatch --max` means, when configured: `"live_cap"` or
+    /// `"per_tick"` (the serde names of `ports::MaxSemantics`; `None`: detect from the Hermes
+    /// version). A string until `ports::MaxSemantics` is on main.
+    pub max_semantics: Option<String>,
 }
 
 /// One capacity pool: GPU(s) and the engine on them.

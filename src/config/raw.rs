@@ -40,6 +40,7 @@ pub(crate) struct RawHermes {
     pub bin: Opt<String>,
     pub home: Opt<String>,
     pub board: Opt<String>,
+    pub max_semantics: Opt<String>,
 }
 
 /// `[gpu]` or `[pools.<name>.gpu]`.
@@ -106,7 +107,7 @@ pub(crate) struct RawProfile {
     pub name: Opt<String>,
     pub lane: Opt<String>,
     pub model: Opt<String>,
-    pub kv_bytes_per_token: Opt<i64>,
+    pub kv_bytes_per_token: Opt<toml::Value>,
     pub kv_dtype: Opt<String>,
     pub max_context_tokens: Opt<i64>,
     pub requests_per_task: Opt<i64>,

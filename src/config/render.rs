@@ -72,6 +72,9 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
         &["hermes.home".into()],
     );
     o.kv("board", q(&cfg.hermes.board), &["hermes.board".into()]);
+    if let Some(m) = &cfg.hermes.max_semantics {
+        o.kv("max_semantics", q(m), &["hermes.max_semantics".into()]);
+    }
 
     let single = cfg.pools.len() == 1 && cfg.pools[0].name == DEFAULT_POOL;
     for p in &cfg.pools {

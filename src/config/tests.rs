@@ -499,6 +499,7 @@ fn the_rendered_config_reads_back_to_the_same_config() {
 bin = "/usr/bin/hermes"
 home = "/srv/h"
 board = "gpu"
+max_semantics = "per-tick"
 [pools.a.gpu]
 uuid = ["GPU-1", "GPU-2"]
 telemetry = { replay = "r.jsonl" }
@@ -690,4 +691,34 @@ guaranteed = 3
     let p = problem(&e, "profiles[b].guaranteed");
     assert!(p.detail.contains("90000 KV tokens > 85000"), "{p}");
     load_ok(&toml.replace("guaranteed = 3", "guaranteed = 2"));
+}
+
+#[test]
+fn kv_bytes_per_token_takes_an_integer_or_an_iec_size() {
+    let base = "[[profiles]]\nname = \"x\"\nmax_context_tokens = 1024\n";
+    let c = load_ok(&format!("{base}kv_bytes_per_token = \"128KiB\"\n"));
+    assert_eq!(c.profiles[0].kv_bytes_per_token, Some(131_072));
+    assert_eq!(c.profiles[0].declared.kv_bytes, Bytes::mib(128));
+    let c = load_ok(&format!("{base}kv_bytes_per_token = 131072\n"));
+    assert_eq!(c.profiles[0].kv_bytes_per_token, Some(131_072));
+    let e = load_err(&format!("{base}kv_bytes_per_token = \"128KB\"\n"));
+    assert!(
+        problem(&e, "profiles[x].kv_bytes_per_token")
+            .detail
+            .contains("\"128KiB\"")
+    );
+    let e = load_err(&format!("{base}kv_bytes_per_token = 0\n"));
+    problem(&e, "profiles[x].kv_bytes_per_token");
+}
+
+#[test]
+fn max_semantics_accepts_both_spellings_and_names_the_choices() {
+    let c = load_ok("[hermes]\nmax_semantics = \"live-cap\"\n");
+    assert_eq!(c.hermes.max_semantics.as_deref(), Some("live_cap"));
+    let e = load_err("[hermes]\nmax_semantics = \"live\"\n");
+    assert!(
+        problem(&e, "hermes.max_semantics")
+            .detail
+            .contains("\"per_tick\"")
+    );
 }

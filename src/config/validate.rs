@@ -347,6 +347,15 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         None => v.get(file, "hermes.board", &rh.board, |s: &String| board_check(s)),
     }
     .unwrap_or_else(|| DEFAULT_BOARD.to_owned());
+    let max_semantics = v.get(file, "hermes.max_semantics", &rh.max_semantics, |s: &String| {
+        match s.as_str() {
+            "live_cap" | "live-cap" => Ok("live_cap".to_owned()),
+            "per_tick" | "per-tick" => Ok("per_tick".to_owned()),
+            other => Err(format!(
+                "\"{other}\" is not a --max meaning; set \"live_cap\" (Hermes 0.19.0 and later, hermes-agent#23295) or \"per_tick\" (earlier), or remove it to detect it from the Hermes version"
+            )),
+        }
+    });
 
     // Pools.
     let o_headroom = over(
@@ -530,7 +539,12 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     }
     Ok(Config {
         path: had_file.then(|| file.path.clone()),
-        hermes: HermesConfig { bin, home, board },
+        hermes: HermesConfig {
+            bin,
+            home,
+            board,
+            max_semantics,
+        },
         pools,
         latency: LatencyConfig {
             ttft_slo,
@@ -965,7 +979,18 @@ fn profile(
         f,
         &key("kv_bytes_per_token"),
         &p.kv_bytes_per_token,
-        int_at_least(1),
+        |val| {
+            // An integer (bytes) or an IEC size ("128KiB"); either way at least one byte.
+            let n = match val {
+                toml::Value::Integer(n) => int_at_least(1)(n)?,
+                other => parse_size(other)?.get(),
+            };
+            if n == 0 {
+                Err("0B per token is no footprint; set the KV bytes one token takes, e.g. 131072 or \"128KiB\"".to_owned())
+            } else {
+                Ok(n)
+            }
+        },
     );
     let dtype = v.get(f, &key("kv_dtype"), &p.kv_dtype, |s: &String| kv_dtype(s));
     let mut ok = true;
