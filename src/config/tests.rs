@@ -722,3 +722,10 @@ fn max_semantics_accepts_both_spellings_and_names_the_choices() {
             .contains("\"per_tick\"")
     );
 }
+
+#[test]
+fn a_tilde_in_file_paths_is_the_users_home() {
+    let c = load_ok("[hermes]\nhome = \"~/.hermes\"\n[dispatch]\nstate_dir = \"~/kg\"\n");
+    assert_eq!(c.hermes.home, PathBuf::from("/home/test/.hermes"));
+    assert_eq!(c.dispatch.state_dir, PathBuf::from("/home/test/kg"));
+}

@@ -168,6 +168,14 @@ fn abs_path(s: &str, what: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `~/x` in a file value is `$HOME/x` (the shell would have expanded it on a command line).
+fn tilde(s: &str, home: Option<&Path>) -> String {
+    match (s.strip_prefix("~/"), home) {
+        (Some(rest), Some(h)) => h.join(rest).display().to_string(),
+        _ => s.to_owned(),
+    }
+}
+
 fn positive_duration(v: &toml::Value) -> Result<Duration, String> {
     let d = parse_duration(v)?;
     if d.is_zero() {
@@ -307,14 +315,14 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     let bin = match &o_bin {
         Some(_) => v.over("hermes.bin", &o_bin, |s| abs_path(s, bin_fix)),
         None => v.get(file, "hermes.bin", &rh.bin, |s: &String| {
-            abs_path(s, bin_fix)
+            abs_path(&tilde(s, user_home(env).as_deref()), bin_fix)
         }),
     };
     let home_fix = "for the governed board's HERMES_HOME, e.g. \"/home/me/.hermes\"";
     let home = match &o_home {
         Some(_) => v.over("hermes.home", &o_home, |s| abs_path(s, home_fix)),
         None => v.get(file, "hermes.home", &rh.home, |s: &String| {
-            abs_path(s, home_fix)
+            abs_path(&tilde(s, user_home(env).as_deref()), home_fix)
         }),
     };
     let home = match home {
@@ -493,7 +501,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
             abs_path(s, "for the governor's state (a directory it may create)")
         }),
         None => v.get(file, "dispatch.state_dir", &rd.state_dir, |s: &String| {
-            Ok(file.dir().join(s))
+            Ok(file.dir().join(tilde(s, user_home(env).as_deref())))
         }),
     }
     .unwrap_or_else(|| home.join("governor"));
