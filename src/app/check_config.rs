@@ -1,16 +1,58 @@
-//! `check_config` (not built yet).
+//! `check-config`: print the effective config, or every problem in it.
+//!
+//! Side effects: reads the config file, its `profiles_dir` and the Hermes profile directories
+//! (through `config::load`); writes stdout (the config, or `--json` output) and stderr (the
+//! problems). Writes no file.
 
+use crate::config::{self, ConfigArgs};
 use std::process::ExitCode;
 
 /// Flags of this command.
 #[derive(Debug, clap::Args)]
-pub struct CheckConfigArgs {}
+pub struct CheckConfigArgs {
+    /// Config location and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print the effective config (or the problems) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
-/// Run the command.
+/// Run the command: exit 0 with the effective config on stdout (TOML annotated with where
+/// each value came from, or `--json`), or exit 2 with every problem on stderr, one per line.
 ///
 /// # Errors
 ///
-/// Always, until the command lands.
-pub fn run(_args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not built yet")
+/// Only when stdout cannot be serialized to (never for these plain types).
+pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let env = config::process_env;
+    match config::load(&args.config, &env) {
+        Ok(cfg) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&cfg)?);
+            } else {
+                print!("{}", cfg.to_toml_annotated());
+                println!(
+                    "\n# OK: {} pool(s), {} profile(s).",
+                    cfg.pools.len(),
+                    cfg.profiles.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            if args.json {
+                let problems = serde_json::json!({ "problems": err.problems });
+                println!("{}", serde_json::to_string_pretty(&problems)?);
+            }
+            for p in &err.problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!(
+                "{} problem(s) in the config; fix them and run check-config again.",
+                err.problems.len()
+            );
+            Ok(ExitCode::from(2))
+        }
+    }
 }

@@ -1,0 +1,224 @@
+//! Stage 1 of the config: the file as typed, before any meaning is given to it.
+//!
+//! Every field is optional and unknown keys are rejected (`deny_unknown_fields`), so a typo is
+//! an error that names the key instead of a silently ignored setting. Scalars keep their byte
+//! span in the file ([`Spanned`]) so stage 2 can name the line. Sizes, durations and the
+//! telemetry choice stay as raw TOML values here: stage 2 explains a bare number or a decimal
+//! unit better than serde could. Integers are read as `i64` for the same reason (a negative
+//! count gets a message, not a serde type error).
+//!
+//! No I/O: [`parse_file`] and [`parse_profile`] take the text and its origin.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+use super::{Problem, Source};
+
+/// An optional scalar with its span in the file.
+pub(crate) type Opt<T> = Option<Spanned<T>>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub hermes: Option<RawHermes>,
+    pub gpu: Option<RawGpu>,
+    pub engine: Option<RawEngine>,
+    pub pools: Option<BTreeMap<String, Spanned<RawPool>>>,
+    pub latency: Option<RawLatency>,
+    pub dispatch: Option<RawDispatch>,
+    pub profiles: Option<Vec<Spanned<RawProfile>>>,
+    pub profiles_dir: Opt<String>,
+}
+
+/// `[hermes]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHermes {
+    pub bin: Opt<String>,
+    pub home: Opt<String>,
+    pub board: Opt<String>,
+    pub max_semantics: Opt<String>,
+}
+
+/// `[gpu]` or `[pools.<name>.gpu]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGpu {
+    pub index: Opt<toml::Value>,
+    pub uuid: Opt<toml::Value>,
+    pub telemetry: Opt<toml::Value>,
+    pub memory_total: Opt<toml::Value>,
+    pub baseline: Opt<toml::Value>,
+    pub headroom: Opt<f64>,
+    pub reserve: Opt<toml::Value>,
+}
+
+/// `[engine]` or `[pools.<name>.engine]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEngine {
+    pub kind: Opt<String>,
+    pub url: Opt<String>,
+    pub model: Opt<String>,
+    pub kv_capacity_tokens: Opt<i64>,
+    pub slots: Opt<i64>,
+    pub slot_context_tokens: Opt<i64>,
+    pub max_staleness: Opt<toml::Value>,
+}
+
+/// `[pools.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub gpu: Option<RawGpu>,
+    pub engine: Option<RawEngine>,
+}
+
+/// `[latency]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLatency {
+    pub ttft_slo: Opt<toml::Value>,
+    pub signal: Opt<String>,
+    pub min_limit: Opt<i64>,
+    pub max_limit: Opt<i64>,
+    pub backoff: Opt<f64>,
+    pub dwell: Opt<toml::Value>,
+}
+
+/// `[dispatch]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDispatch {
+    pub interval: Opt<toml::Value>,
+    pub max_running: Opt<i64>,
+    pub max_wait: Opt<toml::Value>,
+    pub state_dir: Opt<String>,
+    pub timeout: Opt<toml::Value>,
+}
+
+/// One profile: a `[[profiles]]` table or one file in `profiles_dir`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProfile {
+    pub name: Opt<String>,
+    pub lane: Opt<String>,
+    pub model: Opt<String>,
+    pub kv_bytes_per_token: Opt<toml::Value>,
+    pub kv_dtype: Opt<String>,
+    pub max_context_tokens: Opt<i64>,
+    pub requests_per_task: Opt<i64>,
+    pub max_parallel: Opt<i64>,
+    pub guaranteed: Opt<i64>,
+    pub extra_bytes: Opt<toml::Value>,
+    pub footprint: Opt<String>,
+    pub pool: Opt<String>,
+}
+
+/// A file's text and where it came from, for turning spans into lines.
+#[derive(Debug, Clone)]
+pub(crate) struct FileText {
+    /// The file (absolute when it came from disk), or a label such as `<embedded default>`.
+    pub path: PathBuf,
+    /// Its contents.
+    pub text: String,
+}
+
+impl FileText {
+    /// The 1-based line of byte offset `at`.
+    pub fn line(&self, at: usize) -> usize {
+        let end = at.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The source of a value at `span` in this file.
+    pub fn source(&self, span: &std::ops::Range<usize>) -> Source {
+        Source::File {
+            path: self.path.clone(),
+            line: Some(self.line(span.start)),
+        }
+    }
+
+    /// The directory the file lives in (relative paths in it resolve against this).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+/// Parse a config file (stage 1).
+///
+/// # Errors
+///
+/// Invalid TOML, an unknown key or a value of the wrong TOML type, as one problem naming the
+/// file and line.
+pub(crate) fn parse_file(file: &FileText) -> Result<RawConfig, Problem> {
+    toml::from_str(&file.text).map_err(|e| de_problem(file, &e))
+}
+
+/// Parse one profile file from `profiles_dir` (stage 1).
+///
+/// # Errors
+///
+/// As [`parse_file`].
+pub(crate) fn parse_profile(file: &FileText) -> Result<Spanned<RawProfile>, Problem> {
+    let len = file.text.len();
+    toml::from_str::<RawProfile>(&file.text)
+        .map(|p| Spanned::new(0..len, p))
+        .map_err(|e| de_problem(file, &e))
+}
+
+fn de_problem(file: &FileText, e: &toml::de::Error) -> Problem {
+    let line = e.span().map(|s| file.line(s.start));
+    let msg = e.message().trim_end().replace('\n', " ");
+    let key = match unknown_field(&msg) {
+        Some(field) => match e.span().and_then(|s| table_at(&file.text, s.start)) {
+            Some(table) => format!("{table}.{field}"),
+            None => field,
+        },
+        None => "(toml syntax)".to_owned(),
+    };
+    let fix = if msg.starts_with("unknown field") {
+        "remove it or fix its spelling"
+    } else if msg.starts_with("invalid type") {
+        "write the value with the type the key expects (strings quoted, sizes as \"24GiB\", durations as \"15s\")"
+    } else {
+        "fix the TOML syntax at that line"
+    };
+    Problem {
+        source: Source::File {
+            path: file.path.clone(),
+            line,
+        },
+        key,
+        detail: format!("{msg}; {fix}"),
+    }
+}
+
+/// The `[table]` or `[[table]]` header in force at byte `at` (`None` at top level), so an
+/// unknown key is named with its table (`gpu.headrom`).
+fn table_at(text: &str, at: usize) -> Option<String> {
+    let before = &text[..at.min(text.len())];
+    // Only whole lines before the one with the error (which may be the header itself).
+    let before = &before[..before.rfind('\n').unwrap_or(0)];
+    let header = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))?;
+    let name = header.trim_start_matches('[');
+    let name = &name[..name.find(']')?];
+    Some(name.trim().to_owned())
+}
+
+/// The key named by serde's "unknown field `x`, expected ..." message.
+fn unknown_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
+}
