@@ -147,3 +147,124 @@ fn an_unknown_engine_exits_2() {
         .code(2)
         .stderr(predicate::str::contains("--engine"));
 }
+
+/// A governor config like the embedded default: one 80 GiB GPU under vLLM with a configured
+/// KV pool of 442,368 tokens, and three Llama-3.1-8B profiles.
+const VLLM_CONFIG: &str = r#"
+[hermes]
+home = "/nonexistent/hermes"
+
+[gpu]
+telemetry = "static"
+memory_total = "80GiB"
+baseline = "72GiB"
+headroom = 0.85
+
+[engine]
+kind = "vllm"
+model = "llama-3.1-8b"
+kv_capacity_tokens = 442368
+
+[[profiles]]
+name = "coder"
+model = "llama-3.1-8b"
+max_context_tokens = 32768
+max_parallel = 8
+
+[[profiles]]
+name = "researcher"
+model = "llama-3.1-8b"
+max_context_tokens = 65536
+requests_per_task = 2
+
+[[profiles]]
+name = "triage"
+model = "llama-3.1-8b"
+max_context_tokens = 8192
+guaranteed = 2
+"#;
+
+fn config_file(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("governor.toml"), text).expect("write the config");
+    dir
+}
+
+#[test]
+fn a_config_is_planned_in_the_engine_pool_tokens_the_governor_charges() {
+    let dir = config_file(VLLM_CONFIG);
+    let path = dir.path().join("governor.toml");
+    let v = json_of(&["--config", path.to_str().expect("utf-8 path")]);
+    // headroom 0.85 × 442,368 tokens.
+    assert_eq!(v["kv_budget_tokens"], 376_012);
+    let alone: Vec<u64> = v["profiles"]
+        .as_array()
+        .expect("profiles")
+        .iter()
+        .map(|p| p["max_concurrent_alone"].as_u64().expect("a count"))
+        .collect();
+    // coder: 11 fit, max_parallel 8; researcher: 2 × 65,536 tokens each, 2 fit; triage: 45.
+    assert_eq!(alone, [8, 2, 45]);
+    let mix = &v["mix"];
+    let tokens = mix["coder"].as_u64().expect("coder") * 32_768
+        + mix["researcher"].as_u64().expect("researcher") * 131_072
+        + mix["triage"].as_u64().expect("triage") * 8_192;
+    assert!(tokens <= 376_012, "{mix}");
+    assert!(
+        mix["triage"].as_u64().expect("triage") >= 2,
+        "guaranteed room: {mix}"
+    );
+}
+
+#[test]
+fn a_config_pool_without_a_gpu_size_exits_2_asking_for_gpu_memory() {
+    let live = VLLM_CONFIG.replace(
+        "telemetry = \"static\"\nmemory_total = \"80GiB\"\nbaseline = \"72GiB\"\n",
+        "",
+    );
+    assert_ne!(live, VLLM_CONFIG);
+    let dir = config_file(&live);
+    let path = dir.path().join("governor.toml");
+    plan()
+        .args(["--config", path.to_str().expect("utf-8 path")])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("--gpu-memory").and(predicate::str::contains("memory_total")),
+        );
+    // With the size given, it plans.
+    plan()
+        .args([
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--gpu-memory",
+            "80GiB",
+        ])
+        .assert()
+        .success();
+}
+
+#[test]
+fn profile_flags_with_a_config_exit_2() {
+    let dir = config_file(VLLM_CONFIG);
+    let path = dir.path().join("governor.toml");
+    plan()
+        .args([
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--model",
+            "qwen3-8b",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--model and --config"));
+}
+
+#[test]
+fn a_missing_config_file_exits_2() {
+    plan()
+        .args(["--config", "/nonexistent/governor.toml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/nonexistent/governor.toml"));
+}
