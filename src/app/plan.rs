@@ -14,7 +14,7 @@
 //! - flags alone (`--model` or `--kv-bytes-per-token`, `--max-context`, ...): one profile;
 //! - the repository's ready profiles (`profiles/*.toml`, embedded in the binary) when no
 //!   profile flag is given; `--gpu-memory`, `--engine`, ... still apply;
-//! - `--config F` (not built yet: it needs the config loader).
+//! - `--config F`: every pool of a governor config, as that governor would charge it.
 
 use crate::catalog::{self, KvDtype, ModelSpec, WeightFormat};
 use crate::error::UsageError;
@@ -55,7 +55,8 @@ impl std::ops::DerefMut for PlanArgs {
 /// The flags of `plan`.
 #[derive(Debug, Default, clap::Args)]
 pub struct PlanFlags {
-    /// Plan the profiles of this governor config (not built yet).
+    /// Plan every pool of this governor config, with its profiles, capacities and caps
+    /// (instead of the profile flags).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// GPU memory, as an IEC size (`80GiB`, `24GiB`). Default 80GiB.
@@ -359,12 +360,18 @@ struct NeverFit {
 ///
 /// A [`UsageError`] for a bad flag or profile (exit 2).
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let input = input_from_args(&args)?;
-    let report = plan(&input);
+    let inputs = inputs_from_args(&args)?;
+    let reports: Vec<PlanReport> = inputs.iter().map(plan).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        // One pool: its report. Several (a multi-pool config): {"pools": [...]}.
+        let json = match reports.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            many => serde_json::to_string_pretty(&serde_json::json!({ "pools": many }))?,
+        };
+        println!("{json}");
     } else {
-        print!("{}", render(&report));
+        let text: Vec<String> = reports.iter().map(render).collect();
+        print!("{}", text.join("\n"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -435,15 +442,30 @@ fn parse_dtype(flag: &str, s: &str) -> anyhow::Result<KvDtype> {
     s.parse().map_err(|e| usage(format!("{flag}: {e}")))
 }
 
-fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
-    if let Some(path) = &args.config {
-        return Err(usage(format!(
-            "--config {}: planning from a config file is not built yet; give the profile \
-             with flags (--model, --max-context, ...) or run plan with no profile flags to \
-             plan the ready profiles",
-            path.display()
-        )));
+/// What to plan: one pool from flags or the ready profiles, or every pool of a config.
+fn inputs_from_args(args: &PlanFlags) -> anyhow::Result<Vec<PlanInput>> {
+    match &args.config {
+        Some(path) => inputs_from_config(args, path),
+        None => Ok(vec![input_from_args(args)?]),
     }
+}
+
+/// Every pool of the governor config at `path`, with the profiles it governs there. The
+/// config's own worst cases, placements, capacities and caps are used, so the plan is what
+/// that governor would do; `--gpu-memory`, `--headroom`, `--reserve`, `--weights`,
+/// `--weight-memory` and `--overhead` override or fill in what the config leaves open.
+fn inputs_from_config(_args: &PlanFlags, path: &std::path::Path) -> anyhow::Result<Vec<PlanInput>> {
+    // The config loader has not landed on this branch yet; branch `catalog-cfg` has this
+    // function against it.
+    Err(usage(format!(
+        "--config {}: planning from a config file is not built yet; give the profile with \
+         flags (--model, --max-context, ...) or run plan with no profile flags to plan the \
+         ready profiles",
+        path.display()
+    )))
+}
+
+fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
     let from_flags = args.model.is_some() || args.kv_bytes_per_token.is_some();
     if !from_flags {
         for (flag, given) in [
@@ -953,8 +975,11 @@ fn plan(input: &PlanInput) -> PlanReport {
         &plannable,
         &profiles,
         slots,
-        ceiling_bytes,
-        kv_budget_bytes,
+        &Budget {
+            ceiling_bytes,
+            kv_budget_bytes,
+            capacity,
+        },
         &models,
     );
     let mut report = PlanReport {
@@ -1096,15 +1121,30 @@ fn fraction_floor_2dp(part: u64, total: u64) -> f64 {
     ((part as f64 / total as f64) * 100.0).floor() / 100.0
 }
 
+/// A pool's budget as the plan computed it.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// GPU bytes ceiling (from `decide`).
+    ceiling_bytes: u64,
+    /// Bytes left for KV under the ceiling.
+    kv_budget_bytes: u64,
+    /// The engine's KV pool in tokens (engine pools only).
+    capacity: Option<u64>,
+}
+
 fn engine_settings(
     input: &PlanInput,
     plannable: &[&PlanProfile],
     profiles: &[ProfileReport],
     slots: Option<(u32, u64)>,
-    ceiling_bytes: u64,
-    kv_budget_bytes: u64,
+    budget: &Budget,
     models: &[&'static ModelSpec],
 ) -> EngineSettings {
+    let Budget {
+        ceiling_bytes,
+        kv_budget_bytes,
+        capacity,
+    } = *budget;
     let mut settings = BTreeMap::new();
     let mut notes = Vec::new();
     let longest = plannable.iter().map(|p| p.max_context).max().unwrap_or(0);
@@ -1119,8 +1159,17 @@ fn engine_settings(
     }
     let command = match input.engine {
         Engine::Vllm | Engine::Sglang => {
-            // The engine may take the whole ceiling: weights, activations and the KV pool.
-            let util = fraction_floor_2dp(ceiling_bytes, input.gpu_memory);
+            let util = if input.placement == KvPlacement::EnginePool {
+                // A pool the config sizes: the engine keeps what it holds now (its baseline
+                // is its preallocation), else vLLM's default.
+                match input.baseline {
+                    Some(b) => fraction_floor_2dp(b, input.gpu_memory),
+                    None => VLLM_DEFAULT_UTILIZATION,
+                }
+            } else {
+                // The engine may take the whole ceiling: weights, activations and KV pool.
+                fraction_floor_2dp(ceiling_bytes, input.gpu_memory)
+            };
             let kv_flag = match dtype {
                 KvDtype::Fp8 => Some("fp8"),
                 _ => None,
@@ -1150,7 +1199,14 @@ fn engine_settings(
                 }
                 c
             };
-            if let [m] = models {
+            if let Some(c) = capacity {
+                settings.insert("expected_kv_cache_tokens".into(), c.into());
+                notes.push(format!(
+                    "the engine's KV pool is {c} tokens (configured or estimated at \
+                     utilization {VLLM_DEFAULT_UTILIZATION}); the governor fills headroom × \
+                     that pool"
+                ));
+            } else if let [m] = models {
                 let tokens = kv_budget_bytes / m.kv_bytes_per_token(dtype).max(1);
                 settings.insert("expected_kv_cache_tokens".into(), tokens.into());
                 notes.push(format!(
@@ -1290,12 +1346,15 @@ fn summary(r: &PlanReport) -> String {
             format!("{at_least}{} {}", p.in_mix, p.name)
         })
         .collect();
+    let budget = match r.kv_budget_tokens {
+        Some(t) => format!("{t} tokens"),
+        None => Bytes(r.kv_budget_bytes).to_string(),
+    };
     let mut s = format!(
-        "{} on {} ({}): KV budget {}; largest mix {}",
+        "{} on {} ({}): KV budget {budget}; largest mix {}",
         r.engine.name(),
         Bytes(r.gpu_memory_bytes),
         r.weights,
-        Bytes(r.kv_budget_bytes),
         if fits.is_empty() {
             "nothing".to_owned()
         } else {
@@ -1320,7 +1379,14 @@ fn render(r: &PlanReport) -> String {
         r.headroom,
         Bytes(r.reserve_bytes)
     );
-    if r.baseline_bytes == r.weight_bytes.saturating_add(r.overhead_bytes) {
+    if let (Some(cap), Some(fill)) = (r.kv_capacity_tokens, r.kv_budget_tokens) {
+        let _ = writeln!(
+            out,
+            "engine KV pool {cap} tokens; the governor fills {fill} (headroom × pool); GPU \
+             ceiling {} (total − reserve) for bytes outside the engine",
+            Bytes(r.ceiling_bytes)
+        );
+    } else if r.baseline_bytes == r.weight_bytes.saturating_add(r.overhead_bytes) {
         let _ = writeln!(
             out,
             "ceiling {} − weights {} ({}) − overhead {} = KV budget {}",
@@ -1337,12 +1403,6 @@ fn render(r: &PlanReport) -> String {
             Bytes(r.ceiling_bytes),
             Bytes(r.baseline_bytes),
             Bytes(r.kv_budget_bytes)
-        );
-    }
-    if let (Some(cap), Some(fill)) = (r.kv_capacity_tokens, r.kv_budget_tokens) {
-        let _ = writeln!(
-            out,
-            "engine KV pool {cap} tokens; the governor fills {fill} (headroom × pool)"
         );
     }
     if let (Some(n), Some(c)) = (r.slots, r.slot_context_tokens) {
