@@ -166,6 +166,13 @@ impl Engine {
         }
     }
 
+    /// Whether the engine keeps only the window of KV in sliding-window layers (vLLM V1's
+    /// hybrid allocator, SGLang, llama.cpp's SWA cache; ENGINES.md §3), as the config
+    /// computes worst cases.
+    fn honours_sliding_window(self) -> bool {
+        matches!(self, Engine::Vllm | Engine::Sglang | Engine::Llamacpp)
+    }
+
     /// Whether the engine serves requests from fixed slots sized at start-up.
     fn has_slots(self) -> bool {
         matches!(self, Engine::Llamacpp | Engine::Ollama)
@@ -246,6 +253,28 @@ impl PlanProfile {
         }
     }
 
+    /// The worst case charged on `engine`: per request the model's KV for
+    /// `max_context` tokens (windowed where the engine honours sliding windows), times
+    /// `requests_per_task`, plus `extra_bytes`. The same rule as the config's.
+    fn charged_on(&self, engine: Engine) -> WorstCase {
+        let per_request = match self.model {
+            Some(m) => m.kv_bytes_for_context(
+                self.max_context,
+                self.kv_dtype,
+                engine.honours_sliding_window(),
+            ),
+            None => self.kv_bytes_per_token.saturating_mul(self.max_context),
+        };
+        let rpt = u64::from(self.requests_per_task);
+        WorstCase {
+            kv_bytes: Bytes(per_request.saturating_mul(rpt)),
+            extra_bytes: Bytes(self.extra_bytes),
+            kv_tokens: self.max_context.saturating_mul(rpt),
+            slots: self.requests_per_task,
+            request_tokens: self.max_context,
+        }
+    }
+
     fn policy(&self) -> ProfilePolicy {
         ProfilePolicy {
             id: ProfileId(self.name.clone()),
@@ -298,8 +327,10 @@ struct ProfileReport {
     requests_per_task: u32,
     extra_bytes: u64,
     worst_case_bytes: u64,
-    /// The worst case if the engine keeps only the window in sliding-window layers.
-    worst_case_bytes_sliding: Option<u64>,
+    /// Sliding-window models: the worst case with every layer holding the full context,
+    /// and whether the engine keeps only the window (then `worst_case_bytes` is smaller).
+    worst_case_bytes_full_attention: Option<u64>,
+    sliding_window_honoured: Option<bool>,
     max_concurrent_alone: u64,
     /// Whether `max_concurrent_alone` hit the backlog size (then it is a lower bound).
     at_least: bool,
@@ -672,11 +703,14 @@ fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
         )));
     }
 
-    let profiles = if from_flags {
+    let mut profiles = if from_flags {
         vec![profile_from_flags(args)?]
     } else {
         ready_profiles()?
     };
+    for p in &mut profiles {
+        p.declared = Some(p.charged_on(engine));
+    }
     Ok(PlanInput {
         pool: "default".to_owned(),
         gpu_memory,
@@ -1066,6 +1100,9 @@ fn plan(input: &PlanInput) -> PlanReport {
             });
         }
         let wc = p.worst_case();
+        let sliding = p
+            .model
+            .is_some_and(|m| matches!(m.attention, catalog::Attention::Sliding { .. }));
         profiles.push(ProfileReport {
             name: p.name.clone(),
             model: p.model.map(|m| m.name),
@@ -1075,13 +1112,13 @@ fn plan(input: &PlanInput) -> PlanReport {
             requests_per_task: p.requests_per_task,
             extra_bytes: p.extra_bytes,
             worst_case_bytes: wc.total_bytes().get(),
-            worst_case_bytes_sliding: p.model.and_then(|m| {
-                matches!(m.attention, catalog::Attention::Sliding { .. }).then(|| {
-                    m.kv_bytes_for_context(p.max_context, p.kv_dtype, true)
-                        .saturating_mul(u64::from(p.requests_per_task))
-                        .saturating_add(p.extra_bytes)
-                })
+            worst_case_bytes_full_attention: sliding.then(|| {
+                p.kv_bytes_per_token
+                    .saturating_mul(p.max_context)
+                    .saturating_mul(u64::from(p.requests_per_task))
+                    .saturating_add(p.extra_bytes)
             }),
+            sliding_window_honoured: sliding.then(|| input.engine.honours_sliding_window()),
             max_concurrent_alone: alone_n,
             at_least,
             in_mix: mix.get(&p.name).copied().unwrap_or(0),
@@ -1582,15 +1619,28 @@ fn render(r: &PlanReport) -> String {
     }
     let _ = writeln!(out);
     for p in &r.profiles {
-        if let Some(s) = p.worst_case_bytes_sliding {
-            let _ = writeln!(
-                out,
-                "{}: sliding-window model; {} per task if the engine keeps only the window \
-                 (the plan charges the full {})",
-                p.name,
-                Bytes(s),
-                Bytes(p.worst_case_bytes)
-            );
+        match (p.worst_case_bytes_full_attention, p.sliding_window_honoured) {
+            (Some(full), Some(true)) => {
+                let _ = writeln!(
+                    out,
+                    "{}: sliding-window model; {} keeps only the window in local layers: \
+                     charged {} per task ({} with full attention)",
+                    p.name,
+                    r.engine.name(),
+                    Bytes(p.worst_case_bytes),
+                    Bytes(full)
+                );
+            }
+            (Some(_), _) => {
+                let _ = writeln!(
+                    out,
+                    "{}: sliding-window model; {} is not known to keep only the window, so \
+                     every layer is charged the full context",
+                    p.name,
+                    r.engine.name()
+                );
+            }
+            _ => {}
         }
     }
     for n in &r.never_fit {
@@ -1706,6 +1756,25 @@ mod tests {
         assert!(n * p.worst_case_bytes <= r.kv_budget_bytes);
         assert!((n + 1) * p.worst_case_bytes > r.kv_budget_bytes);
         assert_eq!(p.in_mix, n);
+    }
+
+    #[test]
+    fn sliding_windows_are_charged_as_the_config_charges_them() {
+        let mut a = args();
+        a.model = Some("gemma-3-27b".into());
+        a.max_context = Some(32_768);
+        a.engine = Some(Engine::Vllm);
+        let r = plan(&input_from_args(&a).unwrap());
+        // ENGINES.md §3: 2.91 GiB with the window honoured, 15.5 GiB treated as full.
+        assert_eq!(r.profiles[0].worst_case_bytes, 3_120_562_176);
+        assert_eq!(
+            r.profiles[0].worst_case_bytes_full_attention,
+            Some(507_904 * 32_768)
+        );
+        a.engine = Some(Engine::Ollama);
+        let r = plan(&input_from_args(&a).unwrap());
+        assert_eq!(r.profiles[0].worst_case_bytes, 507_904 * 32_768);
+        assert_eq!(r.profiles[0].sliding_window_honoured, Some(false));
     }
 
     #[test]
