@@ -1244,6 +1244,8 @@ pub struct GatewayDispatcher {
     pub env_disabled: bool,
     /// The config file consulted.
     pub config_path: PathBuf,
+    /// Whether it exists (when not, `dispatch_in_gateway` is Hermes's default, true).
+    pub config_exists: bool,
 }
 
 impl GatewayDispatcher {
@@ -1257,7 +1259,12 @@ impl GatewayDispatcher {
     /// is enabled (it may be starting, or running without the lock). The governor holds
     /// (`DualDispatcher`) while this is `Some`.
     pub fn active(&self) -> Option<String> {
-        let setting = if self.enabled() {
+        let setting = if self.enabled() && !self.config_exists {
+            format!(
+                "kanban.dispatch_in_gateway is true (the default: {} does not exist)",
+                self.config_path.display()
+            )
+        } else if self.enabled() {
             format!(
                 "kanban.dispatch_in_gateway is true in {}",
                 self.config_path.display()
@@ -1328,6 +1335,7 @@ pub fn read_gateway_dispatcher(
         config_enabled: config.kanban.dispatch_in_gateway,
         env_disabled: env_disables_gateway_dispatch(env),
         config_path: config.path,
+        config_exists: config.exists,
     })
 }
 

@@ -758,6 +758,7 @@ fn dispatcher(
         config_enabled,
         env_disabled,
         config_path: PathBuf::from("/h/config.yaml"),
+        config_exists: true,
     }
 }
 
