@@ -477,13 +477,17 @@ fn check_gateway(env: &dyn Fn(&str) -> Option<String>, home: &Path, root: &Path)
             None => Check::ok(
                 "gateway_dispatcher",
                 format!(
-                    "the gateway dispatcher is off ({}) and nobody holds {}",
+                    "the gateway dispatcher is off ({}) and nobody holds {}{}",
                     if g.env_disabled {
                         "HERMES_KANBAN_DISPATCH_IN_GATEWAY"
                     } else {
                         "kanban.dispatch_in_gateway: false"
                     },
-                    g.lock_path.display()
+                    g.lock_path.display(),
+                    match g.live_gateways.first() {
+                        Some((_, pid)) => format!("; gateway pid {pid} runs without it"),
+                        None => String::new(),
+                    }
                 ),
             ),
         },
