@@ -468,6 +468,44 @@ pub fn read_board_location(
     })
 }
 
+/// Where the governed board's files are, resolved once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HermesEnv {
+    /// `HERMES_HOME` as the governor runs Hermes (its `config.yaml` is the dispatcher's).
+    pub hermes_home: PathBuf,
+    /// The kanban root.
+    pub root: PathBuf,
+    /// The board.
+    pub board: BoardLocation,
+}
+
+/// Resolves the Hermes home, kanban root and board the way a Hermes process started by the
+/// governor will: `hermes_home` (from `hermes.home`) replaces `HERMES_HOME` in `env` when
+/// given; `board` is `hermes.board`.
+///
+/// # Errors
+///
+/// No home can be found, or the named board is invalid or missing.
+pub fn read_hermes_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    hermes_home: Option<&Path>,
+    board: Option<&str>,
+) -> Result<HermesEnv, HermesHomeError> {
+    let home_override = hermes_home.map(|h| h.display().to_string());
+    let env = |k: &str| match (&home_override, k) {
+        (Some(h), env_keys::HERMES_HOME) => Some(h.clone()),
+        _ => env(k),
+    };
+    let hermes_home = resolve_hermes_home(&env)?;
+    let root = read_kanban_root(&env)?;
+    let board = read_board_location(&env, &root, board)?;
+    Ok(HermesEnv {
+        hermes_home,
+        root,
+        board,
+    })
+}
+
 // ----------------------------------------------------------------------------------------------
 // (b) config.yaml
 // ----------------------------------------------------------------------------------------------

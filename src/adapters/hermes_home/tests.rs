@@ -247,6 +247,26 @@ fn read_board_location_sees_boards_and_the_current_file_on_disk() {
     assert_eq!(b.db, root.join("kanban/boards/gpu/kanban.db"));
 }
 
+#[test]
+fn read_hermes_env_lets_the_configured_home_replace_hermes_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("h");
+    std::fs::create_dir_all(home.join("kanban/boards/gpu")).unwrap();
+    std::fs::write(home.join("kanban/boards/gpu/kanban.db"), "").unwrap();
+    let env = env_of(&[("HERMES_HOME", "/elsewhere"), ("HOME", "/home/u")]);
+    let e = read_hermes_env(&env, Some(&home), Some("gpu")).unwrap();
+    assert_eq!(e.hermes_home, home);
+    assert_eq!(e.root, home);
+    assert_eq!(e.board.db, home.join("kanban/boards/gpu/kanban.db"));
+    let e = read_hermes_env(&env, None, None).unwrap();
+    assert_eq!(
+        (e.hermes_home, e.root),
+        (PathBuf::from("/elsewhere"), PathBuf::from("/elsewhere"))
+    );
+    assert_eq!(e.board.db, Path::new("/elsewhere/kanban.db"));
+    assert!(read_hermes_env(&env, Some(&home), Some("cpu")).is_err());
+}
+
 // --- (b) config -------------------------------------------------------------------------------
 
 #[test]
