@@ -582,6 +582,7 @@ fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Pat
             "run the governor as the user Hermes runs as, and check the board with `hermes kanban list`",
         )),
     }
+    out.push(check_board_owner(&loc.db));
     match hh::list_corrupt_backups(&loc.db) {
         Ok(b) if b.is_empty() => out.push(Check::ok(
             "corrupt_backups",
@@ -610,6 +611,33 @@ fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Pat
         )),
     }
     out
+}
+
+/// `board_owner`: the governor should run as the user that owns the board, because SQLite
+/// opens the `-shm` file read-write even for a read-only connection (`HERMES.md` §2.3).
+fn check_board_owner(db: &Path) -> Check {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    match std::fs::metadata(db) {
+        Ok(m) if m.uid() == me => Check::ok(
+            "board_owner",
+            format!("the board belongs to this user (uid {me})"),
+        ),
+        Ok(m) => Check::warn(
+            "board_owner",
+            format!(
+                "the board belongs to uid {}, this process runs as uid {me}: the read-only reader needs write access to {}-shm",
+                m.uid(),
+                db.display()
+            ),
+            "run the governor (cron entry, systemd User=) as the user Hermes runs as",
+        ),
+        Err(e) => Check::warn(
+            "board_owner",
+            format!("cannot stat {}: {e}", db.display()),
+            "run the governor as the user Hermes runs as",
+        ),
+    }
 }
 
 /// `max_in_progress` and `max_in_progress_per_profile` in Hermes's config.

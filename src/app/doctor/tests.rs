@@ -259,6 +259,8 @@ fn board_checks_find_a_missing_board_a_wal_board_and_corrupt_copies() {
     let checks = check_board(&env, &i, root);
     assert_eq!(find(&checks, "board_wal").status, Status::Ok);
     assert_eq!(find(&checks, "corrupt_backups").status, Status::Ok);
+    // The test made the board, so it is this user's.
+    assert_eq!(find(&checks, "board_owner").status, Status::Ok);
     std::fs::write(root.join("kanban.db.corrupt.1f2e.bak"), "").unwrap();
     let checks = check_board(&env, &i, root);
     let c = find(&checks, "corrupt_backups");
