@@ -328,8 +328,13 @@ fn check_hermes_bin(
         out.push(Check::ok("cron_path", "hermes.bin is absolute"));
         return None;
     }
-    // A bare name (or nothing): found on this shell's PATH, maybe not on cron's.
-    let found = which(&name, &path_env);
+    // A bare name (or nothing): found on this shell's PATH, maybe not on cron's. A relative
+    // path with a slash is not looked up in PATH, as in a shell: it depends on the cwd.
+    let found = if name.contains('/') {
+        Some(PathBuf::from(&name)).filter(|p| is_executable(p))
+    } else {
+        which(&name, &path_env)
+    };
     let Some(found) = found else {
         out.push(Check::fail(
             "hermes_bin",
@@ -343,15 +348,9 @@ fn check_hermes_bin(
         ));
         return None;
     };
-    let found = std::fs::canonicalize(&found).map_or(found, |c| {
-        // Keep the PATH entry's spelling when it is a symlink into a venv: the venv launcher
-        // must be named by the path the user installed.
-        if c.file_name() == Some(std::ffi::OsStr::new(&name)) {
-            c
-        } else {
-            which(&name, &path_env).unwrap_or(c)
-        }
-    });
+    // Name the path as found (a symlink such as /usr/local/bin/hermes stays one), made
+    // absolute when PATH had a relative entry.
+    let found = std::path::absolute(&found).unwrap_or(found);
     let how = if configured.is_some() {
         format!(
             "hermes.bin = {name:?} is not absolute; PATH finds {}",
