@@ -226,27 +226,22 @@ pub fn resolve_hermes_home(
     Ok(Path::new(&home).join(".hermes"))
 }
 
-/// The kanban root `<root>` (`kanban_home()`): `HERMES_KANBAN_HOME` if set (with `~`
-/// expanded); else with `HERMES_HOME` unset, `~/.hermes`; with `HERMES_HOME` under
-/// `~/.hermes`, `~/.hermes`; with `HERMES_HOME` = `<x>/profiles/<name>`, `<x>`; else
-/// `HERMES_HOME` itself.
+/// The Hermes root (`get_default_hermes_root()`), where profiles live: with `HERMES_HOME`
+/// unset, `~/.hermes`; with `HERMES_HOME` under `~/.hermes`, `~/.hermes`; with `HERMES_HOME`
+/// = `<x>/profiles/<name>`, `<x>`; else `HERMES_HOME` itself. `HERMES_KANBAN_HOME` does not
+/// move it (checked against 0.19.0: profiles stay under this root).
 ///
-/// Pure: "under `~/.hermes`" is decided lexically. [`read_kanban_root`] also resolves symlinks
+/// Pure: "under `~/.hermes`" is decided lexically. [`read_hermes_root`] also resolves symlinks
 /// first, as Hermes does.
 ///
 /// # Errors
 ///
 /// [`HermesHomeError::NoHome`] when the answer needs `~` and `HOME` is unset.
-pub fn resolve_kanban_root(
+pub fn resolve_hermes_root(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PathBuf, HermesHomeError> {
-    let user_home = env_nonempty(env, env_keys::HOME).map(PathBuf::from);
-    if let Some(k) = env_nonempty(env, env_keys::KANBAN_HOME) {
-        return Ok(expand_user(&k, user_home.as_deref()));
-    }
-    let native = user_home
-        .as_deref()
-        .map(|h| h.join(".hermes"))
+    let native = env_nonempty(env, env_keys::HOME)
+        .map(|h| Path::new(&h).join(".hermes"))
         .ok_or(HermesHomeError::NoHome);
     let Some(hermes_home) = env_nonempty(env, env_keys::HERMES_HOME) else {
         return native;
@@ -260,6 +255,25 @@ pub fn resolve_kanban_root(
     Ok(root_of_home(&hermes_home))
 }
 
+/// The kanban root `<root>` (`kanban_home()`), where boards and the dispatcher lock live:
+/// `HERMES_KANBAN_HOME` if set (with `~` expanded), else the Hermes root
+/// ([`resolve_hermes_root`]).
+///
+/// # Errors
+///
+/// [`HermesHomeError::NoHome`] when the answer needs `~` and `HOME` is unset.
+pub fn resolve_kanban_root(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, HermesHomeError> {
+    match env_nonempty(env, env_keys::KANBAN_HOME) {
+        Some(k) => {
+            let user_home = env_nonempty(env, env_keys::HOME).map(PathBuf::from);
+            Ok(expand_user(&k, user_home.as_deref()))
+        }
+        None => resolve_hermes_root(env),
+    }
+}
+
 /// `<x>` for `<x>/profiles/<name>`, else the home itself (the part of
 /// `get_default_hermes_root()` after the `~/.hermes` test).
 fn root_of_home(hermes_home: &Path) -> PathBuf {
@@ -271,36 +285,40 @@ fn root_of_home(hermes_home: &Path) -> PathBuf {
     }
 }
 
-/// [`resolve_kanban_root`] on the real filesystem: `HERMES_HOME` and `~/.hermes` are
+/// [`resolve_hermes_root`] on the real filesystem: `HERMES_HOME` and `~/.hermes` are
 /// canonicalised (symlinks resolved) when they exist, before the "under `~/.hermes`" test, as
 /// Python's `Path.resolve()` does.
 ///
 /// # Errors
 ///
-/// As [`resolve_kanban_root`].
-pub fn read_kanban_root(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, HermesHomeError> {
-    let canon = |key: &str| {
-        env_nonempty(env, key).map(|v| {
-            std::fs::canonicalize(&v)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or(v)
-        })
-    };
-    let hermes_home = canon(env_keys::HERMES_HOME);
+/// As [`resolve_hermes_root`].
+pub fn read_hermes_root(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, HermesHomeError> {
+    let hermes_home = env_nonempty(env, env_keys::HERMES_HOME)
+        .map(|v| std::fs::canonicalize(&v).unwrap_or_else(|_| PathBuf::from(v)));
     let user_home = env_nonempty(env, env_keys::HOME);
     // `~/.hermes` resolved: compare against its canonical form but return the plain one.
-    let native_canon = user_home.as_deref().and_then(|h| {
-        std::fs::canonicalize(Path::new(h).join(".hermes"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned())
-    });
+    let native_canon = user_home
+        .as_deref()
+        .and_then(|h| std::fs::canonicalize(Path::new(h).join(".hermes")).ok());
     if let (Some(hh), Some(nc), Some(uh)) = (&hermes_home, &native_canon, &user_home)
-        && env_nonempty(env, env_keys::KANBAN_HOME).is_none()
-        && Path::new(hh).starts_with(nc)
+        && hh.starts_with(nc)
     {
         return Ok(Path::new(uh).join(".hermes"));
     }
-    resolve_kanban_root(env)
+    resolve_hermes_root(env)
+}
+
+/// [`resolve_kanban_root`] on the real filesystem (symlinks resolved as in
+/// [`read_hermes_root`]).
+///
+/// # Errors
+///
+/// As [`resolve_kanban_root`].
+pub fn read_kanban_root(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, HermesHomeError> {
+    match env_nonempty(env, env_keys::KANBAN_HOME) {
+        Some(_) => resolve_kanban_root(env),
+        None => read_hermes_root(env),
+    }
 }
 
 /// Hermes's board slug rule (`_normalize_board_slug`): trimmed, lowercased, then
@@ -473,7 +491,9 @@ pub fn read_board_location(
 pub struct HermesEnv {
     /// `HERMES_HOME` as the governor runs Hermes (its `config.yaml` is the dispatcher's).
     pub hermes_home: PathBuf,
-    /// The kanban root.
+    /// The Hermes root: profiles are `<hermes_root>/profiles/<name>`.
+    pub hermes_root: PathBuf,
+    /// The kanban root: boards and `kanban/.dispatcher.lock`.
     pub root: PathBuf,
     /// The board.
     pub board: BoardLocation,
@@ -497,10 +517,12 @@ pub fn read_hermes_env(
         _ => env(k),
     };
     let hermes_home = resolve_hermes_home(&env)?;
+    let hermes_root = read_hermes_root(&env)?;
     let root = read_kanban_root(&env)?;
     let board = read_board_location(&env, &root, board)?;
     Ok(HermesEnv {
         hermes_home,
+        hermes_root,
         root,
         board,
     })
@@ -704,7 +726,8 @@ pub fn normalize_profile_name(name: &str) -> Option<String> {
     }
 }
 
-/// `<root>/profiles/<name>`; for `default`, the root itself.
+/// `<hermes root>/profiles/<name>`; for `default`, the Hermes root itself. Pass the Hermes
+/// root ([`read_hermes_root`]), not the kanban root: they differ under `HERMES_KANBAN_HOME`.
 pub fn profile_dir(root: &Path, name: &str) -> PathBuf {
     match normalize_profile_name(name) {
         Some(n) if n == DEFAULT_PROFILE => root.to_path_buf(),
@@ -714,7 +737,8 @@ pub fn profile_dir(root: &Path, name: &str) -> PathBuf {
 }
 
 /// Whether Hermes would spawn workers for `name` (`profile_exists`): `default`, or an existing
-/// directory `<root>/profiles/<name>/`. A lane name must answer false.
+/// directory `<hermes root>/profiles/<name>/` (`root` is the Hermes root, see
+/// [`profile_dir`]). A lane name must answer false.
 pub fn profile_exists(root: &Path, name: &str) -> bool {
     match normalize_profile_name(name) {
         None => false,

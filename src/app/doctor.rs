@@ -272,7 +272,14 @@ pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<
     if let Some(root) = &root {
         checks.push(check_gateway(&hermes_env, &inputs.hermes_home, root));
         checks.extend(check_board(&hermes_env, inputs, root));
-        checks.extend(check_profiles(inputs, root));
+        match hh::read_hermes_root(&hermes_env) {
+            Ok(hermes_root) => checks.extend(check_profiles(inputs, &hermes_root)),
+            Err(e) => checks.push(Check::fail(
+                "profiles",
+                e.to_string(),
+                "set hermes.home (or HERMES_HOME) to the Hermes home of the governed board",
+            )),
+        }
     }
     checks.extend(check_hermes_caps(&inputs.hermes_home));
     checks.push(check_state_dir(&inputs.state_dir));
@@ -675,7 +682,8 @@ fn check_hermes_caps(home: &Path) -> Vec<Check> {
     out
 }
 
-/// `profile:<name>`: each governed profile is a Hermes profile and its lane is not.
+/// `profile:<name>`: each governed profile is a Hermes profile and its lane is not. `root` is
+/// the Hermes root (profiles), not the kanban root.
 fn check_profiles(inputs: &Inputs, root: &Path) -> Vec<Check> {
     if inputs.profiles.is_empty() {
         return vec![Check::warn(

@@ -64,6 +64,17 @@ fn kanban_home_env_beats_everything_and_expands_tilde() {
 }
 
 #[test]
+fn kanban_home_env_moves_the_board_but_not_the_profiles() {
+    let env = env_of(&[
+        ("HOME", "/home/u"),
+        ("HERMES_HOME", "/srv/h"),
+        ("HERMES_KANBAN_HOME", "/kb"),
+    ]);
+    assert_eq!(resolve_kanban_root(&env).unwrap(), Path::new("/kb"));
+    assert_eq!(resolve_hermes_root(&env).unwrap(), Path::new("/srv/h"));
+}
+
+#[test]
 fn empty_env_values_count_as_unset() {
     let env = env_of(&[
         ("HOME", "/home/u"),
@@ -256,7 +267,7 @@ fn read_hermes_env_lets_the_configured_home_replace_hermes_home() {
     let env = env_of(&[("HERMES_HOME", "/elsewhere"), ("HOME", "/home/u")]);
     let e = read_hermes_env(&env, Some(&home), Some("gpu")).unwrap();
     assert_eq!(e.hermes_home, home);
-    assert_eq!(e.root, home);
+    assert_eq!((&e.root, &e.hermes_root), (&home, &home));
     assert_eq!(e.board.db, home.join("kanban/boards/gpu/kanban.db"));
     let e = read_hermes_env(&env, None, None).unwrap();
     assert_eq!(
