@@ -253,3 +253,29 @@ fn config_yaml_values_read_as_hermes_reads_them() {
         agree(&format!("config #{i} {yaml:?}"), &env, &[]);
     }
 }
+
+#[test]
+fn the_package_version_matches_what_hermes_version_prints() {
+    let bin = venv_python().with_file_name("hermes");
+    let from_package =
+        hh::read_package_version(&bin).expect("hermes_cli/__init__.py beside the venv");
+    let out = hh::run_with_timeout(&bin, &["--version"], &[], hh::VERSION_TIMEOUT)
+        .unwrap()
+        .expect("hermes --version finished in time");
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let (version, date) =
+        hh::parse_version_output(&out.stdout).unwrap_or_else(|| panic!("unparsed: {}", out.stdout));
+    assert_eq!(
+        (from_package.version, from_package.release_date),
+        (version, date)
+    );
+    assert_eq!(
+        version.to_string(),
+        "0.19.0",
+        "scripts/test pins hermes-agent 0.19.0"
+    );
+    assert_eq!(
+        hh::max_semantics_of(&from_package),
+        hh::MaxSemantics::LiveCap
+    );
+}
