@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 /// The governor's own lock file in the state dir: `tick` holds it per run, `run` for its
 /// lifetime.
-pub const GOVERNOR_LOCK_FILE: &str = "governor.lock";
+pub const GOVERNOR_LOCK_FILE: &str = "tick.lock";
 
 /// The `PATH` cron gives its jobs (Debian/Ubuntu cron, cronie).
 pub const CRON_PATH: &str = "/usr/bin:/bin";
