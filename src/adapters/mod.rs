@@ -1,2 +1,4 @@
 //! Adapters: one module per external system. Each owns its `thiserror` enum and does its I/O
 //! here, so the rest of the crate sees only domain types through [`crate::ports`].
+
+pub mod hermes_home;
