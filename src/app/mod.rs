@@ -7,7 +7,9 @@ pub mod doctor;
 pub mod once;
 pub mod plan;
 pub mod simulate;
+pub mod state;
 pub mod status;
+pub mod tick;
 
 use crate::cli::Command;
 use std::process::ExitCode;
