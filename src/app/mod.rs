@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod once;
 pub mod plan;
+pub mod setup;
 pub mod simulate;
 pub mod state;
 pub mod status;
