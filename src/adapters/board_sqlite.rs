@@ -22,8 +22,8 @@ use thiserror::Error;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The columns read, in the order [`row_to_task`] expects.
-const COLUMNS: &str =
-    "id, assignee, status, COALESCE(priority, 0), created_at, started_at, worker_pid, claim_lock";
+const COLUMNS: &str = "id, assignee, status, COALESCE(priority, 0), created_at, started_at, \
+     worker_pid, claim_lock, rowid";
 
 /// Errors reading the board.
 #[derive(Debug, Error)]
@@ -119,10 +119,11 @@ pub fn readonly_uri(path: &Path) -> String {
     uri
 }
 
-fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<BoardTask> {
+/// A task and its rowid (Hermes's tie-break among equal priority and `created_at`).
+fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<(BoardTask, i64)> {
     let secs = |v: Option<i64>| v.map(|s| Millis(u64::try_from(s).unwrap_or(0) * 1000));
     let status: String = row.get(2)?;
-    Ok(BoardTask {
+    let task = BoardTask {
         id: TaskId(row.get(0)?),
         assignee: row.get::<_, Option<String>>(1)?.filter(|a| !a.is_empty()),
         status: TaskStatus::parse(&status),
@@ -133,7 +134,24 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<BoardTask> {
             .get::<_, Option<i64>>(6)?
             .and_then(|p| u32::try_from(p).ok()),
         claim_lock: row.get(7)?,
-    })
+    };
+    Ok((task, row.get(8)?))
+}
+
+/// Hermes stores `created_at` in seconds and orders ties by insertion (rowid). Spread tasks
+/// created in the same second over its milliseconds in rowid order, so sorting by
+/// `created_at` alone gives Hermes's order.
+fn spread_ties(tasks: &mut [(BoardTask, i64)]) {
+    let mut by_created: Vec<usize> = (0..tasks.len()).collect();
+    by_created.sort_by_key(|&i| (tasks[i].0.created_at, tasks[i].1));
+    let mut prev = None;
+    let mut rank = 0u64;
+    for i in by_created {
+        let second = tasks[i].0.created_at;
+        rank = if prev == Some(second) { rank + 1 } else { 0 };
+        prev = Some(second);
+        tasks[i].0.created_at = Millis(second.get() + rank.min(999));
+    }
 }
 
 impl SqliteBoard {
@@ -235,11 +253,11 @@ impl SqliteBoard {
             // ends (COMMIT) before we return so Hermes's checkpoints are not held up.
             let tx = conn.unchecked_transaction()?;
             let data_version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-            let mut tasks: Vec<BoardTask> = {
+            let mut tasks: Vec<(BoardTask, i64)> = {
                 let mut stmt = tx.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM tasks \
                      WHERE status IN ('todo', 'ready', 'running', 'review') \
-                     ORDER BY COALESCE(priority, 0) DESC, created_at ASC, id ASC"
+                     ORDER BY COALESCE(priority, 0) DESC, created_at ASC, rowid ASC"
                 ))?;
                 stmt.query_map([], row_to_task)?
                     .collect::<rusqlite::Result<_>>()?
@@ -248,7 +266,7 @@ impl SqliteBoard {
                 let mut stmt =
                     tx.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?;
                 for id in tracked {
-                    if tasks.iter().any(|t| &t.id == id) {
+                    if tasks.iter().any(|(t, _)| &t.id == id) {
                         continue;
                     }
                     if let Some(t) = stmt.query_row([&id.0], row_to_task).optional()? {
@@ -257,8 +275,9 @@ impl SqliteBoard {
                 }
             }
             tx.commit()?;
+            spread_ties(&mut tasks);
             Ok(BoardSnapshot {
-                tasks,
+                tasks: tasks.into_iter().map(|(t, _)| t).collect(),
                 data_version: u64::try_from(data_version).unwrap_or(0),
             })
         })();
@@ -343,6 +362,25 @@ pub(crate) mod tests {
         assert_eq!(
             snap.task(&TaskId::from("t_old")).unwrap().status,
             TaskStatus::Todo
+        );
+    }
+
+    #[test]
+    fn tasks_created_in_the_same_second_keep_their_insertion_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, conn) = make_board(dir.path());
+        add(&conn, "t_zz", Some("coder@gpu"), "ready", 0, 100);
+        add(&conn, "t_aa", Some("coder@gpu"), "ready", 0, 100);
+        add(&conn, "t_mm", Some("coder@gpu"), "ready", 0, 99);
+        let snap = SqliteBoard::new(&path).read_board(&[]).unwrap();
+        let got: Vec<(&str, u64)> = snap
+            .tasks
+            .iter()
+            .map(|t| (t.id.0.as_str(), t.created_at.get()))
+            .collect();
+        assert_eq!(
+            got,
+            [("t_mm", 99_000), ("t_zz", 100_000), ("t_aa", 100_001)]
         );
     }
 

@@ -80,11 +80,25 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
         let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
         return writeln!(out, "{line}");
     }
-    let prefix = if report.dry_run { "tick --dry-run" } else { "tick" };
+    let prefix = if report.dry_run {
+        "tick --dry-run"
+    } else {
+        "tick"
+    };
     writeln!(out, "{prefix}: {}", report.summary())?;
     for r in &report.decision.release {
-        let verb = if report.dry_run { "would release" } else { "release" };
-        writeln!(out, "  {verb} {} ({}): {} worst case", r.id, r.profile, r.charged.total_bytes())?;
+        let verb = if report.dry_run {
+            "would release"
+        } else {
+            "release"
+        };
+        writeln!(
+            out,
+            "  {verb} {} ({}): {} worst case",
+            r.id,
+            r.profile,
+            r.charged.total_bytes()
+        )?;
     }
     for id in &report.reclaimed {
         writeln!(out, "  reclaimed {id}: its worker process is gone")?;
@@ -96,7 +110,12 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
         let profile = h.profile.as_ref().map_or("-".to_owned(), |p| p.0.clone());
         writeln!(out, "  hold {} ({profile}): {}", h.id, h.reason)?;
     }
-    for e in report.observed.telemetry_errors.iter().chain(&report.errors) {
+    for e in report
+        .observed
+        .telemetry_errors
+        .iter()
+        .chain(&report.errors)
+    {
         writeln!(out, "  error: {e}")?;
     }
     Ok(())

@@ -5,7 +5,9 @@
 //! configs keep working. Side effects: reads the config file only.
 
 use crate::adapters::board_sqlite::{BoardError, SqliteBoard};
-use crate::adapters::dispatch_cli::{CliDispatcher, CliDispatcherConfig, DEFAULT_TIMEOUT, DispatchError};
+use crate::adapters::dispatch_cli::{
+    CliDispatcher, CliDispatcherConfig, DEFAULT_TIMEOUT, DispatchError,
+};
 use crate::error::UsageError;
 use crate::governor::{
     Bytes, FootprintMode, GpuSample, KvPlacement, Millis, Policy, PoolPolicy, ProfileId,
@@ -158,8 +160,8 @@ pub fn load(path: &Path) -> anyhow::Result<Setup> {
             path.display()
         ))
     })?;
-    let raw: RawFile = toml::from_str(&text)
-        .map_err(|e| usage(format!("config {}: {e}", path.display())))?;
+    let raw: RawFile =
+        toml::from_str(&text).map_err(|e| usage(format!("config {}: {e}", path.display())))?;
     let p = path;
     let bin = raw.hermes.bin.ok_or_else(|| {
         usage(format!(
@@ -216,7 +218,9 @@ pub fn load(path: &Path) -> anyhow::Result<Setup> {
         ))
     })?;
     let max_wait = match raw.dispatch.max_wait.as_deref() {
-        Some(v) => Millis(u64::try_from(duration(p, "dispatch.max_wait", v)?.as_millis()).unwrap_or(u64::MAX)),
+        Some(v) => Millis(
+            u64::try_from(duration(p, "dispatch.max_wait", v)?.as_millis()).unwrap_or(u64::MAX),
+        ),
         None => DEFAULT_MAX_WAIT,
     };
     let timeout = match raw.hermes.timeout.as_deref() {
@@ -257,7 +261,10 @@ pub fn load(path: &Path) -> anyhow::Result<Setup> {
         let kv_tokens = ctx.saturating_mul(u64::from(rpt));
         profiles.push(ProfilePolicy {
             id: ProfileId(rp.name.clone()),
-            lane: rp.lane.clone().unwrap_or_else(|| format!("{}@gpu", rp.name)),
+            lane: rp
+                .lane
+                .clone()
+                .unwrap_or_else(|| format!("{}@gpu", rp.name)),
             pool: 0,
             declared: WorstCase {
                 kv_bytes: Bytes(per_token.get().saturating_mul(kv_tokens)),
@@ -373,8 +380,11 @@ impl GpuTelemetry for StaticGpu {
 /// A port error as an `anyhow` error: usage errors (bad `hermes.bin`, missing board,
 /// unknown Hermes version) become [`UsageError`] so `main` exits 2.
 pub fn port_error(e: PortError) -> anyhow::Error {
-    let is_usage = e.downcast_ref::<BoardError>().is_some_and(BoardError::is_usage)
-        || e.downcast_ref::<DispatchError>().is_some_and(DispatchError::is_usage);
+    let is_usage = e
+        .downcast_ref::<BoardError>()
+        .is_some_and(BoardError::is_usage)
+        || e.downcast_ref::<DispatchError>()
+            .is_some_and(DispatchError::is_usage);
     if is_usage {
         usage(e.to_string())
     } else {

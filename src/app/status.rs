@@ -83,7 +83,10 @@ fn report(policy: &crate::governor::Policy, observed: Observed) -> StatusReport 
     let mut waiting = Vec::new();
     for w in &obs.waiting {
         let (state, reason) = if decision.release.iter().any(|r| r.id == w.id) {
-            ("release".to_owned(), "fits now; the next tick releases it".to_owned())
+            (
+                "release".to_owned(),
+                "fits now; the next tick releases it".to_owned(),
+            )
         } else if let Some(h) = decision.held.iter().find(|h| h.id == w.id) {
             (h.reason.name().to_owned(), h.reason.to_string())
         } else {
@@ -157,8 +160,13 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         dispatcher: &mut dispatcher,
         workers: probe.as_ref().map(|p| p as _),
     };
-    let observed = observe(&setup.policy, &mut ports, &mut state, &TickOptions::default())
-        .map_err(port_error)?;
+    let observed = observe(
+        &setup.policy,
+        &mut ports,
+        &mut state,
+        &TickOptions::default(),
+    )
+    .map_err(port_error)?;
     let r = report(&setup.policy, observed);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
