@@ -521,11 +521,9 @@ fn run_tick_inner(
             continue;
         }
         if !opts.dry_run {
-            if !on_profile {
-                if let Err(e) = ports.dispatcher.assign(&r.id, &r.profile.0) {
-                    hermes_error(format!("releasing {} to {}", r.id, r.profile), e, state);
-                    continue;
-                }
+            if !on_profile && let Err(e) = ports.dispatcher.assign(&r.id, &r.profile.0) {
+                hermes_error(format!("releasing {} to {}", r.id, r.profile), e, state);
+                continue;
             }
             tracing::info!(task = %r.id, profile = %r.profile, "Released task.");
             state.counters.released += 1;
