@@ -210,8 +210,10 @@ pub trait TaskBoard {
 #[serde(rename_all = "snake_case")]
 pub enum MaxSemantics {
     /// A live cap on running tasks on the board (hermes-agent#23295, May 2026; 0.19.0).
+    #[serde(alias = "live-cap")]
     LiveCap,
     /// A per-tick spawn budget (before #23295).
+    #[serde(alias = "per-tick")]
     PerTick,
 }
 
@@ -273,6 +275,13 @@ pub trait Dispatcher {
     ///
     /// Hermes refused (not running), failed or timed out.
     fn reclaim(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError>;
+
+    /// Block a task for a human (`hermes kanban block <id> <reason>`).
+    ///
+    /// # Errors
+    ///
+    /// Hermes refused (not running or ready), failed or timed out.
+    fn block(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError>;
 
     /// Run one dispatcher tick with `--max max`.
     ///

@@ -410,6 +410,12 @@ impl Dispatcher for CliDispatcher {
         Ok(())
     }
 
+    fn block(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError> {
+        let argv = self.kanban_args(&["block", &id.0, reason]);
+        self.run_ok("kanban block", &argv)?;
+        Ok(())
+    }
+
     fn dispatch(&mut self, max: u32) -> Result<DispatchOutcome, PortError> {
         let max = max.to_string();
         let argv = self.kanban_args(&["dispatch", "--max", &max, "--json"]);

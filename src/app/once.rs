@@ -100,8 +100,22 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
             r.charged.total_bytes()
         )?;
     }
+    for id in &report.adopted {
+        let verb = if report.dry_run {
+            "would adopt"
+        } else {
+            "adopted"
+        };
+        writeln!(out, "  {verb} {id} into its profile's lane")?;
+    }
     for id in &report.reclaimed {
         writeln!(out, "  reclaimed {id}: its worker process is gone")?;
+    }
+    for id in &report.blocked {
+        writeln!(
+            out,
+            "  blocked {id}: its workers kept dying; unblock it after fixing the cause"
+        )?;
     }
     for id in &report.leaks {
         writeln!(out, "  LEAK {id}: Hermes spawned it without a release")?;

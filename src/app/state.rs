@@ -33,6 +33,9 @@ pub struct Counters {
     pub leaks: u64,
     /// Running tasks with a dead worker the governor put back to `ready`.
     pub reclaimed: u64,
+    /// Tasks blocked because their workers kept dying.
+    #[serde(default)]
+    pub blocked: u64,
     /// Hermes CLI calls that failed.
     pub hermes_errors: u64,
 }
@@ -58,6 +61,11 @@ pub struct GovernorState {
     /// When `hermes kanban dispatch` last ran.
     #[serde(default)]
     pub last_dispatch: Option<Millis>,
+    /// Per open task, how many of its workers died (reset when it leaves the board's open
+    /// set). Adopting a task resets Hermes's own failure counter, so the governor keeps its
+    /// own, or a task whose worker always dies would be retried forever.
+    #[serde(default)]
+    pub worker_deaths: BTreeMap<TaskId, u32>,
 }
 
 impl Default for GovernorState {
@@ -71,6 +79,7 @@ impl Default for GovernorState {
             counters: Counters::default(),
             last_tick: None,
             last_dispatch: None,
+            worker_deaths: BTreeMap::new(),
         }
     }
 }

@@ -30,6 +30,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// `dispatch` again for them (a failed or skipped dispatch must not strand charged tasks).
 pub const REDISPATCH_AFTER: Millis = Millis::secs(60);
 
+/// After this many dead workers a task is blocked for a human instead of retried: Hermes's
+/// own default `failure_limit` (HERMES.md §7), which adoption into a lane resets.
+pub const WORKER_DEATH_LIMIT: u32 = 2;
+
 /// Where one pool's samples come from.
 pub struct PoolSource<'a> {
     /// GPU memory.
@@ -74,8 +78,10 @@ pub struct Observed {
     pub observation: Observation,
     /// Tasks Hermes counts as running on the board (all assignees), for `--max`.
     pub board_running: u32,
-    /// Running tasks whose local worker is dead (to reclaim).
+    /// Running tasks whose local worker is dead (to reclaim and retry).
     pub dead: Vec<TaskId>,
+    /// Running tasks whose worker died [`WORKER_DEATH_LIMIT`] times (to block).
+    pub dead_for_good: Vec<TaskId>,
     /// Waiting tasks assigned straight to a governed profile (to adopt into its lane).
     pub adopt: Vec<TaskId>,
     /// Released tasks not yet seen running.
@@ -99,6 +105,8 @@ pub struct TickReport {
     pub decision: Decision,
     /// Running tasks with a dead worker put back to `ready`.
     pub reclaimed: Vec<TaskId>,
+    /// Running tasks blocked because their workers kept dying.
+    pub blocked: Vec<TaskId>,
     /// Tasks moved from their profile into its lane.
     pub adopted: Vec<TaskId>,
     /// Tasks released (assigned to their profile).
@@ -249,6 +257,7 @@ fn observe_snapshot(
 
     let mut running = Vec::new();
     let mut dead = Vec::new();
+    let mut dead_for_good = Vec::new();
     let mut board_running = 0u32;
     let mut waiting = Vec::new();
     let mut adopt = Vec::new();
@@ -257,6 +266,11 @@ fn observe_snapshot(
         match t.status {
             TaskStatus::Running => {
                 if workers.is_some_and(|w| w.is_dead(t)) {
+                    let deaths = state.worker_deaths.get(&t.id).copied().unwrap_or(0) + 1;
+                    if deaths >= WORKER_DEATH_LIMIT {
+                        dead_for_good.push(t.id.clone());
+                        continue;
+                    }
                     // Its memory is free: the process is gone. It waits like a task
                     // created on its profile (reclaimed, then adopted or released).
                     dead.push(t.id.clone());
@@ -305,6 +319,7 @@ fn observe_snapshot(
             }
         }
     }
+    state.worker_deaths.retain(|id, _| snap.task(id).is_some());
     let waiting_ids: BTreeSet<&TaskId> = waiting.iter().map(|w: &WaitingTask| &w.id).collect();
     state
         .first_seen_waiting
@@ -329,6 +344,7 @@ fn observe_snapshot(
         },
         board_running,
         dead,
+        dead_for_good,
         adopt,
         in_flight: state.in_flight.keys().cloned().collect(),
         telemetry_errors,
@@ -401,6 +417,7 @@ fn run_tick_inner(
         dry_run: opts.dry_run,
         decision,
         reclaimed: Vec::new(),
+        blocked: Vec::new(),
         adopted: Vec::new(),
         released: Vec::new(),
         dispatch_max: None,
@@ -472,9 +489,26 @@ fn run_tick_inner(
                 }
                 tracing::warn!(task = %id, "Reclaimed a task whose worker died.");
                 state.counters.reclaimed += 1;
+                *state.worker_deaths.entry(id.clone()).or_insert(0) += 1;
             }
             reclaimed.push(id.clone());
         }
+    }
+    let mut blocked = Vec::new();
+    for id in &report.observed.dead_for_good {
+        if !opts.dry_run {
+            let reason = format!(
+                "kanban-governor: its worker died {WORKER_DEATH_LIMIT} times; fix the cause, then `hermes kanban unblock {id}`"
+            );
+            if let Err(e) = ports.dispatcher.block(id, &reason) {
+                hermes_error(format!("blocking {id}"), e, state);
+                continue;
+            }
+            tracing::error!(task = %id, "Blocked a task whose workers keep dying.");
+            state.counters.blocked += 1;
+            state.worker_deaths.remove(id);
+        }
+        blocked.push(id.clone());
     }
     let reclaimed_set: BTreeSet<&TaskId> = reclaimed.iter().collect();
 
@@ -584,6 +618,7 @@ fn run_tick_inner(
     }
     report.errors = errors;
     report.reclaimed = reclaimed;
+    report.blocked = blocked;
     report.adopted = adopted;
     report.released = released;
     Ok(report)

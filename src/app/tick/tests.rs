@@ -80,6 +80,18 @@ impl Dispatcher for FakeHermes {
         t.worker_pid = None;
         Ok(())
     }
+    fn block(&mut self, id: &TaskId, _reason: &str) -> Result<(), PortError> {
+        let mut w = self.0.borrow_mut();
+        w.calls.push(format!("block {id}"));
+        let t = w
+            .tasks
+            .iter_mut()
+            .find(|t| &t.id == id)
+            .ok_or("no such task")?;
+        t.status = TaskStatus::Blocked;
+        t.worker_pid = None;
+        Ok(())
+    }
     fn dispatch(&mut self, max: u32) -> Result<DispatchOutcome, PortError> {
         let mut w = self.0.borrow_mut();
         w.calls.push(format!("dispatch --max {max}"));
@@ -507,4 +519,25 @@ fn the_baseline_is_learned_while_nothing_governed_runs() {
     rig.gpu.used = Bytes::gib(9);
     rig.tick();
     assert_eq!(rig.state.observed_baseline["default"], Bytes::gib(5));
+}
+
+#[test]
+fn a_task_whose_worker_dies_twice_is_blocked_not_retried_forever() {
+    let mut rig = Rig::new(vec![
+        task("t_a", "big", TaskStatus::Running, 0, 1),
+        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
+    ]);
+    rig.hermes.0.borrow_mut().dead = vec![TaskId::from("t_a")];
+    let r = rig.tick();
+    assert_eq!(ids(&r.reclaimed), ["t_a"]);
+    assert_eq!(ids(&r.released), ["t_a", "t_b"]);
+    rig.calls();
+    // Its second worker dies too: blocked for a human, and its room goes to nobody else
+    // this tick (t_b already runs; nothing waits).
+    let r = rig.tick();
+    assert!(r.reclaimed.is_empty());
+    assert_eq!(ids(&r.blocked), ["t_a"]);
+    assert_eq!(rig.calls(), ["block t_a"]);
+    assert_eq!(rig.state.counters.blocked, 1);
+    assert!(rig.state.worker_deaths.is_empty());
 }
