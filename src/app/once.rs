@@ -51,11 +51,11 @@ pub struct TickArgs {
 ///
 /// `state_dir` cannot be created or the lock file opened.
 pub fn try_lock(state_dir: &Path) -> anyhow::Result<Option<File>> {
-    std::fs::create_dir_all(state_dir).with_context(|| {
-        format!(
-            "creating dispatch.state_dir {}; make it writable by this user",
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        anyhow::Error::new(crate::error::UsageError(format!(
+            "dispatch.state_dir {}: {e}; make it a directory this user can write",
             state_dir.display()
-        )
+        )))
     })?;
     let path = state_dir.join(LOCK_FILE_NAME);
     let f = OpenOptions::new()
@@ -64,7 +64,12 @@ pub fn try_lock(state_dir: &Path) -> anyhow::Result<Option<File>> {
         .write(true)
         .truncate(false)
         .open(&path)
-        .with_context(|| format!("opening lock file {}", path.display()))?;
+        .map_err(|e| {
+            anyhow::Error::new(crate::error::UsageError(format!(
+                "lock file {}: {e}; make dispatch.state_dir writable by this user",
+                path.display()
+            )))
+        })?;
     match f.try_lock() {
         Ok(()) => Ok(Some(f)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),

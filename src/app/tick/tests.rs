@@ -541,3 +541,100 @@ fn a_task_whose_worker_dies_twice_is_blocked_not_retried_forever() {
     assert_eq!(rig.state.counters.blocked, 1);
     assert!(rig.state.worker_deaths.is_empty());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        /// A new task: big or small, in the lane or on the profile, priority.
+        Create {
+            big: bool,
+            lane: bool,
+            priority: i64,
+        },
+        /// The n-th running task completes.
+        Complete(usize),
+        /// The n-th running task's worker dies.
+        Die(usize),
+        /// The next dispatch fails.
+        FailDispatch,
+        /// Time passes.
+        Wait(u64),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (any::<bool>(), any::<bool>(), 0i64..3).prop_map(|(big, lane, priority)| {
+                Event::Create {
+                    big,
+                    lane,
+                    priority,
+                }
+            }),
+            (0usize..8).prop_map(Event::Complete),
+            (0usize..8).prop_map(Event::Die),
+            Just(Event::FailDispatch),
+            (1u64..120).prop_map(Event::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// For any sequence of board events, after every tick: what runs plus what is in
+        /// flight fits under the ceiling, nothing in flight is released again, and with only
+        /// governed tasks on the board nothing leaks.
+        #[test]
+        fn running_and_in_flight_never_exceed_the_ceiling(events in proptest::collection::vec(event(), 1..40)) {
+            let mut rig = Rig::new(vec![]);
+            let mut n = 0;
+            for e in events {
+                match e {
+                    Event::Create { big, lane, priority } => {
+                        n += 1;
+                        let p = if big { "big" } else { "small" };
+                        let a = if lane { format!("{p}@gpu") } else { p.to_owned() };
+                        rig.hermes.0.borrow_mut().tasks.push(task(&format!("t_{n:03}"), &a, TaskStatus::Ready, priority, n));
+                    }
+                    Event::Complete(i) | Event::Die(i) => {
+                        let mut w = rig.hermes.0.borrow_mut();
+                        let running: Vec<TaskId> = w.tasks.iter().filter(|t| t.status == TaskStatus::Running).map(|t| t.id.clone()).collect();
+                        if let Some(id) = running.get(i % running.len().max(1)) {
+                            if matches!(e, Event::Complete(_)) {
+                                w.tasks.iter_mut().find(|t| &t.id == id).unwrap().status = TaskStatus::Done;
+                            } else {
+                                w.dead.push(id.clone());
+                            }
+                        }
+                    }
+                    Event::FailDispatch => rig.hermes.0.borrow_mut().fail_dispatch = true,
+                    Event::Wait(s) => rig.clock.advance(Millis::secs(s)),
+                }
+                let in_flight_before: BTreeSet<TaskId> = rig.state.in_flight.keys().cloned().collect();
+                let r = rig.tick();
+                rig.hermes.0.borrow_mut().fail_dispatch = false;
+                for id in &r.released {
+                    prop_assert!(!in_flight_before.contains(id), "{id} released twice");
+                }
+                prop_assert!(r.leaks.is_empty(), "leaks {:?}", r.leaks);
+                let w = rig.hermes.0.borrow();
+                let charged: u64 = w
+                    .tasks
+                    .iter()
+                    .filter(|t| t.status == TaskStatus::Running && !w.dead.contains(&t.id))
+                    .map(|t| t.id.clone())
+                    .chain(rig.state.in_flight.keys().cloned())
+                    .collect::<BTreeSet<_>>()
+                    .iter()
+                    .map(|id| {
+                        let t = w.tasks.iter().find(|t| &t.id == id).unwrap();
+                        if t.assignee.as_deref() == Some("big") { 8 } else { 3 }
+                    })
+                    .sum();
+                prop_assert!(charged <= 20, "{charged} GiB charged of 20: {:?}", w.tasks);
+            }
+        }
+    }
+}
