@@ -291,3 +291,44 @@ fn a_config_without_memory_total_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("gpu.memory_total"), "{}", text(&out));
 }
+
+#[test]
+fn status_shows_running_and_waiting_per_profile_with_reasons_and_runs_no_hermes() {
+    let rig = Rig::new();
+    rig.board(&[
+        ("t_run1", "coder", "running"),
+        ("t_run2", "coder", "running"),
+        ("t_wait", "coder@gpu", "ready"),
+        ("t_kid", "coder@gpu", "todo"),
+        ("t_ghost", "ghost@gpu", "ready"),
+    ]);
+    let bin = rig.fake_hermes(VERSION);
+    let cfg = rig.config(&bin, "");
+    let out = rig.run(&cfg, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    // 24 GiB, 4 GiB baseline, two 8 GiB tasks running: 20 GiB charged, 4 free.
+    assert!(
+        t.contains("pool default: 20.0 GiB charged of 24.0 GiB ceiling"),
+        "{t}"
+    );
+    assert!(
+        t.contains("coder                           2        2"),
+        "{t}"
+    );
+    assert!(
+        t.contains("t_wait (coder): VramHeadroom: needs 8.0 GiB, 4.0 GiB free under the ceiling"),
+        "{t}"
+    );
+    assert!(t.contains("t_kid (coder): WaitingOnParent"), "{t}");
+    assert!(
+        t.contains("t_ghost (-): UnknownProfile: 'ghost@gpu'"),
+        "{t}"
+    );
+    let out = rig.run(&cfg, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["profiles"][0]["running"], 2);
+    assert_eq!(v["waiting"][0]["state"], "vram_headroom");
+    assert!(rig.calls().is_empty());
+    assert!(!rig.state_dir().exists(), "status wrote the state dir");
+}
