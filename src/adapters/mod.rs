@@ -3,5 +3,6 @@
 
 pub mod board_sqlite;
 pub mod dispatch_cli;
+pub mod hermes_home;
 pub mod state_file;
 pub mod worker_probe;

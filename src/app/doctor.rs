@@ -1,16 +1,926 @@
-//! `doctor` (not built yet).
+//! `doctor`: checks the host before the governor runs on it, and prints ready cron and
+//! systemd entries with absolute paths.
+//!
+//! Each check is one line, `ok`, `warn` or `fail`, and every warn or fail carries its fix:
+//! Hermes found by absolute path (cron's `PATH` is only `/usr/bin:/bin`) and a version whose
+//! `--max` meaning is known; no gateway dispatcher on the governed board's root; the board
+//! present, in WAL mode and readable read-only; no corrupt-board quarantine copies; no
+//! `kanban.max_in_progress` beside the governor's `--max` (hermes-agent#63466); every governed
+//! profile a Hermes profile and every lane not one; the state dir writable; who holds the
+//! governor lock.
+//!
+//! Side effects: reads only. It opens the board `mode=ro`, reads `/proc/locks` and never takes
+//! a lock (not Hermes's `.dispatcher.lock`, not the governor's), and runs no Hermes command
+//! (the version is read from the installed package, or `hermes --version` when that fails).
 
+use crate::adapters::hermes_home::{self as hh, MaxSemantics};
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Flags of this command.
+/// The governor's own lock file in the state dir: `tick` holds it per run, `run` for its
+/// lifetime.
+pub const GOVERNOR_LOCK_FILE: &str = "tick.lock";
+
+/// The `PATH` cron gives its jobs (Debian/Ubuntu cron, cronie).
+pub const CRON_PATH: &str = "/usr/bin:/bin";
+
+/// Check the host: Hermes, its version and `--max` meaning, the gateway dispatcher, the board
+/// (WAL, read-only access, corrupt copies), Hermes caps that conflict with the governor,
+/// profiles and lanes, the state dir and the governor lock.
+///
+/// Prints one line per check (`ok`, `warn`, `fail`; warn and fail lines end with the fix),
+/// then a summary. `--cron` and `--systemd` print ready entries instead.
 #[derive(Debug, clap::Args)]
-pub struct DoctorArgs {}
+#[command(
+    after_help = "Exit codes: 0 no check failed (warnings allowed), 1 at least one check failed, 2 usage or config error."
+)]
+pub struct DoctorArgs {
+    /// Print the checks as a JSON array of {name, status, detail, fix}.
+    #[arg(long)]
+    pub json: bool,
+    /// Print a crontab line (absolute paths, 15 s ticks) instead of checking.
+    #[arg(long, conflicts_with = "systemd")]
+    pub cron: bool,
+    /// Print systemd units (daemon service; tick service + timer) instead of checking.
+    #[arg(long)]
+    pub systemd: bool,
+    /// The governor config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HERMES_HOME of the governed board (overrides hermes.home).
+    #[arg(long, value_name = "DIR")]
+    pub hermes_home: Option<PathBuf>,
+    /// Absolute path of the hermes binary (overrides hermes.bin).
+    #[arg(long, value_name = "FILE")]
+    pub hermes_bin: Option<PathBuf>,
+    /// The governed board's slug (overrides hermes.board).
+    #[arg(long, value_name = "SLUG")]
+    pub board: Option<String>,
+    /// The governor's state directory (overrides dispatch.state_dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but something should change.
+    Warn,
+    /// The governor would not work (or would be unsafe) as things are.
+    Fail,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    /// Short stable name (`gateway_dispatcher`, `board_wal`, `profile:<name>`, ...).
+    pub name: String,
+    /// The verdict.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// What to do (set for every warn and fail).
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status: Status::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status: Status::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// A governed profile as doctor needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRef {
+    /// The Hermes profile that runs the work.
+    pub name: String,
+    /// The holding assignee (must not be a Hermes profile).
+    pub lane: String,
+}
+
+/// What doctor needs from the governor config and the flags.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The governor config file (absolute), whether or not it exists.
+    pub config_path: PathBuf,
+    /// Whether that file exists.
+    pub config_exists: bool,
+    /// `hermes.bin` as configured (absolute, or a bare name left to `PATH`).
+    pub hermes_bin: Option<PathBuf>,
+    /// `HERMES_HOME` of the governed board.
+    pub hermes_home: PathBuf,
+    /// `hermes.board`.
+    pub board: Option<String>,
+    /// `dispatch.state_dir`.
+    pub state_dir: PathBuf,
+    /// The governed profiles.
+    pub profiles: Vec<ProfileRef>,
+    /// `hermes.max_semantics`, when the config says which `--max` meaning to assume.
+    pub max_semantics: Option<MaxSemantics>,
+}
 
 /// Run the command.
 ///
 /// # Errors
 ///
-/// Always, until the command lands.
-pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not built yet")
+/// The config cannot be loaded (exit 2), or stdout cannot be written.
+pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let env = hh::process_env;
+    let inputs = inputs_from_args(&args, &env)?;
+    if args.cron || args.systemd {
+        let exe = std::env::current_exe()
+            .context("cannot find the path of this kanban-governor binary")?;
+        let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+        let user = env("USER").unwrap_or_else(|| "root".to_owned());
+        let text = if args.cron {
+            render_cron(&exe, &inputs)
+        } else {
+            render_systemd(&exe, &inputs, &user)
+                .into_iter()
+                .map(|(name, unit)| format!("# ---- /etc/systemd/system/{name} ----\n{unit}\n"))
+                .collect::<Vec<_>>()
+                .join("")
+        };
+        if args.json {
+            let key = if args.cron { "crontab" } else { "systemd" };
+            println!("{}", serde_json::json!({ key: text }));
+        } else {
+            print!("{text}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let checks = run_checks(&inputs, &env);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print!("{}", render_human(&checks));
+    }
+    let failed = checks.iter().any(|c| c.status == Status::Fail);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
+
+/// The inputs from the flags and (until the shared config loader lands) the environment:
+/// `--hermes-home`, else `HERMES_HOME`, else `~/.hermes`.
+///
+/// # Errors
+///
+/// No Hermes home can be found.
+pub fn inputs_from_args(
+    args: &DoctorArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Inputs> {
+    let hermes_home = match &args.hermes_home {
+        Some(h) => h.clone(),
+        None => {
+            hh::resolve_hermes_home(env).map_err(|e| crate::error::UsageError(e.to_string()))?
+        }
+    };
+    let hermes_home = std::path::absolute(&hermes_home).unwrap_or(hermes_home);
+    let config_path = match &args.config {
+        Some(c) => c.clone(),
+        None => env("KANBAN_GOVERNOR_CONFIG")
+            .filter(|s| !s.is_empty())
+            .map_or_else(|| hermes_home.join("governor.toml"), PathBuf::from),
+    };
+    let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| hermes_home.join("kanban-governor"));
+    Ok(Inputs {
+        config_exists: config_path.is_file(),
+        config_path,
+        hermes_bin: args.hermes_bin.clone(),
+        hermes_home,
+        board: args.board.clone(),
+        state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
+        profiles: Vec::new(),
+        max_semantics: None,
+    })
+}
+
+/// Every check, in order. Reads the host; writes nothing.
+pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<Check> {
+    // Hermes itself resolves paths from HERMES_HOME; the governor runs it with the configured
+    // home, so resolve as that process will.
+    let home_str = inputs.hermes_home.display().to_string();
+    let hermes_env = |k: &str| {
+        if k == hh::env_keys::HERMES_HOME {
+            Some(home_str.clone())
+        } else {
+            env(k)
+        }
+    };
+    let mut checks = Vec::new();
+    let bin = check_hermes_bin(inputs, env, &mut checks);
+    checks.push(check_version(bin.as_deref(), inputs.max_semantics));
+    let root = match hh::read_kanban_root(&hermes_env) {
+        Ok(root) => {
+            checks.push(check_hermes_home(&inputs.hermes_home, &root));
+            Some(root)
+        }
+        Err(e) => {
+            checks.push(Check::fail(
+                "hermes_home",
+                e.to_string(),
+                "set hermes.home (or HERMES_HOME) to the Hermes home of the governed board",
+            ));
+            None
+        }
+    };
+    if let Some(root) = &root {
+        checks.push(check_gateway(&hermes_env, &inputs.hermes_home, root));
+        checks.extend(check_board(&hermes_env, inputs, root));
+        match hh::read_hermes_root(&hermes_env) {
+            Ok(hermes_root) => checks.extend(check_profiles(inputs, &hermes_root)),
+            Err(e) => checks.push(Check::fail(
+                "profiles",
+                e.to_string(),
+                "set hermes.home (or HERMES_HOME) to the Hermes home of the governed board",
+            )),
+        }
+    }
+    checks.extend(check_hermes_caps(&inputs.hermes_home));
+    checks.push(check_state_dir(&inputs.state_dir));
+    checks.push(check_governor_lock(&inputs.state_dir));
+    checks
+}
+
+/// `PATH` lookup of a bare command name, as a shell would do it.
+fn which(name: &str, path: &str) -> Option<PathBuf> {
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+/// `hermes_bin` and `cron_path`: returns the absolute binary when found.
+fn check_hermes_bin(
+    inputs: &Inputs,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut Vec<Check>,
+) -> Option<PathBuf> {
+    let path_env = env("PATH").unwrap_or_default();
+    let configured = inputs.hermes_bin.as_deref();
+    let name = configured
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "hermes".to_owned());
+    if let Some(abs) = configured.filter(|p| p.is_absolute()) {
+        if is_executable(abs) {
+            out.push(Check::ok(
+                "hermes_bin",
+                format!("hermes.bin = {}", abs.display()),
+            ));
+            out.push(Check::ok(
+                "cron_path",
+                format!("hermes.bin is absolute, so cron's PATH ({CRON_PATH}) does not matter"),
+            ));
+            return Some(abs.to_path_buf());
+        }
+        let why = if abs.exists() {
+            "is not an executable file"
+        } else {
+            "does not exist"
+        };
+        out.push(Check::fail(
+            "hermes_bin",
+            format!("hermes.bin = {} {why}", abs.display()),
+            "install hermes-agent (pip install hermes-agent) and set hermes.bin to the output of `command -v hermes`",
+        ));
+        out.push(Check::ok("cron_path", "hermes.bin is absolute"));
+        return None;
+    }
+    // A bare name (or nothing): found on this shell's PATH, maybe not on cron's. A relative
+    // path with a slash is not looked up in PATH, as in a shell: it depends on the cwd.
+    let found = if name.contains('/') {
+        Some(PathBuf::from(&name)).filter(|p| is_executable(p))
+    } else {
+        which(&name, &path_env)
+    };
+    let Some(found) = found else {
+        out.push(Check::fail(
+            "hermes_bin",
+            format!("`{name}` is not on PATH and hermes.bin is not an absolute path"),
+            "install hermes-agent (pip install hermes-agent) and set hermes.bin to its absolute path",
+        ));
+        out.push(Check::warn(
+            "cron_path",
+            "the config relies on PATH to find hermes",
+            "set hermes.bin to the absolute path of hermes",
+        ));
+        return None;
+    };
+    // Name the path as found (a symlink such as /usr/local/bin/hermes stays one), made
+    // absolute when PATH had a relative entry.
+    let found = std::path::absolute(&found).unwrap_or(found);
+    let how = if configured.is_some() {
+        format!(
+            "hermes.bin = {name:?} is not absolute; PATH finds {}",
+            found.display()
+        )
+    } else {
+        format!("hermes.bin is not set; PATH finds {}", found.display())
+    };
+    out.push(Check::ok("hermes_bin", how));
+    let fix = format!(
+        "set hermes.bin = \"{}\" in the governor config",
+        found.display()
+    );
+    match which(&name, CRON_PATH) {
+        Some(c) => out.push(Check::warn(
+            "cron_path",
+            format!(
+                "the config relies on PATH; cron's PATH ({CRON_PATH}) finds {}, which may not be the same Hermes",
+                c.display()
+            ),
+            fix,
+        )),
+        None => out.push(Check::warn(
+            "cron_path",
+            format!(
+                "the config relies on PATH; cron's PATH ({CRON_PATH}) would not find `{name}`, so ticks from cron or systemd would fail"
+            ),
+            fix,
+        )),
+    }
+    Some(found)
+}
+
+/// `hermes_version`: the installed version and what `--max` means in it.
+fn check_version(bin: Option<&Path>, assume: Option<MaxSemantics>) -> Check {
+    let Some(bin) = bin else {
+        return Check::fail(
+            "hermes_version",
+            "no hermes binary, so no version",
+            "fix hermes_bin first",
+        );
+    };
+    let detected = hh::read_hermes_version(bin);
+    match hh::choose_max_semantics(detected.as_ref(), assume) {
+        Ok(semantics) => {
+            let what = match &detected {
+                Ok(v) => format!("Hermes {v} (read from {})", v.source),
+                Err(e) => format!("version unknown ({e})"),
+            };
+            let source = if assume.is_some() {
+                "as hermes.max_semantics says"
+            } else {
+                "for this version"
+            };
+            Check::ok(
+                "hermes_version",
+                format!("{what}; --max is a {semantics} {source}"),
+            )
+        }
+        Err(e) => Check::fail(
+            "hermes_version",
+            e,
+            "install hermes-agent >= 0.19.0 (pip install -U hermes-agent), or set hermes.max_semantics = \"live-cap\" or \"per-tick\"",
+        ),
+    }
+}
+
+/// `hermes_home`: the directory exists; says which kanban root it gives.
+fn check_hermes_home(home: &Path, root: &Path) -> Check {
+    if home.is_dir() {
+        let root_note = if root == home {
+            String::new()
+        } else {
+            format!(" (kanban root {})", root.display())
+        };
+        Check::ok(
+            "hermes_home",
+            format!("HERMES_HOME = {}{root_note}", home.display()),
+        )
+    } else {
+        Check::fail(
+            "hermes_home",
+            format!("HERMES_HOME = {} does not exist", home.display()),
+            format!(
+                "run `HERMES_HOME={} hermes kanban init`, or set hermes.home to the Hermes home of the governed board",
+                home.display()
+            ),
+        )
+    }
+}
+
+/// `gateway_dispatcher`: fail while a gateway dispatcher is live on this root; warn when one
+/// would dispatch if a gateway were started.
+fn check_gateway(env: &dyn Fn(&str) -> Option<String>, home: &Path, root: &Path) -> Check {
+    let config = hh::config_path(home);
+    let fix = format!(
+        "set kanban.dispatch_in_gateway: false in {} (or HERMES_KANBAN_DISPATCH_IN_GATEWAY=0 in the gateway's environment) and restart the gateway",
+        config.display()
+    );
+    match hh::read_gateway_dispatcher(env, home, root) {
+        Err(e) => Check::fail(
+            "gateway_dispatcher",
+            format!("cannot tell whether a gateway dispatches this board: {e}"),
+            fix,
+        ),
+        Ok(g) => match g.active() {
+            Some(detail) => Check::fail("gateway_dispatcher", detail, fix),
+            None if g.enabled() => Check::warn(
+                "gateway_dispatcher",
+                format!(
+                    "no gateway runs now, but kanban.dispatch_in_gateway is true{}: a gateway started later would dispatch beside the governor",
+                    if g.config_exists {
+                        format!(" in {}", config.display())
+                    } else {
+                        " (the default)".to_owned()
+                    }
+                ),
+                format!(
+                    "set kanban.dispatch_in_gateway: false in {} before starting a gateway",
+                    config.display()
+                ),
+            ),
+            None => Check::ok(
+                "gateway_dispatcher",
+                format!(
+                    "the gateway dispatcher is off ({}) and nobody holds {}{}",
+                    if g.env_disabled {
+                        "HERMES_KANBAN_DISPATCH_IN_GATEWAY"
+                    } else {
+                        "kanban.dispatch_in_gateway: false"
+                    },
+                    g.lock_path.display(),
+                    match g.live_gateways.first() {
+                        Some((_, pid)) => format!("; gateway pid {pid} runs without it"),
+                        None => String::new(),
+                    }
+                ),
+            ),
+        },
+    }
+}
+
+/// `board`, `board_wal`, `corrupt_backups`.
+fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Path) -> Vec<Check> {
+    let loc = match hh::read_board_location(env, root, inputs.board.as_deref()) {
+        Ok(loc) => loc,
+        Err(e) => {
+            return vec![Check::fail(
+                "board",
+                e.to_string(),
+                "create the board or fix hermes.board",
+            )];
+        }
+    };
+    let slug = loc
+        .slug
+        .clone()
+        .unwrap_or_else(|| "(HERMES_KANBAN_DB)".to_owned());
+    let selected = match loc.source {
+        hh::BoardSource::EnvDb => "pinned by HERMES_KANBAN_DB",
+        hh::BoardSource::Explicit => "hermes.board",
+        hh::BoardSource::EnvBoard => "HERMES_KANBAN_BOARD",
+        hh::BoardSource::CurrentFile => "selected in kanban/current",
+        hh::BoardSource::Default => "the default board",
+    };
+    let mut out = Vec::new();
+    if !loc.db.is_file() {
+        let init = if loc.slug.as_deref() == Some(hh::DEFAULT_BOARD) {
+            format!(
+                "HERMES_HOME={} hermes kanban init",
+                inputs.hermes_home.display()
+            )
+        } else {
+            format!(
+                "HERMES_HOME={} hermes kanban boards create {slug}",
+                inputs.hermes_home.display()
+            )
+        };
+        out.push(Check::fail(
+            "board",
+            format!(
+                "board {slug} ({selected}): {} does not exist",
+                loc.db.display()
+            ),
+            format!("run `{init}`"),
+        ));
+        return out;
+    }
+    match hh::probe_board(&loc.db) {
+        Ok(p) => {
+            let total: u64 = p.tasks_by_status.values().sum();
+            let by: Vec<String> = p
+                .tasks_by_status
+                .iter()
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
+            let by = if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            };
+            out.push(Check::ok(
+                "board",
+                format!(
+                    "board {slug} ({selected}) at {}: readable read-only, {total} tasks{by}",
+                    loc.db.display()
+                ),
+            ));
+            if p.journal_mode == "wal" {
+                out.push(Check::ok("board_wal", "journal_mode is wal"));
+            } else {
+                out.push(Check::fail(
+                    "board_wal",
+                    format!(
+                        "journal_mode is {} (Hermes 0.19.0 uses wal; read-only readers are safe only in WAL mode)",
+                        p.journal_mode
+                    ),
+                    format!(
+                        "let Hermes switch it: run `HERMES_HOME={} hermes kanban list` once while nothing else uses the board, then run doctor again",
+                        inputs.hermes_home.display()
+                    ),
+                ));
+            }
+        }
+        Err(e) => out.push(Check::fail(
+            "board",
+            e.to_string(),
+            "run the governor as the user Hermes runs as, and check the board with `hermes kanban list`",
+        )),
+    }
+    out.push(check_board_owner(&loc.db));
+    match hh::list_corrupt_backups(&loc.db) {
+        Ok(b) if b.is_empty() => out.push(Check::ok(
+            "corrupt_backups",
+            "no kanban.db.corrupt.*.bak copies",
+        )),
+        Ok(b) => {
+            let names: Vec<String> = b.iter().map(|p| p.display().to_string()).collect();
+            out.push(Check::warn(
+                "corrupt_backups",
+                format!(
+                    "{} corrupt-board quarantine cop{} beside the board: Hermes found this board corrupt before ({})",
+                    b.len(),
+                    if b.len() == 1 { "y" } else { "ies" },
+                    names.join(", ")
+                ),
+                format!(
+                    "while Hermes is idle, check `sqlite3 'file:{}?mode=ro' 'PRAGMA integrity_check'`, then move the .bak files away",
+                    loc.db.display()
+                ),
+            ));
+        }
+        Err(e) => out.push(Check::warn(
+            "corrupt_backups",
+            e.to_string(),
+            "make the board's directory readable by this user",
+        )),
+    }
+    out
+}
+
+/// `board_owner`: the governor should run as the user that owns the board, because SQLite
+/// opens the `-shm` file read-write even for a read-only connection (`HERMES.md` §2.3).
+fn check_board_owner(db: &Path) -> Check {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    match std::fs::metadata(db) {
+        Ok(m) if m.uid() == me => Check::ok(
+            "board_owner",
+            format!("the board belongs to this user (uid {me})"),
+        ),
+        Ok(m) => Check::warn(
+            "board_owner",
+            format!(
+                "the board belongs to uid {}, this process runs as uid {me}: the read-only reader needs write access to {}-shm",
+                m.uid(),
+                db.display()
+            ),
+            "run the governor (cron entry, systemd User=) as the user Hermes runs as",
+        ),
+        Err(e) => Check::warn(
+            "board_owner",
+            format!("cannot stat {}: {e}", db.display()),
+            "run the governor as the user Hermes runs as",
+        ),
+    }
+}
+
+/// `max_in_progress` and `max_in_progress_per_profile` in Hermes's config.
+fn check_hermes_caps(home: &Path) -> Vec<Check> {
+    let config = match hh::read_config(home) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Check::fail(
+                "hermes_config",
+                e.to_string(),
+                "fix the YAML in config.yaml (`hermes config` also fails on it)",
+            )];
+        }
+    };
+    let path = config.path.display();
+    let mut out = Vec::new();
+    match config.kanban.max_in_progress {
+        Some(n) => out.push(Check::fail(
+            "max_in_progress",
+            format!(
+                "kanban.max_in_progress = {n} in {path}: together with the governor's --max, `hermes kanban dispatch` spawns nothing once a task runs (hermes-agent#63466)"
+            ),
+            format!("remove kanban.max_in_progress from {path}; the governor's dispatch.max_running replaces it"),
+        )),
+        None => out.push(Check::ok("max_in_progress", "kanban.max_in_progress is not set")),
+    }
+    if let Some(n) = config.kanban.max_in_progress_per_profile {
+        out.push(Check::warn(
+            "max_in_progress_per_profile",
+            format!(
+                "kanban.max_in_progress_per_profile = {n} in {path}: Hermes may leave a task the governor released unspawned"
+            ),
+            format!("remove kanban.max_in_progress_per_profile from {path}; use max_parallel on the governor's profiles"),
+        ));
+    }
+    out
+}
+
+/// `profile:<name>`: each governed profile is a Hermes profile and its lane is not. `root` is
+/// the Hermes root (profiles), not the kanban root.
+fn check_profiles(inputs: &Inputs, root: &Path) -> Vec<Check> {
+    if inputs.profiles.is_empty() {
+        return vec![Check::warn(
+            "profiles",
+            "no profiles in the governor config: nothing is governed",
+            format!(
+                "add a [[profiles]] entry to {} (see the profiles/ directory of the repository)",
+                inputs.config_path.display()
+            ),
+        )];
+    }
+    inputs
+        .profiles
+        .iter()
+        .map(|p| {
+            let name = format!("profile:{}", p.name);
+            if !hh::profile_exists(root, &p.name) {
+                Check::fail(
+                    name,
+                    format!(
+                        "{} is not a Hermes profile ({} is not a directory), so released tasks would never spawn",
+                        p.name,
+                        hh::profile_dir(root, &p.name).display()
+                    ),
+                    format!(
+                        "run `HERMES_HOME={} hermes profile create {} --no-alias`, or fix the profile name",
+                        inputs.hermes_home.display(),
+                        p.name
+                    ),
+                )
+            } else if hh::profile_exists(root, &p.lane) {
+                Check::fail(
+                    name,
+                    format!(
+                        "lane {} is a Hermes profile, so Hermes would spawn the tasks the governor holds there",
+                        p.lane
+                    ),
+                    format!("choose a lane that is not a profile (e.g. {}@gpu)", p.name),
+                )
+            } else {
+                Check::ok(
+                    name,
+                    format!("Hermes profile exists; lane {} is not a profile", p.lane),
+                )
+            }
+        })
+        .collect()
+}
+
+/// `state_dir`: writable, or creatable.
+fn check_state_dir(dir: &Path) -> Check {
+    use rustix::fs::{Access, access};
+    let writable = |p: &Path| access(p, Access::WRITE_OK | Access::EXEC_OK).is_ok();
+    if dir.is_dir() {
+        return if writable(dir) {
+            Check::ok("state_dir", format!("{} is writable", dir.display()))
+        } else {
+            Check::fail(
+                "state_dir",
+                format!("{} is not writable by this user", dir.display()),
+                "chown it to the user the governor runs as, or set dispatch.state_dir to a writable directory",
+            )
+        };
+    }
+    if dir.exists() {
+        return Check::fail(
+            "state_dir",
+            format!("{} exists but is not a directory", dir.display()),
+            "set dispatch.state_dir to a directory",
+        );
+    }
+    let parent = dir.ancestors().skip(1).find(|a| a.exists());
+    match parent {
+        Some(p) if p.is_dir() && writable(p) => Check::warn(
+            "state_dir",
+            format!(
+                "{} does not exist yet; `run` and `tick` create it (under {}, which is writable)",
+                dir.display(),
+                p.display()
+            ),
+            format!("create it now with `mkdir -p {}` to be sure", dir.display()),
+        ),
+        _ => Check::fail(
+            "state_dir",
+            format!(
+                "{} does not exist and cannot be created by this user",
+                dir.display()
+            ),
+            "set dispatch.state_dir to a writable directory",
+        ),
+    }
+}
+
+/// `governor_lock`: who holds the governor's lock, read from `/proc/locks` (never taken).
+fn check_governor_lock(state_dir: &Path) -> Check {
+    let lock = state_dir.join(GOVERNOR_LOCK_FILE);
+    match hh::read_lock_holders(&lock) {
+        Ok(h) if h.is_empty() => Check::ok(
+            "governor_lock",
+            format!("{} is free: no governor runs now", lock.display()),
+        ),
+        Ok(h) => {
+            let pids: Vec<String> = h
+                .iter()
+                .map(|l| l.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()))
+                .collect();
+            Check::ok(
+                "governor_lock",
+                format!(
+                    "{} is held by pid {} (a governor `run` or `tick` is active)",
+                    lock.display(),
+                    pids.join(", ")
+                ),
+            )
+        }
+        Err(e) => Check::warn(
+            "governor_lock",
+            e.to_string(),
+            "run doctor on Linux with /proc mounted to see lock holders",
+        ),
+    }
+}
+
+/// The human report: one line per check, then a summary.
+pub fn render_human(checks: &[Check]) -> String {
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut s = String::new();
+    for c in checks {
+        s.push_str(&format!(
+            "{:<4}  {:<width$}  {}",
+            c.status.label(),
+            c.name,
+            c.detail
+        ));
+        if let Some(fix) = &c.fix {
+            s.push_str(&format!(" -- fix: {fix}"));
+        }
+        s.push('\n');
+    }
+    let count = |st| checks.iter().filter(|c| c.status == st).count();
+    s.push_str(&format!(
+        "{} ok, {} warn, {} fail\n",
+        count(Status::Ok),
+        count(Status::Warn),
+        count(Status::Fail)
+    ));
+    s
+}
+
+/// A value for a shell command line: bare when safe, else single-quoted.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A path for a systemd unit line: bare when safe, else double-quoted.
+fn unit_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("\"{}\"", s.replace('\\', r"\\").replace('"', "\\\""))
+    }
+}
+
+/// The template's body (its `#` comment header dropped) with the placeholders filled.
+fn fill(template: &str, pairs: &[(&str, String)]) -> String {
+    let mut body: String = template
+        .lines()
+        .skip_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (k, v) in pairs {
+        body = body.replace(k, v);
+    }
+    body
+}
+
+const CRON_TEMPLATE: &str = include_str!("../../scripts/kanban-governor.cron");
+const SERVICE_TEMPLATE: &str = include_str!("../../scripts/kanban-governor.service");
+const TICK_SERVICE_TEMPLATE: &str = include_str!("../../scripts/kanban-governor-tick.service");
+const TICK_TIMER_TEMPLATE: &str = include_str!("../../scripts/kanban-governor-tick.timer");
+
+/// The crontab entry (`scripts/kanban-governor.cron` filled in): a comment and the line.
+pub fn render_cron(exe: &Path, inputs: &Inputs) -> String {
+    // cron turns an unescaped `%` into a newline.
+    let q = |p: &Path| sh_quote(&p.display().to_string()).replace('%', r"\%");
+    let mut out = String::from(
+        "# kanban-governor: a tick every 15 s; tick takes its own lock (install with `crontab -e`)\n",
+    );
+    if !inputs.config_exists {
+        out.push_str(&format!(
+            "# note: {} does not exist yet; write it before installing this line\n",
+            inputs.config_path.display()
+        ));
+    }
+    out.push_str(&fill(
+        CRON_TEMPLATE,
+        &[
+            ("@GOVERNOR_BIN@", q(exe)),
+            ("@CONFIG@", q(&inputs.config_path)),
+            ("@HERMES_HOME@", q(&inputs.hermes_home)),
+            ("@STATE_DIR@", q(&inputs.state_dir)),
+        ],
+    ));
+    out
+}
+
+/// The systemd units (`scripts/kanban-governor*.{service,timer}` filled in), by file name.
+pub fn render_systemd(exe: &Path, inputs: &Inputs, user: &str) -> Vec<(&'static str, String)> {
+    let q = |p: &Path| unit_quote(&p.display().to_string());
+    let pairs = [
+        ("@GOVERNOR_BIN@", q(exe)),
+        ("@CONFIG@", q(&inputs.config_path)),
+        ("@HERMES_HOME@", q(&inputs.hermes_home)),
+        ("@STATE_DIR@", q(&inputs.state_dir)),
+        ("@USER@", user.to_owned()),
+    ];
+    vec![
+        ("kanban-governor.service", fill(SERVICE_TEMPLATE, &pairs)),
+        (
+            "kanban-governor-tick.service",
+            fill(TICK_SERVICE_TEMPLATE, &pairs),
+        ),
+        (
+            "kanban-governor-tick.timer",
+            fill(TICK_TIMER_TEMPLATE, &pairs),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests;

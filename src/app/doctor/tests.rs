@@ -1,0 +1,370 @@
+//! Tests of the doctor checks on temp dirs, and of the cron/systemd renderings.
+
+use super::*;
+use std::collections::HashMap;
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn inputs(home: &Path) -> Inputs {
+    Inputs {
+        config_path: home.join("governor.toml"),
+        config_exists: false,
+        hermes_bin: None,
+        hermes_home: home.to_path_buf(),
+        board: None,
+        state_dir: home.join("state"),
+        profiles: vec![],
+        max_semantics: None,
+    }
+}
+
+fn executable(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn find<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+    checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name}: {checks:?}"))
+}
+
+#[test]
+fn an_absolute_hermes_bin_passes_both_path_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("venv/bin/hermes");
+    executable(&bin, "#!/bin/sh\n");
+    let mut i = inputs(dir.path());
+    i.hermes_bin = Some(bin.clone());
+    let mut out = vec![];
+    assert_eq!(check_hermes_bin(&i, &env_of(&[]), &mut out), Some(bin));
+    assert_eq!(find(&out, "hermes_bin").status, Status::Ok);
+    assert_eq!(find(&out, "cron_path").status, Status::Ok);
+}
+
+#[test]
+fn a_missing_absolute_hermes_bin_fails_with_the_install_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut i = inputs(dir.path());
+    i.hermes_bin = Some(dir.path().join("nope/hermes"));
+    let mut out = vec![];
+    assert_eq!(check_hermes_bin(&i, &env_of(&[]), &mut out), None);
+    let c = find(&out, "hermes_bin");
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.detail.contains("does not exist"), "{c:?}");
+    assert!(c.fix.as_deref().unwrap().contains("command -v hermes"));
+}
+
+#[test]
+fn relying_on_path_warns_that_cron_would_not_find_hermes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = dir.path().join("venv/bin");
+    executable(&bin_dir.join("hermes"), "#!/bin/sh\n");
+    let path = format!("/nonexistent:{}", bin_dir.display());
+    let mut out = vec![];
+    let found = check_hermes_bin(&inputs(dir.path()), &env_of(&[("PATH", &path)]), &mut out);
+    assert_eq!(found.as_deref(), Some(bin_dir.join("hermes").as_path()));
+    assert_eq!(find(&out, "hermes_bin").status, Status::Ok);
+    let cron = find(&out, "cron_path");
+    assert_eq!(cron.status, Status::Warn);
+    assert!(cron.detail.contains("/usr/bin:/bin"), "{cron:?}");
+    assert!(
+        cron.fix
+            .as_deref()
+            .unwrap()
+            .contains(&bin_dir.join("hermes").display().to_string())
+    );
+}
+
+#[test]
+fn hermes_nowhere_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = vec![];
+    let found = check_hermes_bin(
+        &inputs(dir.path()),
+        &env_of(&[("PATH", "/nonexistent")]),
+        &mut out,
+    );
+    assert_eq!(found, None);
+    assert_eq!(find(&out, "hermes_bin").status, Status::Fail);
+    assert_eq!(check_version(None, None).status, Status::Fail);
+}
+
+#[test]
+fn version_check_reports_semantics_and_refuses_an_unknown_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("hermes");
+    executable(&bin, "#!/bin/sh\necho 'Hermes Agent v0.19.0 (2026.7.20)'\n");
+    let c = check_version(Some(&bin), None);
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    assert!(
+        c.detail.contains("0.19.0") && c.detail.contains("live cap"),
+        "{c:?}"
+    );
+    executable(&bin, "#!/bin/sh\necho 'who knows'\n");
+    let c = check_version(Some(&bin), None);
+    assert_eq!(c.status, Status::Fail, "{c:?}");
+    assert!(c.fix.as_deref().unwrap().contains("max_semantics"));
+    let c = check_version(Some(&bin), Some(MaxSemantics::PerTick));
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    assert!(c.detail.contains("per-tick"), "{c:?}");
+}
+
+#[test]
+fn max_in_progress_in_hermes_config_fails_with_the_removal_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        find(&check_hermes_caps(dir.path()), "max_in_progress").status,
+        Status::Ok
+    );
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "kanban:\n  max_in_progress: 3\n  max_in_progress_per_profile: 1\n",
+    )
+    .unwrap();
+    let checks = check_hermes_caps(dir.path());
+    let c = find(&checks, "max_in_progress");
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.detail.contains("63466"), "{c:?}");
+    assert!(
+        c.fix
+            .as_deref()
+            .unwrap()
+            .starts_with("remove kanban.max_in_progress"),
+        "{c:?}"
+    );
+    assert_eq!(
+        find(&checks, "max_in_progress_per_profile").status,
+        Status::Warn
+    );
+    std::fs::write(dir.path().join("config.yaml"), "kanban: [\n").unwrap();
+    assert_eq!(
+        find(&check_hermes_caps(dir.path()), "hermes_config").status,
+        Status::Fail
+    );
+}
+
+#[test]
+fn profiles_must_exist_and_lanes_must_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("profiles/coder")).unwrap();
+    std::fs::create_dir_all(root.join("profiles/reviewer")).unwrap();
+    let mut i = inputs(root);
+    assert_eq!(
+        find(&check_profiles(&i, root), "profiles").status,
+        Status::Warn
+    );
+    i.profiles = vec![
+        ProfileRef {
+            name: "coder".into(),
+            lane: "coder@gpu".into(),
+        },
+        ProfileRef {
+            name: "ghost".into(),
+            lane: "ghost@gpu".into(),
+        },
+        ProfileRef {
+            name: "default".into(),
+            lane: "reviewer".into(),
+        },
+    ];
+    let checks = check_profiles(&i, root);
+    assert_eq!(find(&checks, "profile:coder").status, Status::Ok);
+    let ghost = find(&checks, "profile:ghost");
+    assert_eq!(ghost.status, Status::Fail);
+    assert!(
+        ghost
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("hermes profile create ghost --no-alias")
+    );
+    let d = find(&checks, "profile:default");
+    assert_eq!(d.status, Status::Fail);
+    assert!(
+        d.detail.contains("lane reviewer is a Hermes profile"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn state_dir_is_ok_when_writable_and_warns_when_missing_but_creatable() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(check_state_dir(dir.path()).status, Status::Ok);
+    let c = check_state_dir(&dir.path().join("a/b"));
+    assert_eq!(c.status, Status::Warn, "{c:?}");
+    assert!(c.fix.as_deref().unwrap().contains("mkdir -p"));
+    let file = dir.path().join("f");
+    std::fs::write(&file, "").unwrap();
+    assert_eq!(check_state_dir(&file).status, Status::Fail);
+}
+
+#[test]
+fn governor_lock_reports_its_holder_without_taking_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = check_governor_lock(dir.path());
+    assert!(c.detail.contains("is free"), "{c:?}");
+    let f = std::fs::File::create(dir.path().join(GOVERNOR_LOCK_FILE)).unwrap();
+    f.try_lock().unwrap();
+    let c = check_governor_lock(dir.path());
+    assert!(
+        c.detail
+            .contains(&format!("held by pid {}", std::process::id())),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn board_checks_find_a_missing_board_a_wal_board_and_corrupt_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let i = inputs(root);
+    let env = env_of(&[]);
+    let checks = check_board(&env, &i, root);
+    let c = find(&checks, "board");
+    assert_eq!(c.status, Status::Fail);
+    assert!(
+        c.fix.as_deref().unwrap().contains("hermes kanban init"),
+        "{c:?}"
+    );
+    {
+        let conn = rusqlite::Connection::open(root.join("kanban.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE tasks(id TEXT, status TEXT); INSERT INTO tasks VALUES('t_1','ready');",
+        )
+        .unwrap();
+    }
+    let checks = check_board(&env, &i, root);
+    assert_eq!(find(&checks, "board").status, Status::Ok);
+    assert!(find(&checks, "board").detail.contains("1 tasks (ready 1)"));
+    assert_eq!(
+        find(&checks, "board_wal").status,
+        Status::Fail,
+        "a rollback-journal board is not WAL"
+    );
+    rusqlite::Connection::open(root.join("kanban.db"))
+        .unwrap()
+        .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    let checks = check_board(&env, &i, root);
+    assert_eq!(find(&checks, "board_wal").status, Status::Ok);
+    assert_eq!(find(&checks, "corrupt_backups").status, Status::Ok);
+    // The test made the board, so it is this user's.
+    assert_eq!(find(&checks, "board_owner").status, Status::Ok);
+    std::fs::write(root.join("kanban.db.corrupt.1f2e.bak"), "").unwrap();
+    let checks = check_board(&env, &i, root);
+    let c = find(&checks, "corrupt_backups");
+    assert_eq!(c.status, Status::Warn);
+    assert!(c.detail.contains("kanban.db.corrupt.1f2e.bak"), "{c:?}");
+}
+
+#[test]
+fn a_named_board_that_does_not_exist_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut i = inputs(dir.path());
+    i.board = Some("gpu".into());
+    let checks = check_board(&env_of(&[]), &i, dir.path());
+    let c = find(&checks, "board");
+    assert_eq!(c.status, Status::Fail);
+    assert!(
+        c.detail.contains("hermes kanban boards create gpu"),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn human_output_has_one_line_per_check_with_fixes_and_a_summary() {
+    let checks = vec![
+        Check::ok("a", "fine"),
+        Check::warn("bb", "meh", "do x"),
+        Check::fail("c", "bad", "do y"),
+    ];
+    let s = render_human(&checks);
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], "ok    a   fine");
+    assert_eq!(lines[1], "warn  bb  meh -- fix: do x");
+    assert_eq!(lines[2], "fail  c   bad -- fix: do y");
+    assert_eq!(lines[3], "1 ok, 1 warn, 1 fail");
+    let json = serde_json::to_value(&checks).unwrap();
+    assert_eq!(
+        json[2],
+        serde_json::json!({"name": "c", "status": "fail", "detail": "bad", "fix": "do y"})
+    );
+    assert_eq!(json[0]["fix"], serde_json::Value::Null);
+}
+
+#[test]
+fn cron_line_uses_absolute_quoted_paths_and_escapes_percent() {
+    let mut i = inputs(Path::new("/srv/hermes home"));
+    i.config_path = PathBuf::from("/etc/kg/governor.toml");
+    i.state_dir = PathBuf::from("/var/lib/kg%1");
+    let s = render_cron(Path::new("/usr/local/bin/kanban-governor"), &i);
+    let line = s.lines().find(|l| !l.starts_with('#')).unwrap();
+    assert_eq!(
+        line,
+        "* * * * * HERMES_HOME='/srv/hermes home' /usr/local/bin/kanban-governor tick --config /etc/kg/governor.toml --repeat 4 --every 15s >> '/var/lib/kg\\%1'/tick.log 2>&1"
+    );
+    assert!(s.contains("does not exist yet"));
+    assert!(!s.contains('@'), "a placeholder is left: {s}");
+}
+
+#[test]
+fn systemd_units_have_absolute_paths_and_environment_lines() {
+    let i = inputs(Path::new("/srv/hermes"));
+    let units = render_systemd(Path::new("/opt/kg/kanban-governor"), &i, "hermes");
+    let names: Vec<&str> = units.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        [
+            "kanban-governor.service",
+            "kanban-governor-tick.service",
+            "kanban-governor-tick.timer"
+        ]
+    );
+    let run = &units[0].1;
+    assert!(
+        run.contains("ExecStart=/opt/kg/kanban-governor run --config /srv/hermes/governor.toml\n"),
+        "{run}"
+    );
+    assert!(
+        run.contains("Environment=HERMES_HOME=/srv/hermes\n"),
+        "{run}"
+    );
+    assert!(run.contains("User=hermes\n"), "{run}");
+    let tick = &units[1].1;
+    assert!(
+        tick.contains("Type=oneshot")
+            && tick.contains(
+                "ExecStart=/opt/kg/kanban-governor tick --config /srv/hermes/governor.toml"
+            ),
+        "{tick}"
+    );
+    assert!(units[2].1.contains("OnCalendar=*:*:0/15"));
+    for (_, u) in &units {
+        assert!(!u.contains('@'), "a placeholder is left: {u}");
+        assert!(
+            u.starts_with('['),
+            "the comment header should be dropped: {u}"
+        );
+    }
+}
+
+#[test]
+fn the_templates_in_scripts_carry_every_placeholder_they_are_filled_with() {
+    assert!(CRON_TEMPLATE.contains("@GOVERNOR_BIN@ tick --config @CONFIG@ --repeat 4 --every 15s"));
+    for t in [SERVICE_TEMPLATE, TICK_SERVICE_TEMPLATE] {
+        assert!(t.contains("Environment=HERMES_HOME=@HERMES_HOME@"));
+        assert!(t.contains("ExecStart=@GOVERNOR_BIN@"));
+    }
+}
