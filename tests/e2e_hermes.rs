@@ -307,3 +307,27 @@ fn a_crashed_worker_is_seen_its_task_reclaimed_and_its_memory_released() {
     drive_to_done(&h, &g, 10 * GIB, Duration::from_secs(120));
     assert_eq!(h.task(&b).status, "done");
 }
+
+#[test]
+fn a_gateway_dispatcher_on_the_board_holds_everything_and_nothing_is_released() {
+    let _serial = serial();
+    let model = FakeModel::start(Duration::ZERO);
+    let h = Hermes::new(&["small"], &model);
+    let g = Governor::new(&h, "24GiB", "4GiB", &PROFILES[1..]);
+    let waiting = h.create("in the lane", "small@gpu", 0, &[]);
+    let gateway = common::Gateway::start(&h);
+    let before = h.tasks();
+    let r = g.tick();
+    assert!(ids(&r, "released").is_empty(), "{r}");
+    assert!(ids(&r, "adopted").is_empty(), "{r}");
+    assert_eq!(r["dispatch_max"], serde_json::Value::Null, "{r}");
+    let held = &r["decision"]["held"][0];
+    assert_eq!(held["id"], waiting.as_str());
+    assert_eq!(held["reason"]["kind"], "dual_dispatcher", "{r}");
+    let detail = held["reason"]["detail"].as_str().unwrap();
+    assert!(detail.contains("dispatch_in_gateway"), "{detail}");
+    assert_eq!(h.tasks(), before);
+    let status = String::from_utf8_lossy(&g.run("status", &[]).stdout).into_owned();
+    assert!(status.contains("DualDispatcher"), "{status}");
+    drop(gateway);
+}

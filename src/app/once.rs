@@ -146,7 +146,7 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
 ///
 /// As [`run_tick_with_store`], with usage errors marked for exit code 2.
 pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
-    let mut board = setup.board();
+    let mut board = setup.board()?;
     let mut dispatcher = setup.dispatcher()?;
     let mut gpu = setup.static_gpu();
     let probe = LocalWorkerProbe::for_this_host();
@@ -165,6 +165,7 @@ pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
     };
     let opts = TickOptions {
         dry_run,
+        dual_dispatcher: setup.dual_dispatcher(),
         ..TickOptions::default()
     };
     run_tick_with_store(&setup.policy, &mut ports, &mut store, &opts).map_err(port_error)

@@ -8,6 +8,7 @@ use crate::adapters::board_sqlite::{BoardError, SqliteBoard};
 use crate::adapters::dispatch_cli::{
     CliDispatcher, CliDispatcherConfig, DEFAULT_TIMEOUT, DispatchError,
 };
+use crate::adapters::hermes_home;
 use crate::error::UsageError;
 use crate::governor::{
     Bytes, FootprintMode, GpuSample, KvPlacement, Millis, Policy, PoolPolicy, ProfileId,
@@ -308,26 +309,67 @@ pub fn load(path: &Path) -> anyhow::Result<Setup> {
 }
 
 impl Setup {
-    /// The board's SQLite file: `HERMES_KANBAN_DB` if set (Hermes lets it beat everything),
-    /// else `<home>/kanban.db` for `default`, else `<home>/kanban/boards/<slug>/kanban.db`.
-    pub fn board_path(&self) -> PathBuf {
-        if let Some(p) = std::env::var_os("HERMES_KANBAN_DB") {
-            return PathBuf::from(p);
-        }
-        if self.hermes.board == "default" {
-            self.hermes.home.join("kanban.db")
-        } else {
-            self.hermes
-                .home
-                .join("kanban/boards")
-                .join(&self.hermes.board)
-                .join("kanban.db")
-        }
+    /// Where Hermes itself will find the board, resolved as Hermes does
+    /// (`HERMES_KANBAN_DB` > `hermes.board` > `HERMES_KANBAN_BOARD` > `kanban/current` >
+    /// `default`, with `hermes.home` as `HERMES_HOME`).
+    ///
+    /// # Errors
+    ///
+    /// No Hermes home, or a named board that does not exist (a usage error).
+    pub fn hermes_env(&self) -> anyhow::Result<hermes_home::HermesEnv> {
+        hermes_home::read_hermes_env(
+            &hermes_home::process_env,
+            Some(&self.hermes.home),
+            Some(&self.hermes.board),
+        )
+        .map_err(|e| usage(e.to_string()))
+    }
+
+    /// The board's SQLite file.
+    ///
+    /// # Errors
+    ///
+    /// As [`Setup::hermes_env`].
+    pub fn board_path(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.hermes_env()?.board.db)
     }
 
     /// The board adapter.
-    pub fn board(&self) -> SqliteBoard {
-        SqliteBoard::new(self.board_path())
+    ///
+    /// # Errors
+    ///
+    /// As [`Setup::hermes_env`].
+    pub fn board(&self) -> anyhow::Result<SqliteBoard> {
+        Ok(SqliteBoard::new(self.board_path()?))
+    }
+
+    /// A gateway dispatcher live on this board's kanban root, as the reason to hold
+    /// (`DualDispatcher`), read from `/proc/locks` and `gateway.pid` without taking any lock.
+    /// When that cannot be read, the governor cannot tell, so it holds too (fail closed).
+    pub fn dual_dispatcher(&self) -> Option<String> {
+        let env = match self.hermes_env() {
+            Ok(env) => env,
+            Err(e) => {
+                return Some(format!(
+                    "cannot locate the Hermes home to look for a gateway dispatcher ({e})"
+                ));
+            }
+        };
+        match hermes_home::read_gateway_dispatcher(
+            &hermes_home::process_env,
+            &env.hermes_home,
+            &env.root,
+        ) {
+            Ok(g) => g.active().map(|detail| {
+                format!(
+                    "{detail}; set kanban.dispatch_in_gateway: false in {} and restart the gateway, or govern a board no gateway dispatches",
+                    g.config_path.display()
+                )
+            }),
+            Err(e) => Some(format!(
+                "cannot tell whether a gateway dispatches this board ({e}); holding"
+            )),
+        }
     }
 
     /// The dispatcher adapter.

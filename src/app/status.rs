@@ -141,7 +141,7 @@ fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
 /// Config, board or state failures.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let setup = setup::load(&setup::config_path(args.config.as_deref()))?;
-    let mut board = setup.board();
+    let mut board = setup.board()?;
     let mut dispatcher = setup.dispatcher()?;
     let mut gpu = setup.static_gpu();
     let probe = LocalWorkerProbe::for_this_host();
@@ -160,13 +160,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         dispatcher: &mut dispatcher,
         workers: probe.as_ref().map(|p| p as _),
     };
-    let observed = observe(
-        &setup.policy,
-        &mut ports,
-        &mut state,
-        &TickOptions::default(),
-    )
-    .map_err(port_error)?;
+    let opts = TickOptions {
+        dual_dispatcher: setup.dual_dispatcher(),
+        ..TickOptions::default()
+    };
+    let observed = observe(&setup.policy, &mut ports, &mut state, &opts).map_err(port_error)?;
     let r = report(&setup.policy, observed);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -420,7 +420,70 @@ pub fn wait_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option
     }
 }
 
-/// sha-free fingerprint of a file (its bytes), `None` when absent.
+/// A file's bytes (compared whole rather than hashed), `None` when absent.
 pub fn file_bytes(p: &Path) -> Option<Vec<u8>> {
     std::fs::read(p).ok()
+}
+
+/// `hermes gateway run` on a Hermes home, in its own process group; killed on drop.
+pub struct Gateway {
+    child: std::process::Child,
+}
+
+impl Gateway {
+    /// Start it and wait (bounded) until its embedded dispatcher holds
+    /// `<home>/kanban/.dispatcher.lock` (seen in `/proc/locks`, never by taking it).
+    pub fn start(h: &Hermes) -> Gateway {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(&h.bin)
+            .args(["gateway", "run"])
+            .env("HERMES_HOME", h.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let gw = Gateway { child };
+        let lock = h.path().join("kanban/.dispatcher.lock");
+        wait_for(
+            Duration::from_secs(60),
+            "the gateway's dispatcher lock",
+            || {
+                use std::os::unix::fs::MetadataExt;
+                let ino = std::fs::metadata(&lock).ok()?.ino();
+                let locks = std::fs::read_to_string("/proc/locks").ok()?;
+                locks
+                    .lines()
+                    .any(|l| {
+                        l.contains("FLOCK")
+                            && l.split_whitespace()
+                                .nth(5)
+                                .is_some_and(|d| d.ends_with(&format!(":{ino}")))
+                    })
+                    .then_some(())
+            },
+        );
+        gw
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let pgid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pgid}")])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status();
+        let _ = self.child.wait();
+    }
 }
