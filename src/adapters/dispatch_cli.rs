@@ -9,6 +9,7 @@
 //! Side effects: whatever those Hermes commands write to the board. Workers that
 //! `dispatch` spawns run in their own session (HERMES.md §4) and survive a timeout kill.
 
+use crate::adapters::hermes_home;
 use crate::governor::TaskId;
 use crate::ports::{DispatchOutcome, Dispatcher, MaxSemantics, PortError, Spawned};
 use std::io::Read;
@@ -24,10 +25,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a timed-out group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
-
-/// The day hermes-agent#23295 (`--max` as a live cap) was merged; releases dated on or after
-/// it have live-cap semantics.
-const LIVE_CAP_SINCE: (u32, u32, u32) = (2026, 5, 10);
 
 /// Errors calling Hermes.
 #[derive(Debug, Error)]
@@ -303,22 +300,20 @@ pub fn check_bin(bin: &Path) -> Result<(), DispatchError> {
     }
 }
 
-/// What `--max` means, from the first line of `hermes --version`
-/// (`Hermes Agent v0.19.0 (2026.7.20)`): the release date decides.
+/// What `--max` means, from `hermes --version` (`Hermes Agent v0.19.0 (2026.7.20)`), by the
+/// same rule `doctor` applies ([`hermes_home::max_semantics_of`]): a live cap from 0.19.0 or
+/// for releases dated after hermes-agent#23295, else a per-tick budget. `None`: not a Hermes
+/// version line.
 pub fn semantics_from_version(text: &str) -> Option<MaxSemantics> {
-    let line = text.lines().next()?;
-    let open = line.rfind('(')?;
-    let close = open + line[open..].find(')')?;
-    let mut parts = line[open + 1..close].split('.');
-    let mut num = || parts.next()?.trim().parse::<u32>().ok();
-    let date = (num()?, num()?, num()?);
-    if !(2000..3000).contains(&date.0) {
-        return None;
-    }
-    Some(if date >= LIVE_CAP_SINCE {
-        MaxSemantics::LiveCap
-    } else {
-        MaxSemantics::PerTick
+    let (version, release_date) = hermes_home::parse_version_output(text)?;
+    let v = hermes_home::HermesVersion {
+        version,
+        release_date,
+        source: "hermes --version".into(),
+    };
+    Some(match hermes_home::max_semantics_of(&v) {
+        hermes_home::MaxSemantics::LiveCap => MaxSemantics::LiveCap,
+        hermes_home::MaxSemantics::PerTick => MaxSemantics::PerTick,
     })
 }
 
@@ -505,6 +500,10 @@ mod tests {
         assert_eq!(
             semantics_from_version("Hermes Agent v0.12.0 (2026.4.2)"),
             Some(MaxSemantics::PerTick)
+        );
+        assert_eq!(
+            semantics_from_version("Hermes Agent v0.18.2 (2026.6.1)"),
+            Some(MaxSemantics::LiveCap)
         );
         assert_eq!(semantics_from_version("hermes 1.0"), None);
     }
