@@ -97,3 +97,221 @@ pub trait EngineTelemetry {
     /// The engine could not be reached or its answer could not be parsed.
     fn read_engine(&mut self, now: Millis) -> Result<EngineReading, PortError>;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Hermes board, its dispatcher, and the governor's own state.
+// ---------------------------------------------------------------------------------------------
+
+use crate::governor::TaskId;
+
+/// A Hermes task status (`VALID_STATUSES` in Hermes 0.19.0); unknown strings are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// A rough idea parked for a specifier.
+    Triage,
+    /// Waiting on parents.
+    Todo,
+    /// Waiting on time.
+    Scheduled,
+    /// Dispatchable.
+    Ready,
+    /// Claimed, a worker should be alive.
+    Running,
+    /// A human is needed, or the circuit breaker tripped.
+    Blocked,
+    /// A review worker is due.
+    Review,
+    /// Completed.
+    Done,
+    /// Hidden; counts as done.
+    Archived,
+    /// A status this version does not know.
+    Other(String),
+}
+
+impl TaskStatus {
+    /// Parse Hermes's status string.
+    pub fn parse(s: &str) -> TaskStatus {
+        match s {
+            "triage" => TaskStatus::Triage,
+            "todo" => TaskStatus::Todo,
+            "scheduled" => TaskStatus::Scheduled,
+            "ready" => TaskStatus::Ready,
+            "running" => TaskStatus::Running,
+            "blocked" => TaskStatus::Blocked,
+            "review" => TaskStatus::Review,
+            "done" => TaskStatus::Done,
+            "archived" => TaskStatus::Archived,
+            other => TaskStatus::Other(other.to_owned()),
+        }
+    }
+}
+
+/// One task as read from the board.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BoardTask {
+    /// Task id.
+    pub id: TaskId,
+    /// Its assignee (a profile, a lane, anything), or `None` when unassigned.
+    pub assignee: Option<String>,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Hermes priority (higher first).
+    pub priority: i64,
+    /// Hermes `created_at`, as Unix ms.
+    pub created_at: Millis,
+    /// Hermes `started_at` (first-ever start), as Unix ms.
+    pub started_at: Option<Millis>,
+    /// The worker's pid while running, as Hermes recorded it.
+    pub worker_pid: Option<u32>,
+    /// The claim lock (`<hostname>:<pid>`) while running.
+    pub claim_lock: Option<String>,
+}
+
+/// What one observation of the board returns: every task that runs or waits (`todo`,
+/// `ready`, `running`, `review`), plus the tasks asked for by id in any status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BoardSnapshot {
+    /// The tasks, in board order (priority desc, created_at asc).
+    pub tasks: Vec<BoardTask>,
+    /// SQLite `PRAGMA data_version` of the connection that read it: changes when another
+    /// connection committed (cheap change detection for the daemon).
+    pub data_version: u64,
+}
+
+impl BoardSnapshot {
+    /// The task with id `id`, if it was read.
+    pub fn task(&self, id: &TaskId) -> Option<&BoardTask> {
+        self.tasks.iter().find(|t| &t.id == id)
+    }
+}
+
+/// The Hermes kanban board, read only.
+pub trait TaskBoard {
+    /// Read the board in one short read transaction: every `todo`/`ready`/`running`/`review`
+    /// task, plus `tracked` ids in whatever status they are (done, blocked, gone).
+    ///
+    /// # Errors
+    ///
+    /// The board is missing, corrupt, locked past the busy timeout, or not a Hermes board.
+    fn read_board(&mut self, tracked: &[TaskId]) -> Result<BoardSnapshot, PortError>;
+
+    /// The board's `PRAGMA data_version` only (no task read).
+    ///
+    /// # Errors
+    ///
+    /// As [`TaskBoard::read_board`].
+    fn read_data_version(&mut self) -> Result<u64, PortError>;
+}
+
+/// What the number passed as `hermes kanban dispatch --max` means to this Hermes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxSemantics {
+    /// A live cap on running tasks on the board (hermes-agent#23295, May 2026; 0.19.0).
+    #[serde(alias = "live-cap")]
+    LiveCap,
+    /// A per-tick spawn budget (before #23295).
+    #[serde(alias = "per-tick")]
+    PerTick,
+}
+
+impl MaxSemantics {
+    /// The `--max` value that lets exactly `allowed` more tasks start when `running` run now.
+    pub fn max_arg(self, running: u32, allowed: u32) -> u32 {
+        match self {
+            MaxSemantics::LiveCap => running.saturating_add(allowed),
+            MaxSemantics::PerTick => allowed,
+        }
+    }
+}
+
+/// A spawned worker as the dispatcher reported it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Spawned {
+    /// Task id.
+    pub id: TaskId,
+    /// The profile it runs as.
+    pub assignee: String,
+}
+
+/// What one dispatcher tick did (`hermes kanban dispatch --json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DispatchOutcome {
+    /// Workers spawned.
+    pub spawned: Vec<Spawned>,
+    /// Tasks whose worker Hermes found dead (put back to `ready`).
+    pub crashed: Vec<TaskId>,
+    /// Stale claims reclaimed.
+    pub reclaimed: u64,
+    /// Tasks promoted `todo` → `ready`.
+    pub promoted: u64,
+    /// Ready tasks skipped because their assignee is no Hermes profile (lanes).
+    pub skipped_nonspawnable: Vec<TaskId>,
+    /// Ready tasks skipped by Hermes's per-profile cap.
+    pub skipped_per_profile_capped: Vec<TaskId>,
+}
+
+/// Writes to the board, through whatever Hermes offers (the CLI), one call at a time.
+pub trait Dispatcher {
+    /// What `--max` means to this Hermes (may run `hermes --version` once).
+    ///
+    /// # Errors
+    ///
+    /// The version is unknown and no semantics were configured, or Hermes cannot be run.
+    fn max_semantics(&mut self) -> Result<MaxSemantics, PortError>;
+
+    /// Assign task `id` to `assignee` (a lane to park it, a profile to release it).
+    ///
+    /// # Errors
+    ///
+    /// Hermes refused (unknown id, task running), failed or timed out.
+    fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError>;
+
+    /// Put a running task whose worker is dead back to `ready`.
+    ///
+    /// # Errors
+    ///
+    /// Hermes refused (not running), failed or timed out.
+    fn reclaim(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError>;
+
+    /// Block a task for a human (`hermes kanban block <id> <reason>`).
+    ///
+    /// # Errors
+    ///
+    /// Hermes refused (not running or ready), failed or timed out.
+    fn block(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError>;
+
+    /// Run one dispatcher tick with `--max max`.
+    ///
+    /// # Errors
+    ///
+    /// Hermes failed, timed out or printed something that is not its dispatch JSON.
+    fn dispatch(&mut self, max: u32) -> Result<DispatchOutcome, PortError>;
+}
+
+/// The governor's own state between ticks (cron mode) or snapshots (daemon).
+pub trait StateStore {
+    /// Load the state; a store that has none yet returns the default state.
+    ///
+    /// # Errors
+    ///
+    /// The store exists but cannot be read or parsed.
+    fn load(&mut self) -> Result<crate::app::state::GovernorState, PortError>;
+
+    /// Save the state atomically (a crash leaves the old or the new state, never half).
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be written.
+    fn save(&mut self, state: &crate::app::state::GovernorState) -> Result<(), PortError>;
+}
+
+/// Tells whether a running task's worker process is gone (crashed, killed).
+pub trait WorkerProbe {
+    /// `true` only when sure: the task's claim is local to this host, its worker pid is
+    /// recorded, and that process no longer exists (or is a zombie). Anything uncertain
+    /// (another host's claim, no pid yet) is `false`: the task stays charged.
+    fn is_dead(&self, task: &BoardTask) -> bool;
+}

@@ -6,8 +6,11 @@ pub mod daemon;
 pub mod doctor;
 pub mod once;
 pub mod plan;
+pub mod setup;
 pub mod simulate;
+pub mod state;
 pub mod status;
+pub mod tick;
 
 use crate::cli::Command;
 use std::process::ExitCode;

@@ -1,16 +1,179 @@
-//! `status` (not built yet).
+//! `kanban-governor status`: what runs, what waits and why, and the budget, from the same
+//! observe + decide path as `tick`, with nothing acted on and nothing written (the state is
+//! read, not saved).
 
+use crate::adapters::state_file::JsonStateFile;
+use crate::adapters::worker_probe::LocalWorkerProbe;
+use crate::app::setup::{self, port_error};
+use crate::app::tick::{Observed, PoolSource, TickOptions, TickPorts, observe};
+use crate::governor::{Decision, PoolBudget, decide};
+use crate::ports::{StateStore, SystemClock};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Flags of this command.
+/// Flags of `status`.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// The config file (default: $KANBAN_GOVERNOR_CONFIG, $HERMES_HOME/governor.toml,
+    /// ~/.hermes/governor.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
-/// Run the command.
+/// One profile's line.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileStatus {
+    /// The profile.
+    pub profile: String,
+    /// Running on the board (plus released and not yet running).
+    pub running: usize,
+    /// Waiting in its lane (or on the profile, to be adopted).
+    pub waiting: usize,
+}
+
+/// One waiting task's line.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitingStatus {
+    /// Task id.
+    pub id: String,
+    /// Its profile, if governed.
+    pub profile: Option<String>,
+    /// `release` if it would start now, else the hold reason's name.
+    pub state: String,
+    /// Why (the hold reason's text).
+    pub reason: String,
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// Per profile.
+    pub profiles: Vec<ProfileStatus>,
+    /// Per waiting task, in board order.
+    pub waiting: Vec<WaitingStatus>,
+    /// Per pool.
+    pub pools: Vec<PoolBudget>,
+    /// The raw observation.
+    pub observed: Observed,
+    /// The raw decision.
+    pub decision: Decision,
+}
+
+fn report(policy: &crate::governor::Policy, observed: Observed) -> StatusReport {
+    let decision = decide(policy, &observed.observation);
+    let obs = &observed.observation;
+    let profiles = policy
+        .profiles
+        .iter()
+        .map(|p| ProfileStatus {
+            profile: p.id.0.clone(),
+            running: obs.running.iter().filter(|r| r.assignee == p.id.0).count(),
+            waiting: obs
+                .waiting
+                .iter()
+                .filter(|w| w.profile.as_ref() == Some(&p.id))
+                .count(),
+        })
+        .collect();
+    let mut waiting = Vec::new();
+    for w in &obs.waiting {
+        let (state, reason) = if decision.release.iter().any(|r| r.id == w.id) {
+            (
+                "release".to_owned(),
+                "fits now; the next tick releases it".to_owned(),
+            )
+        } else if let Some(h) = decision.held.iter().find(|h| h.id == w.id) {
+            (h.reason.name().to_owned(), h.reason.to_string())
+        } else {
+            ("unknown".to_owned(), String::new())
+        };
+        waiting.push(WaitingStatus {
+            id: w.id.0.clone(),
+            profile: w.profile.as_ref().map(|p| p.0.clone()),
+            state,
+            reason,
+        });
+    }
+    StatusReport {
+        profiles,
+        waiting,
+        pools: decision.pools.clone(),
+        observed,
+        decision,
+    }
+}
+
+fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
+    for b in &r.pools {
+        match (b.projected_bytes, b.ceiling_bytes) {
+            (Some(p), Some(c)) => writeln!(out, "pool {}: {p} charged of {c} ceiling", b.name)?,
+            _ => writeln!(
+                out,
+                "pool {}: unknown ({})",
+                b.name,
+                b.stale.as_deref().unwrap_or("no sample")
+            )?,
+        }
+    }
+    writeln!(out, "{:<24} {:>8} {:>8}", "profile", "running", "waiting")?;
+    for p in &r.profiles {
+        writeln!(out, "{:<24} {:>8} {:>8}", p.profile, p.running, p.waiting)?;
+    }
+    for w in &r.waiting {
+        let profile = w.profile.as_deref().unwrap_or("-");
+        writeln!(out, "  {} ({profile}): {}", w.id, w.reason)?;
+    }
+    for e in &r.observed.telemetry_errors {
+        writeln!(out, "  error: {e}")?;
+    }
+    Ok(())
+}
+
+/// Run `status`.
 ///
 /// # Errors
 ///
-/// Always, until the command lands.
-pub fn run(_args: StatusArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not built yet")
+/// Config, board or state failures.
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let setup = setup::load(&setup::config_path(args.config.as_deref()))?;
+    let mut board = setup.board()?;
+    let mut dispatcher = setup.dispatcher()?;
+    let mut gpu = setup.static_gpu();
+    let probe = LocalWorkerProbe::for_this_host();
+    let clock = SystemClock;
+    let mut state = JsonStateFile::in_dir(&setup.state_dir)
+        .load()
+        .map_err(port_error)?;
+    let mut ports = TickPorts {
+        clock: &clock,
+        pools: vec![PoolSource {
+            gpu: &mut gpu,
+            engine: None,
+            baseline: setup.baseline,
+        }],
+        board: &mut board,
+        dispatcher: &mut dispatcher,
+        workers: probe.as_ref().map(|p| p as _),
+    };
+    let opts = TickOptions {
+        dual_dispatcher: setup.dual_dispatcher(),
+        ..TickOptions::default()
+    };
+    let observed = observe(&setup.policy, &mut ports, &mut state, &opts).map_err(port_error)?;
+    let r = report(&setup.policy, observed);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = if args.json {
+        serde_json::to_string(&r)
+            .map_err(std::io::Error::other)
+            .and_then(|s| writeln!(out, "{s}"))
+    } else {
+        print_human(&mut out, &r)
+    };
+    Ok(ExitCode::SUCCESS)
 }

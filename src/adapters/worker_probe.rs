@@ -1,0 +1,109 @@
+//! [`WorkerProbe`] for workers on this host: `kill(pid, 0)` and `/proc/<pid>/stat`.
+//!
+//! Hermes records the worker's pid and a claim lock `<hostname>:<pid>` (HERMES.md §3.2, §4).
+//! A worker that died without completing leaves its task `running` until a Hermes dispatch
+//! tick notices (after a 30 s grace), and only a dispatch tick notices; a governor that holds
+//! because that task is charged would never run one. So the governor looks itself, read-only:
+//! no signal is sent (signal 0 only tests), nothing is written.
+
+use crate::ports::{BoardTask, TaskStatus, WorkerProbe};
+
+/// Probes processes of this host.
+#[derive(Debug, Clone)]
+pub struct LocalWorkerProbe {
+    hostname: String,
+}
+
+impl LocalWorkerProbe {
+    /// A probe for claims made on `hostname` (what Python's `socket.gethostname()` says).
+    pub fn new(hostname: impl Into<String>) -> LocalWorkerProbe {
+        LocalWorkerProbe {
+            hostname: hostname.into(),
+        }
+    }
+
+    /// A probe for this host (`/proc/sys/kernel/hostname`); `None` when that is unreadable
+    /// (then no worker is ever judged dead).
+    pub fn for_this_host() -> Option<LocalWorkerProbe> {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| LocalWorkerProbe::new(h.trim()))
+    }
+}
+
+/// Whether process `pid` is gone or a zombie.
+pub fn process_is_gone(pid: u32) -> bool {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(p) {
+        Err(rustix::io::Errno::SRCH) => true,
+        // EPERM: it exists, owned by someone else.
+        Err(_) => false,
+        Ok(()) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rfind(')')
+                    .and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st == "Z"))
+            })
+            .unwrap_or(false),
+    }
+}
+
+impl WorkerProbe for LocalWorkerProbe {
+    fn is_dead(&self, task: &BoardTask) -> bool {
+        if task.status != TaskStatus::Running {
+            return false;
+        }
+        let (Some(pid), Some(lock)) = (task.worker_pid, task.claim_lock.as_deref()) else {
+            return false;
+        };
+        let host = lock.rsplit_once(':').map_or(lock, |(h, _)| h);
+        host == self.hostname && process_is_gone(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::governor::{Millis, TaskId};
+
+    fn running(pid: u32, lock: &str) -> BoardTask {
+        BoardTask {
+            id: TaskId::from("t_1"),
+            assignee: Some("coder".into()),
+            status: TaskStatus::Running,
+            priority: 0,
+            created_at: Millis(0),
+            started_at: Some(Millis(0)),
+            worker_pid: Some(pid),
+            claim_lock: Some(lock.into()),
+        }
+    }
+
+    #[test]
+    fn a_live_local_worker_is_not_dead_and_an_exited_one_is() {
+        let probe = LocalWorkerProbe::new("host-a");
+        let me = std::process::id();
+        assert!(!probe.is_dead(&running(me, "host-a:1")));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(probe.is_dead(&running(pid, "host-a:1")));
+    }
+
+    #[test]
+    fn another_hosts_claim_or_a_missing_pid_is_never_judged_dead() {
+        let probe = LocalWorkerProbe::new("host-a");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!probe.is_dead(&running(pid, "host-b:1")));
+        let mut t = running(pid, "host-a:1");
+        t.worker_pid = None;
+        assert!(!probe.is_dead(&t));
+    }
+}

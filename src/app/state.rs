@@ -1,0 +1,108 @@
+//! The governor's state between ticks: what it released and has not yet seen running, when it
+//! first saw each waiting task, the baseline it observed, and its counters.
+//!
+//! Plain serde data, no I/O: cron mode loads it through a [`crate::ports::StateStore`], runs
+//! one tick and saves it; the daemon keeps it in memory and snapshots it through the same port.
+
+use crate::governor::{Bytes, Millis, ProfileId, TaskId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The current state format; a file with another version is refused, not guessed at.
+pub const STATE_VERSION: u32 = 1;
+
+/// A task the governor released (assigned to its profile) and has not yet seen running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// The profile it was released to.
+    pub profile: ProfileId,
+    /// When it was released.
+    pub released_at: Millis,
+}
+
+/// Monotonic counters (exported as metrics by the daemon).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Ticks that acted (not dry runs).
+    pub ticks: u64,
+    /// Tasks released.
+    pub released: u64,
+    /// Tasks adopted from a profile into its lane.
+    pub adopted: u64,
+    /// Workers spawned that the governor had not released (governance leaks).
+    pub leaks: u64,
+    /// Running tasks with a dead worker the governor put back to `ready`.
+    pub reclaimed: u64,
+    /// Tasks blocked because their workers kept dying.
+    #[serde(default)]
+    pub blocked: u64,
+    /// Hermes CLI calls that failed.
+    pub hermes_errors: u64,
+}
+
+/// Everything the governor remembers between ticks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GovernorState {
+    /// Format version ([`STATE_VERSION`]).
+    pub version: u32,
+    /// Released and not yet seen running (charged as running until then, never released
+    /// twice).
+    pub in_flight: BTreeMap<TaskId, InFlight>,
+    /// When each waiting task was first seen waiting (for `max_wait`).
+    pub first_seen_waiting: BTreeMap<TaskId, Millis>,
+    /// Per pool (by name), GPU memory used while no governed task ran: the baseline.
+    pub observed_baseline: BTreeMap<String, Bytes>,
+    /// Tasks seen running at the last tick (to tell a crash respawn from a leak).
+    pub last_running: Vec<TaskId>,
+    /// Counters.
+    pub counters: Counters,
+    /// When the last acting tick ran.
+    pub last_tick: Option<Millis>,
+    /// When `hermes kanban dispatch` last ran.
+    #[serde(default)]
+    pub last_dispatch: Option<Millis>,
+    /// Per open task, how many of its workers died (reset when it leaves the board's open
+    /// set). Adopting a task resets Hermes's own failure counter, so the governor keeps its
+    /// own, or a task whose worker always dies would be retried forever.
+    #[serde(default)]
+    pub worker_deaths: BTreeMap<TaskId, u32>,
+}
+
+impl Default for GovernorState {
+    fn default() -> Self {
+        GovernorState {
+            version: STATE_VERSION,
+            in_flight: BTreeMap::new(),
+            first_seen_waiting: BTreeMap::new(),
+            observed_baseline: BTreeMap::new(),
+            last_running: Vec::new(),
+            counters: Counters::default(),
+            last_tick: None,
+            last_dispatch: None,
+            worker_deaths: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_a_json_round_trip() {
+        let mut s = GovernorState::default();
+        s.in_flight.insert(
+            TaskId::from("t_1"),
+            InFlight {
+                profile: ProfileId::from("coder"),
+                released_at: Millis(5),
+            },
+        );
+        s.first_seen_waiting.insert(TaskId::from("t_2"), Millis(7));
+        s.observed_baseline.insert("default".into(), Bytes::gib(3));
+        s.counters.leaks = 2;
+        let text = serde_json::to_string(&s).unwrap();
+        let back: GovernorState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,648 @@
+//! One control cycle, generic over the ports: observe → [`decide`] → act → [`TickReport`].
+//!
+//! Used by `tick` (cron), `tick --dry-run`, `status` (observe + decide only) and the daemon.
+//!
+//! - **Observe**: one read of the board (`mode=ro`), one sample per pool (a failed sample is
+//!   `None`, so the pool holds as `Stale`: fail closed), the governor's own state (in-flight
+//!   releases, first-seen times, baseline).
+//! - **Act** (not in a dry run, never with a second dispatcher on the board): put running
+//!   tasks whose local worker died back to `ready` (`hermes kanban reclaim`), adopt tasks
+//!   created with a governed profile as assignee into its lane, release the chosen ones
+//!   (assign to the profile), then one `hermes kanban dispatch --max <running + in flight>`,
+//!   and check that what spawned is what was released. Anything else spawned is a governance
+//!   leak: logged as an error and counted. A tick with nothing to do runs no Hermes process.
+//! - Released tasks stay "in flight" (charged, never released twice) until seen running, or
+//!   no longer `ready` on their profile.
+
+use crate::app::state::{GovernorState, InFlight};
+use crate::governor::{
+    Bytes, Decision, Millis, Observation, Policy, PoolObservation, ProfileId, Readiness,
+    RunningTask, TaskId, WaitingTask, WorstCase, decide,
+};
+use crate::ports::{
+    BoardSnapshot, BoardTask, Clock, Dispatcher, EngineTelemetry, GpuTelemetry, PortError,
+    StateStore, TaskBoard, TaskStatus, WorkerProbe,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How long released tasks may wait unspawned before a tick with no new release runs
+/// `dispatch` again for them (a failed or skipped dispatch must not strand charged tasks).
+pub const REDISPATCH_AFTER: Millis = Millis::secs(60);
+
+/// After this many dead workers a task is blocked for a human instead of retried: Hermes's
+/// own default `failure_limit` (HERMES.md §7), which adoption into a lane resets.
+pub const WORKER_DEATH_LIMIT: u32 = 2;
+
+/// Where one pool's samples come from.
+pub struct PoolSource<'a> {
+    /// GPU memory.
+    pub gpu: &'a mut dyn GpuTelemetry,
+    /// The engine, if one is configured.
+    pub engine: Option<&'a mut dyn EngineTelemetry>,
+    /// A configured baseline (else the one observed while nothing governed ran).
+    pub baseline: Option<Bytes>,
+}
+
+/// The ports one tick uses.
+pub struct TickPorts<'a> {
+    /// The clock.
+    pub clock: &'a dyn Clock,
+    /// One source per [`Policy::pools`], same order.
+    pub pools: Vec<PoolSource<'a>>,
+    /// The board (read only).
+    pub board: &'a mut dyn TaskBoard,
+    /// Writes to the board.
+    pub dispatcher: &'a mut dyn Dispatcher,
+    /// Worker liveness, if available.
+    pub workers: Option<&'a dyn WorkerProbe>,
+}
+
+/// Per-tick inputs that are not ports.
+#[derive(Debug, Clone, Default)]
+pub struct TickOptions {
+    /// Decide and report, write nothing (not the board, not the state).
+    pub dry_run: bool,
+    /// A second dispatcher on this board (`Some(detail)`): hold everything, act on nothing.
+    pub dual_dispatcher: Option<String>,
+    /// The latency limit in force, if any (daemon).
+    pub latency_limit: Option<u32>,
+    /// Learned footprints per profile (daemon); empty = none.
+    pub learned: Vec<Option<WorstCase>>,
+}
+
+/// What one observation found, before deciding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Observed {
+    /// The decision's input.
+    pub observation: Observation,
+    /// Tasks Hermes counts as running on the board (all assignees), for `--max`.
+    pub board_running: u32,
+    /// Running tasks whose local worker is dead (to reclaim and retry).
+    pub dead: Vec<TaskId>,
+    /// Running tasks whose worker died [`WORKER_DEATH_LIMIT`] times (to block).
+    pub dead_for_good: Vec<TaskId>,
+    /// Waiting tasks assigned straight to a governed profile (to adopt into its lane).
+    pub adopt: Vec<TaskId>,
+    /// Released tasks not yet seen running.
+    pub in_flight: Vec<TaskId>,
+    /// Telemetry that failed (the pool then holds as stale).
+    pub telemetry_errors: Vec<String>,
+    /// The board's `PRAGMA data_version`.
+    pub data_version: u64,
+}
+
+/// What one tick saw, decided and did (or, in a dry run, would do).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TickReport {
+    /// When.
+    pub at: Millis,
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// What was observed.
+    pub observed: Observed,
+    /// What was decided.
+    pub decision: Decision,
+    /// Running tasks with a dead worker put back to `ready`.
+    pub reclaimed: Vec<TaskId>,
+    /// Running tasks blocked because their workers kept dying.
+    pub blocked: Vec<TaskId>,
+    /// Tasks moved from their profile into its lane.
+    pub adopted: Vec<TaskId>,
+    /// Tasks released (assigned to their profile).
+    pub released: Vec<TaskId>,
+    /// The `--max` passed to `hermes kanban dispatch`, if it ran.
+    pub dispatch_max: Option<u32>,
+    /// Workers spawned by that dispatch.
+    pub spawned: Vec<TaskId>,
+    /// Spawned but never released by the governor.
+    pub leaks: Vec<TaskId>,
+    /// Released and not yet seen spawned (still charged).
+    pub in_flight: Vec<TaskId>,
+    /// Hermes calls that failed (the tick went on with the rest).
+    pub errors: Vec<String>,
+}
+
+impl TickReport {
+    /// The one-line summary cron mode prints.
+    pub fn summary(&self) -> String {
+        let verb = if self.dry_run {
+            "would release"
+        } else {
+            "released"
+        };
+        let mut s = format!(
+            "{verb} {}, held {}, running {}, in flight {}",
+            self.decision.release.len(),
+            self.decision.held.len(),
+            self.observed.board_running,
+            self.in_flight.len(),
+        );
+        for b in &self.decision.pools {
+            match (b.projected_after_bytes, b.ceiling_bytes) {
+                (Some(p), Some(c)) => s.push_str(&format!("; pool {}: {p} of {c}", b.name)),
+                _ => s.push_str(&format!("; pool {}: unknown", b.name)),
+            }
+        }
+        if !self.leaks.is_empty() {
+            s.push_str(&format!("; {} LEAKED", self.leaks.len()));
+        }
+        if !self.errors.is_empty() {
+            s.push_str(&format!("; {} error(s)", self.errors.len()));
+        }
+        s
+    }
+}
+
+fn lane_map(policy: &Policy) -> BTreeMap<&str, &ProfileId> {
+    policy
+        .profiles
+        .iter()
+        .map(|p| (p.lane.as_str(), &p.id))
+        .collect()
+}
+
+fn governed(policy: &Policy, assignee: Option<&str>) -> Option<ProfileId> {
+    let a = assignee?;
+    policy
+        .profiles
+        .iter()
+        .find(|p| p.id.0 == a)
+        .map(|p| p.id.clone())
+}
+
+/// Observe: board, telemetry and state into an [`Observation`]. Updates `state` (in-flight
+/// releases seen running or gone are dropped, first-seen times, observed baseline); a caller
+/// that must not change it passes a clone.
+///
+/// # Errors
+///
+/// The board cannot be read (missing, corrupt, locked): nothing is known, nothing is done.
+pub fn observe(
+    policy: &Policy,
+    ports: &mut TickPorts<'_>,
+    state: &mut GovernorState,
+    opts: &TickOptions,
+) -> Result<Observed, PortError> {
+    let now = ports.clock.now();
+    let tracked: Vec<TaskId> = state.in_flight.keys().cloned().collect();
+    let snap = ports.board.read_board(&tracked)?;
+    let mut telemetry_errors = Vec::new();
+    let pools: Vec<PoolObservation> = policy
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| {
+            let Some(src) = ports.pools.get_mut(i) else {
+                return PoolObservation::default();
+            };
+            let gpu = src
+                .gpu
+                .read_gpu(now)
+                .map_err(|e| {
+                    tracing::warn!(pool = %pool.name, error = %e, "GPU telemetry failed; the pool holds.");
+                    telemetry_errors.push(format!("pool {}: GPU: {e}", pool.name));
+                })
+                .ok();
+            let engine = src.engine.as_mut().and_then(|e| {
+                e.read_engine(now)
+                    .map_err(|e| {
+                        tracing::warn!(pool = %pool.name, error = %e, "Engine telemetry failed.");
+                        telemetry_errors.push(format!("pool {}: engine: {e}", pool.name));
+                    })
+                    .ok()
+                    .map(|r| r.sample)
+            });
+            let baseline = src
+                .baseline
+                .or_else(|| state.observed_baseline.get(&pool.name).copied());
+            PoolObservation {
+                gpu,
+                baseline,
+                engine,
+            }
+        })
+        .collect();
+    Ok(observe_snapshot(
+        policy,
+        &snap,
+        pools,
+        ports.workers,
+        state,
+        opts,
+        now,
+        telemetry_errors,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)] // one private step, split out for testing
+fn observe_snapshot(
+    policy: &Policy,
+    snap: &BoardSnapshot,
+    pools: Vec<PoolObservation>,
+    workers: Option<&dyn WorkerProbe>,
+    state: &mut GovernorState,
+    opts: &TickOptions,
+    now: Millis,
+    telemetry_errors: Vec<String>,
+) -> Observed {
+    let lanes = lane_map(policy);
+
+    // In-flight releases stay charged while they sit `ready` on their profile.
+    state.in_flight.retain(|id, f| {
+        snap.task(id).is_some_and(|t| {
+            t.status == TaskStatus::Ready && t.assignee.as_deref() == Some(f.profile.0.as_str())
+        })
+    });
+
+    let mut running = Vec::new();
+    let mut dead = Vec::new();
+    let mut dead_for_good = Vec::new();
+    let mut board_running = 0u32;
+    let mut waiting = Vec::new();
+    let mut adopt = Vec::new();
+    let mut governed_running = false;
+    for t in &snap.tasks {
+        match t.status {
+            TaskStatus::Running => {
+                if workers.is_some_and(|w| w.is_dead(t)) {
+                    let deaths = state.worker_deaths.get(&t.id).copied().unwrap_or(0) + 1;
+                    if deaths >= WORKER_DEATH_LIMIT {
+                        dead_for_good.push(t.id.clone());
+                        continue;
+                    }
+                    // Its memory is free: the process is gone. It waits like a task
+                    // created on its profile (reclaimed, then adopted or released).
+                    dead.push(t.id.clone());
+                    if let Some(mut w) = waiting_task(policy, &lanes, t, state, now) {
+                        if w.profile.is_some() {
+                            adopt.push(t.id.clone());
+                        }
+                        w.readiness = Readiness::Ready;
+                        waiting.push(w);
+                    }
+                    continue;
+                }
+                board_running += 1;
+                governed_running |= governed(policy, t.assignee.as_deref()).is_some();
+                running.push(RunningTask {
+                    id: t.id.clone(),
+                    assignee: t.assignee.clone().unwrap_or_default(),
+                    since: t.started_at.unwrap_or(now),
+                });
+            }
+            TaskStatus::Ready | TaskStatus::Todo if !state.in_flight.contains_key(&t.id) => {
+                if let Some(w) = waiting_task(policy, &lanes, t, state, now) {
+                    if w.profile.is_some() && !lanes.contains_key(w.assignee.as_str()) {
+                        adopt.push(t.id.clone());
+                    }
+                    waiting.push(w);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (id, f) in &state.in_flight {
+        governed_running = true;
+        running.push(RunningTask {
+            id: id.clone(),
+            assignee: f.profile.0.clone(),
+            since: f.released_at,
+        });
+    }
+
+    // What the GPU holds while no governed task runs is the baseline.
+    if !governed_running {
+        for (pool, obs) in policy.pools.iter().zip(&pools) {
+            if let Some(g) = obs.gpu {
+                state.observed_baseline.insert(pool.name.clone(), g.used);
+            }
+        }
+    }
+    state.worker_deaths.retain(|id, _| snap.task(id).is_some());
+    let waiting_ids: BTreeSet<&TaskId> = waiting.iter().map(|w: &WaitingTask| &w.id).collect();
+    state
+        .first_seen_waiting
+        .retain(|id, _| waiting_ids.contains(id));
+    for w in &waiting {
+        state.first_seen_waiting.entry(w.id.clone()).or_insert(now);
+    }
+
+    Observed {
+        observation: Observation {
+            now,
+            pools,
+            running,
+            waiting,
+            dual_dispatcher: opts.dual_dispatcher.clone(),
+            latency_limit: opts.latency_limit,
+            learned: if opts.learned.is_empty() {
+                vec![None; policy.profiles.len()]
+            } else {
+                opts.learned.clone()
+            },
+        },
+        board_running,
+        dead,
+        dead_for_good,
+        adopt,
+        in_flight: state.in_flight.keys().cloned().collect(),
+        telemetry_errors,
+        data_version: snap.data_version,
+    }
+}
+
+fn waiting_task(
+    policy: &Policy,
+    lanes: &BTreeMap<&str, &ProfileId>,
+    t: &BoardTask,
+    state: &GovernorState,
+    now: Millis,
+) -> Option<WaitingTask> {
+    let assignee = t.assignee.clone().unwrap_or_default();
+    let profile = lanes
+        .get(assignee.as_str())
+        .map(|p| (*p).clone())
+        .or_else(|| governed(policy, t.assignee.as_deref()));
+    Some(WaitingTask {
+        id: t.id.clone(),
+        profile,
+        assignee: if assignee.is_empty() {
+            "(unassigned)".into()
+        } else {
+            assignee
+        },
+        priority: t.priority,
+        created_at: t.created_at,
+        waiting_since: state.first_seen_waiting.get(&t.id).copied().unwrap_or(now),
+        readiness: if t.status == TaskStatus::Todo {
+            Readiness::WaitingOnParent
+        } else {
+            Readiness::Ready
+        },
+    })
+}
+
+/// One full cycle: observe, decide, act. `state` is updated in place (a dry run leaves it
+/// untouched); saving it is the caller's job (see [`run_tick_with_store`]).
+///
+/// # Errors
+///
+/// The board cannot be read, or the Hermes version leaves `--max` undefined (before any
+/// write). Failures of single Hermes calls after that are in [`TickReport::errors`].
+pub fn run_tick(
+    policy: &Policy,
+    ports: &mut TickPorts<'_>,
+    state: &mut GovernorState,
+    opts: &TickOptions,
+) -> Result<TickReport, PortError> {
+    if opts.dry_run {
+        let mut scratch = state.clone();
+        return run_tick_inner(policy, ports, &mut scratch, opts);
+    }
+    run_tick_inner(policy, ports, state, opts)
+}
+
+fn run_tick_inner(
+    policy: &Policy,
+    ports: &mut TickPorts<'_>,
+    state: &mut GovernorState,
+    opts: &TickOptions,
+) -> Result<TickReport, PortError> {
+    let observed = observe(policy, ports, state, opts)?;
+    let decision = decide(policy, &observed.observation);
+    let now = observed.observation.now;
+    let mut report = TickReport {
+        at: now,
+        dry_run: opts.dry_run,
+        decision,
+        reclaimed: Vec::new(),
+        blocked: Vec::new(),
+        adopted: Vec::new(),
+        released: Vec::new(),
+        dispatch_max: None,
+        spawned: Vec::new(),
+        leaks: Vec::new(),
+        in_flight: observed.in_flight.clone(),
+        errors: Vec::new(),
+        observed,
+    };
+    if opts.dual_dispatcher.is_some() {
+        // Another dispatcher spawns from this board: any write could race it.
+        return Ok(report);
+    }
+
+    let releasing: BTreeSet<TaskId> = report
+        .decision
+        .release
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    let pending_old = state
+        .in_flight
+        .values()
+        .any(|f| now.since(f.released_at) >= REDISPATCH_AFTER)
+        && state
+            .last_dispatch
+            .is_none_or(|at| now.since(at) >= REDISPATCH_AFTER);
+    let will_dispatch = !releasing.is_empty() || pending_old;
+    // Learn what `--max` means before writing anything: an unknown Hermes must not be left
+    // with tasks released and no dispatch.
+    let semantics = if will_dispatch {
+        Some(ports.dispatcher.max_semantics()?)
+    } else {
+        None
+    };
+
+    let running_after = report.observed.board_running;
+    let mut errors = Vec::new();
+    let mut hermes_error = |what: String, e: PortError, state: &mut GovernorState| {
+        tracing::error!(error = %e, "{what}");
+        state.counters.hermes_errors += 1;
+        errors.push(format!("{what}: {e}"));
+    };
+
+    // 1. Dead workers: re-read them first (one may have completed since), then reclaim.
+    let mut reclaimed = Vec::new();
+    if !report.observed.dead.is_empty() {
+        let again = if opts.dry_run {
+            None
+        } else {
+            ports.board.read_board(&report.observed.dead).ok()
+        };
+        for id in &report.observed.dead {
+            let still = again.as_ref().is_none_or(|s| {
+                s.task(id).is_some_and(|t| {
+                    t.status == TaskStatus::Running && ports.workers.is_some_and(|w| w.is_dead(t))
+                })
+            });
+            if !still {
+                continue;
+            }
+            if !opts.dry_run {
+                if let Err(e) = ports
+                    .dispatcher
+                    .reclaim(id, "kanban-governor: worker process is gone")
+                {
+                    hermes_error(format!("reclaiming {id}"), e, state);
+                    continue;
+                }
+                tracing::warn!(task = %id, "Reclaimed a task whose worker died.");
+                state.counters.reclaimed += 1;
+                *state.worker_deaths.entry(id.clone()).or_insert(0) += 1;
+            }
+            reclaimed.push(id.clone());
+        }
+    }
+    let mut blocked = Vec::new();
+    for id in &report.observed.dead_for_good {
+        if !opts.dry_run {
+            let reason = format!(
+                "kanban-governor: its worker died {WORKER_DEATH_LIMIT} times; fix the cause, then `hermes kanban unblock {id}`"
+            );
+            if let Err(e) = ports.dispatcher.block(id, &reason) {
+                hermes_error(format!("blocking {id}"), e, state);
+                continue;
+            }
+            tracing::error!(task = %id, "Blocked a task whose workers keep dying.");
+            state.counters.blocked += 1;
+            state.worker_deaths.remove(id);
+        }
+        blocked.push(id.clone());
+    }
+    let reclaimed_set: BTreeSet<&TaskId> = reclaimed.iter().collect();
+
+    // 2. Adopt: tasks on a governed profile that are not being released go to its lane.
+    let mut adopted = Vec::new();
+    for id in &report.observed.adopt {
+        let dead = report.observed.dead.contains(id);
+        if releasing.contains(id) || (dead && !reclaimed_set.contains(id)) {
+            continue;
+        }
+        let Some(w) = report
+            .observed
+            .observation
+            .waiting
+            .iter()
+            .find(|w| &w.id == id)
+        else {
+            continue;
+        };
+        let Some((_, p)) = w.profile.as_ref().and_then(|p| policy.profile(p)) else {
+            continue;
+        };
+        if !opts.dry_run {
+            if let Err(e) = ports.dispatcher.assign(id, &p.lane) {
+                hermes_error(format!("adopting {id} into lane {}", p.lane), e, state);
+                continue;
+            }
+            state.counters.adopted += 1;
+        }
+        adopted.push(id.clone());
+    }
+
+    // 3. Release: assign to the profile (a task already on its profile needs nothing).
+    let mut released = Vec::new();
+    for r in &report.decision.release {
+        let w = report
+            .observed
+            .observation
+            .waiting
+            .iter()
+            .find(|w| w.id == r.id);
+        let on_profile = w.is_some_and(|w| w.assignee == r.profile.0);
+        if report.observed.dead.contains(&r.id) && !reclaimed_set.contains(&r.id) {
+            continue;
+        }
+        if !opts.dry_run {
+            if !on_profile && let Err(e) = ports.dispatcher.assign(&r.id, &r.profile.0) {
+                hermes_error(format!("releasing {} to {}", r.id, r.profile), e, state);
+                continue;
+            }
+            tracing::info!(task = %r.id, profile = %r.profile, "Released task.");
+            state.counters.released += 1;
+            state.in_flight.insert(
+                r.id.clone(),
+                InFlight {
+                    profile: r.profile.clone(),
+                    released_at: now,
+                },
+            );
+        }
+        released.push(r.id.clone());
+    }
+
+    // 4. Dispatch once, capped at what runs plus what is in flight, and verify.
+    let pending = if opts.dry_run {
+        u32::try_from(report.observed.in_flight.len() + released.len()).unwrap_or(u32::MAX)
+    } else {
+        u32::try_from(state.in_flight.len()).unwrap_or(u32::MAX)
+    };
+    if let Some(semantics) = semantics
+        && pending > 0
+    {
+        let max = semantics.max_arg(running_after, pending);
+        report.dispatch_max = Some(max);
+        if !opts.dry_run {
+            state.last_dispatch = Some(now);
+            match ports.dispatcher.dispatch(max) {
+                Ok(outcome) => {
+                    for s in outcome.spawned {
+                        if state.in_flight.remove(&s.id).is_some() {
+                            report.spawned.push(s.id);
+                        } else {
+                            tracing::error!(task = %s.id, assignee = %s.assignee,
+                                "Governance leak: Hermes spawned a task the governor did not release.");
+                            state.counters.leaks += 1;
+                            report.leaks.push(s.id.clone());
+                            report.spawned.push(s.id);
+                        }
+                    }
+                }
+                Err(e) => hermes_error(format!("dispatching (--max {max})"), e, state),
+            }
+        }
+    }
+
+    if !opts.dry_run {
+        state.counters.ticks += 1;
+        state.last_tick = Some(now);
+        state.last_running = report
+            .observed
+            .observation
+            .running
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        report.in_flight = state.in_flight.keys().cloned().collect();
+    }
+    report.errors = errors;
+    report.reclaimed = reclaimed;
+    report.blocked = blocked;
+    report.adopted = adopted;
+    report.released = released;
+    Ok(report)
+}
+
+/// [`run_tick`] with the state loaded from and (unless a dry run) saved to `store`. The
+/// state is saved even when Hermes calls failed, so no release is forgotten.
+///
+/// # Errors
+///
+/// The state cannot be loaded or saved, or [`run_tick`] failed.
+pub fn run_tick_with_store(
+    policy: &Policy,
+    ports: &mut TickPorts<'_>,
+    store: &mut dyn StateStore,
+    opts: &TickOptions,
+) -> Result<TickReport, PortError> {
+    let mut state = store.load()?;
+    let report = run_tick(policy, ports, &mut state, opts)?;
+    if !opts.dry_run {
+        store.save(&state)?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests;
