@@ -1,2 +1,11 @@
 //! Adapters: one module per external system. Each owns its `thiserror` enum and does its I/O
 //! here, so the rest of the crate sees only domain types through [`crate::ports`].
+
+pub mod engine;
+pub mod host_mem;
+pub mod http;
+pub mod nvml;
+pub mod prom;
+pub mod replay;
+pub mod static_gpu;
+pub mod telemetry;

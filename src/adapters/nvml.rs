@@ -1,0 +1,1 @@
+//! NVML (placeholder while being written).

@@ -1,0 +1,1 @@
+//! Factory (placeholder while being written).
