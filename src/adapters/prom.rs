@@ -112,7 +112,7 @@ impl Exposition {
         let bucket = format!("{name}_bucket");
         let mut buckets: Vec<(f64, u64)> = Vec::new();
         for s in self.series(&bucket) {
-            let Some(le) = s.label("le").and_then(|v| parse_value(v).ok()) else {
+            let Some(le) = s.label("le").and_then(parse_value) else {
                 continue;
             };
             let n = count_of(s.value);
@@ -220,7 +220,7 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     let value = fields
         .next()
         .ok_or_else(|| "a sample needs a value".to_string())
-        .and_then(|v| parse_value(v).map_err(|()| format!("{v:?} is not a number")))?;
+        .and_then(|v| parse_value(v).ok_or_else(|| format!("{v:?} is not a number")))?;
     let timestamp = match fields.next() {
         Some(t) => Some(
             t.parse::<f64>()
@@ -287,12 +287,12 @@ fn parse_labels<'a>(mut s: &'a str, out: &mut Vec<(String, String)>) -> Result<&
 }
 
 /// Parse a sample value: a float, `+Inf`, `-Inf` or `NaN`.
-pub fn parse_value(v: &str) -> Result<f64, ()> {
+pub fn parse_value(v: &str) -> Option<f64> {
     match v {
-        "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
-        "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
-        "NaN" | "nan" => Ok(f64::NAN),
-        _ => v.parse::<f64>().map_err(|_| ()),
+        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
+        "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
+        "NaN" | "nan" => Some(f64::NAN),
+        _ => v.parse::<f64>().ok(),
     }
 }
 

@@ -128,7 +128,7 @@ fn buckets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(f64, u64)>, D:
             Bound::Number(x) => Ok((x, n)),
             Bound::Text(t) => crate::adapters::prom::parse_value(&t)
                 .map(|x| (x, n))
-                .map_err(|()| {
+                .ok_or_else(|| {
                     serde::de::Error::custom(format!(
                         "bucket bound {t:?} is not a number or \"+Inf\""
                     ))
