@@ -192,16 +192,16 @@ impl PoolLedger {
     /// Why a task with worst case `wc` can never fit this pool, even alone, if so.
     pub fn never_fits(&self, wc: &WorstCase) -> Option<String> {
         let c = self.charge_of(wc);
-        if let Some(ceiling) = self.ceiling_bytes {
-            let floor = self.baseline.map_or(0, |b| u128::from(b.get()));
-            if floor + c.bytes > ceiling {
-                return Some(format!(
-                    "its worst case of {} exceeds the GPU ceiling of {} (baseline {})",
-                    Bytes(clamp_u64(c.bytes)),
-                    Bytes(clamp_u64(ceiling)),
-                    Bytes(clamp_u64(floor))
-                ));
-            }
+        // Only what no change on the host can fix counts here: the baseline (weights, other
+        // tenants) may shrink, so a task blocked by it is VramHeadroom, not NeverFits.
+        if let Some(ceiling) = self.ceiling_bytes
+            && c.bytes > ceiling
+        {
+            return Some(format!(
+                "its worst case of {} exceeds the GPU ceiling of {} even on an empty GPU",
+                Bytes(clamp_u64(c.bytes)),
+                Bytes(clamp_u64(ceiling))
+            ));
         }
         if let Some(ceiling) = self.ceiling_kv_tokens
             && c.kv_tokens > ceiling

@@ -61,9 +61,17 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
         .collect();
 
     // Charge what runs (and what was released but is not yet seen running).
+    // Profile lookups by name happen once per task: index them.
+    let by_name: std::collections::HashMap<&str, usize> = policy
+        .profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.0.as_str(), i))
+        .collect();
     let mut running_per_profile = vec![0u32; policy.profiles.len()];
     for task in &obs.running {
-        if let Some((pi, profile)) = policy.profile(&ProfileId(task.assignee.clone())) {
+        if let Some(&pi) = by_name.get(task.assignee.as_str()) {
+            let profile = &policy.profiles[pi];
             running_per_profile[pi] += 1;
             if let Some(ledger) = ledgers.get_mut(profile.pool) {
                 ledger.charge(&charged_wc[pi]);
@@ -84,17 +92,19 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
         .collect();
 
     let mut order: Vec<&WaitingTask> = obs.waiting.iter().collect();
-    order.sort_by(|a, b| {
+    // Hermes's own order. Ids break ties, so the order is total and an unstable sort gives
+    // the same result whatever order the board listed the tasks in.
+    order.sort_unstable_by(|a, b| {
         b.priority
             .cmp(&a.priority)
-            .then(a.created_at.cmp(&b.created_at))
-            .then(a.id.cmp(&b.id))
+            .then_with(|| a.created_at.cmp(&b.created_at))
+            .then_with(|| a.id.cmp(&b.id))
     });
 
     // Starvation reservations: (pool, charge, task).
     let mut starving: Vec<(usize, Charge, TaskId)> = Vec::new();
     let mut release = Vec::new();
-    let mut held = Vec::new();
+    let mut held = Vec::with_capacity(obs.waiting.len());
 
     for task in order {
         let hold = |reason: HoldReason| Hold {
@@ -108,12 +118,17 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
             }));
             continue;
         }
-        let Some((pi, profile)) = task.profile.as_ref().and_then(|id| policy.profile(id)) else {
+        let Some(pi) = task
+            .profile
+            .as_ref()
+            .and_then(|id| by_name.get(id.0.as_str()).copied())
+        else {
             held.push(hold(HoldReason::UnknownProfile {
                 assignee: task.assignee.clone(),
             }));
             continue;
         };
+        let profile = &policy.profiles[pi];
         if task.readiness == Readiness::WaitingOnParent {
             held.push(hold(HoldReason::WaitingOnParent));
             continue;
