@@ -152,15 +152,20 @@ pub struct ProbeTiming {
     pub first_token: Duration,
 }
 
-async fn connect(
-    url: &str,
-) -> Result<
-    (
-        HttpUrl,
-        hyper::client::conn::http1::SendRequest<Full<BodyBytes>>,
-    ),
-    HttpError,
-> {
+/// Aborts the connection task when dropped, so a call that returns early (the probe at its
+/// first token) or times out closes its socket instead of leaving it to the runtime. Closing
+/// also tells the engine to stop generating for the probe.
+struct ConnGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<BodyBytes>>;
+
+async fn connect(url: &str) -> Result<(HttpUrl, Sender, ConnGuard), HttpError> {
     let u = parse_url(url)?;
     let stream = TcpStream::connect(&u.authority)
         .await
@@ -174,12 +179,11 @@ async fn connect(
             url: url.to_string(),
             source,
         })?;
-    // The connection task ends when the response is read or the sender dropped; its error,
-    // if any, reaches the caller through the response future.
-    tokio::spawn(async move {
+    // The connection's error, if any, reaches the caller through the response future.
+    let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok((u, sender))
+    Ok((u, sender, ConnGuard(task)))
 }
 
 fn request(
@@ -225,7 +229,7 @@ async fn status_error(url: &str, resp: hyper::Response<hyper::body::Incoming>) -
 /// Bad URL, connection refused, protocol error, non-2xx status, or `timeout` passed.
 pub async fn fetch(url: &str, timeout: Duration) -> Result<HttpResponse, HttpError> {
     let work = async {
-        let (u, mut sender) = connect(url).await?;
+        let (u, mut sender, _conn) = connect(url).await?;
         let resp = sender
             .send_request(request(&u, hyper::Method::GET, None)?)
             .await
@@ -299,7 +303,7 @@ fn json_carries_token(data: &str) -> bool {
 /// As [`fetch`].
 pub async fn probe(url: &str, body: String, timeout: Duration) -> Result<ProbeTiming, HttpError> {
     let work = async {
-        let (u, mut sender) = connect(url).await?;
+        let (u, mut sender, _conn) = connect(url).await?;
         let req = request(&u, hyper::Method::POST, Some(body))?;
         let start = Instant::now();
         let resp = sender

@@ -150,6 +150,31 @@ pub struct GpuProcess {
     pub gpu_instance_id: Option<u32>,
 }
 
+/// GPU memory split between the inference server and everything else on the pool's GPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantSplit {
+    /// Memory of the server's processes.
+    pub server: Bytes,
+    /// Memory of every other process (other tenants: agent tools, notebooks, a second model).
+    pub others: Bytes,
+    /// Processes whose memory NVML could not report.
+    pub unknown: usize,
+}
+
+/// Split `processes` into the server's (`server_pids`) and the others'. PIDs are host PIDs:
+/// inside a container without `--pid=host` they will not match the container's own.
+pub fn split_tenants(processes: &[GpuProcess], server_pids: &[u32]) -> TenantSplit {
+    let mut out = TenantSplit::default();
+    for p in processes {
+        match p.used {
+            None => out.unknown += 1,
+            Some(b) if server_pids.contains(&p.pid) => out.server = out.server.saturating_add(b),
+            Some(b) => out.others = out.others.saturating_add(b),
+        }
+    }
+    out
+}
+
 /// NVML memory of one pool's GPUs.
 pub struct NvmlTelemetry {
     nvml: Nvml,
@@ -399,5 +424,49 @@ impl NvmlLibrary {
             NvmlLibrary::System => None,
             NvmlLibrary::Path(p) => Some(p),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_memory_between_the_server_and_other_tenants() {
+        let p = |pid, used: Option<u64>| GpuProcess {
+            gpu: GpuSelector::Index(0),
+            pid,
+            used: used.map(Bytes),
+            gpu_instance_id: None,
+        };
+        let ps = [
+            p(10, Some(100)),
+            p(11, Some(5)),
+            p(20, Some(7)),
+            p(30, None),
+        ];
+        assert_eq!(
+            split_tenants(&ps, &[10, 11]),
+            TenantSplit {
+                server: Bytes(105),
+                others: Bytes(7),
+                unknown: 1
+            }
+        );
+        assert_eq!(split_tenants(&ps, &[]).others, Bytes(112));
+    }
+
+    #[test]
+    fn selectors_print_as_the_config_names_them() {
+        assert_eq!(GpuSelector::Index(2).to_string(), "2");
+        assert_eq!(GpuSelector::Uuid("GPU-x".into()).to_string(), "GPU-x");
+        assert_eq!(
+            GpuSelector::Mig {
+                gpu: 0,
+                instance: 3
+            }
+            .to_string(),
+            "0 MIG 3"
+        );
     }
 }
