@@ -433,3 +433,96 @@ fn the_blocking_client_works_inside_spawn_blocking() {
         .unwrap();
     assert_eq!(r.body, "x 1\n");
 }
+
+#[test]
+fn a_probe_without_a_model_asks_the_engine_which_it_serves() {
+    let token = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    let s = Server::start(HashMap::from([
+        (
+            "/v1/models",
+            ok("{\"object\":\"list\",\"data\":[{\"id\":\"Qwen/Qwen2.5-7B\",\"object\":\"model\"}]}".into()),
+        ),
+        ("/v1/chat/completions", ok(token.into())),
+        ("/api/ps", ok(fixture("ollama/ps-gpu.json"))),
+    ]));
+    let mut e = HttpEngine::new(
+        EngineKind::Openai,
+        &s.addr,
+        Duration::from_secs(5),
+        Some(ProbeConfig::default()),
+    )
+    .unwrap();
+    assert!(e.read_engine(Millis(0)).unwrap().probe_ttft.is_some());
+    assert!(e.read_engine(Millis(1)).unwrap().probe_ttft.is_some());
+    let reqs = s.requests.lock().unwrap().clone();
+    // /v1/models once, then two probes naming that model.
+    assert_eq!(
+        reqs.iter().filter(|r| r.0.contains("/v1/models")).count(),
+        1
+    );
+    let probes: Vec<_> = reqs.iter().filter(|r| r.0.contains("chat")).collect();
+    assert_eq!(probes.len(), 2);
+    assert!(
+        probes[1].1.contains("\"model\":\"Qwen/Qwen2.5-7B\""),
+        "{}",
+        probes[1].1
+    );
+
+    // Ollama probes the model it has loaded.
+    let mut o = HttpEngine::new(
+        EngineKind::Ollama,
+        &s.addr,
+        Duration::from_secs(5),
+        Some(ProbeConfig::default()),
+    )
+    .unwrap();
+    assert!(o.read_engine(Millis(0)).unwrap().probe_ttft.is_some());
+    let last = s.requests.lock().unwrap().last().unwrap().1.clone();
+    assert!(last.contains("\"model\":\"qwen2.5:32b\""), "{last}");
+}
+
+#[test]
+fn ollama_with_nothing_loaded_is_not_probed_and_a_rejected_probe_names_the_model() {
+    let s = Server::start(HashMap::from([
+        ("/api/ps", ok(fixture("ollama/ps-empty.json"))),
+        (
+            "/v1/chat/completions",
+            Route {
+                status: 400,
+                chunks: vec![(Duration::ZERO, "{\"error\":\"model is required\"}".into())],
+            },
+        ),
+    ]));
+    let mut o = HttpEngine::new(
+        EngineKind::Ollama,
+        &s.addr,
+        Duration::from_secs(5),
+        Some(ProbeConfig::default()),
+    )
+    .unwrap();
+    let r = o.read_engine(Millis(0)).unwrap();
+    assert_eq!((r.probe_ttft, r.probe_status), (None, None));
+    assert!(
+        !s.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.0.contains("chat"))
+    );
+
+    let mut l = HttpEngine::new(
+        EngineKind::Openai,
+        &s.addr,
+        Duration::from_secs(5),
+        Some(ProbeConfig {
+            model: Some("nope".into()),
+            ..ProbeConfig::default()
+        }),
+    )
+    .unwrap();
+    let err = l.read_engine(Millis(0)).unwrap_err().to_string();
+    assert!(
+        err.contains("model is required") && err.contains("model name"),
+        "{err}"
+    );
+}

@@ -412,6 +412,8 @@ pub struct HttpEngine {
     base_url: String,
     client: HttpClient,
     probe: Option<ProbeConfig>,
+    /// The served model, found once through `/v1/models` for a probe without a model.
+    served_model: std::sync::OnceLock<String>,
 }
 
 impl HttpEngine {
@@ -438,6 +440,7 @@ impl HttpEngine {
             base_url: base_url.trim_end_matches('/').to_string(),
             client: HttpClient::new(timeout).map_err(wrap)?,
             probe,
+            served_model: std::sync::OnceLock::new(),
         })
     }
 
@@ -569,11 +572,15 @@ impl HttpEngine {
     /// The engine's status endpoint could not be read or parsed. A failed probe is not an
     /// error when it got an HTTP status (it is reported in `probe_status`).
     pub fn read(&self, now: Millis) -> Result<EngineReading, EngineError> {
+        let mut ollama_models = Vec::new();
         let mut reading = match self.kind {
             EngineKind::Vllm => parse_vllm_metrics(&self.read_metrics()?, now),
             EngineKind::Sglang => parse_sglang_metrics(&self.read_metrics()?, now),
             EngineKind::Llamacpp => self.read_llamacpp(now)?,
-            EngineKind::Ollama => ollama_reading(&self.read_ollama_models()?, now),
+            EngineKind::Ollama => {
+                ollama_models = self.read_ollama_models()?;
+                ollama_reading(&ollama_models, now)
+            }
             EngineKind::Openai => EngineReading {
                 sample: EngineSample {
                     at: now,
@@ -582,20 +589,71 @@ impl HttpEngine {
                 ..EngineReading::default()
             },
         };
-        if let Some(probe) = &self.probe {
-            match self.probe_ttft(probe) {
-                Ok(t) => {
-                    reading.probe_ttft = Some(Millis(
-                        u64::try_from(t.first_token.as_millis()).unwrap_or(u64::MAX),
-                    ));
-                }
-                Err(EngineError::Http { source, .. }) if source.status().is_some() => {
-                    reading.probe_status = source.status();
-                }
-                Err(e) => return Err(e),
+        let Some(configured) = &self.probe else {
+            return Ok(reading);
+        };
+        let mut probe = configured.clone();
+        if probe.model.is_none() {
+            probe.model = match self.kind {
+                // llama-server serves one model and ignores the field.
+                EngineKind::Llamacpp => None,
+                // Probe a model that is loaded; with none loaded there is no load to measure,
+                // and a probe would make Ollama load one.
+                EngineKind::Ollama => match ollama_models.first() {
+                    Some(m) => Some(m.name.clone()),
+                    None => return Ok(reading),
+                },
+                // Without a model list, send none: an engine that needs one says so (4xx).
+                _ => self.served_model().ok(),
+            };
+        }
+        match self.probe_ttft(&probe) {
+            Ok(t) => {
+                reading.probe_ttft = Some(Millis(
+                    u64::try_from(t.first_token.as_millis()).unwrap_or(u64::MAX),
+                ));
             }
+            // 429 and 5xx are the engine refusing work: an overload signal, not a failed read.
+            Err(EngineError::Http { source, .. })
+                if source.status().is_some_and(|s| s == 429 || s >= 500) =>
+            {
+                reading.probe_status = source.status();
+            }
+            Err(EngineError::Http { source, .. }) if source.status().is_some() => {
+                return Err(EngineError::Json {
+                    kind: self.kind.name(),
+                    url: http::join(&self.base_url, &probe.path),
+                    message: format!(
+                        "the latency probe ({}) was refused: {source}; check the engine's \
+                         model name and that it serves {}",
+                        probe.body(),
+                        probe.path
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
         }
         Ok(reading)
+    }
+
+    /// The first model `/v1/models` lists (cached after the first success).
+    ///
+    /// # Errors
+    ///
+    /// Unreachable, or no model listed.
+    pub fn served_model(&self) -> Result<String, EngineError> {
+        if let Some(m) = self.served_model.get() {
+            return Ok(m.clone());
+        }
+        let (url, body) = self.get("/v1/models")?;
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| self.json_error(url.clone(), format!("not JSON: {e}")))?;
+        let id = v
+            .pointer("/data/0/id")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| self.json_error(url, "no model in {\"data\": [{\"id\": ...}]}".into()))?
+            .to_string();
+        Ok(self.served_model.get_or_init(|| id).clone())
     }
 }
 
