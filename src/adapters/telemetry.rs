@@ -203,6 +203,23 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_fixture_plays_a_filling_kv_pool() {
+        let f = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/replay/vllm-kv-ramp.jsonl");
+        let mut p = build_pool("default", &GpuSource::Replay(f), None).unwrap();
+        let engine = p.engine.as_mut().unwrap();
+        let first = engine.read_engine(Millis(1_000)).unwrap();
+        let later = engine.read_engine(Millis(61_000)).unwrap();
+        assert_eq!(first.sample.kv_used_tokens, Some(0));
+        assert_eq!(later.sample.kv_used_tokens, Some(100_000));
+        assert_eq!(later.sample.at, Millis(61_000));
+        assert_eq!(later.preemptions_total, Some(2));
+        assert_eq!(later.ttft_buckets.last().unwrap().0, f64::INFINITY);
+        let g = p.gpu.read_gpu(Millis(1_000)).unwrap();
+        assert_eq!(g.total, Bytes::gib(24));
+    }
+
+    #[test]
     fn a_bad_engine_url_is_a_usage_error() {
         let err = build_pool(
             "default",
