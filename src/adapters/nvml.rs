@@ -418,6 +418,18 @@ pub enum NvmlLibrary {
 }
 
 impl NvmlLibrary {
+    /// The environment variable that points NVML at another library file (tests use the fake
+    /// one; unusual installs their own).
+    pub const ENV: &'static str = "KANBAN_GOVERNOR_NVML_LIB";
+
+    /// `KANBAN_GOVERNOR_NVML_LIB` when set and not empty, else the system library.
+    pub fn from_env() -> NvmlLibrary {
+        match std::env::var_os(Self::ENV) {
+            Some(p) if !p.is_empty() => NvmlLibrary::Path(PathBuf::from(p)),
+            _ => NvmlLibrary::System,
+        }
+    }
+
     /// The path, if one was given.
     pub fn path(&self) -> Option<&Path> {
         match self {
