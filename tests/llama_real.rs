@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use kanban_governor::adapters::engine::{EngineKind, HttpEngine, ProbeConfig};
 use kanban_governor::adapters::host_mem::HostMemory;
 use kanban_governor::adapters::http::{self, HttpClient};
+use kanban_governor::adapters::telemetry::{EngineSource, GpuSource, build_pool};
 use kanban_governor::governor::Millis;
 use kanban_governor::ports::{Clock, EngineTelemetry, GpuTelemetry, SystemClock};
 
@@ -162,6 +163,22 @@ fn real_llama_server_reports_slots_context_load_and_first_token_latency() {
     assert!(h.total.get() > 0 && h.free.get() > 0, "{h:?}");
     assert!(h.free.get() <= h.total.get(), "{h:?}");
     assert_eq!(h.used.get() + h.free.get(), h.total.get(), "{h:?}");
+
+    // The same through the factory: a `host` pool with this llama-server as its engine.
+    let mut pool = build_pool(
+        "default",
+        &GpuSource::Host,
+        Some(&EngineSource::new(EngineKind::Llamacpp, &llama.url)),
+    )
+    .unwrap();
+    let now = clock.now();
+    assert_eq!(pool.gpu.read_gpu(now).unwrap().at, now);
+    let r = pool.engine.as_mut().unwrap().read_engine(now).unwrap();
+    assert_eq!(r.sample.slots, Some(4));
+    assert!(
+        r.probe_ttft.is_some(),
+        "llama.cpp has no TTFT histogram: probed"
+    );
 
     // Loaded: 8 long requests on 4 slots. Poll (bounded) until all slots are busy, the rest
     // wait and the busy slots hold context (/slots and /metrics are read one after the
