@@ -11,7 +11,10 @@ pub struct UsageError(pub String);
 /// The exit code for an error: 2 when the user caused it (usage or config), else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<UsageError>() || cause.is::<crate::config::ConfigError>() {
+        if cause.is::<UsageError>()
+            || cause.is::<crate::config::ConfigError>()
+            || cause.is::<crate::adapters::nvml::NvmlUnavailable>()
+        {
             return 2;
         }
     }

@@ -67,6 +67,7 @@ pub trait GpuTelemetry {
 /// What one read of an engine tells: the capacity sample the decision uses, plus the load
 /// and latency signals the latency limit and footprint learning use.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EngineReading {
     /// Capacity and KV use (what `decide` needs).
     pub sample: EngineSample,
@@ -79,8 +80,19 @@ pub struct EngineReading {
     /// Cumulative TTFT histogram, if exposed: `(upper bound seconds, cumulative count)`,
     /// ascending, the last bound `+Inf`.
     pub ttft_buckets: Vec<(f64, u64)>,
-    /// Time to first token measured by a probe request, if one was sent.
+    /// Cumulative inter-token latency histogram, if exposed (vLLM
+    /// `inter_token_latency_seconds`, older `time_per_output_token_seconds`; SGLang), same shape
+    /// as `ttft_buckets`.
+    pub itl_buckets: Vec<(f64, u64)>,
+    /// Fraction (0–1) of the KV pool in use, as the engine reports it (vLLM
+    /// `kv_cache_usage_perc`, SGLang `token_usage`), if exposed. `sample.kv_used_tokens` is
+    /// this times the capacity when the capacity is known.
+    pub kv_usage_fraction: Option<f64>,
+    /// Time to first token measured by a probe request, if one was sent and answered.
     pub probe_ttft: Option<Millis>,
+    /// The HTTP status of a probe the engine refused (429, 5xx): an overload signal. `None`
+    /// when no probe was sent or it succeeded.
+    pub probe_status: Option<u16>,
     /// The engine runs part of a model on the CPU (Ollama `size_vram < size`).
     pub offloaded: bool,
     /// The largest context (tokens) any request reached, if exposed (llama.cpp

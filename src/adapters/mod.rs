@@ -3,6 +3,14 @@
 
 pub mod board_sqlite;
 pub mod dispatch_cli;
+pub mod engine;
 pub mod hermes_home;
+pub mod host_mem;
+pub mod http;
+pub mod nvml;
+pub mod prom;
+pub mod replay;
 pub mod state_file;
+pub mod static_gpu;
+pub mod telemetry;
 pub mod worker_probe;
