@@ -1,16 +1,264 @@
-//! `simulate` (not built yet).
+//! `kanban-governor simulate`: the proving ground. Runs one workload on one simulated GPU host
+//! through every dispatch strategy and prints the comparison table. Reads the config and trace
+//! files it is given; writes stdout, a progress bar on stderr (a terminal only), and the SVG
+//! files of `--plot DIR`.
 
+use crate::config::{self, ConfigArgs, EngineKind};
+use crate::error::UsageError;
+use crate::sim::{
+    self, Plan, StrategyName, noisy_neighbour,
+    run::Params,
+    workload::{self, Scenario},
+};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// Flags of this command.
+/// Compare dispatch strategies on a simulated GPU host.
+///
+/// With no flags: the embedded default host (one 80 GiB GPU, vLLM serving Llama-3.1-8B, three
+/// agent profiles) and the `mixed` scenario for one hour, every strategy. Give `--config` to
+/// simulate your own host and profiles, or `--gpu-memory/--engine/--model` for a quick what-if.
 #[derive(Debug, clap::Args)]
-pub struct SimulateArgs {}
+#[command(after_help = "\
+Strategies (rows): unbounded = the gateway's dispatcher with no cap; per-tick = `--max N` with its \
+old per-tick meaning; live-cap = a live cap of N running tasks (Hermes `--max` today, the \
+article's slot controller); pools = a live cap per profile, the budget split evenly; governor = \
+kanban-governor's decision, the same code as `run` and `tick`; oracle = the best static cap in \
+hindsight (a sweep of N) and clairvoyant admission (knows each task's true peak).
+
+Trace files (--trace) are in the Azure LLM inference CSV format \
+(TIMESTAMP,ContextTokens,GeneratedTokens). Every --group consecutive rows become one agent task \
+created at its first row's time; call k's prompt is the group's context so far (its \
+ContextTokens summed, plus the outputs before it); the task goes to the profile with the \
+smallest max_context_tokens that holds its peak.
+
+Exit codes: 0 success, 2 usage, config or trace error.")]
+pub struct SimulateArgs {
+    /// Built-in workload.
+    #[arg(long, value_enum, default_value_t = Scenario::Mixed, conflicts_with = "trace")]
+    pub scenario: Scenario,
+    /// A trace file in the Azure LLM inference CSV format (replaces --scenario).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Trace rows per agent task.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub group: u32,
+    /// Governor config describing the host and profiles (default: the embedded one).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// GPU memory of a what-if host (e.g. 24GiB); with --engine and --model.
+    #[arg(long, value_name = "SIZE", conflicts_with = "config")]
+    pub gpu_memory: Option<String>,
+    /// Engine of a what-if host.
+    #[arg(long, value_name = "KIND", value_parser = ["vllm", "sglang", "llamacpp", "ollama", "openai"], conflicts_with = "config")]
+    pub engine: Option<String>,
+    /// Model of a what-if host (a catalog name, e.g. qwen2.5-32b-instruct).
+    #[arg(long, value_name = "MODEL", conflicts_with = "config")]
+    pub model: Option<String>,
+    /// Rows to compute (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StrategyName::Unbounded, StrategyName::PerTick, StrategyName::LiveCap, StrategyName::Pools, StrategyName::Governor, StrategyName::Oracle])]
+    pub strategies: Vec<StrategyName>,
+    /// N of `--max N` (per-tick) and of the live cap.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub cap: u32,
+    /// Seed of the workload (same seed, same table).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long tasks keep arriving (scenarios; a trace lasts as long as it does), e.g. 1h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// How long after the last arrival the run may go on to finish the work.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// A call with no progress this long times out (the agent gives up and Hermes retries).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+    /// Print JSON instead of the table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV instead of the table.
+    #[arg(long)]
+    pub csv: bool,
+    /// Write SVG plots (memory, running tasks, TTFT) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg))
+}
+
+fn load_config(args: &SimulateArgs) -> anyhow::Result<config::Config> {
+    if let Some(path) = &args.config {
+        let cargs = ConfigArgs {
+            config: Some(path.clone()),
+            ..ConfigArgs::default()
+        };
+        return Ok(config::load(&cargs, &config::process_env)?);
+    }
+    if args.gpu_memory.is_none() && args.engine.is_none() && args.model.is_none() {
+        return Ok(config::embedded_default());
+    }
+    let gpu = match &args.gpu_memory {
+        Some(s) => config::parse_size_str(s)
+            .map_err(|e| usage(format!("--gpu-memory {s:?}: {e}")))?
+            .get(),
+        None => 80 << 30,
+    };
+    let kind = match args.engine.as_deref().unwrap_or("vllm") {
+        "sglang" => EngineKind::Sglang,
+        "llamacpp" => EngineKind::Llamacpp,
+        "ollama" => EngineKind::Ollama,
+        "openai" => EngineKind::Openai,
+        _ => EngineKind::Vllm,
+    };
+    let model = args.model.as_deref().unwrap_or("llama-3.1-8b");
+    let text = sim::config_toml(gpu, kind, model).map_err(|e| usage(e.0))?;
+    config::load_str(
+        &text,
+        std::path::Path::new("/<simulate flags>/governor.toml"),
+        &ConfigArgs::default(),
+        &|_| None,
+    )
+    .map_err(|e| {
+        usage(format!(
+            "--gpu-memory/--engine/--model make no valid host: {e}; try another combination or write a config"
+        ))
+    })
+}
+
+/// Build the plan the flags describe.
+///
+/// # Errors
+///
+/// Usage errors naming the flag, the file or the trace line.
+pub fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
+    let cfg = load_config(args)?;
+    let mut setup = sim::setup(&cfg).map_err(|e| usage(e.0))?;
+    let duration = args.duration.as_secs_f64();
+    if duration <= 0.0 {
+        return Err(usage("--duration must be longer than 0s, e.g. 1h".into()));
+    }
+    let tasks = match &args.trace {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                usage(format!(
+                    "--trace {}: {e}; give a CSV file in the Azure LLM inference format",
+                    path.display()
+                ))
+            })?;
+            let rows = workload::parse_trace(&text)
+                .map_err(|e| usage(format!("--trace {}: {e}", path.display())))?;
+            workload::tasks_from_trace(&rows, args.group as usize, &setup.profiles, args.seed)
+        }
+        None => workload::scenario(args.scenario, &setup.profiles, duration, args.seed),
+    };
+    if tasks.is_empty() {
+        return Err(usage(
+            "the workload has no tasks; give a longer --duration or another --scenario".into(),
+        ));
+    }
+    let last = tasks.iter().map(|t| t.arrival).fold(0.0, f64::max);
+    let horizon =
+        last.max(if args.trace.is_some() { 0.0 } else { duration }) + args.drain.as_secs_f64();
+    if args.scenario == Scenario::NoisyNeighbour && args.trace.is_none() {
+        noisy_neighbour(&mut setup.host, 0.25, horizon);
+    }
+    Ok(Plan {
+        setup,
+        tasks,
+        params: Params {
+            horizon,
+            call_timeout: args.call_timeout.as_secs_f64(),
+            ..Params::default()
+        },
+        strategies: args.strategies.clone(),
+        cap: args.cap,
+    })
+}
 
 /// Run the command.
 ///
 /// # Errors
 ///
-/// Always, until the command lands.
-pub fn run(_args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not built yet")
+/// Usage errors (exit 2); a plot directory that cannot be written.
+pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
+    if let Some(dir) = &args.plot {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            usage(format!(
+                "--plot {}: {e}; give a directory this user can write",
+                dir.display()
+            ))
+        })?;
+    }
+    let total = sim::run_count(&plan);
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "simulating {bar:30} {pos}/{len} runs {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        Some(b)
+    } else {
+        None
+    };
+    let rows = sim::simulate(&plan, &mut |done| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        let v = serde_json::json!({
+            "tasks": plan.tasks.len(),
+            "horizon_s": plan.params.horizon,
+            "gpu_memory_bytes": plan.setup.host.total,
+            "baseline_bytes": plan.setup.host.baseline,
+            "strategies": rows,
+        });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v)?);
+    } else if args.csv {
+        let _ = write!(out, "{}", sim::report::csv(&rows));
+    } else {
+        let h = &plan.setup.host;
+        let _ = writeln!(
+            out,
+            "{} tasks over {:.0} min on a {:.0} GiB GPU ({}), seed {}; runs stop at {:.0} min\n",
+            plan.tasks.len(),
+            plan.tasks.iter().map(|t| t.arrival).fold(0.0, f64::max) / 60.0,
+            h.total as f64 / (1u64 << 30) as f64,
+            match h.regime {
+                sim::engine::Regime::Paged {
+                    capacity_tokens, ..
+                } => format!("paged KV pool of {capacity_tokens} tokens"),
+                sim::engine::Regime::Slots { slots, slot_ctx } =>
+                    format!("{slots} slots of {slot_ctx} tokens"),
+                sim::engine::Regime::PerRequest { offload } => format!(
+                    "KV allocated per request, {} beyond free memory",
+                    if offload { "CPU offload" } else { "OOM" }
+                ),
+            },
+            args.seed,
+            plan.params.horizon / 60.0,
+        );
+        let _ = write!(out, "{}", sim::report::table(&rows));
+    }
+    if let Some(dir) = &args.plot {
+        let files = sim::plot::write_all(dir, &rows, plan.setup.ceiling)
+            .map_err(|e| anyhow::anyhow!("writing plots into {}: {e}", dir.display()))?;
+        for f in files {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

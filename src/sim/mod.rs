@@ -1,2 +1,401 @@
-//! The simulator: a deterministic discrete-event model of one GPU host, its inference
-//! engine and a Hermes board, on which dispatch strategies are compared.
+//! The simulator: a deterministic (seeded) discrete-event model of one GPU host, its
+//! inference engine and a Hermes board, on which dispatch strategies are compared on the same
+//! workload (DESIGN §8). Pure: no clock, files or environment; the CLI (`app::simulate`)
+//! reads files and prints.
+//!
+//! The host comes from a governor config (the embedded default, `--config`, or one built from
+//! `--gpu-memory/--engine/--model`): its GPU size and baseline, its engine (vLLM/SGLang: paged
+//! KV pool of `kv_capacity_tokens`; llama.cpp: slots; Ollama: per-request allocation with CPU
+//! offload; a generic OpenAI server: per-request allocation with OOM), and the model's shape
+//! from the catalog for timing. The governor row calls `governor::decide` with the same
+//! config's `policy()`, exactly as `run` and `tick` do.
+
+pub mod engine;
+pub mod plot;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod workload;
+
+use crate::catalog::{self, WeightFormat};
+use crate::config::{Config, EngineKind};
+use crate::governor::{KvPlacement, Policy};
+use engine::{Hardware, Regime, Speed};
+use run::{Host, Outcome, Params, Run, Strategy};
+use workload::{ProfileShape, TaskSpec};
+
+const GIB: u64 = 1 << 30;
+
+/// Why a simulation cannot be set up: names the setting and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+/// The host and policy a config describes.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The simulated host.
+    pub host: Host,
+    /// The governor's policy (the config's).
+    pub policy: Policy,
+    /// Profiles as the workload sees them.
+    pub profiles: Vec<ProfileShape>,
+    /// The governor's ceiling on the pool, for plots: GPU bytes (per-request engines) or KV
+    /// tokens (engine pools).
+    pub ceiling: Ceiling,
+}
+
+/// The governor's ceiling, as plots draw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ceiling {
+    /// `headroom × total − reserve` GPU bytes.
+    Bytes(u64),
+    /// `headroom × kv_capacity_tokens` KV tokens.
+    KvTokens(u64),
+    /// Slots.
+    Slots(u64),
+}
+
+fn weights_of(kind: EngineKind) -> WeightFormat {
+    match kind {
+        EngineKind::Vllm | EngineKind::Sglang | EngineKind::Openai => WeightFormat::Bf16,
+        EngineKind::Llamacpp | EngineKind::Ollama => WeightFormat::Q4KM,
+    }
+}
+
+/// The host and policy of pool 0 of `cfg`.
+///
+/// # Errors
+///
+/// The config's first pool has no `gpu.memory_total`, no model the catalog knows, or an
+/// engine pool without `kv_capacity_tokens`.
+pub fn setup(cfg: &Config) -> Result<Setup, SetupError> {
+    let pool = cfg
+        .pools
+        .first()
+        .ok_or_else(|| SetupError("the config has no pool".into()))?;
+    let total = pool
+        .gpu
+        .memory_total
+        .ok_or_else(|| {
+            SetupError(format!(
+                "pool {}: the simulator needs gpu.memory_total (its telemetry is live); set memory_total or pass --gpu-memory",
+                pool.name
+            ))
+        })?
+        .get();
+    let profiles_of_pool: Vec<_> = cfg
+        .profiles
+        .iter()
+        .filter(|p| p.pool == pool.name)
+        .collect();
+    if profiles_of_pool.is_empty() {
+        return Err(SetupError(format!(
+            "pool {}: no profile to simulate; add [[profiles]]",
+            pool.name
+        )));
+    }
+    let model_name = pool
+        .engine
+        .model
+        .clone()
+        .or_else(|| profiles_of_pool.iter().find_map(|p| p.model.clone()))
+        .ok_or_else(|| {
+            SetupError(
+                "the simulator times the engine from the model's shape: set engine.model (or a profile's model) to a catalog model, e.g. \"llama-3.1-8b\"".into(),
+            )
+        })?;
+    let spec = catalog::lookup(&model_name).map_err(|e| SetupError(format!("model: {e}")))?;
+    let p0 = profiles_of_pool[0];
+    let kvbpt = p0
+        .kv_bytes_per_token
+        .unwrap_or_else(|| spec.kv_bytes_per_token(p0.kv_dtype));
+    let weight_bytes = spec.weight_bytes(weights_of(pool.engine.kind));
+    let max_ctx = profiles_of_pool
+        .iter()
+        .map(|p| p.max_context_tokens)
+        .max()
+        .unwrap_or(8192);
+    let regime = match pool.engine.kind {
+        EngineKind::Vllm | EngineKind::Sglang => Regime::Paged {
+            capacity_tokens: pool.engine.kv_capacity_tokens.ok_or_else(|| {
+                SetupError(format!(
+                    "pool {}: a {} pool needs engine.kv_capacity_tokens to be simulated",
+                    pool.name, pool.engine.kind
+                ))
+            })?,
+            block_tokens: 16,
+            max_seqs: 256,
+        },
+        EngineKind::Llamacpp => Regime::Slots {
+            slots: pool.engine.slots.unwrap_or(4) as usize,
+            slot_ctx: pool.engine.slot_context_tokens.unwrap_or(max_ctx),
+        },
+        EngineKind::Ollama => Regime::PerRequest { offload: true },
+        EngineKind::Openai => Regime::PerRequest { offload: false },
+    };
+    let baseline = pool.gpu.baseline.map(|b| b.get()).unwrap_or(match regime {
+        Regime::Paged { .. } => (total as f64 * 0.9) as u64,
+        Regime::Slots { slots, slot_ctx } => weight_bytes + slots as u64 * slot_ctx * kvbpt + GIB,
+        Regime::PerRequest { .. } => weight_bytes + GIB,
+    });
+    let policy = cfg.policy();
+    let pp = &policy.pools[0];
+    let ceiling = match (pp.kv_placement, regime) {
+        (KvPlacement::EnginePool, Regime::Slots { slots, .. }) => Ceiling::Slots(slots as u64),
+        (
+            KvPlacement::EnginePool,
+            Regime::Paged {
+                capacity_tokens, ..
+            },
+        ) => Ceiling::KvTokens((capacity_tokens as f64 * pp.headroom) as u64),
+        _ => Ceiling::Bytes(((total as f64 * pp.headroom) as u64).saturating_sub(pp.reserve.get())),
+    };
+    let min_ctx = profiles_of_pool
+        .iter()
+        .map(|p| p.max_context_tokens)
+        .min()
+        .unwrap_or(0);
+    let profiles = cfg
+        .profiles
+        .iter()
+        .map(|p| ProfileShape {
+            name: p.name.0.clone(),
+            max_context: p.max_context_tokens,
+            streams: p.requests_per_task,
+            interactive: p.guaranteed > 0 || p.max_context_tokens == min_ctx,
+        })
+        .collect();
+    Ok(Setup {
+        host: Host {
+            total,
+            baseline,
+            kv_bytes_per_token: kvbpt,
+            regime,
+            speed: Speed::roofline(
+                weight_bytes,
+                kvbpt,
+                spec.params,
+                Hardware::for_memory(total),
+            ),
+            neighbour: Vec::new(),
+        },
+        policy,
+        profiles,
+        ceiling,
+    })
+}
+
+/// A governor config for a GPU, engine and model given as flags: the embedded default's three
+/// profiles (coder 32k, researcher 2 × 64k, triage 8k) on that host, with the engine sized as
+/// its defaults would size it (vLLM/SGLang: 90 % of the GPU minus weights and 3 GiB of
+/// activations as KV pool; llama.cpp: 32k-token slots in 90 % of the GPU; Ollama/OpenAI:
+/// KV allocated per request), each profile's context capped at what the engine can hold.
+///
+/// # Errors
+///
+/// The model is not in the catalog, or its weights leave no room for KV.
+pub fn config_toml(gpu_bytes: u64, kind: EngineKind, model: &str) -> Result<String, SetupError> {
+    let spec = catalog::lookup(model).map_err(|e| SetupError(format!("--model: {e}")))?;
+    let kvbpt = spec.kv_bytes_per_token(catalog::KvDtype::default());
+    let weights = spec.weight_bytes(weights_of(kind));
+    let usable = (gpu_bytes as f64 * 0.9) as u64;
+    let room = usable.saturating_sub(weights + 3 * GIB);
+    if room < 4096 * kvbpt {
+        return Err(SetupError(format!(
+            "--model {model}: its {:.1} GiB of weights leave no room for KV cache on a {:.0} GiB GPU; give a larger --gpu-memory or a smaller model",
+            weights as f64 / GIB as f64,
+            gpu_bytes as f64 / GIB as f64
+        )));
+    }
+    let model_max = u64::from(spec.max_context);
+    let mut ctx_cap = model_max;
+    let mut engine = format!("kind = \"{}\"\nmodel = \"{}\"\n", kind.name(), spec.name);
+    let mut baseline = weights + GIB;
+    let mut slots = u64::MAX;
+    match kind {
+        EngineKind::Vllm | EngineKind::Sglang => {
+            engine += &format!("kv_capacity_tokens = {}\n", room / kvbpt);
+            baseline = usable;
+        }
+        EngineKind::Llamacpp => {
+            let slot_ctx = 32768.min(model_max);
+            slots = (room / (slot_ctx * kvbpt)).clamp(1, 16);
+            engine += &format!("slots = {slots}\nslot_context_tokens = {slot_ctx}\n");
+            ctx_cap = slot_ctx;
+            baseline = weights + GIB + slots * slot_ctx * kvbpt;
+        }
+        EngineKind::Ollama | EngineKind::Openai => {
+            engine += "url = \"http://127.0.0.1:11434\"\n";
+        }
+    }
+    // What one task may hold under the default headroom 0.85 and 1 GiB reserve, so every
+    // profile can start (config validation checks the same).
+    let allowed = match kind {
+        EngineKind::Vllm | EngineKind::Sglang => (room / kvbpt) * 85 / 100,
+        EngineKind::Llamacpp => u64::MAX,
+        EngineKind::Ollama | EngineKind::Openai => {
+            ((gpu_bytes as f64 * 0.85) as u64).saturating_sub(GIB + baseline) / kvbpt
+        }
+    };
+    let ctx = |c: u64, rpt: u64| c.min(ctx_cap).min(allowed / rpt) / 256 * 256;
+    let researcher_rpt = if slots >= 2 { 2 } else { 1 };
+    Ok(format!(
+        "[hermes]\nhome = \"/nonexistent/hermes\"\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"{gpu_bytes}B\"\nbaseline = \"{baseline}B\"\nheadroom = 0.85\nreserve = \"1GiB\"\n\n[engine]\n{engine}\n[dispatch]\ninterval = \"5s\"\nmax_wait = \"10m\"\nstate_dir = \"/nonexistent/hermes/governor\"\n\n\
+         [[profiles]]\nname = \"coder\"\nmodel = \"{m}\"\nmax_context_tokens = {c1}\nmax_parallel = 8\n\n\
+         [[profiles]]\nname = \"researcher\"\nmodel = \"{m}\"\nmax_context_tokens = {c2}\nrequests_per_task = {researcher_rpt}\nmax_parallel = 2\n\n\
+         [[profiles]]\nname = \"triage\"\nmodel = \"{m}\"\nmax_context_tokens = {c3}\nguaranteed = {g}\n",
+        m = spec.name,
+        c1 = ctx(32768, 1),
+        c2 = ctx(65536, researcher_rpt),
+        c3 = ctx(8192, 1),
+        g = if slots >= 3 { 2 } else { 0 },
+    ))
+}
+
+/// Which rows to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyName {
+    /// The gateway dispatcher with no cap.
+    Unbounded,
+    /// `--max N` with its old per-tick meaning.
+    PerTick,
+    /// A live cap of N (Hermes `--max` today).
+    LiveCap,
+    /// A live cap per profile, the pool's budget split evenly.
+    Pools,
+    /// The governor.
+    Governor,
+    /// Best static cap in hindsight, and clairvoyant admission.
+    Oracle,
+}
+
+/// Everything one `simulate` call needs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Host, policy, profiles.
+    pub setup: Setup,
+    /// The tasks.
+    pub tasks: Vec<TaskSpec>,
+    /// Run settings.
+    pub params: Params,
+    /// Rows.
+    pub strategies: Vec<StrategyName>,
+    /// N of `--max N` and the live cap.
+    pub cap: u32,
+}
+
+/// Per-profile caps splitting the pool evenly by worst case.
+pub fn pool_caps(setup: &Setup) -> Vec<u32> {
+    let n = setup.policy.profiles.len().max(1) as f64;
+    setup
+        .policy
+        .profiles
+        .iter()
+        .map(|p| {
+            let share = match setup.ceiling {
+                Ceiling::KvTokens(t) => t as f64 / n / p.declared.kv_tokens.max(1) as f64,
+                Ceiling::Slots(s) => s as f64 / n / f64::from(p.declared.slots.max(1)),
+                Ceiling::Bytes(b) => {
+                    b.saturating_sub(setup.host.baseline) as f64
+                        / n
+                        / p.declared.total_bytes().get().max(1) as f64
+                }
+            };
+            (share.floor() as u32).max(1)
+        })
+        .collect()
+}
+
+/// The caps the hindsight sweep tries.
+pub const SWEEP: [u32; 14] = [1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64];
+
+/// The concrete strategies a plan runs, in row order (the sweep comes after them).
+pub fn strategies(plan: &Plan) -> Vec<Strategy> {
+    let mut out = Vec::new();
+    for s in &plan.strategies {
+        match s {
+            StrategyName::Unbounded => out.push(Strategy::Unbounded),
+            StrategyName::PerTick => out.push(Strategy::PerTick(plan.cap)),
+            StrategyName::LiveCap => out.push(Strategy::LiveCap(plan.cap)),
+            StrategyName::Pools => out.push(Strategy::ProfilePools(pool_caps(&plan.setup))),
+            StrategyName::Governor => out.push(Strategy::Governor),
+            StrategyName::Oracle => out.push(Strategy::Clairvoyant),
+        }
+    }
+    out
+}
+
+/// How many runs [`simulate`] makes (for a progress bar).
+pub fn run_count(plan: &Plan) -> usize {
+    strategies(plan).len()
+        + if plan.strategies.contains(&StrategyName::Oracle) {
+            SWEEP.len()
+        } else {
+            0
+        }
+}
+
+/// Run one strategy.
+pub fn run_one(plan: &Plan, s: &Strategy) -> Outcome {
+    Run::new(
+        &plan.tasks,
+        &plan.setup.host,
+        &plan.params,
+        &plan.setup.policy,
+        s,
+    )
+    .run()
+}
+
+/// Every row of the plan; `progress(done)` after each run. The hindsight sweep's best cap
+/// (most tasks done, then fewest timeouts, then shortest makespan, then lowest cap) becomes the row "oracle: best
+/// static cap N".
+pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
+    let mut rows = Vec::new();
+    let mut done = 0;
+    for s in strategies(plan) {
+        rows.push(run_one(plan, &s));
+        done += 1;
+        progress(done);
+    }
+    if plan.strategies.contains(&StrategyName::Oracle) {
+        let mut best: Option<Outcome> = None;
+        for n in SWEEP {
+            let o = run_one(plan, &Strategy::LiveCap(n));
+            done += 1;
+            progress(done);
+            let key = |o: &Outcome| {
+                (
+                    o.completed,
+                    std::cmp::Reverse(o.timeouts),
+                    std::cmp::Reverse(o.makespan.map_or(u64::MAX, |m| (m * 1000.0) as u64)),
+                )
+            };
+            let better = best.as_ref().is_none_or(|b| key(&o) > key(b));
+            if better {
+                best = Some(Outcome {
+                    strategy: format!("oracle: best static cap {n}"),
+                    ..o
+                });
+            }
+        }
+        if let Some(b) = best {
+            rows.push(b);
+        }
+    }
+    rows
+}
+
+/// Another tenant that grabs `fraction` of the GPU for five minutes every fifteen.
+pub fn noisy_neighbour(host: &mut Host, fraction: f64, horizon: f64) {
+    let bytes = (host.total as f64 * fraction) as u64;
+    let mut t = 300.0;
+    while t < horizon {
+        host.neighbour.push((t, t + 300.0, bytes));
+        t += 900.0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,732 @@
+//! One simulated run: a board of tasks, a dispatch strategy on an interval, workers that send
+//! their calls to the engine, timeouts and Hermes's retries, and the measurements.
+//!
+//! Hermes's behaviour modelled (HERMES.md §3–§4): a dispatched task's worker starts after a
+//! spawn delay (3 s) and sends one turn's calls at a time; a call that makes no progress for
+//! `call_timeout` (queued, preempted, stalled) times out and the worker exits, as does a call
+//! the engine refuses (OOM, context too long); the task goes back to `ready` and is retried
+//! until it has failed `failure_limit` times (Hermes's default 2), then it is blocked. Children
+//! become ready when their parent is done.
+
+use super::engine::{Engine, Event, Failure, Regime, Request};
+use super::workload::TaskSpec;
+use crate::governor::{
+    Bytes, EngineSample, GpuSample, Millis, Observation, Policy, PoolObservation, ProfileId,
+    Readiness, RunningTask, TaskId, WaitingTask, decide,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// A dispatch strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    /// The gateway's dispatcher with no cap: every ready task, every interval.
+    Unbounded,
+    /// `hermes kanban dispatch --max N` with the old per-tick meaning: N spawns per interval.
+    PerTick(u32),
+    /// A live cap of N running tasks (Hermes `--max` today; the article's slot controller).
+    LiveCap(u32),
+    /// A live cap per profile.
+    ProfilePools(Vec<u32>),
+    /// The governor: `governor::decide` with the config's policy.
+    Governor,
+    /// Admission knowing each task's true peak (an upper reference, not a real strategy).
+    Clairvoyant,
+}
+
+impl Strategy {
+    /// The row label.
+    pub fn label(&self) -> String {
+        match self {
+            Strategy::Unbounded => "unbounded (gateway)".into(),
+            Strategy::PerTick(n) => format!("per-tick --max {n} (old)"),
+            Strategy::LiveCap(n) => format!("live cap {n} (--max today)"),
+            Strategy::ProfilePools(caps) => format!(
+                "per-profile pools {}",
+                caps.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+            Strategy::Governor => "kanban-governor".into(),
+            Strategy::Clairvoyant => "oracle: clairvoyant".into(),
+        }
+    }
+}
+
+/// The host being simulated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Host {
+    /// GPU memory.
+    pub total: u64,
+    /// What the GPU holds with no request: weights, activations, and the KV pool or slots
+    /// of engines that preallocate.
+    pub baseline: u64,
+    /// KV bytes per token of the served model.
+    pub kv_bytes_per_token: u64,
+    /// The engine regime.
+    pub regime: Regime,
+    /// Its speed.
+    pub speed: super::engine::Speed,
+    /// Another tenant: (from, to, bytes) windows.
+    pub neighbour: Vec<(f64, f64, u64)>,
+}
+
+impl Host {
+    /// What the other tenant holds at `t` (it gets no more than is free).
+    fn neighbour_at(&self, t: f64, requests: u64) -> u64 {
+        let want: u64 = self
+            .neighbour
+            .iter()
+            .filter(|(a, b, _)| *a <= t && t < *b)
+            .map(|(_, _, x)| *x)
+            .sum();
+        want.min(self.total.saturating_sub(self.baseline + requests))
+    }
+}
+
+/// Run settings shared by every strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// Dispatch interval, seconds (the gateway ticks every 5 s by default... and so does the
+    /// governor's `dispatch.interval`).
+    pub interval: f64,
+    /// A call making no progress this long times out, seconds.
+    pub call_timeout: f64,
+    /// Failures before Hermes blocks a task.
+    pub failure_limit: u32,
+    /// Dispatch to first call, seconds.
+    pub spawn_delay: f64,
+    /// Where the run stops, seconds.
+    pub horizon: f64,
+    /// Memory sampling and timeout checks, seconds.
+    pub sample_every: f64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            interval: 5.0,
+            call_timeout: 120.0,
+            failure_limit: 2,
+            spawn_delay: 3.0,
+            horizon: 7200.0,
+            sample_every: 1.0,
+        }
+    }
+}
+
+/// One sample of the series plots draw.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// Seconds.
+    pub t: f64,
+    /// GPU memory used, bytes.
+    pub gpu_used: u64,
+    /// KV tokens held by the engine.
+    pub kv_used: u64,
+    /// Tasks running (dispatched, not finished).
+    pub running: u32,
+    /// Tasks ready on the board.
+    pub waiting: u32,
+}
+
+/// What one strategy did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Outcome {
+    /// Row label.
+    pub strategy: String,
+    /// Tasks created.
+    pub tasks: usize,
+    /// Tasks done by the horizon.
+    pub completed: usize,
+    /// Tasks blocked after `failure_limit` failures.
+    pub blocked: usize,
+    /// Tasks done per hour of simulated time.
+    pub tasks_per_hour: f64,
+    /// Calls sent.
+    pub calls: u64,
+    /// Calls that timed out.
+    pub timeouts: u64,
+    /// Calls refused out of memory.
+    pub ooms: u64,
+    /// Calls refused as too long for a slot or the pool.
+    pub overflows: u64,
+    /// Preemptions.
+    pub preemptions: u64,
+    /// CPU offloads.
+    pub offloads: u64,
+    /// TTFT percentiles p50, p95, p99, seconds.
+    pub ttft: [f64; 3],
+    /// GPU memory mean, p99, max, bytes.
+    pub gpu: [u64; 3],
+    /// Highest KV tokens held.
+    pub kv_peak: u64,
+    /// Share of samples with the engine idle while ready tasks waited.
+    pub idle_with_work: f64,
+    /// When the last task finished, if every task did.
+    pub makespan: Option<f64>,
+    /// Samples for plots (every `sample_every`).
+    #[serde(skip)]
+    pub series: Vec<Point>,
+}
+
+impl Outcome {
+    /// Share of calls that timed out.
+    pub fn timeout_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.timeouts as f64 / self.calls as f64
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum St {
+    Waiting,
+    Running,
+    Done,
+    Blocked,
+}
+
+#[derive(Debug, Clone)]
+struct Task {
+    st: St,
+    failures: u32,
+    epoch: u32,
+    turn: usize,
+    outstanding: u32,
+    started: f64,
+    waiting_since: f64,
+    requests: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Arrive(usize),
+    Dispatch,
+    Sample,
+    Turn(usize, u32),
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The simulation of one strategy.
+pub struct Run<'a> {
+    specs: &'a [TaskSpec],
+    host: &'a Host,
+    params: &'a Params,
+    policy: &'a Policy,
+    strategy: &'a Strategy,
+    engine: Engine,
+    tasks: Vec<Task>,
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    next_req: u64,
+    now: f64,
+    ttfts: Vec<f64>,
+    calls: u64,
+    timeouts: u64,
+    series: Vec<Point>,
+    idle_samples: u64,
+    finished_last: f64,
+    ids: Vec<TaskId>,
+    profile_ids: Vec<ProfileId>,
+    /// Tasks that arrived and are not done or blocked (pruned lazily).
+    active: Vec<usize>,
+}
+
+fn micros(t: f64) -> u64 {
+    (t * 1e6).max(0.0) as u64
+}
+
+impl<'a> Run<'a> {
+    /// A run of `strategy` on `specs`.
+    pub fn new(
+        specs: &'a [TaskSpec],
+        host: &'a Host,
+        params: &'a Params,
+        policy: &'a Policy,
+        strategy: &'a Strategy,
+    ) -> Run<'a> {
+        let tasks = specs
+            .iter()
+            .map(|s| Task {
+                st: St::Waiting,
+                failures: 0,
+                epoch: 0,
+                turn: 0,
+                outstanding: 0,
+                started: 0.0,
+                waiting_since: s.arrival,
+                requests: Vec::new(),
+            })
+            .collect();
+        let mut r = Run {
+            specs,
+            host,
+            params,
+            policy,
+            strategy,
+            engine: Engine::new(host.regime, host.speed, host.kv_bytes_per_token),
+            tasks,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            next_req: 0,
+            now: 0.0,
+            ttfts: Vec::new(),
+            calls: 0,
+            timeouts: 0,
+            series: Vec::new(),
+            idle_samples: 0,
+            finished_last: 0.0,
+            ids: (0..specs.len()).map(|i| TaskId(format!("t{i}"))).collect(),
+            profile_ids: policy.profiles.iter().map(|p| p.id.clone()).collect(),
+            active: Vec::new(),
+        };
+        for (i, s) in specs.iter().enumerate() {
+            r.at(s.arrival, Ev::Arrive(i));
+        }
+        r.at(0.0, Ev::Dispatch);
+        r.at(0.0, Ev::Sample);
+        r
+    }
+
+    fn at(&mut self, t: f64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((micros(t), self.seq, ev)));
+    }
+
+    fn arrived(&self, i: usize) -> bool {
+        self.specs[i].arrival <= self.now
+    }
+
+    fn free_for_requests(&self) -> u64 {
+        let req = self.engine.request_bytes();
+        let n = self.host.neighbour_at(self.now, req);
+        self.host.total.saturating_sub(self.host.baseline + n)
+    }
+
+    fn gpu_used(&self) -> u64 {
+        let req = self.engine.request_bytes();
+        self.host.baseline + req + self.host.neighbour_at(self.now, req)
+    }
+
+    /// Run to the horizon (or until every task is done or blocked).
+    pub fn run(mut self) -> Outcome {
+        let mut events = Vec::new();
+        let mut open = self.specs.len();
+        while self.now < self.params.horizon && open > 0 {
+            let next = self
+                .heap
+                .peek()
+                .map_or(self.params.horizon, |Reverse((t, _, _))| *t as f64 / 1e6);
+            if self.engine.busy() && self.now < next {
+                let free = self.free_for_requests();
+                let d = self.engine.step(self.now, next, free, &mut events);
+                if d > 0.0 {
+                    self.now += d;
+                }
+                for e in events.drain(..) {
+                    open -= self.on_engine(e);
+                }
+                if d > 0.0 {
+                    continue;
+                }
+            }
+            let Some(Reverse((t, _, ev))) = self.heap.pop() else {
+                break;
+            };
+            self.now = self.now.max(t as f64 / 1e6);
+            open -= self.on_event(ev);
+        }
+        self.outcome()
+    }
+
+    /// Returns the number of tasks that became done or blocked.
+    fn on_engine(&mut self, e: Event) -> usize {
+        match e {
+            Event::FirstToken { ttft, .. } => {
+                self.ttfts.push(ttft);
+                0
+            }
+            Event::Done { id, task } => {
+                let t = &mut self.tasks[task];
+                if t.st != St::Running || !t.requests.contains(&id) {
+                    return 0;
+                }
+                t.requests.retain(|&r| r != id);
+                t.outstanding -= 1;
+                if t.outstanding > 0 {
+                    return 0;
+                }
+                t.turn += 1;
+                if t.turn >= self.specs[task].calls.len() {
+                    t.st = St::Done;
+                    self.finished_last = self.now;
+                    return 1;
+                }
+                let (epoch, gap) = (t.epoch, self.specs[task].calls[t.turn].gap_before);
+                self.at(self.now + gap, Ev::Turn(task, epoch));
+                0
+            }
+            Event::Failed { task, why, .. } => {
+                debug_assert!(matches!(why, Failure::Oom | Failure::Overflow));
+                self.fail_run(task)
+            }
+        }
+    }
+
+    fn fail_run(&mut self, task: usize) -> usize {
+        let reqs = std::mem::take(&mut self.tasks[task].requests);
+        for r in reqs {
+            self.engine.cancel(r);
+        }
+        let t = &mut self.tasks[task];
+        if t.st != St::Running {
+            return 0;
+        }
+        t.failures += 1;
+        t.epoch += 1;
+        t.outstanding = 0;
+        if t.failures >= self.params.failure_limit {
+            t.st = St::Blocked;
+            return 1;
+        }
+        t.st = St::Waiting;
+        t.turn = 0;
+        t.waiting_since = self.now;
+        0
+    }
+
+    fn on_event(&mut self, ev: Ev) -> usize {
+        match ev {
+            Ev::Arrive(i) => {
+                self.active.push(i);
+                0
+            }
+            Ev::Dispatch => {
+                self.dispatch();
+                self.at(self.now + self.params.interval, Ev::Dispatch);
+                0
+            }
+            Ev::Sample => {
+                let mut closed = 0;
+                let stalled = self.engine.stalled(self.now - self.params.call_timeout);
+                for (id, task) in stalled {
+                    if self.tasks[task].requests.contains(&id) {
+                        self.timeouts += 1;
+                        closed += self.fail_run(task);
+                    } else {
+                        self.engine.cancel(id);
+                    }
+                }
+                self.sample();
+                self.at(self.now + self.params.sample_every, Ev::Sample);
+                closed
+            }
+            Ev::Turn(task, epoch) => {
+                let t = &self.tasks[task];
+                if t.st != St::Running || t.epoch != epoch {
+                    return 0;
+                }
+                let call = self.specs[task].calls[t.turn];
+                let streams = self.specs[task].streams;
+                for _ in 0..streams {
+                    self.next_req += 1;
+                    let id = self.next_req;
+                    self.calls += 1;
+                    self.engine.submit(
+                        Request {
+                            id,
+                            task,
+                            prompt: call.prompt,
+                            output: call.output,
+                            submitted: self.now,
+                        },
+                        self.now,
+                    );
+                    self.tasks[task].requests.push(id);
+                }
+                self.tasks[task].outstanding = streams;
+                0
+            }
+        }
+    }
+
+    fn ready(&self, i: usize) -> bool {
+        self.tasks[i].st == St::Waiting
+            && self.arrived(i)
+            && self.specs[i]
+                .parent
+                .is_none_or(|p| self.tasks[p].st == St::Done)
+    }
+
+    fn prune(&mut self) {
+        let tasks = &self.tasks;
+        self.active
+            .retain(|&i| matches!(tasks[i].st, St::Waiting | St::Running));
+    }
+
+    fn sample(&mut self) {
+        self.prune();
+        let running = self
+            .active
+            .iter()
+            .filter(|&&i| self.tasks[i].st == St::Running)
+            .count() as u32;
+        let waiting = self.active.iter().filter(|&&i| self.ready(i)).count() as u32;
+        if !self.engine.busy() && waiting > 0 {
+            self.idle_samples += 1;
+        }
+        self.series.push(Point {
+            t: self.now,
+            gpu_used: self.gpu_used(),
+            kv_used: self.engine.kv_used_tokens(),
+            running,
+            waiting,
+        });
+    }
+
+    /// Ready tasks in Hermes's order: priority, then creation.
+    fn ready_in_order(&self) -> Vec<usize> {
+        let mut r: Vec<usize> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&i| self.ready(i))
+            .collect();
+        r.sort_by(|&a, &b| {
+            self.specs[b]
+                .priority
+                .cmp(&self.specs[a].priority)
+                .then(self.specs[a].arrival.total_cmp(&self.specs[b].arrival))
+                .then(a.cmp(&b))
+        });
+        r
+    }
+
+    fn start(&mut self, i: usize) {
+        let t = &mut self.tasks[i];
+        t.st = St::Running;
+        t.turn = 0;
+        t.started = self.now;
+        let epoch = t.epoch;
+        self.at(self.now + self.params.spawn_delay, Ev::Turn(i, epoch));
+    }
+
+    fn dispatch(&mut self) {
+        self.prune();
+        let ready = self.ready_in_order();
+        if ready.is_empty() {
+            return;
+        }
+        let running: Vec<usize> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&i| self.tasks[i].st == St::Running)
+            .collect();
+        let chosen: Vec<usize> = match self.strategy {
+            Strategy::Unbounded => ready,
+            Strategy::PerTick(n) => ready.into_iter().take(*n as usize).collect(),
+            Strategy::LiveCap(n) => ready
+                .into_iter()
+                .take((*n as usize).saturating_sub(running.len()))
+                .collect(),
+            Strategy::ProfilePools(caps) => {
+                let mut per: Vec<u32> = vec![0; caps.len()];
+                for &i in &running {
+                    per[self.specs[i].profile] += 1;
+                }
+                let mut out = Vec::new();
+                for i in ready {
+                    let p = self.specs[i].profile;
+                    if per[p] < caps[p] {
+                        per[p] += 1;
+                        out.push(i);
+                    }
+                }
+                out
+            }
+            Strategy::Governor => self.governor(&running),
+            Strategy::Clairvoyant => self.clairvoyant(&running, ready),
+        };
+        for i in chosen {
+            self.start(i);
+        }
+    }
+
+    fn governor(&self, running: &[usize]) -> Vec<usize> {
+        let now = Millis(micros(self.now) / 1000);
+        let used = self.gpu_used();
+        let engine = match self.host.regime {
+            Regime::Paged {
+                capacity_tokens, ..
+            } => Some(EngineSample {
+                at: now,
+                kv_capacity_tokens: Some(capacity_tokens),
+                kv_used_tokens: Some(self.engine.kv_used_tokens()),
+                slots: None,
+                slot_context_tokens: None,
+            }),
+            Regime::Slots { slots, slot_ctx } => Some(EngineSample {
+                at: now,
+                kv_capacity_tokens: None,
+                kv_used_tokens: Some(self.engine.kv_used_tokens()),
+                slots: u32::try_from(slots).ok(),
+                slot_context_tokens: Some(slot_ctx),
+            }),
+            Regime::PerRequest { .. } => None,
+        };
+        let obs = Observation {
+            now,
+            pools: vec![PoolObservation {
+                gpu: Some(GpuSample {
+                    at: now,
+                    total: Bytes(self.host.total),
+                    used: Bytes(used),
+                    free: Bytes(self.host.total.saturating_sub(used)),
+                }),
+                baseline: Some(Bytes(self.host.baseline)),
+                engine,
+            }],
+            running: running
+                .iter()
+                .map(|&i| RunningTask {
+                    id: self.ids[i].clone(),
+                    assignee: self.profile_ids[self.specs[i].profile].0.clone(),
+                    since: Millis(micros(self.tasks[i].started) / 1000),
+                })
+                .collect(),
+            waiting: self
+                .active
+                .iter()
+                .copied()
+                .filter(|&i| self.tasks[i].st == St::Waiting)
+                .map(|i| {
+                    let p = &self.profile_ids[self.specs[i].profile];
+                    WaitingTask {
+                        id: self.ids[i].clone(),
+                        profile: Some(p.clone()),
+                        assignee: format!("{}@gpu", p.0),
+                        priority: self.specs[i].priority,
+                        created_at: Millis(micros(self.specs[i].arrival) / 1000),
+                        waiting_since: Millis(micros(self.tasks[i].waiting_since) / 1000),
+                        readiness: if self.ready(i) {
+                            Readiness::Ready
+                        } else {
+                            Readiness::WaitingOnParent
+                        },
+                    }
+                })
+                .collect(),
+            dual_dispatcher: None,
+            latency_limit: None,
+            learned: vec![None; self.policy.profiles.len()],
+        };
+        let d = decide(self.policy, &obs);
+        let index: BTreeMap<&TaskId, usize> =
+            self.ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+        d.release
+            .iter()
+            .filter_map(|r| index.get(&r.id).copied())
+            .collect()
+    }
+
+    fn clairvoyant(&self, running: &[usize], ready: Vec<usize>) -> Vec<usize> {
+        let tokens =
+            |i: usize| (self.specs[i].peak_context() + 16) * u64::from(self.specs[i].streams);
+        let streams = |i: usize| u64::from(self.specs[i].streams);
+        let mut out = Vec::new();
+        match self.host.regime {
+            Regime::Paged {
+                capacity_tokens, ..
+            } => {
+                let mut used: u64 = running.iter().map(|&i| tokens(i)).sum();
+                for i in ready {
+                    if used + tokens(i) <= capacity_tokens {
+                        used += tokens(i);
+                        out.push(i);
+                    }
+                }
+            }
+            Regime::Slots { slots, .. } => {
+                let mut used: u64 = running.iter().map(|&i| streams(i)).sum();
+                for i in ready {
+                    if used + streams(i) <= slots as u64 {
+                        used += streams(i);
+                        out.push(i);
+                    }
+                }
+            }
+            Regime::PerRequest { .. } => {
+                let room = self.free_for_requests() + self.engine.request_bytes();
+                let bytes = |i: usize| tokens(i) * self.host.kv_bytes_per_token;
+                let mut used: u64 = running.iter().map(|&i| bytes(i)).sum();
+                for i in ready {
+                    if used + bytes(i) <= room {
+                        used += bytes(i);
+                        out.push(i);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn outcome(self) -> Outcome {
+        let mut ttft = self.ttfts;
+        ttft.sort_by(f64::total_cmp);
+        let mut mem: Vec<u64> = self.series.iter().map(|p| p.gpu_used).collect();
+        mem.sort_unstable();
+        let mean = if mem.is_empty() {
+            0
+        } else {
+            (mem.iter().map(|&m| m as u128).sum::<u128>() / mem.len() as u128) as u64
+        };
+        let q = |p: f64| {
+            if mem.is_empty() {
+                0
+            } else {
+                mem[((mem.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        let completed = self.tasks.iter().filter(|t| t.st == St::Done).count();
+        let blocked = self.tasks.iter().filter(|t| t.st == St::Blocked).count();
+        let span = self.params.horizon.min(self.now.max(1.0));
+        Outcome {
+            strategy: self.strategy.label(),
+            tasks: self.specs.len(),
+            completed,
+            blocked,
+            tasks_per_hour: completed as f64 * 3600.0 / span,
+            calls: self.calls,
+            timeouts: self.timeouts,
+            ooms: self.engine.counters.ooms,
+            overflows: self.engine.counters.overflows,
+            preemptions: self.engine.counters.preemptions,
+            offloads: self.engine.counters.offloads,
+            ttft: [
+                percentile(&ttft, 0.5),
+                percentile(&ttft, 0.95),
+                percentile(&ttft, 0.99),
+            ],
+            gpu: [mean, q(0.99), q(1.0)],
+            kv_peak: self.series.iter().map(|p| p.kv_used).max().unwrap_or(0),
+            idle_with_work: if self.series.is_empty() {
+                0.0
+            } else {
+                self.idle_samples as f64 / self.series.len() as f64
+            },
+            makespan: (completed == self.specs.len()).then_some(self.finished_last),
+            series: self.series,
+        }
+    }
+}

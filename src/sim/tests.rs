@@ -1,0 +1,106 @@
+//! Simulator properties: determinism and the governor's ceiling.
+
+use super::*;
+use proptest::prelude::*;
+
+fn default_plan(seed: u64, strategies: Vec<StrategyName>, hours: f64) -> Plan {
+    let setup = setup(&crate::config::embedded_default()).unwrap();
+    let tasks = workload::scenario(
+        workload::Scenario::Mixed,
+        &setup.profiles,
+        hours * 3600.0,
+        seed,
+    );
+    Plan {
+        setup,
+        tasks,
+        params: Params {
+            horizon: hours * 3600.0 * 2.0,
+            ..Params::default()
+        },
+        strategies,
+        cap: 8,
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_table() {
+    let a = simulate(
+        &default_plan(
+            3,
+            vec![StrategyName::Unbounded, StrategyName::Governor],
+            0.5,
+        ),
+        &mut |_| {},
+    );
+    let b = simulate(
+        &default_plan(
+            3,
+            vec![StrategyName::Unbounded, StrategyName::Governor],
+            0.5,
+        ),
+        &mut |_| {},
+    );
+    assert_eq!(report::table(&a), report::table(&b));
+    let c = simulate(
+        &default_plan(
+            4,
+            vec![StrategyName::Unbounded, StrategyName::Governor],
+            0.5,
+        ),
+        &mut |_| {},
+    );
+    assert_ne!(report::table(&a), report::table(&c));
+}
+
+#[test]
+fn the_embedded_default_host_is_vllm_with_its_configured_pool() {
+    let s = setup(&crate::config::embedded_default()).unwrap();
+    assert_eq!(
+        s.host.regime,
+        engine::Regime::Paged {
+            capacity_tokens: 442_368,
+            block_tokens: 16,
+            max_seqs: 256
+        }
+    );
+    assert_eq!(s.host.kv_bytes_per_token, 131_072);
+    assert_eq!(s.ceiling, Ceiling::KvTokens(376_012));
+}
+
+#[test]
+fn flags_make_a_valid_config_for_every_engine() {
+    for kind in EngineKind::ALL {
+        let text = config_toml(24 << 30, kind, "llama-3.1-8b").unwrap();
+        let cfg = crate::config::load_str(
+            &text,
+            std::path::Path::new("/x/governor.toml"),
+            &crate::config::ConfigArgs::default(),
+            &|_| None,
+        )
+        .unwrap_or_else(|e| panic!("{kind}: {e}\n{text}"));
+        setup(&cfg).unwrap();
+    }
+    let e = config_toml(8 << 30, EngineKind::Vllm, "qwen2.5-32b-instruct").unwrap_err();
+    assert!(e.0.contains("--gpu-memory"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+    /// Whatever the workload, the KV the governor's running tasks hold stays under its
+    /// ceiling (plus block rounding), so the engine never preempts.
+    #[test]
+    fn the_governor_never_exceeds_its_ceiling(seed in 0u64..1000) {
+        let plan = default_plan(seed, vec![StrategyName::Governor], 0.5);
+        let Ceiling::KvTokens(ceiling) = plan.setup.ceiling else { panic!("paged host") };
+        let o = &simulate(&plan, &mut |_| {})[0];
+        for p in &o.series {
+            prop_assert!(
+                p.kv_used <= ceiling + 32 * u64::from(p.running) * 2,
+                "at {} s: {} KV tokens held over the ceiling {}", p.t, p.kv_used, ceiling
+            );
+        }
+        prop_assert_eq!(o.preemptions, 0);
+        prop_assert_eq!(o.ooms + o.offloads, 0);
+    }
+}
