@@ -25,7 +25,9 @@ use std::time::Duration;
 Strategies (rows): unbounded = the gateway's dispatcher with no cap; per-tick = `--max N` with its \
 old per-tick meaning; live-cap = a live cap of N running tasks (Hermes `--max` today, the \
 article's slot controller); pools = a live cap per profile, the budget split evenly; governor = \
-kanban-governor's decision, the same code as `run` and `tick`; oracle = the best static cap in \
+kanban-governor's decision, the same code as `run` and `tick`, with each profile's `footprint` mode \
+from the config (default `max`: the larger of declared and learned); governor-learned = the same \
+with every profile's footprint learned from the peaks of finished tasks; oracle = the best static cap in \
 hindsight (a sweep of N) and clairvoyant admission (knows each task's true peak).
 
 Trace files (--trace) are in the Azure LLM inference CSV format \
@@ -58,7 +60,7 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "MODEL", conflicts_with = "config")]
     pub model: Option<String>,
     /// Rows to compute (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StrategyName::Unbounded, StrategyName::PerTick, StrategyName::LiveCap, StrategyName::Pools, StrategyName::Governor, StrategyName::Oracle])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StrategyName::Unbounded, StrategyName::PerTick, StrategyName::LiveCap, StrategyName::Pools, StrategyName::Governor, StrategyName::GovernorLearned, StrategyName::Oracle])]
     pub strategies: Vec<StrategyName>,
     /// N of `--max N` (per-tick) and of the live cap.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]

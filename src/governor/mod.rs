@@ -26,6 +26,7 @@
 
 pub mod admission;
 pub mod footprint;
+pub mod learned;
 pub mod limit;
 pub mod types;
 

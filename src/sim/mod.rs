@@ -266,6 +266,8 @@ pub enum StrategyName {
     Pools,
     /// The governor.
     Governor,
+    /// The governor with every profile's footprint learned from finished tasks.
+    GovernorLearned,
     /// Best static cap in hindsight, and clairvoyant admission.
     Oracle,
 }
@@ -320,6 +322,7 @@ pub fn strategies(plan: &Plan) -> Vec<Strategy> {
             StrategyName::LiveCap => out.push(Strategy::LiveCap(plan.cap)),
             StrategyName::Pools => out.push(Strategy::ProfilePools(pool_caps(&plan.setup))),
             StrategyName::Governor => out.push(Strategy::Governor),
+            StrategyName::GovernorLearned => out.push(Strategy::GovernorLearned),
             StrategyName::Oracle => out.push(Strategy::Clairvoyant),
         }
     }

@@ -10,9 +10,10 @@
 
 use super::engine::{Engine, Event, Failure, Regime, Request};
 use super::workload::TaskSpec;
+use crate::governor::learned::{PeakStats, learned_worst_case};
 use crate::governor::{
-    Bytes, EngineSample, GpuSample, Millis, Observation, Policy, PoolObservation, ProfileId,
-    Readiness, RunningTask, TaskId, WaitingTask, decide,
+    Bytes, EngineSample, FootprintMode, GpuSample, Millis, Observation, Policy, PoolObservation,
+    ProfileId, Readiness, RunningTask, TaskId, WaitingTask, decide,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -28,8 +29,11 @@ pub enum Strategy {
     LiveCap(u32),
     /// A live cap per profile.
     ProfilePools(Vec<u32>),
-    /// The governor: `governor::decide` with the config's policy.
+    /// The governor: `governor::decide` with the config's policy, learning each profile's
+    /// footprint from finished tasks as `run` does.
     Governor,
+    /// The governor with every profile's `footprint = "learned"`.
+    GovernorLearned,
     /// Admission knowing each task's true peak (an upper reference, not a real strategy).
     Clairvoyant,
 }
@@ -49,6 +53,7 @@ impl Strategy {
                     .join("/")
             ),
             Strategy::Governor => "kanban-governor".into(),
+            Strategy::GovernorLearned => "kanban-governor, learned footprints".into(),
             Strategy::Clairvoyant => "oracle: clairvoyant".into(),
         }
     }
@@ -222,9 +227,10 @@ pub struct Run<'a> {
     specs: &'a [TaskSpec],
     host: &'a Host,
     params: &'a Params,
-    policy: &'a Policy,
+    policy: Policy,
     strategy: &'a Strategy,
     engine: Engine,
+    peaks: Vec<PeakStats>,
     tasks: Vec<Task>,
     heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
@@ -268,10 +274,18 @@ impl<'a> Run<'a> {
                 requests: Vec::new(),
             })
             .collect();
+        let mut policy = policy.clone();
+        if *strategy == Strategy::GovernorLearned {
+            for p in &mut policy.profiles {
+                p.footprint = FootprintMode::Learned;
+            }
+        }
         let mut r = Run {
             specs,
             host,
             params,
+            peaks: vec![PeakStats::default(); policy.profiles.len()],
+            profile_ids: policy.profiles.iter().map(|p| p.id.clone()).collect(),
             policy,
             strategy,
             engine: Engine::new(host.regime, host.speed, host.kv_bytes_per_token),
@@ -287,7 +301,6 @@ impl<'a> Run<'a> {
             idle_samples: 0,
             finished_last: 0.0,
             ids: (0..specs.len()).map(|i| TaskId(format!("t{i}"))).collect(),
-            profile_ids: policy.profiles.iter().map(|p| p.id.clone()).collect(),
             active: Vec::new(),
         };
         for (i, s) in specs.iter().enumerate() {
@@ -370,6 +383,11 @@ impl<'a> Run<'a> {
                 if t.turn >= self.specs[task].calls.len() {
                     t.st = St::Done;
                     self.finished_last = self.now;
+                    // What the engine reports as the task's peak context (DESIGN §4).
+                    let spec = &self.specs[task];
+                    if let Some(s) = self.peaks.get_mut(spec.profile) {
+                        s.observe(spec.peak_context());
+                    }
                     return 1;
                 }
                 let (epoch, gap) = (t.epoch, self.specs[task].calls[t.turn].gap_before);
@@ -555,7 +573,7 @@ impl<'a> Run<'a> {
                 }
                 out
             }
-            Strategy::Governor => self.governor(&running),
+            Strategy::Governor | Strategy::GovernorLearned => self.governor(&running),
             Strategy::Clairvoyant => self.clairvoyant(&running, ready),
         };
         for i in chosen {
@@ -629,9 +647,15 @@ impl<'a> Run<'a> {
                 .collect(),
             dual_dispatcher: None,
             latency_limit: None,
-            learned: vec![None; self.policy.profiles.len()],
+            learned: self
+                .policy
+                .profiles
+                .iter()
+                .zip(&self.peaks)
+                .map(|(p, s)| s.upper().map(|u| learned_worst_case(&p.declared, u)))
+                .collect(),
         };
-        let d = decide(self.policy, &obs);
+        let d = decide(&self.policy, &obs);
         let index: BTreeMap<&TaskId, usize> =
             self.ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
         d.release
