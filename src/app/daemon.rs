@@ -305,9 +305,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .thread_keep_alive(Duration::from_secs(30))
         .build()
         .context("starting the async runtime")?;
+    // The engine sources own blocking HTTP clients (each with its own small runtime), which
+    // must not be dropped inside the daemon's runtime: this clone outlives every other.
+    let pools = Arc::new(pools);
     let daemon = Daemon {
         policy,
-        pools: Arc::new(pools),
+        pools: pools.clone(),
         metrics: Arc::new(Metrics::new()),
         ticks: Arc::new(Mutex::new(TickStatus::default())),
         sample_every: args.sample_every,
@@ -318,6 +321,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let result = rt.block_on(daemon.run(listener, ticker));
     // Samplers may sit in an engine read (bounded by its timeout); nothing they do writes.
     rt.shutdown_timeout(Duration::from_secs(1));
+    drop(pools);
     drop(lock_file);
     result.map(|()| ExitCode::SUCCESS)
 }
