@@ -45,21 +45,9 @@ pub struct DoctorArgs {
     /// Print systemd units (daemon service; tick service + timer) instead of checking.
     #[arg(long)]
     pub systemd: bool,
-    /// The governor config file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// HERMES_HOME of the governed board (overrides hermes.home).
-    #[arg(long, value_name = "DIR")]
-    pub hermes_home: Option<PathBuf>,
-    /// Absolute path of the hermes binary (overrides hermes.bin).
-    #[arg(long, value_name = "FILE")]
-    pub hermes_bin: Option<PathBuf>,
-    /// The governed board's slug (overrides hermes.board).
-    #[arg(long, value_name = "SLUG")]
-    pub board: Option<String>,
-    /// The governor's state directory (overrides dispatch.state_dir).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: crate::config::ConfigArgs,
 }
 
 /// A check's verdict.
@@ -200,44 +188,59 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The inputs from the flags and (until the shared config loader lands) the environment:
-/// `--hermes-home`, else `HERMES_HOME`, else `~/.hermes`.
+/// The inputs from the validated config (defaults < file < env < flags).
 ///
 /// # Errors
 ///
-/// No Hermes home can be found.
+/// The config is invalid (a [`crate::config::ConfigError`] listing every problem, exit 2).
 pub fn inputs_from_args(
     args: &DoctorArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Inputs> {
-    let hermes_home = match &args.hermes_home {
-        Some(h) => h.clone(),
-        None => {
-            hh::resolve_hermes_home(env).map_err(|e| crate::error::UsageError(e.to_string()))?
+    let cfg = match crate::config::load(&args.config, env) {
+        Ok(cfg) => cfg,
+        // `--cron`/`--systemd` print entries for a config the user is about to write: a
+        // missing file is fine there (the entry says so); defaults and flags fill the rest.
+        Err(e) if (args.cron || args.systemd) && !config_file_exists(args, env) => {
+            let origin = crate::config::config_path(&args.config, env)
+                .map_or_else(|| PathBuf::from("governor.toml"), |(p, _)| p);
+            let origin = std::path::absolute(&origin).unwrap_or(origin);
+            crate::config::load_str("", &origin, &args.config, env).map_err(|_| e)?
         }
+        Err(e) => return Err(e.into()),
     };
-    let hermes_home = std::path::absolute(&hermes_home).unwrap_or(hermes_home);
-    let config_path = match &args.config {
-        Some(c) => c.clone(),
-        None => env("KANBAN_GOVERNOR_CONFIG")
-            .filter(|s| !s.is_empty())
-            .map_or_else(|| hermes_home.join("governor.toml"), PathBuf::from),
+    let config_path = match &cfg.path {
+        Some(p) => p.clone(),
+        None => crate::config::config_path(&args.config, env)
+            .map_or_else(|| cfg.hermes.home.join("governor.toml"), |(p, _)| p),
     };
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| hermes_home.join("kanban-governor"));
+    let max_semantics = match cfg.hermes.max_semantics.as_deref() {
+        Some("live_cap") => Some(MaxSemantics::LiveCap),
+        Some("per_tick") => Some(MaxSemantics::PerTick),
+        _ => None,
+    };
     Ok(Inputs {
         config_exists: config_path.is_file(),
         config_path,
-        hermes_bin: args.hermes_bin.clone(),
-        hermes_home,
-        board: args.board.clone(),
-        state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
-        profiles: Vec::new(),
-        max_semantics: None,
+        hermes_bin: cfg.hermes.bin.clone(),
+        hermes_home: cfg.hermes.home.clone(),
+        board: Some(cfg.hermes.board.clone()),
+        state_dir: cfg.dispatch.state_dir.clone(),
+        profiles: cfg
+            .profiles
+            .iter()
+            .map(|p| ProfileRef {
+                name: p.name.0.clone(),
+                lane: p.lane.clone(),
+            })
+            .collect(),
+        max_semantics,
     })
+}
+
+fn config_file_exists(args: &DoctorArgs, env: &dyn Fn(&str) -> Option<String>) -> bool {
+    crate::config::config_path(&args.config, env).is_some_and(|(p, _)| p.is_file())
 }
 
 /// Every check, in order. Reads the host; writes nothing.

@@ -12,12 +12,13 @@
 use crate::adapters::state_file::JsonStateFile;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::setup::{self, Setup, port_error};
-use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick_with_store};
+use crate::app::tick::{TickOptions, TickPorts, TickReport, run_tick_with_store};
+use crate::config::ConfigArgs;
 use crate::ports::SystemClock;
 use anyhow::Context;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -27,10 +28,9 @@ pub const LOCK_FILE_NAME: &str = "tick.lock";
 /// Flags of `tick`.
 #[derive(Debug, clap::Args)]
 pub struct TickArgs {
-    /// The config file (default: $KANBAN_GOVERNOR_CONFIG, $HERMES_HOME/governor.toml,
-    /// ~/.hermes/governor.toml).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Decide against the live board and GPU and print it; write nothing anywhere.
     #[arg(long)]
     pub dry_run: bool,
@@ -148,17 +148,13 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
 pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
     let mut board = setup.board()?;
     let mut dispatcher = setup.dispatcher()?;
-    let mut gpu = setup.static_gpu();
+    let mut telemetry = setup.telemetry(false)?;
     let probe = LocalWorkerProbe::for_this_host();
     let clock = SystemClock;
     let mut store = JsonStateFile::in_dir(&setup.state_dir);
     let mut ports = TickPorts {
         clock: &clock,
-        pools: vec![PoolSource {
-            gpu: &mut gpu,
-            engine: None,
-            baseline: setup.baseline,
-        }],
+        pools: setup::pool_sources(&mut telemetry),
         board: &mut board,
         dispatcher: &mut dispatcher,
         workers: probe.as_ref().map(|p| p as _),
@@ -177,8 +173,7 @@ pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
 ///
 /// Config, lock, board, state or Hermes failures (see the module doc for exit codes).
 pub fn run(args: TickArgs) -> anyhow::Result<ExitCode> {
-    let path = setup::config_path(args.config.as_deref());
-    let setup = setup::load(&path)?;
+    let setup = setup::load(&args.config)?;
     let _lock = if args.dry_run {
         None
     } else {

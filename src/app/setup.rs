@@ -1,85 +1,23 @@
-//! What `tick` and `status` need from the config file, and the adapters built from it.
+//! What `tick`, `status` and `run` need from the validated config ([`crate::config`]): the
+//! decision's policy, the Hermes settings, and the adapters built from them (board,
+//! dispatcher, each pool's telemetry).
 //!
-//! Interim: the config engineer's `crate::config` replaces the file parsing here; the key
-//! names already follow DESIGN §3 (`[hermes]`, `[gpu]`, `[dispatch]`, `[[profiles]]`), so test
-//! configs keep working. Side effects: reads the config file only.
+//! Side effects: [`load`] reads the config file (and a `profiles_dir`); [`Setup::telemetry`]
+//! opens NVML or a replay file; nothing here writes.
 
 use crate::adapters::board_sqlite::{BoardError, SqliteBoard};
-use crate::adapters::dispatch_cli::{
-    CliDispatcher, CliDispatcherConfig, DEFAULT_TIMEOUT, DispatchError,
-};
+use crate::adapters::dispatch_cli::{CliDispatcher, CliDispatcherConfig, DispatchError};
+use crate::adapters::engine::EngineKind as HttpEngineKind;
 use crate::adapters::hermes_home;
+use crate::adapters::nvml::{GpuSelector as NvmlGpu, NvmlLibrary};
+use crate::adapters::telemetry::{EngineSource, GpuSource, PoolTelemetry, build_pool};
+use crate::app::tick::PoolSource;
+use crate::config::{self, Config, ConfigArgs, EngineKind, GpuSelector, Telemetry};
 use crate::error::UsageError;
-use crate::governor::{
-    Bytes, FootprintMode, GpuSample, KvPlacement, Millis, Policy, PoolPolicy, ProfileId,
-    ProfilePolicy, WorstCase,
-};
-use crate::ports::{GpuTelemetry, MaxSemantics, PortError};
-use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use crate::governor::{Bytes, Policy};
+use crate::ports::{MaxSemantics, PortError};
+use std::path::PathBuf;
 use std::time::Duration;
-
-/// Default headroom: the fraction of GPU memory the governor may fill (as vLLM's
-/// `--gpu-memory-utilization 0.85`, DESIGN §3).
-pub const DEFAULT_HEADROOM: f64 = 0.85;
-/// Default reserve kept free for the driver and other tenants (DESIGN §3).
-pub const DEFAULT_RESERVE: Bytes = Bytes::gib(1);
-/// Default starvation guard (DESIGN §3).
-pub const DEFAULT_MAX_WAIT: Millis = Millis::secs(600);
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    hermes: RawHermes,
-    #[serde(default)]
-    gpu: RawGpu,
-    #[serde(default)]
-    dispatch: RawDispatch,
-    #[serde(default)]
-    profiles: Vec<RawProfile>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawHermes {
-    bin: Option<PathBuf>,
-    home: Option<PathBuf>,
-    board: Option<String>,
-    max_semantics: Option<MaxSemantics>,
-    timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawGpu {
-    telemetry: Option<String>,
-    memory_total: Option<String>,
-    baseline: Option<String>,
-    headroom: Option<f64>,
-    reserve: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawDispatch {
-    state_dir: Option<PathBuf>,
-    max_running: Option<u32>,
-    max_wait: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProfile {
-    name: String,
-    lane: Option<String>,
-    kv_bytes_per_token: Option<String>,
-    max_context_tokens: Option<u64>,
-    requests_per_task: Option<u32>,
-    extra_bytes: Option<String>,
-    max_parallel: Option<u32>,
-    guaranteed: Option<u32>,
-}
 
 /// The Hermes side of the config.
 #[derive(Debug, Clone)]
@@ -90,23 +28,21 @@ pub struct HermesSettings {
     pub home: PathBuf,
     /// Board slug (`default` for `<home>/kanban.db`).
     pub board: String,
-    /// What `--max` means, when configured.
+    /// What `--max` means, when configured (else detected from the Hermes version).
     pub max_semantics: Option<MaxSemantics>,
-    /// Timeout per Hermes call.
+    /// Timeout per Hermes call (`dispatch.timeout`).
     pub timeout: Duration,
 }
 
-/// Everything `tick`/`status` need.
+/// Everything `tick`, `status` and `run` need.
 #[derive(Debug, Clone)]
 pub struct Setup {
-    /// The decision's policy.
+    /// The validated config.
+    pub config: Config,
+    /// The decision's policy ([`Config::policy`]).
     pub policy: Policy,
     /// Hermes.
     pub hermes: HermesSettings,
-    /// `[gpu] memory_total` for static telemetry.
-    pub memory_total: Bytes,
-    /// `[gpu] baseline`, if given.
-    pub baseline: Option<Bytes>,
     /// Where state and the lock live.
     pub state_dir: PathBuf,
 }
@@ -115,200 +51,108 @@ fn usage(msg: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg))
 }
 
-fn size(path: &Path, key: &str, v: &str) -> anyhow::Result<Bytes> {
-    v.trim().parse::<bytesize::ByteSize>().map(|b| Bytes(b.as_u64())).map_err(|e| {
-        usage(format!(
-            "config {}: {key} = {v:?} is not a size ({e}); write it with a unit, e.g. \"24GiB\"",
-            path.display()
-        ))
-    })
-}
-
-fn duration(path: &Path, key: &str, v: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(v).map_err(|e| {
-        usage(format!(
-            "config {}: {key} = {v:?} is not a duration ({e}); write e.g. \"15s\" or \"10m\"",
-            path.display()
-        ))
-    })
-}
-
-/// The config path: `--config`, else `$KANBAN_GOVERNOR_CONFIG`, else
-/// `$HERMES_HOME/governor.toml`, else `~/.hermes/governor.toml`.
-pub fn config_path(flag: Option<&Path>) -> PathBuf {
-    if let Some(p) = flag {
-        return p.to_owned();
-    }
-    if let Some(p) = std::env::var_os("KANBAN_GOVERNOR_CONFIG") {
-        return PathBuf::from(p);
-    }
-    if let Some(h) = std::env::var_os("HERMES_HOME") {
-        return PathBuf::from(h).join("governor.toml");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
-    home.join(".hermes/governor.toml")
-}
-
-/// Read and validate the config at `path`.
+/// Load and validate the config (defaults < file < env < flags) for a command that acts on
+/// the board.
 ///
 /// # Errors
 ///
-/// A [`UsageError`] naming the file, the key and the fix.
-pub fn load(path: &Path) -> anyhow::Result<Setup> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        usage(format!(
-            "config {}: {e}; pass --config <file> or create it (see `kanban-governor doctor`)",
-            path.display()
-        ))
-    })?;
-    let raw: RawFile =
-        toml::from_str(&text).map_err(|e| usage(format!("config {}: {e}", path.display())))?;
-    let p = path;
-    let bin = raw.hermes.bin.ok_or_else(|| {
-        usage(format!(
-            "config {}: hermes.bin is missing; set it to the absolute path `command -v hermes` prints",
-            p.display()
-        ))
-    })?;
-    let home = match raw.hermes.home {
-        Some(h) => h,
-        None => std::env::var_os("HERMES_HOME").map(PathBuf::from).ok_or_else(|| {
-            usage(format!(
-                "config {}: hermes.home is missing and HERMES_HOME is unset; set hermes.home to the Hermes home of the board",
-                p.display()
-            ))
-        })?,
+/// Every config problem (a [`config::ConfigError`], exit 2), or no `hermes.bin`.
+pub fn load(args: &ConfigArgs) -> anyhow::Result<Setup> {
+    let config = config::load(args, &config::process_env)?;
+    from_config(config)
+}
+
+/// A [`Setup`] from an already validated config.
+///
+/// # Errors
+///
+/// No `hermes.bin` (a [`config::ConfigError`] naming the key and the fix).
+pub fn from_config(config: Config) -> anyhow::Result<Setup> {
+    let bin = config.hermes_bin()?.to_path_buf();
+    let max_semantics = match config.hermes.max_semantics.as_deref() {
+        Some("live_cap") => Some(MaxSemantics::LiveCap),
+        Some("per_tick") => Some(MaxSemantics::PerTick),
+        // Validation admits only those two spellings.
+        _ => None,
     };
-    let telemetry = raw.gpu.telemetry.as_deref().unwrap_or("static");
-    if telemetry != "static" {
-        return Err(usage(format!(
-            "config {}: gpu.telemetry = {telemetry:?} is not available in this build; use \"static\" with gpu.memory_total",
-            p.display()
-        )));
-    }
-    let memory_total = match &raw.gpu.memory_total {
-        Some(v) => size(p, "gpu.memory_total", v)?,
-        None => {
-            return Err(usage(format!(
-                "config {}: gpu.memory_total is missing; static telemetry needs it, e.g. memory_total = \"24GiB\"",
-                p.display()
-            )));
-        }
-    };
-    let baseline = raw
-        .gpu
-        .baseline
-        .as_deref()
-        .map(|v| size(p, "gpu.baseline", v))
-        .transpose()?;
-    let headroom = raw.gpu.headroom.unwrap_or(DEFAULT_HEADROOM);
-    if !(headroom > 0.0 && headroom <= 1.0) {
-        return Err(usage(format!(
-            "config {}: gpu.headroom = {headroom} is outside (0, 1]; e.g. 0.85",
-            p.display()
-        )));
-    }
-    let reserve = match raw.gpu.reserve.as_deref() {
-        Some(v) => size(p, "gpu.reserve", v)?,
-        None => DEFAULT_RESERVE,
-    };
-    let state_dir = raw.dispatch.state_dir.ok_or_else(|| {
-        usage(format!(
-            "config {}: dispatch.state_dir is missing; set it to a directory this user can write",
-            p.display()
-        ))
-    })?;
-    let max_wait = match raw.dispatch.max_wait.as_deref() {
-        Some(v) => Millis(
-            u64::try_from(duration(p, "dispatch.max_wait", v)?.as_millis()).unwrap_or(u64::MAX),
-        ),
-        None => DEFAULT_MAX_WAIT,
-    };
-    let timeout = match raw.hermes.timeout.as_deref() {
-        Some(v) => duration(p, "hermes.timeout", v)?,
-        None => DEFAULT_TIMEOUT,
-    };
-    if raw.profiles.is_empty() {
-        return Err(usage(format!(
-            "config {}: no [[profiles]]; declare at least one governed profile",
-            p.display()
-        )));
-    }
-    let mut profiles = Vec::new();
-    for (i, rp) in raw.profiles.iter().enumerate() {
-        let key = |k: &str| format!("profiles[{i}] ({}).{k}", rp.name);
-        let per_token = match rp.kv_bytes_per_token.as_deref() {
-            Some(v) => size(p, &key("kv_bytes_per_token"), v)?,
-            None => {
-                return Err(usage(format!(
-                    "config {}: {} is missing; give the model's KV bytes per token",
-                    p.display(),
-                    key("kv_bytes_per_token")
-                )));
-            }
-        };
-        let ctx = rp.max_context_tokens.ok_or_else(|| {
-            usage(format!(
-                "config {}: {} is missing",
-                p.display(),
-                key("max_context_tokens")
-            ))
-        })?;
-        let rpt = rp.requests_per_task.unwrap_or(1);
-        let extra = match rp.extra_bytes.as_deref() {
-            Some(v) => size(p, &key("extra_bytes"), v)?,
-            None => Bytes(0),
-        };
-        let kv_tokens = ctx.saturating_mul(u64::from(rpt));
-        profiles.push(ProfilePolicy {
-            id: ProfileId(rp.name.clone()),
-            lane: rp
-                .lane
-                .clone()
-                .unwrap_or_else(|| format!("{}@gpu", rp.name)),
-            pool: 0,
-            declared: WorstCase {
-                kv_bytes: Bytes(per_token.get().saturating_mul(kv_tokens)),
-                extra_bytes: extra,
-                kv_tokens,
-                slots: rpt,
-                request_tokens: ctx,
-            },
-            max_parallel: rp.max_parallel,
-            guaranteed: rp.guaranteed.unwrap_or(0),
-            footprint: FootprintMode::Declared,
-        });
-    }
     Ok(Setup {
-        policy: Policy {
-            pools: vec![PoolPolicy {
-                name: "default".into(),
-                kv_placement: KvPlacement::GpuBytes,
-                headroom,
-                reserve,
-                kv_capacity_tokens: None,
-                slots: None,
-                slot_context_tokens: None,
-                max_staleness: Millis::secs(5),
-            }],
-            profiles,
-            max_running: raw.dispatch.max_running,
-            max_wait,
-        },
+        policy: config.policy(),
         hermes: HermesSettings {
             bin,
-            home,
-            board: raw.hermes.board.unwrap_or_else(|| "default".into()),
-            max_semantics: raw.hermes.max_semantics,
-            timeout,
+            home: config.hermes.home.clone(),
+            board: config.hermes.board.clone(),
+            max_semantics,
+            timeout: config.dispatch.timeout,
         },
-        memory_total,
-        baseline,
-        state_dir,
+        state_dir: config.dispatch.state_dir.clone(),
+        config,
     })
 }
 
+/// The telemetry adapter's engine kind for a configured one.
+pub fn http_engine_kind(kind: EngineKind) -> HttpEngineKind {
+    match kind {
+        EngineKind::Vllm => HttpEngineKind::Vllm,
+        EngineKind::Sglang => HttpEngineKind::Sglang,
+        EngineKind::Llamacpp => HttpEngineKind::Llamacpp,
+        EngineKind::Ollama => HttpEngineKind::Ollama,
+        EngineKind::Openai => HttpEngineKind::Openai,
+    }
+}
+
 impl Setup {
+    /// Each pool's telemetry sources, in [`Policy::pools`] order. `probe` sends a latency
+    /// probe on each engine read where the engine has no TTFT histogram (the daemon's latency
+    /// limit needs it; a one-shot `tick` does not).
+    ///
+    /// # Errors
+    ///
+    /// A usage error naming the pool and the fix: NVML cannot be loaded or the GPU does not
+    /// exist, a replay file is missing or bad, a static pool without `memory_total`.
+    pub fn telemetry(&self, probe: bool) -> anyhow::Result<Vec<PoolTelemetry>> {
+        self.config
+            .pools
+            .iter()
+            .map(|pool| {
+                let gpu = match &pool.gpu.telemetry {
+                    Telemetry::Nvml => GpuSource::Nvml {
+                        library: NvmlLibrary::from_env(),
+                        gpus: pool
+                            .gpu
+                            .devices
+                            .iter()
+                            .map(|d| match d {
+                                GpuSelector::Index(i) => NvmlGpu::Index(*i),
+                                GpuSelector::Uuid(u) => NvmlGpu::Uuid(u.clone()),
+                            })
+                            .collect(),
+                    },
+                    Telemetry::Host => GpuSource::Host,
+                    Telemetry::Static => GpuSource::Static {
+                        memory_total: pool.gpu.memory_total.ok_or_else(|| {
+                            usage(format!(
+                                "pool {}: telemetry = \"static\" needs gpu.memory_total; set it, e.g. memory_total = \"24GiB\"",
+                                pool.name
+                            ))
+                        })?,
+                        baseline: pool.gpu.baseline.unwrap_or(Bytes(0)),
+                    },
+                    Telemetry::Replay(path) => GpuSource::Replay(path.clone()),
+                };
+                let mut engine = EngineSource::new(http_engine_kind(pool.engine.kind), &pool.engine.url);
+                if !probe {
+                    engine.probe = None;
+                }
+                let mut t = build_pool(&pool.name, &gpu, Some(&engine))?;
+                // A configured baseline beats the one observed with nothing governed running.
+                if pool.gpu.baseline.is_some() {
+                    t.baseline = pool.gpu.baseline;
+                }
+                Ok(t)
+            })
+            .collect()
+    }
+
     /// Where Hermes itself will find the board, resolved as Hermes does
     /// (`HERMES_KANBAN_DB` > `hermes.board` > `HERMES_KANBAN_BOARD` > `kanban/current` >
     /// `default`, with `hermes.home` as `HERMES_HOME`).
@@ -388,35 +232,21 @@ impl Setup {
         })
         .map_err(|e| usage(e.to_string()))
     }
-
-    /// The static GPU source.
-    pub fn static_gpu(&self) -> StaticGpu {
-        StaticGpu {
-            total: self.memory_total,
-            used: self.baseline.unwrap_or(Bytes(0)),
-        }
-    }
 }
 
-/// `telemetry = "static"`: a GPU of `memory_total` whose use stays at the baseline (the
-/// governor then charges worst cases on top of it).
-#[derive(Debug, Clone, Copy)]
-pub struct StaticGpu {
-    /// Total memory.
-    pub total: Bytes,
-    /// Used memory.
-    pub used: Bytes,
-}
-
-impl GpuTelemetry for StaticGpu {
-    fn read_gpu(&mut self, now: Millis) -> Result<GpuSample, PortError> {
-        Ok(GpuSample {
-            at: now,
-            total: self.total,
-            used: self.used,
-            free: self.total.saturating_sub(self.used),
+/// The tick's view of built telemetry: one [`PoolSource`] per pool, borrowing `pools`.
+pub fn pool_sources(pools: &mut [PoolTelemetry]) -> Vec<PoolSource<'_>> {
+    pools
+        .iter_mut()
+        .map(|p| PoolSource {
+            gpu: p.gpu.as_mut(),
+            engine: p
+                .engine
+                .as_deref_mut()
+                .map(|e| e as &mut dyn crate::ports::EngineTelemetry),
+            baseline: p.baseline,
         })
-    }
+        .collect()
 }
 
 /// A port error as an `anyhow` error: usage errors (bad `hermes.bin`, missing board,

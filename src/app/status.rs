@@ -5,21 +5,20 @@
 use crate::adapters::state_file::JsonStateFile;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::setup::{self, port_error};
-use crate::app::tick::{Observed, PoolSource, TickOptions, TickPorts, observe};
+use crate::app::tick::{Observed, TickOptions, TickPorts, observe};
+use crate::config::ConfigArgs;
 use crate::governor::{Decision, PoolBudget, decide};
 use crate::ports::{StateStore, SystemClock};
 use serde::Serialize;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags of `status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The config file (default: $KANBAN_GOVERNOR_CONFIG, $HERMES_HOME/governor.toml,
-    /// ~/.hermes/governor.toml).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -140,10 +139,10 @@ fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
 ///
 /// Config, board or state failures.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let setup = setup::load(&setup::config_path(args.config.as_deref()))?;
+    let setup = setup::load(&args.config)?;
     let mut board = setup.board()?;
     let mut dispatcher = setup.dispatcher()?;
-    let mut gpu = setup.static_gpu();
+    let mut telemetry = setup.telemetry(false)?;
     let probe = LocalWorkerProbe::for_this_host();
     let clock = SystemClock;
     let mut state = JsonStateFile::in_dir(&setup.state_dir)
@@ -151,11 +150,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .map_err(port_error)?;
     let mut ports = TickPorts {
         clock: &clock,
-        pools: vec![PoolSource {
-            gpu: &mut gpu,
-            engine: None,
-            baseline: setup.baseline,
-        }],
+        pools: setup::pool_sources(&mut telemetry),
         board: &mut board,
         dispatcher: &mut dispatcher,
         workers: probe.as_ref().map(|p| p as _),
