@@ -24,19 +24,19 @@ pub mod metrics;
 pub mod sources;
 
 use crate::adapters::board_sqlite::SqliteBoard;
-use crate::adapters::dispatch_cli::{CliDispatcher, CliDispatcherConfig};
-use crate::adapters::hermes_home;
+use crate::adapters::dispatch_cli::CliDispatcher;
 use crate::adapters::metrics_http::{self, Answer, Handler};
 use crate::adapters::state_file::JsonStateFile;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::once::{LOCK_FILE_NAME, try_lock};
+use crate::app::setup::{self, Setup};
 use crate::app::state::GovernorState;
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
-use crate::config::{self, Config, ConfigArgs};
+use crate::config::ConfigArgs;
 use crate::error::UsageError;
 use crate::governor::{Bytes, Millis, Policy};
 use crate::ports::{
-    Clock, EngineTelemetry, MaxSemantics, PortError, StateStore, SystemClock, TaskBoard, TaskStatus,
+    Clock, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard, TaskStatus,
 };
 use anyhow::Context;
 use metrics::Metrics;
@@ -76,51 +76,6 @@ fn usage(msg: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg))
 }
 
-/// Where Hermes keeps the board and how to run it, from the config.
-#[derive(Debug, Clone)]
-struct HermesPlace {
-    home: PathBuf,
-    board: String,
-}
-
-impl HermesPlace {
-    fn env(&self) -> Result<hermes_home::HermesEnv, hermes_home::HermesHomeError> {
-        hermes_home::read_hermes_env(
-            &hermes_home::process_env,
-            Some(&self.home),
-            Some(&self.board),
-        )
-    }
-
-    /// A live gateway dispatcher on this board (hold everything), or `None`. When it cannot
-    /// be told, the governor holds too (fail closed).
-    fn dual_dispatcher(&self) -> Option<String> {
-        let env = match self.env() {
-            Ok(env) => env,
-            Err(e) => {
-                return Some(format!(
-                    "cannot locate the Hermes home to look for a gateway dispatcher ({e})"
-                ));
-            }
-        };
-        match hermes_home::read_gateway_dispatcher(
-            &hermes_home::process_env,
-            &env.hermes_home,
-            &env.root,
-        ) {
-            Ok(g) => g.active().map(|detail| {
-                format!(
-                    "{detail}; set kanban.dispatch_in_gateway: false in {} and restart the gateway, or govern a board no gateway dispatches",
-                    g.config_path.display()
-                )
-            }),
-            Err(e) => Some(format!(
-                "cannot tell whether a gateway dispatches this board ({e}); holding"
-            )),
-        }
-    }
-}
-
 /// Everything one tick needs, moved onto the blocking pool for the tick and back.
 struct Ticker {
     policy: Policy,
@@ -130,7 +85,8 @@ struct Ticker {
     state: GovernorState,
     probe: Option<LocalWorkerProbe>,
     views: Vec<(PoolView, Option<Bytes>)>,
-    hermes: HermesPlace,
+    /// The config, for the gateway-dispatcher check before each tick.
+    setup: Setup,
 }
 
 impl Ticker {
@@ -158,7 +114,7 @@ impl Ticker {
         };
         let opts = TickOptions {
             dry_run: false,
-            dual_dispatcher: self.hermes.dual_dispatcher(),
+            dual_dispatcher: self.setup.dual_dispatcher(),
             latency_limit,
             learned: Vec::new(),
         };
@@ -264,16 +220,12 @@ fn status_json(
 /// Config, telemetry set-up, lock, listen or state failures (see the module doc for exit
 /// codes).
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let cfg = config::load(&args.config, &config::process_env)?;
-    let policy = cfg.policy();
-    let pools = sources::build(&cfg)?;
-    let hermes = HermesPlace {
-        home: cfg.hermes.home.clone(),
-        board: cfg.hermes.board.clone(),
-    };
-    let board_path = hermes.env().map_err(|e| usage(e.to_string()))?.board.db;
-    let dispatcher = dispatcher(&cfg)?;
-    let state_dir = cfg.dispatch.state_dir.clone();
+    let setup = setup::load(&args.config)?;
+    let policy = setup.policy.clone();
+    let pools = sources::build(&setup.config)?;
+    let board_path = setup.board_path()?;
+    let dispatcher = setup.dispatcher()?;
+    let state_dir = setup.state_dir.clone();
     let Some(lock_file) = try_lock(&state_dir)? else {
         anyhow::bail!(
             "another kanban-governor holds {}; one governor per board: stop it (or its cron `tick`) first",
@@ -296,9 +248,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         state,
         probe: LocalWorkerProbe::for_this_host(),
         views,
-        hermes,
+        setup: setup.clone(),
     };
-    let tick_every = args.interval.unwrap_or(cfg.dispatch.interval);
+    let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
@@ -324,29 +276,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     drop(pools);
     drop(lock_file);
     result.map(|()| ExitCode::SUCCESS)
-}
-
-fn dispatcher(cfg: &Config) -> anyhow::Result<CliDispatcher> {
-    let bin = cfg.hermes_bin()?.to_path_buf();
-    let max_semantics = match cfg.hermes.max_semantics.as_deref() {
-        None => None,
-        Some("live_cap" | "live-cap") => Some(MaxSemantics::LiveCap),
-        Some("per_tick" | "per-tick") => Some(MaxSemantics::PerTick),
-        Some(other) => {
-            return Err(usage(format!(
-                "hermes.max_semantics = {other:?} is unknown; use \"live_cap\" or \"per_tick\""
-            )));
-        }
-    };
-    CliDispatcher::new(CliDispatcherConfig {
-        bin,
-        home: Some(cfg.hermes.home.clone()),
-        board: Some(cfg.hermes.board.clone()),
-        max_semantics,
-        timeout: cfg.dispatch.timeout,
-        env: Vec::new(),
-    })
-    .map_err(|e| usage(e.to_string()))
 }
 
 struct Daemon {

@@ -7,7 +7,6 @@
 //! latest good reading is older than `max_staleness`. A good GPU sample keeps the time it was
 //! taken, so `decide` itself holds a pool whose GPU samples stopped coming.
 
-use crate::adapters::engine::EngineKind as AdapterEngineKind;
 use crate::adapters::nvml::{GpuSelector as NvmlGpu, NvmlLibrary};
 use crate::adapters::telemetry::{self, EngineSource, GpuSource, PoolTelemetry};
 use crate::config::{self, Config, GpuSelector, Source, Telemetry};
@@ -311,13 +310,7 @@ pub fn build(cfg: &Config) -> Result<Vec<SampledPool>, UsageError> {
             let engine_named = explicit(cfg, &format!("{prefix}engine.url"));
             let real_gpu = matches!(p.gpu.telemetry, Telemetry::Nvml | Telemetry::Host);
             let engine = (engine_named || real_gpu).then(|| {
-                let kind = match p.engine.kind {
-                    config::EngineKind::Vllm => AdapterEngineKind::Vllm,
-                    config::EngineKind::Llamacpp => AdapterEngineKind::Llamacpp,
-                    config::EngineKind::Ollama => AdapterEngineKind::Ollama,
-                    config::EngineKind::Sglang => AdapterEngineKind::Sglang,
-                    config::EngineKind::Openai => AdapterEngineKind::Openai,
-                };
+                let kind = crate::app::setup::http_engine_kind(p.engine.kind);
                 EngineSource::new(kind, &p.engine.url)
             });
             let t = telemetry::build_pool(&p.name, &gpu, engine.as_ref())?;
