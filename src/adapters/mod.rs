@@ -7,6 +7,7 @@ pub mod engine;
 pub mod hermes_home;
 pub mod host_mem;
 pub mod http;
+pub mod metrics_http;
 pub mod nvml;
 pub mod prom;
 pub mod replay;

@@ -1,16 +1,591 @@
-//! `daemon` (not built yet).
+//! `kanban-governor run`: the daemon beside the inference server.
+//!
+//! - **Telemetry**: every pool's GPU source and engine source is read on its own schedule
+//!   (`--sample-every`, default 1 s) on the blocking pool, and the latest result of each is
+//!   kept with its age (freshness per source). A failing, never-read or stale source makes its
+//!   pool hold (fail closed), logged, and shown in `/status` and `/metrics`.
+//! - **Ticks**: the same `run_tick` as `tick` (observe → decide → act), on
+//!   `dispatch.interval` (or `--interval`) and as soon as the board shows a running task
+//!   finished or a new task waiting (its `PRAGMA data_version` is polled every 250 ms, the
+//!   board read only when it moved). A tick runs on the blocking pool (SQLite, Hermes CLI);
+//!   the state is saved after each.
+//! - **Shutdown**: SIGTERM or SIGINT lets the tick in progress finish (a release is never left
+//!   half done: assigned but not dispatched), saves the state, and exits 0.
+//! - **One governor**: the same lock as `tick` (`<state_dir>/tick.lock`) for the daemon's
+//!   lifetime; a second `run` (or a cron `tick`) finds it held.
+//! - **HTTP**: `/metrics` (Prometheus text) and `/status` (JSON) on `--listen`
+//!   (default `127.0.0.1:9477`); a port in use is a usage error (exit 2) naming `--listen`.
+//!
+//! Exit codes: 0 after a signal, 1 runtime failure (state unreadable, another governor holds
+//! the lock), 2 usage or config error (bad config, no NVML library with `telemetry = "nvml"`,
+//! `--listen` unavailable).
 
+pub mod metrics;
+pub mod sources;
+
+use crate::adapters::board_sqlite::SqliteBoard;
+use crate::adapters::dispatch_cli::CliDispatcher;
+use crate::adapters::metrics_http::{self, Answer, Handler};
+use crate::adapters::state_file::JsonStateFile;
+use crate::adapters::worker_probe::LocalWorkerProbe;
+use crate::app::once::{LOCK_FILE_NAME, try_lock};
+use crate::app::setup::{self, Setup};
+use crate::app::state::GovernorState;
+use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
+use crate::config::ConfigArgs;
+use crate::error::UsageError;
+use crate::governor::{Bytes, Millis, Policy};
+use crate::ports::{
+    Clock, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard, TaskStatus,
+};
+use anyhow::Context;
+use metrics::Metrics;
+use serde::Serialize;
+use sources::{EngineView, PoolView, SampledPool, lock};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
 
-/// Flags of this command.
+/// Where `/metrics` and `/status` are served unless `--listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+/// How often the board's `PRAGMA data_version` is polled for finished tasks.
+pub const BOARD_POLL: Duration = Duration::from_millis(250);
+
+/// Flags of `run`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address for /metrics and /status (port 0 picks a free one; the address is printed).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Time between telemetry samples of each source (humantime: `1s`, `500ms`).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sample_every: Duration,
+    /// Time between ticks (default: dispatch.interval).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+}
 
-/// Run the command.
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg))
+}
+
+/// Everything one tick needs, moved onto the blocking pool for the tick and back.
+struct Ticker {
+    policy: Policy,
+    board: SqliteBoard,
+    dispatcher: CliDispatcher,
+    store: JsonStateFile,
+    state: GovernorState,
+    probe: Option<LocalWorkerProbe>,
+    views: Vec<(PoolView, Option<Bytes>)>,
+    /// The config, for the gateway-dispatcher check before each tick.
+    setup: Setup,
+}
+
+impl Ticker {
+    fn tick(&mut self, latency_limit: Option<u32>) -> Result<TickReport, PortError> {
+        let clock = SystemClock;
+        let mut gpus: Vec<PoolView> = self.views.iter().map(|(v, _)| v.clone()).collect();
+        let mut engines: Vec<Option<EngineView>> =
+            self.views.iter().map(|(v, _)| v.engine()).collect();
+        let pools = gpus
+            .iter_mut()
+            .zip(engines.iter_mut())
+            .zip(self.views.iter().map(|(_, b)| *b))
+            .map(|((gpu, engine), baseline)| PoolSource {
+                gpu,
+                engine: engine.as_mut().map(|e| e as &mut dyn EngineTelemetry),
+                baseline,
+            })
+            .collect();
+        let mut ports = TickPorts {
+            clock: &clock,
+            pools,
+            board: &mut self.board,
+            dispatcher: &mut self.dispatcher,
+            workers: self.probe.as_ref().map(|p| p as _),
+        };
+        let opts = TickOptions {
+            dry_run: false,
+            dual_dispatcher: self.setup.dual_dispatcher(),
+            latency_limit,
+            learned: Vec::new(),
+        };
+        let mut report = run_tick(&self.policy, &mut ports, &mut self.state, &opts)?;
+        if let Err(e) = self.store.save(&self.state) {
+            tracing::error!(error = %e, "Saving the governor state failed.");
+            report.errors.push(format!("saving state: {e}"));
+        }
+        Ok(report)
+    }
+}
+
+/// What `/status` shows besides telemetry.
+#[derive(Debug, Default, Serialize)]
+struct TickStatus {
+    ticks: u64,
+    last_tick: Option<TickReport>,
+    last_tick_error: Option<String>,
+    last_tick_seconds: Option<f64>,
+    shutting_down: bool,
+}
+
+/// One source in `/status`.
+#[derive(Debug, Serialize)]
+struct SourceDoc<T: Serialize> {
+    source: String,
+    up: bool,
+    age_ms: Option<u64>,
+    error: Option<String>,
+    reads: u64,
+    errors: u64,
+    latest: Option<T>,
+}
+
+fn source_doc<T: Serialize + Clone>(
+    source: String,
+    s: &sources::SourceState<T>,
+    now: Millis,
+) -> SourceDoc<T> {
+    SourceDoc {
+        source,
+        up: s.failing().is_none() && s.last_ok.is_some(),
+        age_ms: s.age(now).map(Millis::get),
+        error: s.failing().map(str::to_owned),
+        reads: s.reads,
+        errors: s.errors,
+        latest: s.last_ok.as_ref().map(|(_, v)| v.clone()),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct PoolDoc {
+    name: String,
+    /// Why the pool releases nothing now, if so.
+    holding: Option<String>,
+    gpu: SourceDoc<crate::governor::GpuSample>,
+    engine: Option<SourceDoc<crate::ports::EngineReading>>,
+}
+
+fn status_json(
+    pools: &[SampledPool],
+    ticks: &Mutex<TickStatus>,
+    listen: SocketAddr,
+    started: Millis,
+) -> String {
+    let now = SystemClock.now();
+    let pool_docs: Vec<PoolDoc> = pools
+        .iter()
+        .map(|p| PoolDoc {
+            name: p.name.clone(),
+            holding: p.view().blind(now),
+            gpu: source_doc(p.gpu_kind.to_owned(), &lock(&p.gpu), now),
+            engine: p
+                .engine
+                .as_ref()
+                .map(|e| source_doc(p.engine_label.clone().unwrap_or_default(), &lock(e), now)),
+        })
+        .collect();
+    let t = lock(ticks);
+    let doc = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "listen": listen.to_string(),
+        "started_at_ms": started.get(),
+        "now_ms": now.get(),
+        "pools": pool_docs,
+        "ticks": t.ticks,
+        "shutting_down": t.shutting_down,
+        "last_tick_seconds": t.last_tick_seconds,
+        "last_tick_error": t.last_tick_error,
+        "last_tick": t.last_tick,
+    });
+    let mut s =
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+/// Run `run`.
 ///
 /// # Errors
 ///
-/// Always, until the command lands.
-pub fn run(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not built yet")
+/// Config, telemetry set-up, lock, listen or state failures (see the module doc for exit
+/// codes).
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let setup = setup::load(&args.config)?;
+    let policy = setup.policy.clone();
+    let pools = sources::build(&setup.config)?;
+    let board_path = setup.board_path()?;
+    let dispatcher = setup.dispatcher()?;
+    let state_dir = setup.state_dir.clone();
+    let Some(lock_file) = try_lock(&state_dir)? else {
+        anyhow::bail!(
+            "another kanban-governor holds {}; one governor per board: stop it (or its cron `tick`) first",
+            state_dir.join(LOCK_FILE_NAME).display()
+        );
+    };
+    let listener = metrics_http::bind(args.listen).map_err(|e| usage(e.to_string()))?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    let mut store = JsonStateFile::in_dir(&state_dir);
+    let state = store
+        .load()
+        .map_err(anyhow::Error::from_boxed)
+        .context("loading the governor state")?;
+    let views = pools.iter().map(|p| (p.view(), p.baseline)).collect();
+    let ticker = Ticker {
+        policy: policy.clone(),
+        board: SqliteBoard::new(&board_path),
+        dispatcher,
+        store,
+        state,
+        probe: LocalWorkerProbe::for_this_host(),
+        views,
+        setup: setup.clone(),
+    };
+    let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .thread_keep_alive(Duration::from_secs(30))
+        .build()
+        .context("starting the async runtime")?;
+    // The engine sources own blocking HTTP clients (each with its own small runtime), which
+    // must not be dropped inside the daemon's runtime: this clone outlives every other.
+    let pools = Arc::new(pools);
+    let daemon = Daemon {
+        policy,
+        pools: pools.clone(),
+        metrics: Arc::new(Metrics::new()),
+        ticks: Arc::new(Mutex::new(TickStatus::default())),
+        sample_every: args.sample_every,
+        tick_every,
+        board_path,
+        listen,
+    };
+    let result = rt.block_on(daemon.run(listener, ticker));
+    // Samplers may sit in an engine read (bounded by its timeout); nothing they do writes.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    drop(pools);
+    drop(lock_file);
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+struct Daemon {
+    policy: Policy,
+    pools: Arc<Vec<SampledPool>>,
+    metrics: Arc<Metrics>,
+    ticks: Arc<Mutex<TickStatus>>,
+    sample_every: Duration,
+    tick_every: Duration,
+    board_path: PathBuf,
+    listen: SocketAddr,
+}
+
+/// Read every source once, concurrently, and wait for all.
+async fn sample_round(pools: &Arc<Vec<SampledPool>>) {
+    let mut handles = Vec::new();
+    for i in 0..pools.len() {
+        let p = pools.clone();
+        handles.push(tokio::task::spawn_blocking(move || {
+            let pool = &p[i];
+            sources::sample_gpu(&pool.gpu_source, &pool.gpu, SystemClock.now());
+        }));
+        if pools[i].engine_source.is_some() {
+            let p = pools.clone();
+            handles.push(tokio::task::spawn_blocking(move || {
+                let pool = &p[i];
+                if let (Some(src), Some(into)) = (&pool.engine_source, &pool.engine) {
+                    sources::sample_engine(src, into, SystemClock.now());
+                }
+            }));
+        }
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// Sample one source every `every` until shutdown; log when it starts or stops failing.
+async fn sampler(
+    pools: Arc<Vec<SampledPool>>,
+    metrics: Arc<Metrics>,
+    i: usize,
+    engine: bool,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let what = if engine { "engine" } else { "GPU" };
+    let mut was_failing = false;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let p = pools.clone();
+        let failing = tokio::task::spawn_blocking(move || {
+            let pool = &p[i];
+            let now = SystemClock.now();
+            if engine {
+                if let (Some(src), Some(into)) = (&pool.engine_source, &pool.engine) {
+                    sources::sample_engine(src, into, now);
+                    return lock(into).failing().map(str::to_owned);
+                }
+                None
+            } else {
+                sources::sample_gpu(&pool.gpu_source, &pool.gpu, now);
+                lock(&pool.gpu).failing().map(str::to_owned)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Some(format!("the {what} reader panicked: {e}")));
+        let pool = &pools[i].name;
+        match (&failing, was_failing) {
+            (Some(e), false) => {
+                tracing::error!(pool = %pool, error = %e, "{what} telemetry failed; the pool holds until it reads again.");
+            }
+            (None, true) => tracing::warn!(pool = %pool, "{what} telemetry reads again."),
+            _ => {}
+        }
+        was_failing = failing.is_some();
+        metrics.observe_telemetry(&pools, SystemClock.now());
+    }
+}
+
+/// The running and waiting task ids of the board, for change detection.
+fn board_sets(board: &mut SqliteBoard) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+    let snap = board.read_board(&[]).ok()?;
+    let mut running = BTreeSet::new();
+    let mut waiting = BTreeSet::new();
+    for t in snap.tasks {
+        match t.status {
+            TaskStatus::Running => {
+                running.insert(t.id.0);
+            }
+            TaskStatus::Ready => {
+                waiting.insert(t.id.0);
+            }
+            _ => {}
+        }
+    }
+    Some((running, waiting))
+}
+
+/// Poll the board's data_version; when it moved, look whether a running task finished or a
+/// new task is ready, and if so wake the tick loop.
+async fn board_watcher(path: PathBuf, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let mut board = Some(SqliteBoard::new(path));
+    let mut version = None;
+    let mut sets: Option<(BTreeSet<String>, BTreeSet<String>)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BOARD_POLL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Some(mut b) = board.take() else { return };
+        let last = version;
+        let last_sets = sets.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let v = b.read_data_version().ok();
+            let new_sets = if v.is_some() && v != last {
+                board_sets(&mut b)
+            } else {
+                None
+            };
+            (b, v, new_sets)
+        })
+        .await;
+        let Ok((b, v, new_sets)) = joined else { return };
+        board = Some(b);
+        if v.is_none() || v == last {
+            continue;
+        }
+        version = v;
+        if let Some(now) = new_sets {
+            if let Some((run_before, wait_before)) = &last_sets {
+                let finished = run_before.difference(&now.0).next().is_some();
+                let arrived = now.1.difference(wait_before).next().is_some();
+                if finished || arrived {
+                    tracing::debug!(finished, arrived, "Board changed; ticking now.");
+                    wake.notify_one();
+                }
+            }
+            sets = Some(now);
+        }
+    }
+}
+
+impl Daemon {
+    async fn run(self, listener: std::net::TcpListener, ticker: Ticker) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Handlers are registered here, before anything else starts, so an early SIGTERM is
+        // ours (not the default action, which would kill the process mid-tick).
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("watching for SIGINT")?;
+        let signals = {
+            let stop_tx = stop_tx.clone();
+            let ticks = self.ticks.clone();
+            tokio::spawn(async move {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                tracing::warn!("{name}: finishing the tick in progress, then stopping.");
+                lock(&ticks).shutting_down = true;
+                let _ = stop_tx.send(true);
+            })
+        };
+
+        let started = SystemClock.now();
+        let handler: Handler = {
+            let metrics = self.metrics.clone();
+            let pools = self.pools.clone();
+            let ticks = self.ticks.clone();
+            let listen = self.listen;
+            Arc::new(move |path: &str| match path {
+                "/metrics" => Answer::ok(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                ),
+                "/status" => Answer::ok(
+                    "application/json",
+                    status_json(&pools, &ticks, listen, started),
+                ),
+                "/" => Answer::text(200, "kanban-governor: /metrics, /status\n"),
+                _ => Answer::text(404, "not found; try /metrics or /status\n"),
+            })
+        };
+        let server = tokio::spawn(metrics_http::serve(listener, handler, stop_rx.clone()));
+        println!(
+            "kanban-governor run: serving http://{}/metrics and http://{}/status (pid {})",
+            self.listen,
+            self.listen,
+            std::process::id()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+
+        // First samples before the first tick, so it does not hold for want of them.
+        sample_round(&self.pools).await;
+        self.metrics
+            .observe_telemetry(&self.pools, SystemClock.now());
+        let mut tasks = Vec::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            for engine in [false, true] {
+                if engine && p.engine_source.is_none() {
+                    continue;
+                }
+                tasks.push(tokio::spawn(sampler(
+                    self.pools.clone(),
+                    self.metrics.clone(),
+                    i,
+                    engine,
+                    self.sample_every,
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        let wake = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(board_watcher(
+            self.board_path.clone(),
+            wake.clone(),
+            stop_rx.clone(),
+        )));
+
+        let result = self.tick_loop(ticker, &wake, stop_rx.clone()).await;
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        signals.abort();
+        if let Ok(Err(e)) = server.await {
+            tracing::warn!(error = %e, "The /metrics server stopped with an error.");
+        }
+        result
+    }
+
+    async fn tick_loop(
+        &self,
+        ticker: Ticker,
+        wake: &Notify,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut interval = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.tick_every,
+            self.tick_every,
+        );
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = Box::new(ticker);
+        let mut trigger = "start";
+        loop {
+            let started = Instant::now();
+            let latency_limit = None;
+            let (t, result) = tokio::task::spawn_blocking(move || {
+                let r = ticker.tick(latency_limit);
+                (ticker, r)
+            })
+            .await
+            .context("the tick panicked; the state saved after the previous tick is intact")?;
+            ticker = t;
+            let seconds = started.elapsed().as_secs_f64();
+            self.record(trigger, seconds, result, latency_limit);
+            if *stop.borrow() {
+                break;
+            }
+            trigger = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                _ = interval.tick() => "interval",
+                _ = wake.notified() => {
+                    interval.reset();
+                    "board"
+                }
+            };
+        }
+        tracing::warn!("Stopped after a complete tick; state saved.");
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        trigger: &str,
+        seconds: f64,
+        result: Result<TickReport, PortError>,
+        latency_limit: Option<u32>,
+    ) {
+        let mut t = lock(&self.ticks);
+        t.ticks += 1;
+        t.last_tick_seconds = Some(seconds);
+        match result {
+            Ok(report) => {
+                for e in &report.observed.telemetry_errors {
+                    tracing::warn!(error = %e, "Holding: telemetry unavailable.");
+                }
+                if !report.released.is_empty() || !report.leaks.is_empty() {
+                    tracing::info!("{}", report.summary());
+                } else {
+                    tracing::debug!("{}", report.summary());
+                }
+                self.metrics
+                    .observe_tick(&self.policy, &report, trigger, seconds, latency_limit);
+                t.last_tick = Some(report);
+                t.last_tick_error = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Tick failed; nothing was done.");
+                self.metrics.observe_failed_tick(trigger, seconds);
+                t.last_tick_error = Some(e.to_string());
+            }
+        }
+    }
 }

@@ -190,6 +190,12 @@ pub struct Hermes {
 impl Hermes {
     /// `hermes kanban init`, then each profile created and pointed at `model`.
     pub fn new(profiles: &[&str], model: &FakeModel) -> Hermes {
+        Self::with_base_url(profiles, &model.base_url())
+    }
+
+    /// `hermes kanban init`, then each profile created and pointed at the OpenAI-compatible
+    /// server at `base_url` (`http://127.0.0.1:<port>/v1`).
+    pub fn with_base_url(profiles: &[&str], base_url: &str) -> Hermes {
         let h = Hermes {
             home: tempfile::tempdir().unwrap(),
             bin: hermes_bin(),
@@ -199,7 +205,7 @@ impl Hermes {
             h.run(&["profile", "create", p, "--no-alias", "--no-skills"]);
             for (k, v) in [
                 ("model.provider", "custom".to_owned()),
-                ("model.base_url", model.base_url()),
+                ("model.base_url", base_url.to_owned()),
                 ("model.default", "fake-model".to_owned()),
                 ("model.context_length", "131072".to_owned()),
                 ("security.tirith_enabled", "false".to_owned()),

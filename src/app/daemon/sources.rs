@@ -1,0 +1,402 @@
+//! The daemon's telemetry: every pool's GPU and engine source sampled on its own schedule,
+//! the latest result of each kept with its age ("freshness per source"), and a view of them
+//! that the tick reads as its [`GpuTelemetry`]/[`EngineTelemetry`] ports.
+//!
+//! Fail closed: the view of a pool answers an error (the pool holds as `Stale`) when its GPU
+//! source's latest read failed, when its engine's latest read failed, or when the engine's
+//! latest good reading is older than `max_staleness`. A good GPU sample keeps the time it was
+//! taken, so `decide` itself holds a pool whose GPU samples stopped coming.
+
+use crate::adapters::nvml::{GpuSelector as NvmlGpu, NvmlLibrary};
+use crate::adapters::telemetry::{self, EngineSource, GpuSource, PoolTelemetry};
+use crate::config::{self, Config, GpuSelector, Source, Telemetry};
+use crate::error::UsageError;
+use crate::governor::{Bytes, GpuSample, Millis};
+use crate::ports::{EngineReading, EngineTelemetry, GpuTelemetry, PortError};
+use serde::Serialize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The latest result of one source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceState<T> {
+    /// The latest good reading and when it was taken.
+    pub last_ok: Option<(Millis, T)>,
+    /// The latest failure and when it happened.
+    pub last_error: Option<(Millis, String)>,
+    /// Reads so far.
+    pub reads: u64,
+    /// Failed reads so far.
+    pub errors: u64,
+}
+
+impl<T> Default for SourceState<T> {
+    fn default() -> Self {
+        SourceState {
+            last_ok: None,
+            last_error: None,
+            reads: 0,
+            errors: 0,
+        }
+    }
+}
+
+impl<T> SourceState<T> {
+    /// Record one read's result, taken at `at`.
+    pub fn record(&mut self, at: Millis, r: Result<T, String>) {
+        self.reads += 1;
+        match r {
+            Ok(v) => self.last_ok = Some((at, v)),
+            Err(e) => {
+                self.errors += 1;
+                self.last_error = Some((at, e));
+            }
+        }
+    }
+
+    /// The error of the latest read, if the latest read failed.
+    pub fn failing(&self) -> Option<&str> {
+        match (&self.last_ok, &self.last_error) {
+            (Some((ok, _)), Some((err, e))) if err >= ok => Some(e),
+            (None, Some((_, e))) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// How old the latest good reading is at `now` (`None`: never read).
+    pub fn age(&self, now: Millis) -> Option<Millis> {
+        self.last_ok.as_ref().map(|(at, _)| now.since(*at))
+    }
+}
+
+/// A source's shared state.
+pub type Shared<T> = Arc<Mutex<SourceState<T>>>;
+
+/// Lock a source's state. A panic while it was held cannot leave it half-written (every
+/// write is one assignment), so a poisoned lock is used as is.
+pub fn lock<T>(s: &Mutex<T>) -> MutexGuard<'_, T> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One pool's sources and their latest results.
+pub struct SampledPool {
+    /// The pool's name.
+    pub name: String,
+    /// What its GPU source is (`nvml`, `host`, `static`, `replay`).
+    pub gpu_kind: &'static str,
+    /// The engine's URL (or `replay`), when one is read.
+    pub engine_label: Option<String>,
+    /// The GPU source (read on the blocking pool).
+    pub gpu_source: Arc<Mutex<Box<dyn GpuTelemetry + Send>>>,
+    /// The engine source.
+    pub engine_source: Option<Arc<Mutex<Box<dyn EngineTelemetry + Send>>>>,
+    /// Latest GPU result.
+    pub gpu: Shared<GpuSample>,
+    /// Latest engine result.
+    pub engine: Option<Shared<EngineReading>>,
+    /// What the GPU holds with no governed task, when configured.
+    pub baseline: Option<Bytes>,
+    /// `engine.max_staleness` of the pool.
+    pub max_staleness: Millis,
+}
+
+impl std::fmt::Debug for SampledPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampledPool")
+            .field("name", &self.name)
+            .field("gpu_kind", &self.gpu_kind)
+            .field("engine_label", &self.engine_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SampledPool {
+    /// Wrap built sources.
+    pub fn new(
+        name: &str,
+        gpu_kind: &'static str,
+        engine_label: Option<String>,
+        t: PoolTelemetry,
+        baseline: Option<Bytes>,
+        max_staleness: Millis,
+    ) -> SampledPool {
+        let has_engine = t.engine.is_some();
+        SampledPool {
+            name: name.to_owned(),
+            gpu_kind,
+            engine_label: engine_label.filter(|_| has_engine),
+            gpu_source: Arc::new(Mutex::new(t.gpu)),
+            engine_source: t.engine.map(|e| Arc::new(Mutex::new(e))),
+            gpu: Arc::default(),
+            engine: has_engine.then(Arc::default),
+            baseline: baseline.or(t.baseline),
+            max_staleness,
+        }
+    }
+
+    /// The view the tick reads.
+    pub fn view(&self) -> PoolView {
+        PoolView {
+            gpu: self.gpu.clone(),
+            engine: self.engine.clone(),
+            max_staleness: self.max_staleness,
+        }
+    }
+}
+
+/// Read the GPU source once (blocking) and record the result.
+pub fn sample_gpu(
+    source: &Mutex<Box<dyn GpuTelemetry + Send>>,
+    into: &Mutex<SourceState<GpuSample>>,
+    now: Millis,
+) {
+    let r = lock(source).read_gpu(now).map_err(|e| e.to_string());
+    lock(into).record(now, r);
+}
+
+/// Read the engine source once (blocking) and record the result.
+pub fn sample_engine(
+    source: &Mutex<Box<dyn EngineTelemetry + Send>>,
+    into: &Mutex<SourceState<EngineReading>>,
+    now: Millis,
+) {
+    let r = lock(source).read_engine(now).map_err(|e| e.to_string());
+    lock(into).record(now, r);
+}
+
+/// What the tick sees of one pool: the latest samples, or an error that makes it hold.
+#[derive(Debug, Clone)]
+pub struct PoolView {
+    gpu: Shared<GpuSample>,
+    engine: Option<Shared<EngineReading>>,
+    max_staleness: Millis,
+}
+
+/// Telemetry the daemon cannot use right now (the pool holds).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unseen(pub String);
+
+impl PoolView {
+    /// Why this pool must hold at `now`, if it must: a failing or never-read source, or
+    /// engine metrics older than `max_staleness`.
+    pub fn blind(&self, now: Millis) -> Option<String> {
+        let g = lock(&self.gpu);
+        if let Some(e) = g.failing() {
+            return Some(format!("GPU: {e}"));
+        }
+        if g.last_ok.is_none() {
+            return Some("GPU: no sample yet".into());
+        }
+        drop(g);
+        if let Some(engine) = &self.engine {
+            let e = lock(engine);
+            if let Some(err) = e.failing() {
+                return Some(format!("engine: {err}"));
+            }
+            match e.age(now) {
+                None => return Some("engine: no reading yet".into()),
+                Some(age) if age > self.max_staleness => {
+                    return Some(format!(
+                        "engine metrics {age} old (max_staleness {})",
+                        self.max_staleness
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+}
+
+impl GpuTelemetry for PoolView {
+    fn read_gpu(&mut self, now: Millis) -> Result<GpuSample, PortError> {
+        if let Some(why) = self.blind(now) {
+            return Err(Box::new(Unseen(why)));
+        }
+        lock(&self.gpu)
+            .last_ok
+            .as_ref()
+            .map(|(_, s)| *s)
+            .ok_or_else(|| Box::new(Unseen("GPU: no sample yet".into())) as PortError)
+    }
+}
+
+/// The engine part of a [`PoolView`].
+#[derive(Debug, Clone)]
+pub struct EngineView(pub Shared<EngineReading>);
+
+impl EngineTelemetry for EngineView {
+    fn read_engine(&mut self, _now: Millis) -> Result<EngineReading, PortError> {
+        let s = lock(&self.0);
+        if let Some(e) = s.failing() {
+            return Err(Box::new(Unseen(e.to_owned())));
+        }
+        s.last_ok
+            .as_ref()
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| Box::new(Unseen("no reading yet".into())) as PortError)
+    }
+}
+
+impl PoolView {
+    /// The engine view, when the pool reads an engine.
+    pub fn engine(&self) -> Option<EngineView> {
+        self.engine.clone().map(EngineView)
+    }
+}
+
+fn millis(d: std::time::Duration) -> Millis {
+    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn explicit(cfg: &Config, key: &str) -> bool {
+    cfg.sources
+        .get(key)
+        .is_some_and(|s| !matches!(s, Source::Default))
+}
+
+/// Build every pool's sources from the config. NVML is opened here (a missing library is a
+/// usage error naming `telemetry = "static"`); engines are not contacted yet.
+///
+/// An engine is read when the config gives its `engine.url`, or when the GPU is real (`nvml`,
+/// `host`), where the kind's default URL is the likely one. A `static` or `replay` pool
+/// without `engine.url` reads none (its `engine.kind` still says how KV is charged).
+///
+/// # Errors
+///
+/// A [`UsageError`] naming the pool and the fix.
+pub fn build(cfg: &Config) -> Result<Vec<SampledPool>, UsageError> {
+    cfg.pools
+        .iter()
+        .map(|p| {
+            let prefix = if p.name == config::DEFAULT_POOL
+                && !cfg.sources.keys().any(|k| k.starts_with("pools.default."))
+            {
+                String::new()
+            } else {
+                format!("pools.{}.", p.name)
+            };
+            let (gpu, kind) = match &p.gpu.telemetry {
+                Telemetry::Nvml => (
+                    GpuSource::Nvml {
+                        library: NvmlLibrary::from_env(),
+                        gpus: p
+                            .gpu
+                            .devices
+                            .iter()
+                            .map(|d| match d {
+                                GpuSelector::Index(i) => NvmlGpu::Index(*i),
+                                GpuSelector::Uuid(u) => NvmlGpu::Uuid(u.clone()),
+                            })
+                            .collect(),
+                    },
+                    "nvml",
+                ),
+                Telemetry::Host => (GpuSource::Host, "host"),
+                Telemetry::Static => (
+                    GpuSource::Static {
+                        memory_total: p.gpu.memory_total.ok_or_else(|| {
+                            UsageError(format!(
+                                "pool {}: {prefix}gpu.memory_total is missing; static telemetry needs it, e.g. memory_total = \"24GiB\"",
+                                p.name
+                            ))
+                        })?,
+                        baseline: p.gpu.baseline.unwrap_or(Bytes(0)),
+                    },
+                    "static",
+                ),
+                Telemetry::Replay(path) => (GpuSource::Replay(path.clone()), "replay"),
+            };
+            let engine_named = explicit(cfg, &format!("{prefix}engine.url"));
+            let real_gpu = matches!(p.gpu.telemetry, Telemetry::Nvml | Telemetry::Host);
+            let engine = (engine_named || real_gpu).then(|| {
+                let kind = crate::app::setup::http_engine_kind(p.engine.kind);
+                EngineSource::new(kind, &p.engine.url)
+            });
+            let t = telemetry::build_pool(&p.name, &gpu, engine.as_ref())?;
+            // A replay that recorded the engine replays it (build_pool ignores `engine` then).
+            let label = match (&p.gpu.telemetry, &engine) {
+                (Telemetry::Replay(_), _) | (_, None) => "replay".to_owned(),
+                (_, Some(e)) => e.url.clone(),
+            };
+            Ok(SampledPool::new(
+                &p.name,
+                kind,
+                Some(label),
+                t,
+                p.gpu.baseline,
+                millis(p.engine.max_staleness),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared<T>() -> Shared<T> {
+        Arc::default()
+    }
+
+    #[test]
+    fn a_failed_latest_read_blinds_the_pool_until_a_good_one() {
+        let gpu = shared::<GpuSample>();
+        let view = PoolView {
+            gpu: gpu.clone(),
+            engine: None,
+            max_staleness: Millis::secs(5),
+        };
+        assert!(view.blind(Millis(0)).unwrap().contains("no sample yet"));
+        let s = GpuSample {
+            at: Millis(1_000),
+            total: Bytes::gib(24),
+            used: Bytes::gib(4),
+            free: Bytes::gib(20),
+        };
+        lock(&gpu).record(Millis(1_000), Ok(s));
+        assert_eq!(view.clone().read_gpu(Millis(1_500)).unwrap(), s);
+        lock(&gpu).record(Millis(2_000), Err("nvml: GPU lost".into()));
+        let err = view.clone().read_gpu(Millis(2_100)).unwrap_err();
+        assert!(err.to_string().contains("GPU lost"), "{err}");
+        lock(&gpu).record(Millis(3_000), Ok(s));
+        assert!(view.blind(Millis(3_000)).is_none());
+        assert_eq!(lock(&gpu).errors, 1);
+        assert_eq!(lock(&gpu).reads, 3);
+    }
+
+    #[test]
+    fn stale_or_failing_engine_metrics_blind_the_pool() {
+        let gpu = shared::<GpuSample>();
+        let engine = shared::<EngineReading>();
+        let view = PoolView {
+            gpu: gpu.clone(),
+            engine: Some(engine.clone()),
+            max_staleness: Millis::secs(5),
+        };
+        let s = GpuSample {
+            at: Millis(0),
+            total: Bytes::gib(24),
+            used: Bytes::gib(4),
+            free: Bytes::gib(20),
+        };
+        lock(&gpu).record(Millis(0), Ok(s));
+        assert!(
+            view.blind(Millis(0))
+                .unwrap()
+                .contains("engine: no reading")
+        );
+        lock(&engine).record(Millis(0), Ok(EngineReading::default()));
+        assert!(view.blind(Millis(5_000)).is_none());
+        let why = view.blind(Millis(5_001)).unwrap();
+        assert!(why.contains("engine metrics 5001ms old"), "{why}");
+        lock(&engine).record(Millis(6_000), Err("cannot connect".into()));
+        lock(&gpu).record(Millis(6_000), Ok(s));
+        assert!(
+            view.blind(Millis(6_000))
+                .unwrap()
+                .contains("cannot connect")
+        );
+        assert!(view.engine().unwrap().read_engine(Millis(6_000)).is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! `kanban-governor run` as a process: start-up errors and their exit codes, and a static-GPU
+//! daemon governing a real Hermes board (hermes-agent 0.19.0, real workers, a fake model
+//! server) until every task is done, then stopping cleanly on SIGTERM.
+//!
+//! Every wait polls with a deadline; nothing sleeps a fixed time to "let it work".
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use common::{FakeModel, Hermes, hermes_bin, wait_for};
+use daemon::{Daemon, DaemonConfig, metric};
+use std::sync::Mutex;
+use std::time::Duration;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const STATIC_GPU: &str = "[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"ollama\"";
+
+#[test]
+fn nvml_telemetry_without_the_library_exits_2_naming_static_and_replay() {
+    let home = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::new(
+        &hermes_bin(),
+        home.path(),
+        "5s",
+        "[gpu]\ntelemetry = \"nvml\"\n\n[engine]\nkind = \"vllm\"\nkv_capacity_tokens = 100000",
+        &[],
+    );
+    let out = cfg
+        .command(
+            &[],
+            &[("KANBAN_GOVERNOR_NVML_LIB", "/nonexistent/libnvidia-ml.so.1")],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("telemetry = \"static\""), "{stderr}");
+    assert!(stderr.contains("replay"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/libnvidia-ml.so.1"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "it served nothing");
+}
+
+#[test]
+fn a_listen_port_in_use_exits_2_naming_listen() {
+    let _s = serial();
+    let model = FakeModel::start(Duration::ZERO);
+    let h = Hermes::new(&["small"], &model);
+    let cfg = DaemonConfig::new(
+        &h.bin,
+        h.path(),
+        "5s",
+        STATIC_GPU,
+        &[("small", "128KiB", 24576)],
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let out = cfg.command(&["--listen", &port], &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("--listen {port}")), "{stderr}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_exits_1_and_the_first_keeps_serving() {
+    let _s = serial();
+    let model = FakeModel::start(Duration::ZERO);
+    let h = Hermes::new(&["small"], &model);
+    let cfg = DaemonConfig::new(
+        &h.bin,
+        h.path(),
+        "5s",
+        STATIC_GPU,
+        &[("small", "128KiB", 24576)],
+    );
+    let mut first = Daemon::start(cfg.command(&[], &[]));
+    let out = cfg.command(&[], &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tick.lock"), "{stderr}");
+    // cron `tick` on the same state dir sees the daemon's lock too.
+    assert_eq!(first.get("/metrics").0, 200);
+    first.signal(rustix::process::Signal::TERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn the_daemon_runs_a_real_board_to_done_under_the_ceiling_and_stops_on_sigterm() {
+    let _s = serial();
+    let model = FakeModel::start(Duration::from_millis(1500));
+    let h = Hermes::new(&["big", "small"], &model);
+    // 24 GiB, 4 GiB baseline: 20 GiB for tasks; big = 8 GiB, small = 3 GiB.
+    let cfg = DaemonConfig::new(
+        &h.bin,
+        h.path(),
+        "30s",
+        STATIC_GPU,
+        &[("big", "128KiB", 65536), ("small", "128KiB", 24576)],
+    );
+    let mut ids = Vec::new();
+    for (i, a) in [
+        "big@gpu",
+        "big@gpu",
+        "big@gpu",
+        "small@gpu",
+        "small",
+        "small@gpu",
+    ]
+    .iter()
+    .enumerate()
+    {
+        ids.push(h.create(&format!("task {i}"), a, 0, &[]));
+    }
+    // A 30 s interval: after the first tick, releases come from the board watcher (a task
+    // finished), not from the interval.
+    let mut d = Daemon::start(cfg.command(&[], &[]));
+    let gib = 1u64 << 30;
+    let mut peak = 0;
+    wait_for(Duration::from_secs(240), "every task done", || {
+        let tasks = h.tasks();
+        let sum: u64 = tasks
+            .iter()
+            .filter(|t| t.status == "running")
+            .map(|t| match t.assignee.as_deref() {
+                Some("big") => 8 * gib,
+                Some("small") => 3 * gib,
+                other => panic!("{other:?} runs ungoverned"),
+            })
+            .sum();
+        assert!(sum <= 20 * gib, "{} GiB running: {tasks:?}", sum / gib);
+        peak = peak.max(sum);
+        tasks.iter().all(|t| t.status == "done").then_some(())
+    });
+    assert!(
+        peak >= 16 * gib,
+        "tasks ran side by side: peak {}",
+        peak / gib
+    );
+    // The last completion is seen by the board watcher: the status settles without waiting
+    // for the 30 s interval.
+    let status = wait_for(Duration::from_secs(20), "a tick that saw all done", || {
+        let s = d.status();
+        (s["last_tick"]["observed"]["observation"]["running"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            && s["last_tick"]["observed"]["observation"]["waiting"]
+                .as_array()
+                .is_some_and(Vec::is_empty))
+        .then_some(s)
+    });
+    assert_eq!(status["pools"][0]["gpu"]["source"], "static");
+    assert_eq!(status["pools"][0]["holding"], serde_json::Value::Null);
+    let m = d.metrics();
+    let released = metric(
+        &m,
+        "kanban_governor_dispatch_outcomes_total",
+        "outcome=\"released\"",
+    )
+    .unwrap();
+    assert_eq!(released, ids.len() as f64, "{m}");
+    assert_eq!(metric(&m, "kanban_governor_leaks_total", ""), Some(0.0));
+    assert!(
+        metric(
+            &m,
+            "kanban_governor_ticks_total",
+            "trigger=\"board\",result=\"ok\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "kanban_governor_decisions_total",
+            "reason=\"vram_headroom\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "kanban_governor_gpu_total_bytes", "pool=\"default\""),
+        Some((24 * gib) as f64)
+    );
+    assert_eq!(
+        metric(&m, "kanban_governor_ceiling_bytes", "pool=\"default\""),
+        Some((24 * gib) as f64)
+    );
+    assert_eq!(
+        metric(&m, "kanban_governor_tasks_running", "profile=\"big\""),
+        Some(0.0)
+    );
+    assert!(!m.contains("\"t_"), "no task ids in labels: {m}");
+    d.signal(rustix::process::Signal::TERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.state_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["counters"]["released"], ids.len());
+    assert!(
+        state["in_flight"].as_object().unwrap().is_empty(),
+        "{state}"
+    );
+}
