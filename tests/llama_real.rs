@@ -60,6 +60,9 @@ impl Llama {
             .arg(&model)
             .args(["-c", "8192", "-np", "4", "--metrics", "--host", "127.0.0.1"])
             .args(["--port", &port.to_string(), "-t", "2"])
+            // Enough HTTP threads that streaming load never starves the telemetry reads (the
+            // default is sized from the core count, which on a 2-core host is below the load).
+            .args(["--threads-http", "16"])
             .stdin(Stdio::null())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
@@ -180,10 +183,11 @@ fn real_llama_server_reports_slots_context_load_and_first_token_latency() {
         "llama.cpp has no TTFT histogram: probed"
     );
 
-    // Loaded: 8 long requests on 4 slots. Poll (bounded) until all slots are busy, the rest
+    // Loaded: 6 long requests on 4 slots. Poll (bounded) until all slots are busy, the rest
     // wait and the busy slots hold context (/slots and /metrics are read one after the
-    // other, so one read can catch a slot between requests).
-    let _load: Vec<_> = (0..8).map(|_| load(&llama.url, 120)).collect();
+    // other, so one read can catch a slot between requests). Each request generates 400
+    // tokens so the busy-and-queued window lasts seconds even on a fast host.
+    let load_threads: Vec<_> = (0..6).map(|_| load(&llama.url, 400)).collect();
     let mut no_probe = HttpEngine::new(
         EngineKind::Llamacpp,
         &llama.url,
@@ -201,8 +205,10 @@ fn real_llama_server_reports_slots_context_load_and_first_token_latency() {
             break r;
         }
         assert!(
-            Instant::now() < deadline,
-            "the server never showed 4 busy slots and a queue: {r:?}"
+            Instant::now() < deadline && !load_threads.iter().all(|t| t.is_finished()),
+            "the server never showed 4 busy slots and a queue (load finished: {}): {r:?}\n{}",
+            load_threads.iter().all(|t| t.is_finished()),
+            llama.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
