@@ -55,6 +55,8 @@ use tokio::sync::{Notify, watch};
 
 /// Where `/metrics` and `/status` are served unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+/// The shortest `--sample-every` or `--interval` accepted (a zero period would spin).
+pub const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// How often the board's `PRAGMA data_version` is polled for finished tasks.
 pub const BOARD_POLL: Duration = Duration::from_millis(250);
 
@@ -261,6 +263,12 @@ fn status_json(
 /// Config, telemetry set-up, lock, listen or state failures (see the module doc for exit
 /// codes).
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.sample_every < MIN_PERIOD || args.interval.is_some_and(|i| i < MIN_PERIOD) {
+        return Err(usage(format!(
+            "--sample-every and --interval must be at least {}; e.g. --sample-every 1s",
+            humantime::format_duration(MIN_PERIOD)
+        )));
+    }
     let setup = setup::load(&args.config)?;
     let policy = setup.policy.clone();
     let pools = sources::build(&setup.config)?;
