@@ -50,6 +50,19 @@ fn nvml_telemetry_without_the_library_exits_2_naming_static_and_replay() {
 }
 
 #[test]
+fn a_zero_sample_period_exits_2_naming_the_flag() {
+    let home = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::new(&hermes_bin(), home.path(), "5s", STATIC_GPU, &[]);
+    let out = cfg
+        .command(&["--sample-every", "0s"], &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--sample-every"), "{stderr}");
+}
+
+#[test]
 fn a_listen_port_in_use_exits_2_naming_listen() {
     let _s = serial();
     let model = FakeModel::start(Duration::ZERO);

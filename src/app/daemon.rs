@@ -20,6 +20,7 @@
 //! the lock), 2 usage or config error (bad config, no NVML library with `telemetry = "nvml"`,
 //! `--listen` unavailable).
 
+pub mod latency;
 pub mod metrics;
 pub mod sources;
 
@@ -34,9 +35,11 @@ use crate::app::state::GovernorState;
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
 use crate::config::ConfigArgs;
 use crate::error::UsageError;
+use crate::governor::limit::ConcurrencyLimit;
 use crate::governor::{Bytes, Millis, Policy};
 use crate::ports::{
-    Clock, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard, TaskStatus,
+    Clock, EngineReading, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard,
+    TaskStatus,
 };
 use anyhow::Context;
 use metrics::Metrics;
@@ -52,6 +55,8 @@ use tokio::sync::{Notify, watch};
 
 /// Where `/metrics` and `/status` are served unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+/// The shortest `--sample-every` or `--interval` accepted (a zero period would spin).
+pub const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// How often the board's `PRAGMA data_version` is polled for finished tasks.
 pub const BOARD_POLL: Duration = Duration::from_millis(250);
 
@@ -87,10 +92,48 @@ struct Ticker {
     views: Vec<(PoolView, Option<Bytes>)>,
     /// The config, for the gateway-dispatcher check before each tick.
     setup: Setup,
+    /// The latency limit, fed from engine readings (`None`: no latency control).
+    limit: Option<Box<dyn ConcurrencyLimit + Send>>,
+    /// Per pool, the engine reading last fed to the limit.
+    last_engine: Vec<Option<EngineReading>>,
+}
+
+/// The latency limit for this config. `None` until the AIMD limit of `governor::limit`
+/// exists: then it is built here from `[latency]` and fed by [`Ticker::feed_limit`].
+fn latency_limit(_setup: &Setup) -> Option<Box<dyn ConcurrencyLimit + Send>> {
+    None
 }
 
 impl Ticker {
-    fn tick(&mut self, latency_limit: Option<u32>) -> Result<TickReport, PortError> {
+    /// Feed the engine readings that arrived since the last tick to the latency limit; the
+    /// limit now in force.
+    fn feed_limit(&mut self) -> Option<u32> {
+        let limit = self.limit.as_mut()?;
+        let in_flight = u32::try_from(self.state.last_running.len()).unwrap_or(u32::MAX);
+        for (i, (view, _)) in self.views.iter().enumerate() {
+            let Some(cur) = view.latest_engine() else {
+                continue;
+            };
+            let prev = self.last_engine.get(i).and_then(Option::as_ref);
+            if prev.is_some_and(|p| p.sample.at >= cur.sample.at) {
+                continue;
+            }
+            if let Some(s) = latency::sample_of(prev, &cur, in_flight) {
+                limit.on_sample(s);
+            }
+            if let Some(slot) = self.last_engine.get_mut(i) {
+                *slot = Some(cur);
+            }
+        }
+        Some(limit.limit())
+    }
+
+    fn tick(&mut self) -> (Option<u32>, Result<TickReport, PortError>) {
+        let latency_limit = self.feed_limit();
+        (latency_limit, self.tick_with(latency_limit))
+    }
+
+    fn tick_with(&mut self, latency_limit: Option<u32>) -> Result<TickReport, PortError> {
         let clock = SystemClock;
         let mut gpus: Vec<PoolView> = self.views.iter().map(|(v, _)| v.clone()).collect();
         let mut engines: Vec<Option<EngineView>> =
@@ -220,6 +263,12 @@ fn status_json(
 /// Config, telemetry set-up, lock, listen or state failures (see the module doc for exit
 /// codes).
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.sample_every < MIN_PERIOD || args.interval.is_some_and(|i| i < MIN_PERIOD) {
+        return Err(usage(format!(
+            "--sample-every and --interval must be at least {}; e.g. --sample-every 1s",
+            humantime::format_duration(MIN_PERIOD)
+        )));
+    }
     let setup = setup::load(&args.config)?;
     let policy = setup.policy.clone();
     let pools = sources::build(&setup.config)?;
@@ -248,6 +297,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         state,
         probe: LocalWorkerProbe::for_this_host(),
         views,
+        limit: latency_limit(&setup),
+        last_engine: vec![None; pools.len()],
         setup: setup.clone(),
     };
     let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
@@ -529,9 +580,8 @@ impl Daemon {
         let mut trigger = "start";
         loop {
             let started = Instant::now();
-            let latency_limit = None;
-            let (t, result) = tokio::task::spawn_blocking(move || {
-                let r = ticker.tick(latency_limit);
+            let (t, (latency_limit, result)) = tokio::task::spawn_blocking(move || {
+                let r = ticker.tick();
                 (ticker, r)
             })
             .await

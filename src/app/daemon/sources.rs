@@ -239,6 +239,12 @@ impl EngineTelemetry for EngineView {
 }
 
 impl PoolView {
+    /// The latest good engine reading, if the pool reads an engine and it answered once.
+    pub fn latest_engine(&self) -> Option<EngineReading> {
+        let e = lock(self.engine.as_ref()?);
+        e.last_ok.as_ref().map(|(_, r)| r.clone())
+    }
+
     /// The engine view, when the pool reads an engine.
     pub fn engine(&self) -> Option<EngineView> {
         self.engine.clone().map(EngineView)
