@@ -133,7 +133,11 @@ fn plain_dispatch_overflows_the_engine_and_the_daemon_on_the_same_workload_never
         "a Hermes request took {} tokens, more than the declared {DECLARED_TOKENS}: the test's premise is wrong",
         stats.largest_request_tokens
     );
-    assert!(peak_running >= 2, "tasks ran side by side: {peak_running}");
+    assert!(
+        peak_running >= 2,
+        "tasks ran side by side: {peak_running}; log:\n{}",
+        d.log()
+    );
     let m = wait_for(
         Duration::from_secs(20),
         "metrics after the last task",

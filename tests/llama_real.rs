@@ -2,126 +2,19 @@
 //! `/metrics` through [`HttpEngine`], the latency probe, and a loaded server showing busy and
 //! deferred slots. Also the `host` memory source while the server runs.
 //!
-//! The server comes from `KG_LLAMA_SERVER` (else `target/llama/build/bin/llama-server`) and
-//! the model from `KG_LLAMA_MODEL` (else `target/llama/model.gguf`); scripts/test builds both.
+//! The server: [`llama::Llama`] (`tests/common/llama.rs`).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "common/llama.rs"]
+mod llama;
+use llama::{Llama, load};
+
 use std::time::{Duration, Instant};
 
 use kanban_governor::adapters::engine::{EngineKind, HttpEngine, ProbeConfig};
 use kanban_governor::adapters::host_mem::HostMemory;
-use kanban_governor::adapters::http::{self, HttpClient};
 use kanban_governor::adapters::telemetry::{EngineSource, GpuSource, build_pool};
 use kanban_governor::governor::Millis;
 use kanban_governor::ports::{Clock, EngineTelemetry, GpuTelemetry, SystemClock};
-
-fn required(var: &str, fallback: &str) -> PathBuf {
-    let p = std::env::var_os(var).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(fallback),
-        PathBuf::from,
-    );
-    assert!(
-        p.is_file(),
-        "{} not found ({var} unset or wrong); run scripts/test to build llama-server and fetch the model",
-        p.display()
-    );
-    p
-}
-
-/// A running llama-server, killed on drop.
-struct Llama {
-    child: Child,
-    url: String,
-    log: tempfile::NamedTempFile,
-}
-
-impl Drop for Llama {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Llama {
-    fn start() -> Llama {
-        let bin = required("KG_LLAMA_SERVER", "target/llama/build/bin/llama-server");
-        let model = required("KG_LLAMA_MODEL", "target/llama/model.gguf");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(&bin)
-            .arg("-m")
-            .arg(&model)
-            .args(["-c", "8192", "-np", "4", "--metrics", "--host", "127.0.0.1"])
-            .args(["--port", &port.to_string(), "-t", "2"])
-            // Enough HTTP threads that streaming load never starves the telemetry reads (the
-            // default is sized from the core count, which on a 2-core host is below the load).
-            .args(["--threads-http", "16"])
-            .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut l = Llama {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        l.wait_healthy(Duration::from_secs(120));
-        l
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// Poll `/health` until it answers 200 (the model is loaded), the process exits, or the
-    /// deadline passes.
-    fn wait_healthy(&mut self, within: Duration) {
-        let client = HttpClient::new(Duration::from_secs(2)).unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("llama-server exited with {status}:\n{}", self.log());
-            }
-            if client.get(&http::join(&self.url, "/health")).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "llama-server not healthy within {within:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// Start a streamed completion of `n` tokens and read it to the end on a thread.
-fn load(url: &str, n: u32) -> std::thread::JoinHandle<()> {
-    let addr = url.trim_start_matches("http://").to_string();
-    std::thread::spawn(move || {
-        let body = format!(
-            "{{\"prompt\":\"Write a long story about a lighthouse keeper.\",\"n_predict\":{n},\"stream\":true,\"ignore_eos\":true}}"
-        );
-        let Ok(mut s) = TcpStream::connect(&addr) else {
-            return;
-        };
-        let _ = write!(
-            s,
-            "POST /completion HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let mut sink = Vec::new();
-        let _ = s.read_to_end(&mut sink);
-    })
-}
 
 #[test]
 fn real_llama_server_reports_slots_context_load_and_first_token_latency() {

@@ -35,7 +35,7 @@ use crate::app::state::GovernorState;
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
 use crate::config::ConfigArgs;
 use crate::error::UsageError;
-use crate::governor::limit::ConcurrencyLimit;
+use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit};
 use crate::governor::{Bytes, Millis, Policy};
 use crate::ports::{
     Clock, EngineReading, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard,
@@ -92,24 +92,40 @@ struct Ticker {
     views: Vec<(PoolView, Option<Bytes>)>,
     /// The config, for the gateway-dispatcher check before each tick.
     setup: Setup,
-    /// The latency limit, fed from engine readings (`None`: no latency control).
-    limit: Option<Box<dyn ConcurrencyLimit + Send>>,
+    /// The latency limit, fed from engine readings (`None`: no latency control). Kept in the
+    /// state too, so a restarted daemon resumes where it was.
+    limit: Option<Aimd>,
+    /// Tasks counted against the limit (running or released, not yet running) right after the
+    /// last tick: the load the next readings' latency was measured under.
+    in_use_after_tick: u32,
     /// Per pool, the engine reading last fed to the limit.
     last_engine: Vec<Option<EngineReading>>,
 }
 
-/// The latency limit for this config. `None` until the AIMD limit of `governor::limit`
-/// exists: then it is built here from `[latency]` and fed by [`Ticker::feed_limit`].
-fn latency_limit(_setup: &Setup) -> Option<Box<dyn ConcurrencyLimit + Send>> {
-    None
+/// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
+/// that was built from the same settings (changed settings start afresh, in slow start).
+fn latency_limit(setup: &Setup, saved: Option<&Aimd>) -> Aimd {
+    let l = &setup.config.latency;
+    let config = AimdConfig {
+        slo: Millis::from_duration(l.ttft_slo),
+        min: l.min_limit,
+        max: l.max_limit,
+        backoff: l.backoff,
+        dwell: Millis::from_duration(l.dwell),
+    };
+    let fresh = Aimd::new(config);
+    match saved {
+        Some(a) if a.config == fresh.config => a.clone(),
+        _ => fresh,
+    }
 }
 
 impl Ticker {
     /// Feed the engine readings that arrived since the last tick to the latency limit; the
     /// limit now in force.
     fn feed_limit(&mut self) -> Option<u32> {
+        let in_flight = self.in_use().max(self.in_use_after_tick);
         let limit = self.limit.as_mut()?;
-        let in_flight = u32::try_from(self.state.last_running.len()).unwrap_or(u32::MAX);
         for (i, (view, _)) in self.views.iter().enumerate() {
             let Some(cur) = view.latest_engine() else {
                 continue;
@@ -118,19 +134,46 @@ impl Ticker {
             if prev.is_some_and(|p| p.sample.at >= cur.sample.at) {
                 continue;
             }
-            if let Some(s) = latency::sample_of(prev, &cur, in_flight) {
+            let sample = latency::sample_of(prev, &cur, in_flight);
+            tracing::debug!(?sample, "Latency sample.");
+            if let Some(s) = sample {
+                let before = limit.limit();
                 limit.on_sample(s);
+                if limit.limit() != before {
+                    tracing::info!(
+                        from = before,
+                        to = limit.limit(),
+                        change = ?limit.last_change().map(|(_, c)| c),
+                        sample = ?s.outcome,
+                        in_flight,
+                        "The latency limit moved."
+                    );
+                }
             }
             if let Some(slot) = self.last_engine.get_mut(i) {
                 *slot = Some(cur);
             }
         }
+        self.state.latency_limit = Some(limit.clone());
         Some(limit.limit())
     }
 
-    fn tick(&mut self) -> (Option<u32>, Result<TickReport, PortError>) {
+    /// Governed tasks running or released and not yet running (what the limit counts).
+    fn in_use(&self) -> u32 {
+        let n = self.state.last_running.len() + self.state.in_flight.len();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// One tick under the latency limit; the limit as it stood, and the report.
+    fn tick(&mut self) -> (Option<Aimd>, Result<TickReport, PortError>) {
         let latency_limit = self.feed_limit();
-        (latency_limit, self.tick_with(latency_limit))
+        let report = self.tick_with(latency_limit);
+        // Spawned tasks left `in_flight` and were not running when the board was read.
+        let spawned = report.as_ref().map_or(0, |r| r.spawned.len());
+        self.in_use_after_tick = self
+            .in_use()
+            .saturating_add(u32::try_from(spawned).unwrap_or(u32::MAX));
+        (self.limit.clone(), report)
     }
 
     fn tick_with(&mut self, latency_limit: Option<u32>) -> Result<TickReport, PortError> {
@@ -178,6 +221,8 @@ struct TickStatus {
     last_tick_error: Option<String>,
     last_tick_seconds: Option<f64>,
     shutting_down: bool,
+    /// The AIMD latency limit at the last tick: its settings, limit and last change.
+    latency_limit: Option<Aimd>,
 }
 
 /// One source in `/status`.
@@ -248,6 +293,7 @@ fn status_json(
         "shutting_down": t.shutting_down,
         "last_tick_seconds": t.last_tick_seconds,
         "last_tick_error": t.last_tick_error,
+        "latency_limit": t.latency_limit,
         "last_tick": t.last_tick,
     });
     let mut s =
@@ -289,6 +335,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::from_boxed)
         .context("loading the governor state")?;
     let views = pools.iter().map(|p| (p.view(), p.baseline)).collect();
+    // No engine, no latency signal: a limit that never hears a sample would stay at its lower
+    // bound forever, so memory alone governs.
+    let limit = pools
+        .iter()
+        .any(|p| p.engine.is_some())
+        .then(|| latency_limit(&setup, state.latency_limit.as_ref()));
     let ticker = Ticker {
         policy: policy.clone(),
         board: SqliteBoard::new(&board_path),
@@ -297,7 +349,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         state,
         probe: LocalWorkerProbe::for_this_host(),
         views,
-        limit: latency_limit(&setup),
+        limit,
+        in_use_after_tick: 0,
         last_engine: vec![None; pools.len()],
         setup: setup.clone(),
     };
@@ -611,9 +664,11 @@ impl Daemon {
         trigger: &str,
         seconds: f64,
         result: Result<TickReport, PortError>,
-        latency_limit: Option<u32>,
+        latency_limit: Option<Aimd>,
     ) {
         let mut t = lock(&self.ticks);
+        let limit = latency_limit.as_ref().map(ConcurrencyLimit::limit);
+        t.latency_limit = latency_limit;
         t.ticks += 1;
         t.last_tick_seconds = Some(seconds);
         match result {
@@ -627,7 +682,7 @@ impl Daemon {
                     tracing::debug!("{}", report.summary());
                 }
                 self.metrics
-                    .observe_tick(&self.policy, &report, trigger, seconds, latency_limit);
+                    .observe_tick(&self.policy, &report, trigger, seconds, limit);
                 t.last_tick = Some(report);
                 t.last_tick_error = None;
             }

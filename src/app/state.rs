@@ -4,6 +4,7 @@
 //! Plain serde data, no I/O: cron mode loads it through a [`crate::ports::StateStore`], runs
 //! one tick and saves it; the daemon keeps it in memory and snapshots it through the same port.
 
+use crate::governor::limit::Aimd;
 use crate::governor::{Bytes, Millis, ProfileId, TaskId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ pub struct Counters {
 }
 
 /// Everything the governor remembers between ticks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GovernorState {
     /// Format version ([`STATE_VERSION`]).
     pub version: u32,
@@ -66,6 +67,9 @@ pub struct GovernorState {
     /// own, or a task whose worker always dies would be retried forever.
     #[serde(default)]
     pub worker_deaths: BTreeMap<TaskId, u32>,
+    /// The daemon's AIMD latency limit (`run` only; `tick` applies memory alone).
+    #[serde(default)]
+    pub latency_limit: Option<Aimd>,
 }
 
 impl Default for GovernorState {
@@ -80,6 +84,7 @@ impl Default for GovernorState {
             last_tick: None,
             last_dispatch: None,
             worker_deaths: BTreeMap::new(),
+            latency_limit: None,
         }
     }
 }

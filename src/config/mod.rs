@@ -517,7 +517,7 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 }
 
 fn millis(d: Duration) -> Millis {
-    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    Millis::from_duration(d)
 }
 
 impl Config {

@@ -86,6 +86,12 @@ impl Millis {
     pub const fn since(self, earlier: Millis) -> Millis {
         Millis(self.0.saturating_sub(earlier.0))
     }
+
+    /// A duration in whole milliseconds (saturating past `u64::MAX` ms, ~585 million years).
+    #[must_use]
+    pub fn from_duration(d: std::time::Duration) -> Millis {
+        Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 impl fmt::Display for Millis {

@@ -25,8 +25,8 @@ pub struct DaemonConfig {
 }
 
 impl DaemonConfig {
-    /// Write `[hermes]`, `[dispatch]` (`interval`), `gpu_engine` (the `[gpu]` and `[engine]`
-    /// tables, verbatim) and the profiles.
+    /// Write `[hermes]`, `[dispatch]` (`interval`), `[latency]` (loose), `gpu_engine` (the
+    /// `[gpu]` and `[engine]` tables, verbatim) and the profiles.
     pub fn new(
         bin: &Path,
         home: &Path,
@@ -34,10 +34,25 @@ impl DaemonConfig {
         gpu_engine: &str,
         profiles: &[Profile<'_>],
     ) -> DaemonConfig {
+        // These daemons are about memory: a loose TTFT target and a short dwell let the
+        // latency limit's slow start (1, 2, 4, ...) get out of the way within seconds.
+        let latency = "[latency]\nttft_slo = \"60s\"\ndwell = \"1s\"\n";
+        DaemonConfig::with_latency(bin, home, interval, gpu_engine, latency, profiles)
+    }
+
+    /// [`DaemonConfig::new`] with the `[latency]` table given verbatim.
+    pub fn with_latency(
+        bin: &Path,
+        home: &Path,
+        interval: &str,
+        gpu_engine: &str,
+        latency: &str,
+        profiles: &[Profile<'_>],
+    ) -> DaemonConfig {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
         let mut text = format!(
-            "[hermes]\nbin = {:?}\nhome = {:?}\n\n{gpu_engine}\n\n[dispatch]\nstate_dir = {:?}\ninterval = {interval:?}\ntimeout = \"30s\"\n",
+            "[hermes]\nbin = {:?}\nhome = {:?}\n\n{gpu_engine}\n\n[dispatch]\nstate_dir = {:?}\ninterval = {interval:?}\ntimeout = \"30s\"\n\n{latency}",
             bin.display().to_string(),
             home.display().to_string(),
             state_dir.display().to_string(),

@@ -45,9 +45,18 @@ pub struct FakeModel {
     stop: Arc<AtomicBool>,
 }
 
+/// Work a [`FakeModel`] does before answering each chat request (e.g. a real completion on a
+/// real engine, so the workers' concurrency becomes real load there).
+pub type Work = Arc<dyn Fn() + Send + Sync>;
+
 impl FakeModel {
     /// Start it on 127.0.0.1, port 0.
     pub fn start(delay: Duration) -> FakeModel {
+        FakeModel::start_with_work(delay, None)
+    }
+
+    /// Start it on 127.0.0.1, port 0, doing `work` (if any) before every chat answer.
+    pub fn start_with_work(delay: Duration, work: Option<Work>) -> FakeModel {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
@@ -60,9 +69,9 @@ impl FakeModel {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (d, r) = (d.clone(), r.clone());
+                let (d, r, w) = (d.clone(), r.clone(), work.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &d, &r);
+                    let _ = serve(conn, &d, &r, w.as_deref());
                 });
             }
         });
@@ -87,7 +96,12 @@ impl Drop for FakeModel {
     }
 }
 
-fn serve(conn: TcpStream, delay: &AtomicU64, requests: &AtomicU64) -> std::io::Result<()> {
+fn serve(
+    conn: TcpStream,
+    delay: &AtomicU64,
+    requests: &AtomicU64,
+    work: Option<&(dyn Fn() + Send + Sync)>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
     let mut request_line = String::new();
@@ -111,6 +125,9 @@ fn serve(conn: TcpStream, delay: &AtomicU64, requests: &AtomicU64) -> std::io::R
         );
     }
     requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(work) = work {
+        work();
+    }
     let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let offers_complete = req["tools"].as_array().is_some_and(|tools| {
         tools
@@ -302,12 +319,27 @@ impl Hermes {
     }
 }
 
+/// Whether process `pid` is alive with `HERMES_HOME=<home>` in its environment.
+fn is_worker_of(pid: i64, home: &Path) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = format!("HERMES_HOME={}", home.display());
+    env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
+}
+
 impl Drop for Hermes {
     fn drop(&mut self) {
-        // Workers run in their own sessions; don't leave them behind a failed test.
+        // Workers run in their own sessions; don't leave them behind a failed test. A worker
+        // that already died leaves its pid on the board, and pids wrap fast on a busy host: only
+        // kill a process whose environment still names this Hermes home (`kill -9 -<pid>` on a
+        // recycled pid would take down an unrelated process group).
         if self.db().exists() {
             for t in self.tasks() {
-                if let (Some(pid), "running") = (t.worker_pid, t.status.as_str()) {
+                if let (Some(pid), "running") = (t.worker_pid, t.status.as_str())
+                    && pid > 1
+                    && is_worker_of(pid, self.path())
+                {
                     let _ = Command::new("kill")
                         .args(["-9", &format!("-{pid}")])
                         .status();

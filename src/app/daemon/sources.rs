@@ -252,7 +252,7 @@ impl PoolView {
 }
 
 fn millis(d: std::time::Duration) -> Millis {
-    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    Millis::from_duration(d)
 }
 
 fn explicit(cfg: &Config, key: &str) -> bool {
