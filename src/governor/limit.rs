@@ -12,9 +12,7 @@
 //!   limit in use (`in_flight >= limit`) and the sample to meet the TTFT target: a limit
 //!   nobody pushes against proves nothing about a higher one. Agent tasks live for minutes, so
 //!   starting at the upper bound would release a whole burst before latency could say no.
-//! - **Multiply down by `backoff`** (default 0.9) on a latency miss, starting from what was
-//!   really running (`min(limit, in_flight)`), so a high idle limit falls to the load that
-//!   missed in one step instead of tens of dwell periods.
+//! - **Multiply down by `backoff`** (default 0.9, floored, so at least one) on a latency miss.
 //! - **Drop hard** ([`DROP_FACTOR`], halve) on overload: a preemption, OOM, HTTP 429/5xx or
 //!   CPU offload.
 //! - **Bounds** `[min, max]` always hold, and a **dwell**: raises and latency misses wait
@@ -132,12 +130,11 @@ impl Aimd {
         since.is_none_or(|t| now.get().saturating_sub(t.get()) >= self.config.dwell.get())
     }
 
-    /// `min(limit, in_flight)` (at least 1) times `factor`, floored, within the bounds.
-    fn decreased(&self, in_flight: u32, factor: f64) -> u32 {
-        let base = self.limit.min(in_flight.max(1));
-        // base ≤ u32::MAX and factor < 1, so the product fits; `as` saturates anyway.
+    /// The limit times `factor`, floored, within the bounds.
+    fn decreased(&self, factor: f64) -> u32 {
+        // limit ≤ u32::MAX and factor < 1, so the product fits; `as` saturates anyway.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let next = (f64::from(base) * factor).floor() as u32;
+        let next = (f64::from(self.limit) * factor).floor() as u32;
         next.clamp(self.config.min, self.config.max)
     }
 
@@ -168,7 +165,7 @@ impl ConcurrencyLimit for Aimd {
             Outcome::Completed { .. } => {
                 self.slow_start = false;
                 if self.dwelt(since_change, s.at) {
-                    let next = self.decreased(s.in_flight, self.config.backoff);
+                    let next = self.decreased(self.config.backoff);
                     if next < self.limit {
                         self.set(next, s.at, Change::Missed);
                     }
@@ -177,7 +174,7 @@ impl ConcurrencyLimit for Aimd {
             Outcome::Dropped => {
                 self.slow_start = false;
                 if self.dwelt(self.last_drop, s.at) {
-                    let next = self.decreased(s.in_flight, DROP_FACTOR);
+                    let next = self.decreased(DROP_FACTOR);
                     if next < self.limit {
                         self.set(next, s.at, Change::Dropped);
                         self.last_drop = Some(s.at);
@@ -231,11 +228,14 @@ mod tests {
         }
     }
 
-    /// A limit that missed once at `in_flight` (so slow start is over) at time 0.
-    fn after_miss(in_flight: u32) -> Aimd {
-        let mut a = Aimd::new(AimdConfig { min: 16, ..cfg() });
+    /// A limit at `start` that missed once at time 0 (so slow start is over): floor(start × 0.9).
+    fn after_miss(start: u32) -> Aimd {
+        let mut a = Aimd::new(AimdConfig {
+            min: start,
+            ..cfg()
+        });
         a.config.min = 1;
-        a.on_sample(done(0, in_flight, 1_500));
+        a.on_sample(done(0, start, 1_500));
         a
     }
 
@@ -265,16 +265,21 @@ mod tests {
     }
 
     #[test]
-    fn a_miss_falls_to_what_was_running_times_the_backoff() {
-        let a = after_miss(10);
-        assert_eq!(a.limit(), 9, "floor(min(16, 10) * 0.9)");
+    fn a_miss_multiplies_the_limit_by_the_backoff() {
+        let a = after_miss(16);
+        assert_eq!(a.limit(), 14, "floor(16 * 0.9)");
         let mut a = a;
         assert_eq!(a.last_change(), Some((Millis(0), Change::Missed)));
         // Within the dwell a second miss waits.
         a.on_sample(done(9_999, 9, 5_000));
-        assert_eq!(a.limit(), 9);
+        assert_eq!(a.limit(), 14);
         a.on_sample(done(10_000, 9, 5_000));
-        assert_eq!(a.limit(), 8);
+        assert_eq!(a.limit(), 12);
+        // Small limits still fall by one.
+        let mut b = Aimd::new(AimdConfig { min: 2, ..cfg() });
+        b.config.min = 1;
+        b.on_sample(done(0, 2, 5_000));
+        assert_eq!(b.limit(), 1);
     }
 
     #[test]
@@ -301,13 +306,17 @@ mod tests {
         a.on_sample(done(0, 16, 100));
         assert_eq!(a.limit(), 16, "already at the upper bound");
         a.on_sample(dropped(1_000, 12));
-        assert_eq!(a.limit(), 6, "floor(12 * 0.5)");
+        assert_eq!(a.limit(), 8, "floor(16 * 0.5)");
         assert_eq!(a.last_change(), Some((Millis(1_000), Change::Dropped)));
-        a.on_sample(dropped(2_000, 6));
-        assert_eq!(a.limit(), 6, "the same overload episode");
-        a.on_sample(dropped(11_000, 6));
-        assert_eq!(a.limit(), 3);
-        a.on_sample(dropped(21_000, 1));
+        a.on_sample(dropped(2_000, 8));
+        assert_eq!(a.limit(), 8, "the same overload episode");
+        a.on_sample(dropped(11_000, 8));
+        assert_eq!(a.limit(), 4);
+        a.on_sample(dropped(21_000, 4));
+        assert_eq!(a.limit(), 2);
+        a.on_sample(dropped(25_000, 2));
+        assert_eq!(a.limit(), 2, "within the dwell of the last drop");
+        a.on_sample(dropped(31_000, 2));
         assert_eq!(a.limit(), 1, "never below the lower bound");
         a.on_sample(dropped(31_000, 0));
         assert_eq!(a.limit(), 1);
@@ -320,7 +329,7 @@ mod tests {
         a.on_sample(done(10_000, 3, 10));
         assert_eq!(a.limit(), 4);
         a.on_sample(dropped(10_001, 4));
-        assert_eq!(a.limit(), 2);
+        assert_eq!(a.limit(), 2, "floor(4 * 0.5)");
     }
 
     #[test]

@@ -1,0 +1,171 @@
+//! End-to-end proof of the latency limit on a real engine (issue 6 (c)): real Hermes workers
+//! on a real board call a fake model server that, before answering each request, runs a real
+//! streamed completion on a real `llama-server` (CPU, SmolLM2-135M, 4 slots), so the workers'
+//! concurrency becomes real queueing there. The time to first token of those completions is
+//! what the workers' users would feel.
+//!
+//! (a) plain `hermes kanban dispatch` starts every task at once: the TTFT p95 blows far past
+//! the target; (b) `kanban-governor run` with a `ttft_slo` and memory that never binds (a
+//! static 24 GiB GPU, an engine the governor knows only as OpenAI-compatible, so it has no
+//! slot count to go by): the AIMD limit, fed by the one-token probe, rises while the target
+//! is met, falls when it is not, holds tasks back, and every task finishes. The TTFT numbers
+//! of both runs are printed (`cargo test --test latency_e2e -- --nocapture`).
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/llama.rs"]
+mod llama;
+
+use common::{FakeModel, Hermes, Work, wait_for};
+use daemon::{Daemon, DaemonConfig};
+use llama::{Llama, timed_completion};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Tasks on the board.
+const TASKS: usize = 12;
+/// Completions run per model request, one after the other (each worker request is a few
+/// seconds of real engine work, so the tasks' requests overlap as agents' do).
+const COMPLETIONS_PER_REQUEST: usize = 2;
+/// Tokens per completion.
+const TOKENS: u32 = 128;
+/// The TTFT target: above the engine's TTFT with its 4 slots busy, well below it at 8+.
+const SLO_MS: u64 = 1_500;
+
+/// TTFTs measured by the model server's work, in milliseconds.
+type Ttfts = Arc<Mutex<Vec<u64>>>;
+
+fn forwarding_model(url: &str) -> (FakeModel, Ttfts) {
+    let ttfts: Ttfts = Arc::default();
+    let (url, seen) = (url.to_owned(), ttfts.clone());
+    let work: Work = Arc::new(move || {
+        for _ in 0..COMPLETIONS_PER_REQUEST {
+            if let Some((first, _)) = timed_completion(&url, TOKENS) {
+                seen.lock().unwrap().push(first.as_millis() as u64);
+            }
+        }
+    });
+    (
+        FakeModel::start_with_work(Duration::ZERO, Some(work)),
+        ttfts,
+    )
+}
+
+fn p95(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[((v.len() as f64 * 0.95).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+fn all_done(h: &Hermes) -> Option<()> {
+    h.tasks().iter().all(|t| t.status == "done").then_some(())
+}
+
+fn create_tasks(h: &Hermes) {
+    for i in 0..TASKS {
+        h.create(&format!("task {i}"), "agent", 0, &[]);
+    }
+}
+
+#[test]
+fn plain_dispatch_blows_past_the_ttft_target_and_the_latency_limit_moves_both_ways_holding_tasks_back()
+ {
+    let llama = Llama::start_with(4096, 4);
+    let idle: Vec<u64> = (0..3)
+        .filter_map(|_| timed_completion(&llama.url, TOKENS))
+        .map(|(f, _)| f.as_millis() as u64)
+        .collect();
+    assert_eq!(idle.len(), 3, "llama-server answers:\n{}", llama.log());
+
+    // (a) Plain dispatch: every ready task spawns at once.
+    let (model, plain) = forwarding_model(&llama.url);
+    let h = Hermes::new(&["agent"], &model);
+    create_tasks(&h);
+    h.run(&["kanban", "dispatch", "--json"]);
+    wait_for(Duration::from_secs(400), "plain: every task done", || {
+        all_done(&h)
+    });
+    let plain = plain.lock().unwrap().clone();
+    drop(h);
+    drop(model);
+
+    // (b) The governor, latency-limited.
+    let (model, governed) = forwarding_model(&llama.url);
+    let h = Hermes::new(&["agent"], &model);
+    create_tasks(&h);
+    let gpu_engine = format!(
+        "[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"1GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = {:?}\nmax_staleness = \"10s\"",
+        llama.url
+    );
+    let latency = format!(
+        "[latency]\nttft_slo = \"{SLO_MS}ms\"\nsignal = \"probe\"\nmin_limit = 1\nmax_limit = {TASKS}\ndwell = \"3s\"\n"
+    );
+    let cfg = DaemonConfig::with_latency(
+        &h.bin,
+        h.path(),
+        "1s",
+        &gpu_engine,
+        &latency,
+        &[("agent", "1KiB", 2048)],
+    );
+    let mut d = Daemon::start(cfg.command(&[], &[]));
+    let mut limits = Vec::new();
+    let mut peak_running = 0;
+    wait_for(
+        Duration::from_secs(600),
+        "governed: every task done",
+        || {
+            let s = d.status();
+            if let Some(l) = s["latency_limit"]["limit"].as_u64()
+                && limits.last() != Some(&l)
+            {
+                limits.push(l);
+            }
+            let running = h.tasks().iter().filter(|t| t.status == "running").count();
+            peak_running = peak_running.max(running);
+            all_done(&h)
+        },
+    );
+    let governed = governed.lock().unwrap().clone();
+    d.signal(rustix::process::Signal::TERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(0), "{}", d.log());
+
+    let (idle_p95, plain_p95, governed_p95) = (p95(&idle), p95(&plain), p95(&governed));
+    eprintln!(
+        "llama-server 4 slots, {TASKS} tasks, {COMPLETIONS_PER_REQUEST} completions per model request of {TOKENS} tokens, ttft_slo {SLO_MS} ms\n\
+         idle TTFT p95 {idle_p95} ms\n\
+         plain dispatch: TTFT p95 {plain_p95} ms over {} completions\n\
+         governed: TTFT p95 {governed_p95} ms over {} completions, peak running {peak_running}, latency limit path {limits:?}",
+        plain.len(),
+        governed.len()
+    );
+    // Each task makes one or two model requests (the tool call; sometimes a closing text).
+    let expected = TASKS * COMPLETIONS_PER_REQUEST;
+    assert!(
+        plain.len() >= expected,
+        "plain: {} of {expected} completions",
+        plain.len()
+    );
+    assert!(
+        governed.len() >= expected,
+        "governed: {} of {expected}",
+        governed.len()
+    );
+    assert!(
+        plain_p95 > 2 * SLO_MS,
+        "plain dispatch should blow past the target: p95 {plain_p95} ms"
+    );
+    // The limit found the engine's edge: it rose while latency met the target and fell when
+    // it did not, and it held tasks back.
+    let rose = limits.windows(2).any(|w| w[1] > w[0]);
+    let fell = limits.windows(2).any(|w| w[1] < w[0]);
+    assert!(
+        rose && fell && peak_running < TASKS,
+        "the limit should move both ways and hold tasks back: {limits:?}, peak running {peak_running}"
+    );
+    // Not asserted, reported: the governed p95 against plain dispatch's. On a 2-core host the
+    // workers' own CPU use (Python start-up) slows llama-server as much as slot queueing does,
+    // so the governed p95 lands well above the target even at low concurrency (see the notes
+    // in BENCHMARKS.md).
+}
