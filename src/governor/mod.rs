@@ -102,8 +102,10 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
             .then_with(|| a.id.cmp(&b.id))
     });
 
-    // Starvation reservations: (pool, charge, task).
-    let mut starving: Vec<(usize, Charge, TaskId)> = Vec::new();
+    // Starvation reservations per pool: the sum of the starving tasks' charges, and the first
+    // of them (named in holds). Kept as sums, so a long starving queue costs O(1) per task.
+    let mut starving: Vec<(Charge, Option<TaskId>)> =
+        vec![(Charge::default(), None); policy.pools.len()];
     let mut release = Vec::new();
     let mut held = Vec::with_capacity(obs.waiting.len());
 
@@ -183,14 +185,10 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
                 guaranteed_for.get_or_insert_with(|| q.id.clone());
             }
         }
-        let mut kept_starving = Charge::default();
-        let mut starving_for = None;
-        for (pool, c, id) in &starving {
-            if *pool == profile.pool {
-                kept_starving = kept_starving.plus(c);
-                starving_for.get_or_insert_with(|| id.clone());
-            }
-        }
+        let (kept_starving, starving_for) = starving
+            .get(profile.pool)
+            .cloned()
+            .unwrap_or_default();
 
         match ledger.fits(&charge, &kept_guaranteed.plus(&kept_starving)) {
             Ok(()) => {
@@ -227,7 +225,10 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
                             | HoldReason::Guaranteed { .. }
                     )
                 {
-                    starving.push((profile.pool, charge, task.id.clone()));
+                    if let Some((sum, first)) = starving.get_mut(profile.pool) {
+                        *sum = sum.plus(&charge);
+                        first.get_or_insert_with(|| task.id.clone());
+                    }
                 }
                 held.push(hold(reason));
             }
