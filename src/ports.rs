@@ -98,6 +98,10 @@ pub struct EngineReading {
     /// The largest context (tokens) any request reached, if exposed (llama.cpp
     /// `n_tokens_max`, per-slot `n_ctx` use).
     pub peak_context_tokens: Option<u64>,
+    /// The largest context (tokens) a request in progress holds now (llama.cpp `/slots`:
+    /// prompt + generated of the busiest slot; 0 when all are idle), if exposed. Unlike the
+    /// peak, it falls when requests end, so it can be attributed to what runs now.
+    pub busy_context_max: Option<u64>,
 }
 
 /// The inference engine of one pool (vLLM/SGLang/llama.cpp/Ollama metrics, replay).

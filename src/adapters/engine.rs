@@ -309,6 +309,7 @@ pub fn parse_llamacpp(
         requests_running: m("llamacpp:requests_processing").and_then(count32).or(busy),
         requests_waiting: m("llamacpp:requests_deferred").and_then(count32),
         peak_context_tokens: m("llamacpp:n_tokens_max").and_then(count),
+        busy_context_max: slots.map(|s| s.iter().map(LlamaSlot::context_tokens).max().unwrap_or(0)),
         kv_usage_fraction: capacity
             .zip(used)
             .filter(|(c, _)| *c > 0)

@@ -112,6 +112,8 @@ pub struct ReplayEngine {
     pub offloaded: bool,
     /// Peak context, tokens.
     pub peak_context_tokens: Option<u64>,
+    /// Largest context a request in progress holds, tokens (footprint learning).
+    pub busy_context_max: Option<u64>,
 }
 
 /// Histogram buckets whose bounds are numbers or `"+Inf"` (JSON has no infinity).
@@ -172,6 +174,7 @@ impl ReplayEngine {
             probe_status: self.probe_status,
             offloaded: self.offloaded,
             peak_context_tokens: self.peak_context_tokens,
+            busy_context_max: self.busy_context_max,
         }
     }
 }

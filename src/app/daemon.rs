@@ -29,6 +29,7 @@ use crate::adapters::dispatch_cli::CliDispatcher;
 use crate::adapters::metrics_http::{self, Answer, Handler};
 use crate::adapters::state_file::JsonStateFile;
 use crate::adapters::worker_probe::LocalWorkerProbe;
+use crate::app::learning::{self, ProfileLearning};
 use crate::app::once::{LOCK_FILE_NAME, try_lock};
 use crate::app::setup::{self, Setup};
 use crate::app::state::GovernorState;
@@ -202,7 +203,6 @@ impl Ticker {
             dry_run: false,
             dual_dispatcher: self.setup.dual_dispatcher(),
             latency_limit,
-            learned: Vec::new(),
         };
         let mut report = run_tick(&self.policy, &mut ports, &mut self.state, &opts)?;
         if let Err(e) = self.store.save(&self.state) {
@@ -223,6 +223,8 @@ struct TickStatus {
     shutting_down: bool,
     /// The AIMD latency limit at the last tick: its settings, limit and last change.
     latency_limit: Option<Aimd>,
+    /// Per profile, declared vs learned footprint.
+    footprints: Vec<ProfileLearning>,
 }
 
 /// One source in `/status`.
@@ -294,6 +296,7 @@ fn status_json(
         "last_tick_seconds": t.last_tick_seconds,
         "last_tick_error": t.last_tick_error,
         "latency_limit": t.latency_limit,
+        "footprints": t.footprints,
         "last_tick": t.last_tick,
     });
     let mut s =
@@ -641,6 +644,7 @@ impl Daemon {
             .context("the tick panicked; the state saved after the previous tick is intact")?;
             ticker = t;
             let seconds = started.elapsed().as_secs_f64();
+            lock(&self.ticks).footprints = learning::report(&ticker.policy, &ticker.state);
             self.record(trigger, seconds, result, latency_limit);
             if *stop.borrow() {
                 break;

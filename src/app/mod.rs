@@ -4,6 +4,7 @@
 pub mod check_config;
 pub mod daemon;
 pub mod doctor;
+pub mod learning;
 pub mod once;
 pub mod plan;
 pub mod setup;

@@ -4,6 +4,8 @@
 //! Plain serde data, no I/O: cron mode loads it through a [`crate::ports::StateStore`], runs
 //! one tick and saves it; the daemon keeps it in memory and snapshots it through the same port.
 
+use crate::app::learning::TaskPeak;
+use crate::governor::learned::PeakStats;
 use crate::governor::limit::Aimd;
 use crate::governor::{Bytes, Millis, ProfileId, TaskId};
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,12 @@ pub struct GovernorState {
     /// The daemon's AIMD latency limit (`run` only; `tick` applies memory alone).
     #[serde(default)]
     pub latency_limit: Option<Aimd>,
+    /// Per profile, the peaks its finished tasks reached (footprint learning).
+    #[serde(default)]
+    pub footprints: BTreeMap<ProfileId, PeakStats>,
+    /// Per running governed task, its peak so far.
+    #[serde(default)]
+    pub task_peaks: BTreeMap<TaskId, TaskPeak>,
 }
 
 impl Default for GovernorState {
@@ -85,6 +93,8 @@ impl Default for GovernorState {
             last_dispatch: None,
             worker_deaths: BTreeMap::new(),
             latency_limit: None,
+            footprints: BTreeMap::new(),
+            task_peaks: BTreeMap::new(),
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use crate::adapters::state_file::JsonStateFile;
 use crate::adapters::worker_probe::LocalWorkerProbe;
+use crate::app::learning::{self, ProfileLearning};
 use crate::app::setup::{self, port_error};
+use crate::app::state::GovernorState;
 use crate::app::tick::{Observed, TickOptions, TickPorts, observe};
 use crate::config::ConfigArgs;
 use crate::governor::{Decision, PoolBudget, decide};
@@ -57,13 +59,19 @@ pub struct StatusReport {
     pub waiting: Vec<WaitingStatus>,
     /// Per pool.
     pub pools: Vec<PoolBudget>,
+    /// Per profile, declared vs learned footprint (context per request).
+    pub footprints: Vec<ProfileLearning>,
     /// The raw observation.
     pub observed: Observed,
     /// The raw decision.
     pub decision: Decision,
 }
 
-fn report(policy: &crate::governor::Policy, observed: Observed) -> StatusReport {
+fn report(
+    policy: &crate::governor::Policy,
+    observed: Observed,
+    state: &GovernorState,
+) -> StatusReport {
     let decision = decide(policy, &observed.observation);
     let obs = &observed.observation;
     let profiles = policy
@@ -102,6 +110,7 @@ fn report(policy: &crate::governor::Policy, observed: Observed) -> StatusReport 
         profiles,
         waiting,
         pools: decision.pools.clone(),
+        footprints: learning::report(policy, state),
         observed,
         decision,
     }
@@ -122,6 +131,26 @@ fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
     writeln!(out, "{:<24} {:>8} {:>8}", "profile", "running", "waiting")?;
     for p in &r.profiles {
         writeln!(out, "{:<24} {:>8} {:>8}", p.profile, p.running, p.waiting)?;
+    }
+    writeln!(
+        out,
+        "{:<24} {:>8} {:>10} {:>10} {:>10}",
+        "footprint (tokens/req)", "tasks", "declared", "max seen", "learned"
+    )?;
+    for f in &r.footprints {
+        let learned = f
+            .learned_tokens
+            .map_or_else(|| "-".to_owned(), |t| t.to_string());
+        let flag = if f.exceeds_declaration {
+            "  EXCEEDS its declaration: raise max_context_tokens"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{:<24} {:>8} {:>10} {:>10} {:>10}{flag}",
+            f.profile, f.samples, f.declared_tokens, f.max_tokens, learned
+        )?;
     }
     for w in &r.waiting {
         let profile = w.profile.as_deref().unwrap_or("-");
@@ -160,7 +189,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         ..TickOptions::default()
     };
     let observed = observe(&setup.policy, &mut ports, &mut state, &opts).map_err(port_error)?;
-    let r = report(&setup.policy, observed);
+    let r = report(&setup.policy, observed, &state);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let _ = if args.json {

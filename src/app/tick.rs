@@ -14,10 +14,11 @@
 //! - Released tasks stay "in flight" (charged, never released twice) until seen running, or
 //!   no longer `ready` on their profile.
 
+use crate::app::learning::{self, PeakSample};
 use crate::app::state::{GovernorState, InFlight};
 use crate::governor::{
     Bytes, Decision, Millis, Observation, Policy, PoolObservation, ProfileId, Readiness,
-    RunningTask, TaskId, WaitingTask, WorstCase, decide,
+    RunningTask, TaskId, WaitingTask, decide,
 };
 use crate::ports::{
     BoardSnapshot, BoardTask, Clock, Dispatcher, EngineTelemetry, GpuTelemetry, PortError,
@@ -67,8 +68,6 @@ pub struct TickOptions {
     pub dual_dispatcher: Option<String>,
     /// The latency limit in force, if any (daemon).
     pub latency_limit: Option<u32>,
-    /// Learned footprints per profile (daemon); empty = none.
-    pub learned: Vec<Option<WorstCase>>,
 }
 
 /// What one observation found, before deciding.
@@ -90,6 +89,12 @@ pub struct Observed {
     pub telemetry_errors: Vec<String>,
     /// The board's `PRAGMA data_version`.
     pub data_version: u64,
+    /// The engines' largest request in progress, tokens (`None`: not exposed or not read).
+    #[serde(default)]
+    pub busy_context: Option<u64>,
+    /// Tasks that finished cleanly this tick and taught their profile a peak.
+    #[serde(default)]
+    pub peaks: Vec<PeakSample>,
 }
 
 /// What one tick saw, decided and did (or, in a dry run, would do).
@@ -185,9 +190,16 @@ pub fn observe(
     opts: &TickOptions,
 ) -> Result<Observed, PortError> {
     let now = ports.clock.now();
-    let tracked: Vec<TaskId> = state.in_flight.keys().cloned().collect();
+    let tracked: Vec<TaskId> = state
+        .in_flight
+        .keys()
+        .chain(state.task_peaks.keys())
+        .cloned()
+        .collect();
     let snap = ports.board.read_board(&tracked)?;
     let mut telemetry_errors = Vec::new();
+    // The largest request in progress over the pools' engines; unknown if any engine failed.
+    let mut busy: Result<Option<u64>, ()> = Ok(None);
     let pools: Vec<PoolObservation> = policy
         .pools
         .iter()
@@ -205,13 +217,18 @@ pub fn observe(
                 })
                 .ok();
             let engine = src.engine.as_mut().and_then(|e| {
-                e.read_engine(now)
+                let reading = e
+                    .read_engine(now)
                     .map_err(|e| {
                         tracing::warn!(pool = %pool.name, error = %e, "Engine telemetry failed.");
                         telemetry_errors.push(format!("pool {}: engine: {e}", pool.name));
                     })
-                    .ok()
-                    .map(|r| r.sample)
+                    .ok();
+                busy = match (busy, &reading) {
+                    (Ok(b), Some(r)) => Ok(b.max(r.busy_context_max)),
+                    _ => Err(()),
+                };
+                reading.map(|r| r.sample)
             });
             let baseline = src
                 .baseline
@@ -226,26 +243,39 @@ pub fn observe(
     Ok(observe_snapshot(
         policy,
         &snap,
-        pools,
+        Sampled {
+            pools,
+            busy_context: busy.ok().flatten(),
+            telemetry_errors,
+        },
         ports.workers,
         state,
         opts,
         now,
-        telemetry_errors,
     ))
 }
 
-#[allow(clippy::too_many_arguments)] // one private step, split out for testing
+/// What the pools' telemetry gave this tick.
+struct Sampled {
+    pools: Vec<PoolObservation>,
+    busy_context: Option<u64>,
+    telemetry_errors: Vec<String>,
+}
+
 fn observe_snapshot(
     policy: &Policy,
     snap: &BoardSnapshot,
-    pools: Vec<PoolObservation>,
+    sampled: Sampled,
     workers: Option<&dyn WorkerProbe>,
     state: &mut GovernorState,
     opts: &TickOptions,
     now: Millis,
-    telemetry_errors: Vec<String>,
 ) -> Observed {
+    let Sampled {
+        pools,
+        busy_context,
+        telemetry_errors,
+    } = sampled;
     let lanes = lane_map(policy);
 
     // In-flight releases stay charged while they sit `ready` on their profile.
@@ -302,6 +332,22 @@ fn observe_snapshot(
             _ => {}
         }
     }
+    let peaks = learning::follow(policy, state, snap, &running, busy_context);
+    for p in &peaks {
+        let declared = policy
+            .profiles
+            .iter()
+            .find(|q| q.id == p.profile)
+            .map_or(0, |q| q.declared.request_tokens);
+        if declared > 0 && p.tokens > declared {
+            tracing::warn!(task = %p.task, profile = %p.profile, peak_tokens = p.tokens,
+                declared_tokens = declared,
+                "A task reached more context than its profile declares; it is charged the observed peak. Raise the profile's max_context_tokens.");
+        } else {
+            tracing::info!(task = %p.task, profile = %p.profile, peak_tokens = p.tokens,
+                "Learned a finished task's peak context.");
+        }
+    }
     for (id, f) in &state.in_flight {
         governed_running = true;
         running.push(RunningTask {
@@ -336,11 +382,7 @@ fn observe_snapshot(
             waiting,
             dual_dispatcher: opts.dual_dispatcher.clone(),
             latency_limit: opts.latency_limit,
-            learned: if opts.learned.is_empty() {
-                vec![None; policy.profiles.len()]
-            } else {
-                opts.learned.clone()
-            },
+            learned: learning::learned(policy, state),
         },
         board_running,
         dead,
@@ -349,6 +391,8 @@ fn observe_snapshot(
         in_flight: state.in_flight.keys().cloned().collect(),
         telemetry_errors,
         data_version: snap.data_version,
+        busy_context,
+        peaks,
     }
 }
 

@@ -185,10 +185,7 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
                 guaranteed_for.get_or_insert_with(|| q.id.clone());
             }
         }
-        let (kept_starving, starving_for) = starving
-            .get(profile.pool)
-            .cloned()
-            .unwrap_or_default();
+        let (kept_starving, starving_for) = starving.get(profile.pool).cloned().unwrap_or_default();
 
         match ledger.fits(&charge, &kept_guaranteed.plus(&kept_starving)) {
             Ok(()) => {
@@ -224,11 +221,10 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
                             | HoldReason::NoSlot { .. }
                             | HoldReason::Guaranteed { .. }
                     )
+                    && let Some((sum, first)) = starving.get_mut(profile.pool)
                 {
-                    if let Some((sum, first)) = starving.get_mut(profile.pool) {
-                        *sum = sum.plus(&charge);
-                        first.get_or_insert_with(|| task.id.clone());
-                    }
+                    *sum = sum.plus(&charge);
+                    first.get_or_insert_with(|| task.id.clone());
                 }
                 held.push(hold(reason));
             }

@@ -209,11 +209,31 @@ fn task(id: &str, assignee: &str, status: TaskStatus, priority: i64, created: u6
     }
 }
 
+/// An engine whose largest request in progress the test sets.
+struct SlotsEngine {
+    busy_context: u64,
+}
+
+impl EngineTelemetry for SlotsEngine {
+    fn read_engine(&mut self, now: Millis) -> Result<crate::ports::EngineReading, PortError> {
+        Ok(crate::ports::EngineReading {
+            sample: crate::governor::EngineSample {
+                at: now,
+                ..Default::default()
+            },
+            busy_context_max: Some(self.busy_context),
+            ..Default::default()
+        })
+    }
+}
+
 struct Rig {
     hermes: FakeHermes,
     gpu: StaticGpu,
+    engine: Option<SlotsEngine>,
     clock: ManualClock,
     state: GovernorState,
+    policy: Policy,
 }
 
 impl Rig {
@@ -231,8 +251,10 @@ impl Rig {
                 used: Bytes::gib(4),
                 fail: false,
             },
+            engine: None,
             clock: ManualClock::at(Millis::secs(1_000_000)),
             state: GovernorState::default(),
+            policy: policy(),
         }
     }
 
@@ -244,14 +266,14 @@ impl Rig {
             clock: &self.clock,
             pools: vec![PoolSource {
                 gpu: &mut self.gpu,
-                engine: None,
+                engine: self.engine.as_mut().map(|e| e as &mut dyn EngineTelemetry),
                 baseline: None,
             }],
             board: &mut board,
             dispatcher: &mut dispatcher,
             workers: Some(&probe),
         };
-        run_tick(&policy(), &mut ports, &mut self.state, opts).unwrap()
+        run_tick(&self.policy, &mut ports, &mut self.state, opts).unwrap()
     }
 
     fn tick(&mut self) -> TickReport {
@@ -637,4 +659,75 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn what_finished_tasks_really_reached_lowers_a_learned_footprint_and_more_tasks_start() {
+    // `big` declares 8192 tokens per request at 1 MiB per token (8 GiB); its tasks really
+    // reach about 1000. With `footprint = "learned"` and 20 GiB for tasks, two start while
+    // nothing is known; after eight finished tasks taught their peaks, more do.
+    let mut rig = Rig::new(vec![]);
+    let p = &mut rig.policy.profiles[0];
+    p.declared = WorstCase {
+        kv_bytes: Bytes::mib(8192),
+        extra_bytes: Bytes(0),
+        kv_tokens: 8192,
+        slots: 1,
+        request_tokens: 8192,
+    };
+    p.footprint = crate::governor::FootprintMode::Learned;
+    rig.engine = Some(SlotsEngine { busy_context: 0 });
+    for i in 0..8 {
+        let id = format!("t_{i}");
+        rig.hermes
+            .0
+            .borrow_mut()
+            .tasks
+            .push(task(&id, "big@gpu", TaskStatus::Ready, 0, i));
+        let r = rig.tick();
+        assert_eq!(ids(&r.spawned), vec![id.as_str()]);
+        rig.engine.as_mut().unwrap().busy_context = 900 + 20 * i;
+        rig.tick();
+        rig.engine.as_mut().unwrap().busy_context = 0;
+        rig.set(&id, TaskStatus::Done);
+        let r = rig.tick();
+        assert_eq!(r.observed.peaks.len(), 1, "{:?}", r.observed.peaks);
+        assert_eq!(r.observed.peaks[0].tokens, 900 + 20 * i);
+    }
+    let learned = r_learned(&rig);
+    assert!((1040..2000).contains(&learned), "{learned}");
+
+    for i in 0..12 {
+        let id = format!("u_{i}");
+        rig.hermes
+            .0
+            .borrow_mut()
+            .tasks
+            .push(task(&id, "big@gpu", TaskStatus::Ready, 0, 100 + i));
+    }
+    let r = rig.tick();
+    // 20 GiB / ~1.1 GiB each: far more than the two the declaration allows.
+    assert!(r.spawned.len() >= 10, "{:?}", r.decision);
+}
+
+fn r_learned(rig: &Rig) -> u64 {
+    crate::app::learning::report(&rig.policy, &rig.state)[0]
+        .learned_tokens
+        .expect("eight samples")
+}
+
+#[test]
+fn tasks_running_beside_another_profile_teach_nothing() {
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "small@gpu", TaskStatus::Ready, 0, 2),
+    ]);
+    rig.engine = Some(SlotsEngine { busy_context: 700 });
+    rig.tick();
+    rig.tick();
+    rig.set("t_a", TaskStatus::Done);
+    rig.set("t_b", TaskStatus::Done);
+    let r = rig.tick();
+    assert!(r.observed.peaks.is_empty());
+    assert!(rig.state.footprints.is_empty());
 }
