@@ -322,6 +322,17 @@ pub trait StateStore {
     ///
     /// The store cannot be written.
     fn save(&mut self, state: &crate::app::state::GovernorState) -> Result<(), PortError>;
+
+    /// Append what a tick did (releases and outcomes, decisions, footprint samples) to the
+    /// store's history, if it keeps one (the JSON file does not).
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be written.
+    fn journal(&mut self, report: &crate::app::tick::TickReport) -> Result<(), PortError> {
+        let _ = report;
+        Ok(())
+    }
 }
 
 /// Tells whether a running task's worker process is gone (crashed, killed).

@@ -215,8 +215,7 @@ fn the_daemon_runs_a_real_board_to_done_under_the_ceiling_and_stops_on_sigterm()
     assert!(!m.contains("\"t_"), "no task ids in labels: {m}");
     d.signal(rustix::process::Signal::TERM);
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(cfg.state_dir.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = common::saved_state(&cfg.state_dir);
     assert_eq!(state["counters"]["released"], ids.len());
     assert!(
         state["in_flight"].as_object().unwrap().is_empty(),

@@ -402,8 +402,7 @@ fn sigterm_during_a_tick_finishes_the_release_and_exits_0() {
     // The release was completed: Hermes spawned it, and the saved state charges nothing.
     let t = h.task(&id);
     assert!(matches!(t.status.as_str(), "running" | "done"), "{t:?}");
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(cfg.state_dir.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = common::saved_state(&cfg.state_dir);
     assert!(
         state["in_flight"].as_object().unwrap().is_empty(),
         "{state}"

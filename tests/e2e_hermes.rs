@@ -211,7 +211,7 @@ fn tick_while_another_governor_holds_the_lock_exits_0_and_does_nothing() {
     assert!(stdout.contains("tick.lock"), "{stdout}");
     assert_eq!((file_bytes(&h.db()), h.tasks()), before);
     assert_eq!(h.task(&id).assignee.as_deref(), Some("small"));
-    assert!(!g.state_dir.join("state.json").exists());
+    assert!(!g.state_dir.join("state.sqlite3").exists());
     drop(lock);
     let r = g.tick();
     assert_eq!(ids(&r, "released"), [id]);

@@ -139,7 +139,7 @@ fn a_tick_with_nothing_to_release_runs_no_hermes_process() {
     let out = rig.run(&rig.config(&bin, ""), &["tick"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(rig.calls().is_empty(), "{:?}", rig.calls());
-    assert!(rig.state_dir().join("state.json").exists());
+    assert!(rig.state_dir().join("state.sqlite3").exists());
 }
 
 #[test]
@@ -158,8 +158,11 @@ fn hermes_exiting_1_is_a_runtime_error_carrying_its_stderr_and_nothing_is_in_fli
         "{t}"
     );
     assert_eq!(std::fs::read(rig.db()).unwrap(), before);
-    let state = std::fs::read_to_string(rig.state_dir().join("state.json")).unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let state = serde_json::to_value(
+        kanban_governor::adapters::state_sqlite::SqliteState::load_read_only(&rig.state_dir())
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(state["in_flight"], serde_json::json!({}));
     assert_eq!(state["counters"]["hermes_errors"], 1);
     // Exactly the release was tried; no dispatch without a release.

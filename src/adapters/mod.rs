@@ -12,6 +12,7 @@ pub mod nvml;
 pub mod prom;
 pub mod replay;
 pub mod state_file;
+pub mod state_sqlite;
 pub mod static_gpu;
 pub mod telemetry;
 pub mod worker_probe;

@@ -27,7 +27,7 @@ pub mod sources;
 use crate::adapters::board_sqlite::SqliteBoard;
 use crate::adapters::dispatch_cli::CliDispatcher;
 use crate::adapters::metrics_http::{self, Answer, Handler};
-use crate::adapters::state_file::JsonStateFile;
+use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
 use crate::app::once::{LOCK_FILE_NAME, try_lock};
@@ -87,7 +87,7 @@ struct Ticker {
     policy: Policy,
     board: SqliteBoard,
     dispatcher: CliDispatcher,
-    store: JsonStateFile,
+    store: SqliteState,
     state: GovernorState,
     probe: Option<LocalWorkerProbe>,
     views: Vec<(PoolView, Option<Bytes>)>,
@@ -209,6 +209,7 @@ impl Ticker {
             tracing::error!(error = %e, "Saving the governor state failed.");
             report.errors.push(format!("saving state: {e}"));
         }
+        crate::app::tick::journal(&mut self.store, &mut report);
         Ok(report)
     }
 }
@@ -332,7 +333,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let listener = metrics_http::bind(args.listen).map_err(|e| usage(e.to_string()))?;
     let listen = listener.local_addr().unwrap_or(args.listen);
-    let mut store = JsonStateFile::in_dir(&state_dir);
+    let mut store = SqliteState::open(&state_dir)?;
     let state = store
         .load()
         .map_err(anyhow::Error::from_boxed)

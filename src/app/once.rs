@@ -9,12 +9,12 @@
 //! Exit codes: 0 (a tick that held is a success), 1 runtime failure (board unreadable, a
 //! Hermes call failed), 2 usage or config error.
 
-use crate::adapters::state_file::JsonStateFile;
+use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::setup::{self, Setup, port_error};
 use crate::app::tick::{TickOptions, TickPorts, TickReport, run_tick_with_store};
 use crate::config::ConfigArgs;
-use crate::ports::SystemClock;
+use crate::ports::{PortError, StateStore, SystemClock};
 use anyhow::Context;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -140,6 +140,18 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
     Ok(())
 }
 
+/// The saved state for a dry run, which never saves.
+struct ReadOnlyState(crate::app::state::GovernorState);
+
+impl StateStore for ReadOnlyState {
+    fn load(&mut self) -> Result<crate::app::state::GovernorState, PortError> {
+        Ok(self.0.clone())
+    }
+    fn save(&mut self, _state: &crate::app::state::GovernorState) -> Result<(), PortError> {
+        Err("a dry run saves nothing".into())
+    }
+}
+
 /// Run one tick with the adapters `setup` describes.
 ///
 /// # Errors
@@ -151,7 +163,6 @@ pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
     let mut telemetry = setup.telemetry(false)?;
     let probe = LocalWorkerProbe::for_this_host();
     let clock = SystemClock;
-    let mut store = JsonStateFile::in_dir(&setup.state_dir);
     let mut ports = TickPorts {
         clock: &clock,
         pools: setup::pool_sources(&mut telemetry),
@@ -164,6 +175,14 @@ pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
         dual_dispatcher: setup.dual_dispatcher(),
         ..TickOptions::default()
     };
+    if dry_run {
+        // A dry run writes nothing, not even a new state database.
+        let mut store =
+            ReadOnlyState(SqliteState::load_read_only(&setup.state_dir).map_err(port_error)?);
+        return run_tick_with_store(&setup.policy, &mut ports, &mut store, &opts)
+            .map_err(port_error);
+    }
+    let mut store = SqliteState::open(&setup.state_dir)?;
     run_tick_with_store(&setup.policy, &mut ports, &mut store, &opts).map_err(port_error)
 }
 

@@ -2,7 +2,7 @@
 //! observe + decide path as `tick`, with nothing acted on and nothing written (the state is
 //! read, not saved).
 
-use crate::adapters::state_file::JsonStateFile;
+use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
 use crate::app::setup::{self, port_error};
@@ -10,7 +10,7 @@ use crate::app::state::GovernorState;
 use crate::app::tick::{Observed, TickOptions, TickPorts, observe};
 use crate::config::ConfigArgs;
 use crate::governor::{Decision, PoolBudget, decide};
-use crate::ports::{StateStore, SystemClock};
+use crate::ports::SystemClock;
 use serde::Serialize;
 use std::io::Write;
 use std::process::ExitCode;
@@ -174,9 +174,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut telemetry = setup.telemetry(false)?;
     let probe = LocalWorkerProbe::for_this_host();
     let clock = SystemClock;
-    let mut state = JsonStateFile::in_dir(&setup.state_dir)
-        .load()
-        .map_err(port_error)?;
+    let mut state = SqliteState::load_read_only(&setup.state_dir).map_err(port_error)?;
     let mut ports = TickPorts {
         clock: &clock,
         pools: setup::pool_sources(&mut telemetry),

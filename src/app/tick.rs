@@ -668,8 +668,9 @@ fn run_tick_inner(
     Ok(report)
 }
 
-/// [`run_tick`] with the state loaded from and (unless a dry run) saved to `store`. The
-/// state is saved even when Hermes calls failed, so no release is forgotten.
+/// [`run_tick`] with the state loaded from and (unless a dry run) saved to `store`, then the
+/// tick journaled there. The state is saved even when Hermes calls failed, so no release is
+/// forgotten.
 ///
 /// # Errors
 ///
@@ -681,11 +682,21 @@ pub fn run_tick_with_store(
     opts: &TickOptions,
 ) -> Result<TickReport, PortError> {
     let mut state = store.load()?;
-    let report = run_tick(policy, ports, &mut state, opts)?;
+    let mut report = run_tick(policy, ports, &mut state, opts)?;
     if !opts.dry_run {
         store.save(&state)?;
+        journal(store, &mut report);
     }
     Ok(report)
+}
+
+/// Append the tick to the store's history; a failure is logged and reported, not fatal (the
+/// state, which is what the next tick needs, is already saved).
+pub fn journal(store: &mut dyn StateStore, report: &mut TickReport) {
+    if let Err(e) = store.journal(report) {
+        tracing::error!(error = %e, "Writing the tick's history failed.");
+        report.errors.push(format!("writing history: {e}"));
+    }
 }
 
 #[cfg(test)]

@@ -525,3 +525,10 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// The governor state saved under `state_dir`, as JSON (read-only, as `status` reads it).
+pub fn saved_state(state_dir: &std::path::Path) -> serde_json::Value {
+    let state = kanban_governor::adapters::state_sqlite::SqliteState::load_read_only(state_dir)
+        .expect("the saved state reads back");
+    serde_json::to_value(state).unwrap()
+}
