@@ -335,6 +335,12 @@ fn status_shows_running_and_waiting_per_profile_with_reasons_and_runs_no_hermes(
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["profiles"][0]["running"], 2);
     assert_eq!(v["waiting"][0]["state"], "vram_headroom");
+    // Declared vs learned: nothing learned yet.
+    assert!(t.contains("footprint (tokens/req)"), "{t}");
+    assert_eq!(v["footprints"][0]["profile"], "coder");
+    assert_eq!(v["footprints"][0]["samples"], 0);
+    assert!(v["footprints"][0]["declared_tokens"].as_u64().unwrap() > 0);
+    assert!(v["footprints"][0]["learned_tokens"].is_null());
     assert!(rig.calls().is_empty());
     assert!(!rig.state_dir().exists(), "status wrote the state dir");
 }

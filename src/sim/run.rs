@@ -16,7 +16,7 @@ use crate::governor::{
     ProfileId, Readiness, RunningTask, TaskId, WaitingTask, decide,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 
 /// A dispatch strategy.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,6 +244,8 @@ pub struct Run<'a> {
     finished_last: f64,
     ids: Vec<TaskId>,
     profile_ids: Vec<ProfileId>,
+    /// Each profile's lane, same order.
+    lanes: Vec<String>,
     /// Tasks that arrived and are not done or blocked (pruned lazily).
     active: Vec<usize>,
 }
@@ -286,6 +288,7 @@ impl<'a> Run<'a> {
             params,
             peaks: vec![PeakStats::default(); policy.profiles.len()],
             profile_ids: policy.profiles.iter().map(|p| p.id.clone()).collect(),
+            lanes: policy.profiles.iter().map(|p| p.lane.clone()).collect(),
             policy,
             strategy,
             engine: Engine::new(host.regime, host.speed, host.kv_bytes_per_token),
@@ -633,7 +636,7 @@ impl<'a> Run<'a> {
                     WaitingTask {
                         id: self.ids[i].clone(),
                         profile: Some(p.clone()),
-                        assignee: format!("{}@gpu", p.0),
+                        assignee: self.lanes[self.specs[i].profile].clone(),
                         priority: self.specs[i].priority,
                         created_at: Millis(micros(self.specs[i].arrival) / 1000),
                         waiting_since: Millis(micros(self.tasks[i].waiting_since) / 1000),
@@ -656,11 +659,10 @@ impl<'a> Run<'a> {
                 .collect(),
         };
         let d = decide(&self.policy, &obs);
-        let index: BTreeMap<&TaskId, usize> =
-            self.ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+        // Ids are `t{index}` (see `ids`): no lookup table per decision.
         d.release
             .iter()
-            .filter_map(|r| index.get(&r.id).copied())
+            .filter_map(|r| r.id.0.strip_prefix('t')?.parse().ok())
             .collect()
     }
 
