@@ -287,6 +287,7 @@ pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<
     checks.extend(check_hermes_caps(&inputs.hermes_home));
     checks.push(check_state_dir(&inputs.state_dir));
     checks.push(check_governor_lock(&inputs.state_dir));
+    checks.push(check_state_db(&inputs.state_dir));
     checks
 }
 
@@ -776,6 +777,36 @@ fn check_state_dir(dir: &Path) -> Check {
                 dir.display()
             ),
             "set dispatch.state_dir to a writable directory",
+        ),
+    }
+}
+
+/// `state`: the saved state reads (schema known, state of this version), read-only.
+fn check_state_db(state_dir: &Path) -> Check {
+    use crate::adapters::state_sqlite::{STATE_DB_NAME, SqliteState};
+    let db = state_dir.join(STATE_DB_NAME);
+    match SqliteState::load_read_only(state_dir) {
+        Ok(s) if db.exists() => Check::ok(
+            "state",
+            format!(
+                "{} reads: {} released and not yet running, {} profile(s) with learned peaks, {} tick(s) so far",
+                db.display(),
+                s.in_flight.len(),
+                s.footprints.len(),
+                s.counters.ticks
+            ),
+        ),
+        Ok(_) => Check::ok(
+            "state",
+            format!(
+                "{} does not exist yet; the first tick creates it",
+                db.display()
+            ),
+        ),
+        Err(e) => Check::fail(
+            "state",
+            e.to_string(),
+            "see the message: run the kanban-governor that wrote it, or move the file away",
         ),
     }
 }

@@ -368,3 +368,29 @@ fn the_templates_in_scripts_carry_every_placeholder_they_are_filled_with() {
         assert!(t.contains("ExecStart=@GOVERNOR_BIN@"));
     }
 }
+
+#[test]
+fn the_state_check_reads_the_database_and_fails_on_one_from_a_newer_governor() {
+    use crate::adapters::state_sqlite::{STATE_DB_NAME, SqliteState};
+    use crate::ports::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(check_state_db(dir.path()).status, Status::Ok);
+    let mut s = SqliteState::open(dir.path()).unwrap();
+    s.save(&crate::app::state::GovernorState::default())
+        .unwrap();
+    drop(s);
+    let c = check_state_db(dir.path());
+    assert_eq!(c.status, Status::Ok);
+    assert!(
+        c.detail.contains("0 released and not yet running"),
+        "{}",
+        c.detail
+    );
+    rusqlite::Connection::open(dir.path().join(STATE_DB_NAME))
+        .unwrap()
+        .pragma_update(None, "user_version", 7)
+        .unwrap();
+    let c = check_state_db(dir.path());
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.detail.contains("schema version 7"), "{}", c.detail);
+}
