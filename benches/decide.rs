@@ -11,7 +11,7 @@ use std::time::Instant;
 
 fn profile(i: usize, kv_gib: u64) -> ProfilePolicy {
     ProfilePolicy {
-        id: ProfileId(format!("p{i}")),
+        id: ProfileId::from(format!("p{i}")),
         lane: format!("p{i}@gpu"),
         pool: 0,
         declared: WorstCase {
@@ -47,15 +47,15 @@ fn main() {
     let now = Millis::secs(1_000_000);
     let running = (0..200)
         .map(|i| RunningTask {
-            id: TaskId(format!("r_{i:08x}")),
+            id: TaskId::from(format!("r_{i:08x}")),
             assignee: format!("p{}", i % 8),
             since: Millis::secs(999_000),
         })
         .collect();
     let waiting = (0..10_000u64)
         .map(|i| WaitingTask {
-            id: TaskId(format!("t_{i:08x}")),
-            profile: Some(ProfileId(format!("p{}", i % 8))),
+            id: TaskId::from(format!("t_{i:08x}")),
+            profile: Some(ProfileId::from(format!("p{}", i % 8))),
             assignee: format!("p{}@gpu", i % 8),
             priority: (i % 3) as i64,
             created_at: Millis::secs(990_000 + i),

@@ -124,7 +124,7 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<(BoardTask, i64)> {
     let secs = |v: Option<i64>| v.map(|s| Millis(u64::try_from(s).unwrap_or(0) * 1000));
     let status: String = row.get(2)?;
     let task = BoardTask {
-        id: TaskId(row.get(0)?),
+        id: TaskId::from(row.get::<_, String>(0)?),
         assignee: row.get::<_, Option<String>>(1)?.filter(|a| !a.is_empty()),
         status: TaskStatus::parse(&status),
         priority: row.get(3)?,
@@ -359,7 +359,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         let snap = SqliteBoard::new(&path).read_board(&[]).unwrap();
-        let ids: Vec<&str> = snap.tasks.iter().map(|t| t.id.0.as_str()).collect();
+        let ids: Vec<&str> = snap.tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["t_high", "t_run", "t_old", "t_low"]);
         let run = snap.task(&TaskId::from("t_run")).unwrap();
         assert_eq!(run.status, TaskStatus::Running);
@@ -383,7 +383,7 @@ pub(crate) mod tests {
         let got: Vec<(&str, u64)> = snap
             .tasks
             .iter()
-            .map(|t| (t.id.0.as_str(), t.created_at.get()))
+            .map(|t| (t.id.as_str(), t.created_at.get()))
             .collect();
         assert_eq!(
             got,

@@ -364,18 +364,22 @@ pub fn parse_dispatch_json(stdout: &str) -> Result<DispatchOutcome, String> {
             .spawned
             .into_iter()
             .map(|s| Spawned {
-                id: TaskId(s.task_id),
+                id: TaskId::from(s.task_id),
                 assignee: s.assignee.unwrap_or_default(),
             })
             .collect(),
-        crashed: raw.crashed.into_iter().map(TaskId).collect(),
+        crashed: raw.crashed.into_iter().map(TaskId::from).collect(),
         reclaimed: raw.reclaimed,
         promoted: raw.promoted,
-        skipped_nonspawnable: raw.skipped_nonspawnable.into_iter().map(TaskId).collect(),
+        skipped_nonspawnable: raw
+            .skipped_nonspawnable
+            .into_iter()
+            .map(TaskId::from)
+            .collect(),
         skipped_per_profile_capped: raw
             .skipped_per_profile_capped
             .into_iter()
-            .map(|c| TaskId(c.task_id))
+            .map(|c| TaskId::from(c.task_id))
             .collect(),
     })
 }

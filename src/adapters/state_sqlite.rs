@@ -350,7 +350,7 @@ impl SqliteState {
                 decision.execute(params![
                     at,
                     h.id.0,
-                    h.profile.as_ref().map(|p| p.0.as_str()),
+                    h.profile.as_ref().map(|p| p.as_str()),
                     name,
                     h.reason.to_string()
                 ])?;

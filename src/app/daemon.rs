@@ -477,10 +477,10 @@ fn board_sets(board: &mut SqliteBoard) -> Option<(BTreeSet<String>, BTreeSet<Str
     for t in snap.tasks {
         match t.status {
             TaskStatus::Running => {
-                running.insert(t.id.0);
+                running.insert(t.id.to_string());
             }
             TaskStatus::Ready => {
-                waiting.insert(t.id.0);
+                waiting.insert(t.id.to_string());
             }
             _ => {}
         }

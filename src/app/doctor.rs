@@ -231,7 +231,7 @@ pub fn inputs_from_args(
             .profiles
             .iter()
             .map(|p| ProfileRef {
-                name: p.name.0.clone(),
+                name: p.name.to_string(),
                 lane: p.lane.clone(),
             })
             .collect(),

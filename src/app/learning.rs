@@ -78,7 +78,7 @@ pub fn follow(
     running: &[RunningTask],
     busy_context: Option<u64>,
 ) -> Vec<PeakSample> {
-    let profile_of = |assignee: &str| policy.profiles.iter().find(|p| p.id.0 == assignee);
+    let profile_of = |assignee: &str| policy.profiles.iter().find(|p| p.id.as_str() == assignee);
     let mut finished = Vec::new();
     // Tasks that left `running`: done teaches, anything else (blocked, reclaimed, archived)
     // is forgotten.
@@ -110,7 +110,7 @@ pub fn follow(
 
     // One governed profile alone on the board: the engine's largest request is its.
     let first = running.first().and_then(|r| profile_of(&r.assignee));
-    let alone = first.filter(|p| running.iter().all(|r| r.assignee == p.id.0));
+    let alone = first.filter(|p| running.iter().all(|r| r.assignee == p.id.as_str()));
     let clean = busy_context.is_some() && alone.is_some();
     for r in running {
         let Some(profile) = profile_of(&r.assignee) else {
@@ -154,7 +154,7 @@ pub fn report(policy: &Policy, state: &GovernorState) -> Vec<ProfileLearning> {
             let s = state.footprints.get(&p.id).copied().unwrap_or_default();
             let declared_tokens = p.declared.request_tokens;
             ProfileLearning {
-                profile: p.id.0.clone(),
+                profile: p.id.to_string(),
                 samples: s.n,
                 max_tokens: s.max,
                 mean_tokens: s.mean(),

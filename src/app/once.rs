@@ -126,7 +126,7 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
         writeln!(out, "  LEAK {id}: Hermes spawned it without a release")?;
     }
     for h in &report.decision.held {
-        let profile = h.profile.as_ref().map_or("-".to_owned(), |p| p.0.clone());
+        let profile = h.profile.as_ref().map_or("-".to_owned(), |p| p.to_string());
         writeln!(out, "  hold {} ({profile}): {}", h.id, h.reason)?;
     }
     for e in report

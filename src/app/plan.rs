@@ -277,7 +277,7 @@ impl PlanProfile {
 
     fn policy(&self) -> ProfilePolicy {
         ProfilePolicy {
-            id: ProfileId(self.name.clone()),
+            id: ProfileId::from(self.name.clone()),
             lane: self.lane.clone(),
             pool: 0,
             declared: self.worst_case(),
@@ -565,7 +565,7 @@ fn inputs_from_config(args: &PlanFlags, path: &std::path::Path) -> anyhow::Resul
             .map(|p| {
                 let model = p.spec();
                 PlanProfile {
-                    name: p.name.0.clone(),
+                    name: p.name.to_string(),
                     lane: p.lane.clone(),
                     model,
                     kv_dtype: p.kv_dtype,
@@ -919,8 +919,8 @@ fn synthetic(
         for (p, &n) in profiles.iter().zip(tasks_each) {
             if round < n {
                 waiting.push(WaitingTask {
-                    id: TaskId(format!("{}#{round}", p.name)),
-                    profile: Some(ProfileId(p.name.clone())),
+                    id: TaskId::from(format!("{}#{round}", p.name)),
+                    profile: Some(ProfileId::from(p.name.clone())),
                     assignee: p.lane.clone(),
                     priority: 0,
                     created_at: Millis(seq),
@@ -1080,7 +1080,7 @@ fn plan(input: &PlanInput) -> PlanReport {
     let mut mix: BTreeMap<String, u64> = plannable.iter().map(|p| (p.name.clone(), 0)).collect();
     let mut mix_worst_case_bytes = 0u64;
     for r in &decision.release {
-        *mix.entry(r.profile.0.clone()).or_default() += 1;
+        *mix.entry(r.profile.to_string()).or_default() += 1;
         mix_worst_case_bytes = mix_worst_case_bytes.saturating_add(r.charged.total_bytes().get());
     }
     let mix_tasks = decision.release.len() as u64;

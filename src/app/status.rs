@@ -78,8 +78,12 @@ fn report(
         .profiles
         .iter()
         .map(|p| ProfileStatus {
-            profile: p.id.0.clone(),
-            running: obs.running.iter().filter(|r| r.assignee == p.id.0).count(),
+            profile: p.id.to_string(),
+            running: obs
+                .running
+                .iter()
+                .filter(|r| r.assignee == p.id.as_str())
+                .count(),
             waiting: obs
                 .waiting
                 .iter()
@@ -100,8 +104,8 @@ fn report(
             ("unknown".to_owned(), String::new())
         };
         waiting.push(WaitingStatus {
-            id: w.id.0.clone(),
-            profile: w.profile.as_ref().map(|p| p.0.clone()),
+            id: w.id.to_string(),
+            profile: w.profile.as_ref().map(|p| p.to_string()),
             state,
             reason,
         });

@@ -172,7 +172,7 @@ fn governed(policy: &Policy, assignee: Option<&str>) -> Option<ProfileId> {
     policy
         .profiles
         .iter()
-        .find(|p| p.id.0 == a)
+        .find(|p| p.id.as_str() == a)
         .map(|p| p.id.clone())
 }
 
@@ -281,7 +281,7 @@ fn observe_snapshot(
     // In-flight releases stay charged while they sit `ready` on their profile.
     state.in_flight.retain(|id, f| {
         snap.task(id).is_some_and(|t| {
-            t.status == TaskStatus::Ready && t.assignee.as_deref() == Some(f.profile.0.as_str())
+            t.status == TaskStatus::Ready && t.assignee.as_deref() == Some(f.profile.as_str())
         })
     });
 
@@ -352,7 +352,7 @@ fn observe_snapshot(
         governed_running = true;
         running.push(RunningTask {
             id: id.clone(),
-            assignee: f.profile.0.clone(),
+            assignee: f.profile.to_string(),
             since: f.released_at,
         });
     }
@@ -594,7 +594,7 @@ fn run_tick_inner(
             .waiting
             .iter()
             .find(|w| w.id == r.id);
-        let on_profile = w.is_some_and(|w| w.assignee == r.profile.0);
+        let on_profile = w.is_some_and(|w| w.assignee == r.profile.as_str());
         if report.observed.dead.contains(&r.id) && !reclaimed_set.contains(&r.id) {
             continue;
         }

@@ -568,7 +568,7 @@ impl Config {
 
     /// The profile named `name`.
     pub fn profile(&self, name: &str) -> Option<&ProfileConfig> {
-        self.profiles.iter().find(|p| p.name.0 == name)
+        self.profiles.iter().find(|p| p.name.as_str() == name)
     }
 
     /// The profile whose lane is `lane`.

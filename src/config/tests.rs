@@ -65,7 +65,7 @@ fn the_embedded_default_validates_and_its_three_profiles_share_one_vllm_pool() {
     assert_eq!(policy.pools[0].kv_placement, KvPlacement::EnginePool);
     assert_eq!(policy.pools[0].kv_capacity_tokens, Some(442_368));
     let coder = &policy.profiles[0];
-    assert_eq!(coder.id.0, "coder");
+    assert_eq!(coder.id.as_str(), "coder");
     assert_eq!(coder.lane, "coder@gpu");
     assert_eq!(coder.declared.kv_tokens, 32_768);
     // Llama-3.1-8B: 128 KiB of f16 KV per token.
@@ -655,7 +655,7 @@ fn profiles_dir_files_load_relative_to_the_config_and_lanes_may_not_be_hermes_pr
         ..ConfigArgs::default()
     };
     let c = load(&args, &no_env).unwrap_or_else(|e| panic!("{e}"));
-    let names: Vec<&str> = c.profiles.iter().map(|p| p.name.0.as_str()).collect();
+    let names: Vec<&str> = c.profiles.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["coder", "writer"]);
 
     std::fs::write(

@@ -612,7 +612,7 @@ fn check_names_and_lanes(
                 ),
             );
         }
-        if let Some(q) = profiles.iter().find(|q| q.name.0 == p.lane) {
+        if let Some(q) = profiles.iter().find(|q| q.name.as_str() == p.lane) {
             v.err(
                 lane_src,
                 key("lane"),
@@ -958,7 +958,7 @@ fn profile(
         })
         .unwrap_or_else(|| format!("{name}@gpu"));
     idents.push(Ident {
-        name: ProfileId(name.clone()),
+        name: ProfileId::from(name.clone()),
         lane: lane.clone(),
         source: source.clone(),
         lane_source: v.src(&key("lane"), &source),
@@ -1280,7 +1280,7 @@ fn profile(
     }
 
     Some(ProfileConfig {
-        name: ProfileId(name.clone()),
+        name: ProfileId::from(name.clone()),
         lane,
         model: spec.map(|s| s.name.to_owned()),
         kv_bytes_per_token: if spec.is_some() { None } else { direct },

@@ -67,7 +67,7 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
         .profiles
         .iter()
         .enumerate()
-        .map(|(i, p)| (p.id.0.as_str(), i))
+        .map(|(i, p)| (p.id.as_str(), i))
         .collect();
     let mut running_per_profile = vec![0u32; policy.profiles.len()];
     for task in &obs.running {
@@ -124,7 +124,7 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
         let Some(pi) = task
             .profile
             .as_ref()
-            .and_then(|id| by_name.get(id.0.as_str()).copied())
+            .and_then(|id| by_name.get(id.as_str()).copied())
         else {
             held.push(hold(HoldReason::UnknownProfile {
                 assignee: task.assignee.clone(),

@@ -27,7 +27,7 @@ fn ceiling() -> u64 {
 
 fn profile(name: &str, kv_gib: u64) -> ProfilePolicy {
     ProfilePolicy {
-        id: ProfileId(name.into()),
+        id: ProfileId::from(Into::<String>::into(name)),
         lane: format!("{name}@gpu"),
         pool: 0,
         declared: WorstCase {
@@ -67,8 +67,8 @@ fn gpu(used_gib: u64) -> PoolObservation {
 
 fn waiting(id: &str, profile: &str, priority: i64, created_s: u64) -> WaitingTask {
     WaitingTask {
-        id: TaskId(id.into()),
-        profile: Some(ProfileId(profile.into())),
+        id: TaskId::from(Into::<String>::into(id)),
+        profile: Some(ProfileId::from(Into::<String>::into(profile))),
         assignee: format!("{profile}@gpu"),
         priority,
         created_at: Millis::secs(created_s),
@@ -80,7 +80,7 @@ fn waiting(id: &str, profile: &str, priority: i64, created_s: u64) -> WaitingTas
 
 fn running(id: &str, profile: &str) -> RunningTask {
     RunningTask {
-        id: TaskId(id.into()),
+        id: TaskId::from(Into::<String>::into(id)),
         assignee: profile.into(),
         since: Millis::secs(900),
     }
@@ -99,13 +99,13 @@ fn obs(pool: PoolObservation, running: Vec<RunningTask>, waiting: Vec<WaitingTas
 }
 
 fn released(d: &Decision) -> Vec<&str> {
-    d.release.iter().map(|r| r.id.0.as_str()).collect()
+    d.release.iter().map(|r| r.id.as_str()).collect()
 }
 
 fn reason_of<'a>(d: &'a Decision, id: &str) -> &'a HoldReason {
     &d.held
         .iter()
-        .find(|h| h.id.0 == id)
+        .find(|h| h.id.as_str() == id)
         .unwrap_or_else(|| panic!("{id} is not held"))
         .reason
 }
@@ -189,7 +189,7 @@ fn after_max_wait_room_is_reserved_for_the_starving_task() {
     assert_eq!(
         reason_of(&d, "t_s1"),
         &HoldReason::Reserved {
-            for_task: TaskId("t_big".into())
+            for_task: TaskId::from("t_big")
         }
     );
 }
@@ -249,7 +249,7 @@ fn guaranteed_room_is_kept_from_other_profiles() {
     assert_eq!(
         reason_of(&d, "t_b3"),
         &HoldReason::Guaranteed {
-            for_profile: ProfileId("interactive".into())
+            for_profile: ProfileId::from("interactive")
         }
     );
 }

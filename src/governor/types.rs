@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// A number of bytes. Displayed in binary units (`24.0 GiB`), parsed from IEC strings by
 /// `config` (never from a bare number: a unitless size is a config error).
@@ -107,7 +108,7 @@ impl fmt::Display for Millis {
 /// A Hermes task id (`t_` + 8 hex on Hermes 0.19.0; any string is accepted).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct TaskId(pub String);
+pub struct TaskId(pub Arc<str>);
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,14 +118,27 @@ impl fmt::Display for TaskId {
 
 impl From<&str> for TaskId {
     fn from(s: &str) -> Self {
-        TaskId(s.to_owned())
+        TaskId(Arc::from(s))
+    }
+}
+
+impl From<String> for TaskId {
+    fn from(s: String) -> Self {
+        TaskId(Arc::from(s))
+    }
+}
+
+impl TaskId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
 /// The name of a governed profile: the Hermes profile that runs its tasks.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ProfileId(pub String);
+pub struct ProfileId(pub Arc<str>);
 
 impl fmt::Display for ProfileId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -134,7 +148,20 @@ impl fmt::Display for ProfileId {
 
 impl From<&str> for ProfileId {
     fn from(s: &str) -> Self {
-        ProfileId(s.to_owned())
+        ProfileId(Arc::from(s))
+    }
+}
+
+impl From<String> for ProfileId {
+    fn from(s: String) -> Self {
+        ProfileId(Arc::from(s))
+    }
+}
+
+impl ProfileId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

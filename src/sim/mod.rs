@@ -160,7 +160,7 @@ pub fn setup(cfg: &Config) -> Result<Setup, SetupError> {
         .profiles
         .iter()
         .map(|p| ProfileShape {
-            name: p.name.0.clone(),
+            name: p.name.to_string(),
             max_context: p.max_context_tokens,
             streams: p.requests_per_task,
             interactive: p.guaranteed > 0 || p.max_context_tokens == min_ctx,

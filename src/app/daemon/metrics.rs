@@ -410,11 +410,8 @@ impl Metrics {
                 .set(i64::from(b.stale.is_some()));
         }
         let obs = &report.observed.observation;
-        let mut running: BTreeMap<&str, i64> = policy
-            .profiles
-            .iter()
-            .map(|p| (p.id.0.as_str(), 0))
-            .collect();
+        let mut running: BTreeMap<&str, i64> =
+            policy.profiles.iter().map(|p| (p.id.as_str(), 0)).collect();
         let mut waiting = running.clone();
         waiting.insert(UNKNOWN_PROFILE, 0);
         for r in &obs.running {
@@ -423,7 +420,7 @@ impl Metrics {
             }
         }
         for w in &obs.waiting {
-            let key = w.profile.as_ref().map_or(UNKNOWN_PROFILE, |p| p.0.as_str());
+            let key = w.profile.as_ref().map_or(UNKNOWN_PROFILE, |p| p.as_str());
             *waiting.entry(key).or_insert(0) += 1;
         }
         for (p, n) in running {

@@ -286,12 +286,16 @@ impl Rig {
 
     fn set(&self, id: &str, status: TaskStatus) {
         let mut w = self.hermes.0.borrow_mut();
-        w.tasks.iter_mut().find(|t| t.id.0 == id).unwrap().status = status;
+        w.tasks
+            .iter_mut()
+            .find(|t| t.id.as_str() == id)
+            .unwrap()
+            .status = status;
     }
 }
 
 fn ids(v: &[TaskId]) -> Vec<&str> {
-    v.iter().map(|t| t.0.as_str()).collect()
+    v.iter().map(|t| t.as_str()).collect()
 }
 
 #[test]
@@ -381,7 +385,7 @@ fn a_spawn_the_governor_did_not_release_is_a_counted_leak() {
         .decision
         .held
         .iter()
-        .find(|h| h.id.0 == "t_rogue")
+        .find(|h| h.id.as_str() == "t_rogue")
         .unwrap();
     assert_eq!(
         held.reason,
