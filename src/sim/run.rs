@@ -498,13 +498,16 @@ impl<'a> Run<'a> {
     }
 
     fn sample(&mut self) {
-        self.prune();
-        let running = self
-            .active
-            .iter()
-            .filter(|&&i| self.tasks[i].st == St::Running)
-            .count() as u32;
-        let waiting = self.active.iter().filter(|&&i| self.ready(i)).count() as u32;
+        // One pass; `active` is pruned at every dispatch, so finished tasks left in it since
+        // are neither running nor ready and count for nothing.
+        let (mut running, mut waiting) = (0u32, 0u32);
+        for &i in &self.active {
+            if self.tasks[i].st == St::Running {
+                running += 1;
+            } else if self.ready(i) {
+                waiting += 1;
+            }
+        }
         if !self.engine.busy() && waiting > 0 {
             self.idle_samples += 1;
         }
@@ -518,7 +521,8 @@ impl<'a> Run<'a> {
     }
 
     /// Ready tasks in Hermes's order: priority, then creation.
-    fn ready_in_order(&self) -> Vec<usize> {
+    /// The first `limit` of them (all when `None`).
+    fn ready_in_order(&self, limit: Option<usize>) -> Vec<usize> {
         // Hermes's order: priority desc, then arrival, then index. Keys are built once per
         // call and sorted unstably (they are unique), which is several times faster than a
         // comparator that looks both sides up on every comparison.
@@ -537,6 +541,14 @@ impl<'a> Run<'a> {
                 )
             })
             .collect();
+        if let Some(k) = limit.filter(|&k| k < keyed.len()) {
+            // Only the first k matter (a cap's free places): select them, sort those.
+            if k == 0 {
+                return Vec::new();
+            }
+            keyed.select_nth_unstable(k - 1);
+            keyed.truncate(k);
+        }
         keyed.sort_unstable();
         keyed.into_iter().map(|(_, _, i)| i).collect()
     }
@@ -552,16 +564,23 @@ impl<'a> Run<'a> {
 
     fn dispatch(&mut self) {
         self.prune();
-        let ready = self.ready_in_order();
-        if ready.is_empty() {
-            return;
-        }
         let running: Vec<usize> = self
             .active
             .iter()
             .copied()
             .filter(|&i| self.tasks[i].st == St::Running)
             .collect();
+        let limit = match self.strategy {
+            Strategy::PerTick(n) => Some(*n as usize),
+            Strategy::LiveCap(n) => Some((*n as usize).saturating_sub(running.len())),
+            // The governor orders the board itself; here only "anything ready?" matters.
+            Strategy::Governor | Strategy::GovernorLearned => Some(1),
+            _ => None,
+        };
+        let ready = self.ready_in_order(limit);
+        if ready.is_empty() {
+            return;
+        }
         let chosen: Vec<usize> = match self.strategy {
             Strategy::Unbounded => ready,
             Strategy::PerTick(n) => ready.into_iter().take(*n as usize).collect(),
