@@ -231,6 +231,9 @@ pub struct Run<'a> {
     strategy: &'a Strategy,
     engine: Engine,
     peaks: Vec<PeakStats>,
+    /// Running and ready counts as of the last state change (`None`: recount). Tasks change
+    /// state far less often than samples are taken.
+    counts: Option<(u32, u32)>,
     tasks: Vec<Task>,
     heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
@@ -287,6 +290,7 @@ impl<'a> Run<'a> {
             host,
             params,
             peaks: vec![PeakStats::default(); policy.profiles.len()],
+            counts: None,
             profile_ids: policy.profiles.iter().map(|p| p.id.clone()).collect(),
             lanes: policy.profiles.iter().map(|p| p.lane.clone()).collect(),
             policy,
@@ -387,6 +391,7 @@ impl<'a> Run<'a> {
                 t.turn += 1;
                 if t.turn >= self.specs[task].calls.len() {
                     t.st = St::Done;
+                    self.counts = None;
                     self.finished_last = self.now;
                     // What the engine reports as the task's peak context (DESIGN §4).
                     let spec = &self.specs[task];
@@ -418,6 +423,7 @@ impl<'a> Run<'a> {
         t.failures += 1;
         t.epoch += 1;
         t.outstanding = 0;
+        self.counts = None;
         if t.failures >= self.params.failure_limit {
             t.st = St::Blocked;
             return 1;
@@ -432,6 +438,7 @@ impl<'a> Run<'a> {
         match ev {
             Ev::Arrive(i) => {
                 self.active.push(i);
+                self.counts = None;
                 0
             }
             Ev::Dispatch => {
@@ -498,16 +505,23 @@ impl<'a> Run<'a> {
     }
 
     fn sample(&mut self) {
-        // One pass; `active` is pruned at every dispatch, so finished tasks left in it since
-        // are neither running nor ready and count for nothing.
-        let (mut running, mut waiting) = (0u32, 0u32);
-        for &i in &self.active {
-            if self.tasks[i].st == St::Running {
-                running += 1;
-            } else if self.ready(i) {
-                waiting += 1;
+        let (running, waiting) = match self.counts {
+            Some(c) => c,
+            None => {
+                // One pass; finished tasks still in `active` (it is pruned at dispatch) are
+                // neither running nor ready and count for nothing.
+                let (mut running, mut waiting) = (0u32, 0u32);
+                for &i in &self.active {
+                    if self.tasks[i].st == St::Running {
+                        running += 1;
+                    } else if self.ready(i) {
+                        waiting += 1;
+                    }
+                }
+                self.counts = Some((running, waiting));
+                (running, waiting)
             }
-        }
+        };
         if !self.engine.busy() && waiting > 0 {
             self.idle_samples += 1;
         }
@@ -554,6 +568,7 @@ impl<'a> Run<'a> {
     }
 
     fn start(&mut self, i: usize) {
+        self.counts = None;
         let t = &mut self.tasks[i];
         t.st = St::Running;
         t.turn = 0;
