@@ -63,6 +63,7 @@ pub const MIGRATIONS: &[&str] = &["
         detail TEXT NOT NULL
     );
     CREATE INDEX decisions_at ON decisions (at_ms);
+    CREATE INDEX decisions_task ON decisions (task, id);
     CREATE TABLE footprint_samples (
         id INTEGER PRIMARY KEY,
         at_ms INTEGER NOT NULL,
@@ -342,9 +343,21 @@ impl SqliteState {
                 release.execute(params![rel.id.0, rel.profile.0, at])?;
                 self.last_reason.remove(&rel.id);
             }
+            // The reason last written for a task: remembered, or (first tick of a `tick`
+            // process) looked up, so cron mode does not rewrite every held task every tick.
+            let mut last_written = tx.prepare_cached(
+                "SELECT verdict FROM decisions WHERE task = ?1 ORDER BY id DESC LIMIT 1",
+            )?;
             for h in &r.decision.held {
                 let name = h.reason.name();
-                if self.last_reason.get(&h.id).map(String::as_str) == Some(name) {
+                let last = match self.last_reason.get(&h.id) {
+                    Some(l) => Some(l.clone()),
+                    None => last_written
+                        .query_row(params![h.id.as_str()], |row| row.get::<_, String>(0))
+                        .optional()?,
+                };
+                if last.as_deref() == Some(name) {
+                    self.last_reason.insert(h.id.clone(), name.to_owned());
                     continue;
                 }
                 decision.execute(params![

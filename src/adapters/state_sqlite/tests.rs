@@ -54,6 +54,13 @@ fn held(id: &str, reason: HoldReason) -> Hold {
     }
 }
 
+fn vram_again() -> HoldReason {
+    HoldReason::VramHeadroom {
+        needed: Bytes::gib(8),
+        free: Bytes::gib(1),
+    }
+}
+
 fn count(s: &SqliteState, sql: &str) -> i64 {
     s.conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
@@ -169,6 +176,13 @@ fn the_journal_keeps_releases_outcomes_reason_changes_and_samples() {
     let mut r = report(105);
     r.decision.held = vec![held("t_b", vram)];
     r.spawned = vec![TaskId::from("t_a")];
+    s.journal(&r).unwrap();
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM decisions"), 2);
+    // A new process (cron: one `tick` each) does not write the unchanged reason again.
+    drop(s);
+    let mut s = SqliteState::open(dir.path()).unwrap();
+    let mut r = report(107);
+    r.decision.held = vec![held("t_b", vram_again())];
     s.journal(&r).unwrap();
     assert_eq!(count(&s, "SELECT COUNT(*) FROM decisions"), 2);
     let outcome: String = s
