@@ -199,7 +199,7 @@ impl SqliteState {
         };
         s.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| s.err(e))?;
         let found = s.user_version()?;
-        if found != MIGRATIONS.len() as i64 {
+        if found > MIGRATIONS.len() as i64 {
             return Err(StateDbError::TooNew {
                 path: s.path.clone(),
                 found,
@@ -207,6 +207,11 @@ impl SqliteState {
             }
             .into());
         }
+        if found == 0 {
+            // Created but never migrated (a writer stopped at its first open): nothing saved.
+            return Ok(GovernorState::default());
+        }
+        // Every schema so far keeps the state row as it is; the next writer migrates.
         s.read_state()
     }
 
