@@ -105,65 +105,51 @@ impl fmt::Display for Millis {
     }
 }
 
-/// A Hermes task id (`t_` + 8 hex on Hermes 0.19.0; any string is accepted).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TaskId(pub Arc<str>);
+/// An id that is text shared by reference (`Arc<str>`): cloning one, as every decision does
+/// for every waiting task, allocates nothing. Serialized as a plain string.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Arc<str>);
 
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(Arc::from(s))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(Arc::from(s))
+            }
+        }
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
 }
 
-impl From<&str> for TaskId {
-    fn from(s: &str) -> Self {
-        TaskId(Arc::from(s))
-    }
-}
+text_id!(
+    /// A Hermes task id (`t_` + 8 hex on Hermes 0.19.0; any string is accepted).
+    TaskId
+);
 
-impl From<String> for TaskId {
-    fn from(s: String) -> Self {
-        TaskId(Arc::from(s))
-    }
-}
-
-impl TaskId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The name of a governed profile: the Hermes profile that runs its tasks.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ProfileId(pub Arc<str>);
-
-impl fmt::Display for ProfileId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<&str> for ProfileId {
-    fn from(s: &str) -> Self {
-        ProfileId(Arc::from(s))
-    }
-}
-
-impl From<String> for ProfileId {
-    fn from(s: String) -> Self {
-        ProfileId(Arc::from(s))
-    }
-}
-
-impl ProfileId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+text_id!(
+    /// The name of a governed profile: the Hermes profile that runs its tasks.
+    ProfileId
+);
 
 /// Where an engine keeps its KV cache, which decides which capacity pool a task's KV is
 /// charged to.
