@@ -198,7 +198,8 @@ pub fn observe(
         .collect();
     let snap = ports.board.read_board(&tracked)?;
     let mut telemetry_errors = Vec::new();
-    // The largest request in progress over the pools' engines; unknown if any engine failed.
+    // The largest request in progress over the pools' engines; unknown if any pool has no
+    // engine, or its engine failed or does not expose it.
     let mut busy: Result<Option<u64>, ()> = Ok(None);
     let pools: Vec<PoolObservation> = policy
         .pools
@@ -224,12 +225,17 @@ pub fn observe(
                         telemetry_errors.push(format!("pool {}: engine: {e}", pool.name));
                     })
                     .ok();
-                busy = match (busy, &reading) {
-                    (Ok(b), Some(r)) => Ok(b.max(r.busy_context_max)),
+                // Known only if every pool's engine answered and exposes it: a pool that
+                // does not could be where the requests are.
+                busy = match (busy, reading.as_ref().and_then(|r| r.busy_context_max)) {
+                    (Ok(b), Some(c)) => Ok(Some(b.map_or(c, |b| b.max(c)))),
                     _ => Err(()),
                 };
                 reading.map(|r| r.sample)
             });
+            if src.engine.is_none() {
+                busy = Err(());
+            }
             let baseline = src
                 .baseline
                 .or_else(|| state.observed_baseline.get(&pool.name).copied());

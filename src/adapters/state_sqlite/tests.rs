@@ -65,6 +65,10 @@ fn count(s: &SqliteState, sql: &str) -> i64 {
     s.conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+fn text(s: &SqliteState, sql: &str) -> String {
+    s.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
 #[test]
 fn a_new_database_holds_the_default_state_in_wal_at_the_current_schema() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,12 +189,7 @@ fn the_journal_keeps_releases_outcomes_reason_changes_and_samples() {
     r.decision.held = vec![held("t_b", vram_again())];
     s.journal(&r).unwrap();
     assert_eq!(count(&s, "SELECT COUNT(*) FROM decisions"), 2);
-    let outcome: String = s
-        .conn
-        .query_row("SELECT outcome FROM releases WHERE task = 't_a'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let outcome = text(&s, "SELECT outcome FROM releases WHERE task = 't_a'");
     assert_eq!(outcome, "spawned");
     // A new reason is written; the task finishing done records its peak.
     let mut r = report(110);
@@ -209,12 +208,7 @@ fn the_journal_keeps_releases_outcomes_reason_changes_and_samples() {
         ),
         3000
     );
-    let outcome: String = s
-        .conn
-        .query_row("SELECT outcome FROM releases WHERE task = 't_a'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let outcome = text(&s, "SELECT outcome FROM releases WHERE task = 't_a'");
     assert_eq!(outcome, "done");
 }
 
@@ -230,9 +224,8 @@ fn old_journal_rows_are_pruned() {
     let mut r = report(later);
     r.decision.held = vec![held("t_new", HoldReason::WaitingOnParent)];
     s.journal(&r).unwrap();
-    let left: String = s
-        .conn
-        .query_row("SELECT group_concat(task) FROM decisions", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(left, "t_new");
+    assert_eq!(
+        text(&s, "SELECT group_concat(task) FROM decisions"),
+        "t_new"
+    );
 }

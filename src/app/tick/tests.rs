@@ -211,7 +211,7 @@ fn task(id: &str, assignee: &str, status: TaskStatus, priority: i64, created: u6
 
 /// An engine whose largest request in progress the test sets.
 struct SlotsEngine {
-    busy_context: u64,
+    busy_context: Option<u64>,
 }
 
 impl EngineTelemetry for SlotsEngine {
@@ -221,7 +221,7 @@ impl EngineTelemetry for SlotsEngine {
                 at: now,
                 ..Default::default()
             },
-            busy_context_max: Some(self.busy_context),
+            busy_context_max: self.busy_context,
             ..Default::default()
         })
     }
@@ -680,7 +680,9 @@ fn what_finished_tasks_really_reached_lowers_a_learned_footprint_and_more_tasks_
         request_tokens: 8192,
     };
     p.footprint = crate::governor::FootprintMode::Learned;
-    rig.engine = Some(SlotsEngine { busy_context: 0 });
+    rig.engine = Some(SlotsEngine {
+        busy_context: Some(0),
+    });
     for i in 0..8 {
         let id = format!("t_{i}");
         rig.hermes
@@ -690,9 +692,9 @@ fn what_finished_tasks_really_reached_lowers_a_learned_footprint_and_more_tasks_
             .push(task(&id, "big@gpu", TaskStatus::Ready, 0, i));
         let r = rig.tick();
         assert_eq!(ids(&r.spawned), vec![id.as_str()]);
-        rig.engine.as_mut().unwrap().busy_context = 900 + 20 * i;
+        rig.engine.as_mut().unwrap().busy_context = Some(900 + 20 * i);
         rig.tick();
-        rig.engine.as_mut().unwrap().busy_context = 0;
+        rig.engine.as_mut().unwrap().busy_context = Some(0);
         rig.set(&id, TaskStatus::Done);
         let r = rig.tick();
         assert_eq!(r.observed.peaks.len(), 1, "{:?}", r.observed.peaks);
@@ -726,12 +728,27 @@ fn tasks_running_beside_another_profile_teach_nothing() {
         task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
         task("t_b", "small@gpu", TaskStatus::Ready, 0, 2),
     ]);
-    rig.engine = Some(SlotsEngine { busy_context: 700 });
+    rig.engine = Some(SlotsEngine {
+        busy_context: Some(700),
+    });
     rig.tick();
     rig.tick();
     rig.set("t_a", TaskStatus::Done);
     rig.set("t_b", TaskStatus::Done);
     let r = rig.tick();
     assert!(r.observed.peaks.is_empty());
+    assert!(rig.state.footprints.is_empty());
+}
+
+#[test]
+fn an_engine_that_does_not_expose_request_context_teaches_nothing() {
+    let mut rig = Rig::new(vec![task("t_a", "big@gpu", TaskStatus::Ready, 0, 1)]);
+    rig.engine = Some(SlotsEngine { busy_context: None });
+    rig.tick();
+    let r = rig.tick();
+    assert_eq!(r.observed.busy_context, None);
+    assert!(rig.state.task_peaks[&TaskId::from("t_a")].tainted);
+    rig.set("t_a", TaskStatus::Done);
+    assert!(rig.tick().observed.peaks.is_empty());
     assert!(rig.state.footprints.is_empty());
 }
