@@ -335,10 +335,35 @@ pub trait StateStore {
     }
 }
 
-/// Tells whether a running task's worker process is gone (crashed, killed).
+/// One worker process of this host: its pid and when it started (kernel clock ticks since
+/// boot, `/proc/<pid>/stat` field 22), so a pid the kernel reused is not taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time.
+    pub start: u64,
+}
+
+/// Tells whether a task's worker process is gone (crashed, killed) or still there.
 pub trait WorkerProbe {
     /// `true` only when sure: the task's claim is local to this host, its worker pid is
     /// recorded, and that process no longer exists (or is a zombie). Anything uncertain
     /// (another host's claim, no pid yet) is `false`: the task stays charged.
     fn is_dead(&self, task: &BoardTask) -> bool;
+
+    /// The running task's worker, when its claim is local to this host and the process is
+    /// alive now. Hermes forgets the pid when the task completes, while the worker still
+    /// sends one last model call (HERMES.md §6.2: it exits about 1 s after `done`); the
+    /// governor remembers the process to keep charging it until it has exited.
+    fn worker(&self, task: &BoardTask) -> Option<WorkerProcess> {
+        let _ = task;
+        None
+    }
+
+    /// Whether that very process (same pid, same start time) is still alive.
+    fn is_alive(&self, worker: &WorkerProcess) -> bool {
+        let _ = worker;
+        false
+    }
 }

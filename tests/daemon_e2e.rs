@@ -87,8 +87,11 @@ fn plain_dispatch_overflows_the_engine_and_the_daemon_on_the_same_workload_never
     let _s = serial();
     let dir = tempfile::tempdir().unwrap();
 
-    // (a) What users run today: every ready task spawns at once.
-    let plain_engine = engine(dir.path(), Duration::from_secs(3));
+    // (a) What users run today: every ready task spawns at once. Its engine lives in a
+    // directory of its own: answers still in progress after its workers are killed must not
+    // publish its memory into the NVML state the daemon reads in (b).
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain_engine = engine(plain_dir.path(), Duration::from_secs(3));
     let h = Hermes::with_base_url(&["agent"], &plain_engine.base_url());
     create_tasks(&h, TASKS, "agent");
     h.run(&["kanban", "dispatch", "--json"]);

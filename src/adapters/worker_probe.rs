@@ -6,7 +6,7 @@
 //! because that task is charged would never run one. So the governor looks itself, read-only:
 //! no signal is sent (signal 0 only tests), nothing is written.
 
-use crate::ports::{BoardTask, TaskStatus, WorkerProbe};
+use crate::ports::{BoardTask, TaskStatus, WorkerProbe, WorkerProcess};
 
 /// Probes processes of this host.
 #[derive(Debug, Clone)]
@@ -29,6 +29,18 @@ impl LocalWorkerProbe {
             .ok()
             .map(|h| LocalWorkerProbe::new(h.trim()))
     }
+}
+
+/// `/proc/<pid>/stat` of a live (not zombie) process: its start time, field 22.
+fn live_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces and parentheses): state is field 3,
+    // start time field 22.
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    if rest.next()? == "Z" {
+        return None;
+    }
+    rest.nth(18)?.parse().ok()
 }
 
 /// Whether process `pid` is gone or a zombie.
@@ -61,8 +73,29 @@ impl WorkerProbe for LocalWorkerProbe {
         let (Some(pid), Some(lock)) = (task.worker_pid, task.claim_lock.as_deref()) else {
             return false;
         };
-        let host = lock.rsplit_once(':').map_or(lock, |(h, _)| h);
-        host == self.hostname && process_is_gone(pid)
+        self.is_local(lock) && process_is_gone(pid)
+    }
+
+    fn worker(&self, task: &BoardTask) -> Option<WorkerProcess> {
+        if task.status != TaskStatus::Running {
+            return None;
+        }
+        let (pid, lock) = (task.worker_pid?, task.claim_lock.as_deref()?);
+        if !self.is_local(lock) {
+            return None;
+        }
+        live_start_time(pid).map(|start| WorkerProcess { pid, start })
+    }
+
+    fn is_alive(&self, worker: &WorkerProcess) -> bool {
+        live_start_time(worker.pid) == Some(worker.start)
+    }
+}
+
+impl LocalWorkerProbe {
+    fn is_local(&self, claim_lock: &str) -> bool {
+        let host = claim_lock.rsplit_once(':').map_or(claim_lock, |(h, _)| h);
+        host == self.hostname
     }
 }
 
@@ -93,6 +126,31 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(probe.is_dead(&running(pid, "host-a:1")));
+    }
+
+    #[test]
+    fn a_local_worker_is_remembered_by_pid_and_start_time_until_it_exits() {
+        let probe = LocalWorkerProbe::new("host-a");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let w = probe
+            .worker(&running(pid, "host-a:1"))
+            .expect("a live local worker");
+        assert_eq!(w.pid, pid);
+        assert!(probe.is_alive(&w));
+        // The same pid with another start time is another process.
+        assert!(!probe.is_alive(&WorkerProcess {
+            start: w.start + 1,
+            ..w
+        }));
+        assert_eq!(probe.worker(&running(pid, "host-b:1")), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!probe.is_alive(&w));
+        assert_eq!(probe.worker(&running(pid, "host-a:1")), None);
     }
 
     #[test]

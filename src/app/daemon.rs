@@ -58,6 +58,9 @@ use tokio::sync::{Notify, watch};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 /// The shortest `--sample-every` or `--interval` accepted (a zero period would spin).
 pub const MIN_PERIOD: Duration = Duration::from_millis(10);
+/// How soon the daemon ticks again while a finished task's worker has not exited yet.
+const FINISHING_RECHECK: Duration = Duration::from_millis(500);
+
 /// How often the board's `PRAGMA data_version` is polled for finished tasks.
 pub const BOARD_POLL: Duration = Duration::from_millis(250);
 
@@ -650,6 +653,19 @@ impl Daemon {
             if *stop.borrow() {
                 break;
             }
+            // A worker that outlives its task exits about a second later without touching
+            // the board: look again soon rather than a whole interval later.
+            let finishing = lock(&self.ticks)
+                .last_tick
+                .as_ref()
+                .is_some_and(|r| !r.observed.finishing.is_empty());
+            let recheck = async {
+                if finishing {
+                    tokio::time::sleep(FINISHING_RECHECK).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             trigger = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
@@ -658,6 +674,7 @@ impl Daemon {
                     interval.reset();
                     "board"
                 }
+                () = recheck => "finishing",
             };
         }
         tracing::warn!("Stopped after a complete tick; state saved.");

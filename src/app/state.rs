@@ -8,6 +8,7 @@ use crate::app::learning::TaskPeak;
 use crate::governor::learned::PeakStats;
 use crate::governor::limit::Aimd;
 use crate::governor::{Bytes, Millis, ProfileId, TaskId};
+use crate::ports::WorkerProcess;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,6 +22,18 @@ pub struct InFlight {
     pub profile: ProfileId,
     /// When it was released.
     pub released_at: Millis,
+}
+
+/// The worker process of a governed task, remembered while the task runs so its memory stays
+/// charged after Hermes marks the task finished and until the process has exited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    /// The profile it runs as.
+    pub profile: ProfileId,
+    /// The process.
+    pub process: WorkerProcess,
+    /// When the task was first seen no longer running while the process lived on.
+    pub finishing_since: Option<Millis>,
 }
 
 /// Monotonic counters (exported as metrics by the daemon).
@@ -78,6 +91,9 @@ pub struct GovernorState {
     /// Per running governed task, its peak so far.
     #[serde(default)]
     pub task_peaks: BTreeMap<TaskId, TaskPeak>,
+    /// Governed tasks' local worker processes (see [`Worker`]).
+    #[serde(default)]
+    pub workers: BTreeMap<TaskId, Worker>,
 }
 
 impl Default for GovernorState {
@@ -95,6 +111,7 @@ impl Default for GovernorState {
             latency_limit: None,
             footprints: BTreeMap::new(),
             task_peaks: BTreeMap::new(),
+            workers: BTreeMap::new(),
         }
     }
 }

@@ -15,7 +15,7 @@
 //!   no longer `ready` on their profile.
 
 use crate::app::learning::{self, PeakSample};
-use crate::app::state::{GovernorState, InFlight};
+use crate::app::state::{GovernorState, InFlight, Worker};
 use crate::governor::{
     Bytes, Decision, Millis, Observation, Policy, PoolObservation, ProfileId, Readiness,
     RunningTask, TaskId, WaitingTask, decide,
@@ -30,6 +30,12 @@ use std::collections::{BTreeMap, BTreeSet};
 /// How long released tasks may wait unspawned before a tick with no new release runs
 /// `dispatch` again for them (a failed or skipped dispatch must not strand charged tasks).
 pub const REDISPATCH_AFTER: Millis = Millis::secs(60);
+
+/// How long a governed task's worker may outlive the task (done, blocked) and stay charged.
+/// Hermes's worker sends one last model call after `kanban_complete` and exits about 1 s
+/// after the task turned `done` (HERMES.md §6.2, §6.3); one that lingers longer than this is
+/// no longer charged (and a warning says so).
+pub const FINISHING_GRACE: Millis = Millis::secs(120);
 
 /// After this many dead workers a task is blocked for a human instead of retried: Hermes's
 /// own default `failure_limit` (HERMES.md §7), which adoption into a lane resets.
@@ -85,6 +91,9 @@ pub struct Observed {
     pub adopt: Vec<TaskId>,
     /// Released tasks not yet seen running.
     pub in_flight: Vec<TaskId>,
+    /// Tasks no longer running whose worker process has not exited yet (still charged).
+    #[serde(default)]
+    pub finishing: Vec<TaskId>,
     /// Telemetry that failed (the pool then holds as stale).
     pub telemetry_errors: Vec<String>,
     /// The board's `PRAGMA data_version`.
@@ -143,6 +152,9 @@ impl TickReport {
             self.observed.board_running,
             self.in_flight.len(),
         );
+        if !self.observed.finishing.is_empty() {
+            s.push_str(&format!(", finishing {}", self.observed.finishing.len()));
+        }
         for b in &self.decision.pools {
             match (b.projected_after_bytes, b.ceiling_bytes) {
                 (Some(p), Some(c)) => s.push_str(&format!("; pool {}: {p} of {c}", b.name)),
@@ -194,6 +206,7 @@ pub fn observe(
         .in_flight
         .keys()
         .chain(state.task_peaks.keys())
+        .chain(state.workers.keys())
         .cloned()
         .collect();
     let snap = ports.board.read_board(&tracked)?;
@@ -320,7 +333,26 @@ fn observe_snapshot(
                     continue;
                 }
                 board_running += 1;
-                governed_running |= governed(policy, t.assignee.as_deref()).is_some();
+                let profile = governed(policy, t.assignee.as_deref());
+                if let (Some(profile), Some(process)) =
+                    (&profile, workers.and_then(|w| w.worker(t)))
+                {
+                    let known = state
+                        .workers
+                        .get(&t.id)
+                        .is_some_and(|w| w.process == process);
+                    if !known {
+                        state.workers.insert(
+                            t.id.clone(),
+                            Worker {
+                                profile: profile.clone(),
+                                process,
+                                finishing_since: None,
+                            },
+                        );
+                    }
+                }
+                governed_running |= profile.is_some();
                 running.push(RunningTask {
                     id: t.id.clone(),
                     assignee: t.assignee.clone().unwrap_or_default(),
@@ -353,6 +385,15 @@ fn observe_snapshot(
             tracing::info!(task = %p.task, profile = %p.profile, peak_tokens = p.tokens,
                 "Learned a finished task's peak context.");
         }
+    }
+    let finishing = finishing_workers(&running, workers, state, now);
+    for (id, w) in &finishing {
+        governed_running = true;
+        running.push(RunningTask {
+            id: id.clone(),
+            assignee: w.profile.to_string(),
+            since: w.finishing_since.unwrap_or(now),
+        });
     }
     for (id, f) in &state.in_flight {
         governed_running = true;
@@ -395,11 +436,45 @@ fn observe_snapshot(
         dead_for_good,
         adopt,
         in_flight: state.in_flight.keys().cloned().collect(),
+        finishing: finishing.into_iter().map(|(id, _)| id).collect(),
         telemetry_errors,
         data_version: snap.data_version,
         busy_context,
         peaks,
     }
+}
+
+/// Remembered workers whose task no longer runs on the board (done, blocked, reclaimed) but
+/// whose process is still alive: they still hold the engine (a worker's last call comes after
+/// its task completes), so they stay charged until they exit or [`FINISHING_GRACE`] passes.
+/// Workers that exited, or outlived the grace, are forgotten.
+fn finishing_workers(
+    running: &[RunningTask],
+    probe: Option<&dyn WorkerProbe>,
+    state: &mut GovernorState,
+    now: Millis,
+) -> Vec<(TaskId, Worker)> {
+    let running: BTreeSet<&TaskId> = running.iter().map(|r| &r.id).collect();
+    let mut finishing = Vec::new();
+    let in_flight = &state.in_flight;
+    state.workers.retain(|id, w| {
+        if running.contains(id) {
+            w.finishing_since = None;
+            return true;
+        }
+        if in_flight.contains_key(id) || !probe.is_some_and(|p| p.is_alive(&w.process)) {
+            return false;
+        }
+        let since = *w.finishing_since.get_or_insert(now);
+        if now.since(since) > FINISHING_GRACE {
+            tracing::warn!(task = %id, pid = w.process.pid, lingered = %now.since(since),
+                "A worker outlived its task; no longer charging it.");
+            return false;
+        }
+        finishing.push((id.clone(), w.clone()));
+        true
+    });
+    finishing
 }
 
 fn waiting_task(

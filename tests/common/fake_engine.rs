@@ -198,16 +198,23 @@ impl Inner {
         let Some(path) = &self.spec.nvml_state else {
             return;
         };
+        // One publish at a time (requests are served on many threads), each through a
+        // temporary file of its own, so the file always holds the latest complete state.
+        let extra = self.nvml_extra.lock().unwrap();
         let used = {
             let s = self.stats.lock().unwrap();
             self.spec.weights_bytes + s.in_use_tokens * self.spec.bytes_per_token
         };
         let text = format!(
-            "device 0 total={} used={used}\nprocess 0 4242 {used}\n{}",
+            "device 0 total={} used={used}\nprocess 0 4242 {used}\n{extra}",
             self.spec.total_bytes,
-            self.nvml_extra.lock().unwrap()
         );
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, path).unwrap();
     }

@@ -24,6 +24,7 @@ fn report(at: u64) -> TickReport {
             dead_for_good: vec![],
             adopt: vec![],
             in_flight: vec![],
+            finishing: vec![],
             telemetry_errors: vec![],
             data_version: 0,
             busy_context: None,

@@ -214,7 +214,7 @@ impl Metrics {
         );
         let ticks = reg!(
             "ticks",
-            "Ticks run, by trigger (start, interval, board) and result (ok, error)",
+            "Ticks run, by trigger (start, interval, board, finishing) and result (ok, error)",
             None::<Unit>,
             Family::<Labels, Counter>::default()
         );

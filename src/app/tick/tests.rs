@@ -5,7 +5,7 @@ use super::*;
 use crate::governor::{
     Bytes, GpuSample, HoldReason, KvPlacement, PoolPolicy, ProfilePolicy, WorstCase,
 };
-use crate::ports::{DispatchOutcome, ManualClock, MaxSemantics, Spawned};
+use crate::ports::{DispatchOutcome, ManualClock, MaxSemantics, Spawned, WorkerProcess};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -18,6 +18,10 @@ struct World {
     reads: u32,
     fail_dispatch: bool,
     dead: Vec<TaskId>,
+    /// Tasks whose worker outlives them (alive after the task left `running`).
+    lingering: Vec<TaskId>,
+    /// Pid of each spawned worker, by task (Hermes forgets it when the task finishes).
+    pids: Vec<(u32, TaskId)>,
 }
 
 #[derive(Clone, Default)]
@@ -123,9 +127,12 @@ impl Dispatcher for FakeHermes {
                 id: t.id.clone(),
                 assignee: t.assignee.clone().unwrap_or_default(),
             });
+            let pid = 1000 + u32::try_from(w.pids.len()).unwrap();
             let t = &mut w.tasks[i];
             t.status = TaskStatus::Running;
-            t.worker_pid = Some(1);
+            t.worker_pid = Some(pid);
+            let id = t.id.clone();
+            w.pids.push((pid, id));
         }
         Ok(out)
     }
@@ -134,6 +141,27 @@ impl Dispatcher for FakeHermes {
 impl WorkerProbe for FakeHermes {
     fn is_dead(&self, task: &BoardTask) -> bool {
         self.0.borrow().dead.contains(&task.id)
+    }
+
+    fn worker(&self, task: &BoardTask) -> Option<WorkerProcess> {
+        let pid = task.worker_pid?;
+        let alive = task.status == TaskStatus::Running && !self.is_dead(task);
+        alive.then_some(WorkerProcess { pid, start: 7 })
+    }
+
+    /// A worker lives while its task runs, and after that only if the test says it lingers.
+    fn is_alive(&self, p: &WorkerProcess) -> bool {
+        let w = self.0.borrow();
+        let Some((_, id)) = w.pids.iter().find(|(pid, _)| *pid == p.pid) else {
+            return false;
+        };
+        if w.dead.contains(id) {
+            return false;
+        }
+        w.lingering.contains(id)
+            || w.tasks
+                .iter()
+                .any(|t| &t.id == id && t.status == TaskStatus::Running)
     }
 }
 
@@ -506,6 +534,80 @@ fn a_dead_worker_is_reclaimed_its_memory_freed_and_its_task_governed_again() {
     assert_eq!(ids(&r.released), ["t_a"]);
     assert_eq!(rig.calls(), ["reclaim t_a", "dispatch --max 2"]);
     assert_eq!(rig.state.counters.reclaimed, 1);
+}
+
+#[test]
+fn a_finished_tasks_worker_stays_charged_until_its_process_exits() {
+    // 20 GiB for tasks: two bigs (16) run, the third waits.
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
+        task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
+    ]);
+    assert_eq!(ids(&rig.tick().spawned), ["t_a", "t_b"]);
+    rig.tick(); // sees them running, with their workers
+    assert_eq!(rig.state.workers.len(), 2);
+    rig.calls();
+    // t_a completes, but its worker still sends its last model call: still charged.
+    rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
+    rig.set("t_a", TaskStatus::Done);
+    rig.clock.advance(Millis::secs(1));
+    let r = rig.tick();
+    assert_eq!(ids(&r.observed.finishing), ["t_a"]);
+    assert!(r.released.is_empty(), "{:?}", r.decision);
+    assert!(matches!(
+        r.decision.held[0].reason,
+        HoldReason::VramHeadroom { .. }
+    ));
+    assert!(r.summary().contains("finishing 1"), "{}", r.summary());
+    assert!(rig.calls().is_empty());
+    // The worker exits: its room goes to t_c, and it is forgotten.
+    rig.hermes.0.borrow_mut().lingering.clear();
+    let r = rig.tick();
+    assert!(r.observed.finishing.is_empty());
+    assert_eq!(ids(&r.released), ["t_c"]);
+    assert!(!rig.state.workers.contains_key(&TaskId::from("t_a")));
+}
+
+#[test]
+fn a_worker_lingering_past_the_grace_is_no_longer_charged() {
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
+        task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
+    ]);
+    rig.tick();
+    rig.tick();
+    rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
+    rig.set("t_a", TaskStatus::Done);
+    assert!(rig.tick().released.is_empty());
+    rig.clock.advance(FINISHING_GRACE);
+    assert!(rig.tick().released.is_empty(), "still within the grace");
+    rig.clock.advance(Millis(1));
+    let r = rig.tick();
+    assert_eq!(ids(&r.released), ["t_c"]);
+    assert!(!rig.state.workers.contains_key(&TaskId::from("t_a")));
+}
+
+#[test]
+fn a_dry_run_charges_a_finishing_worker_too_and_changes_no_state() {
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
+        task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
+    ]);
+    rig.tick();
+    rig.tick();
+    rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
+    rig.set("t_a", TaskStatus::Done);
+    let before = rig.state.clone();
+    let r = rig.tick_with(&TickOptions {
+        dry_run: true,
+        ..TickOptions::default()
+    });
+    assert_eq!(ids(&r.observed.finishing), ["t_a"]);
+    assert!(r.released.is_empty());
+    assert_eq!(rig.state, before);
 }
 
 #[test]
