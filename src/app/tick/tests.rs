@@ -536,22 +536,27 @@ fn a_dead_worker_is_reclaimed_its_memory_freed_and_its_task_governed_again() {
     assert_eq!(rig.state.counters.reclaimed, 1);
 }
 
-#[test]
-fn a_finished_tasks_worker_stays_charged_until_its_process_exits() {
-    // 20 GiB for tasks: two bigs (16) run, the third waits.
+/// 20 GiB for tasks: two bigs (16) spawned and seen running with their workers, a third
+/// waiting; then `t_a` completes while its worker lives on (its last model call).
+fn t_a_done_with_its_worker_alive() -> Rig {
     let mut rig = Rig::new(vec![
         task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
         task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
         task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
     ]);
     assert_eq!(ids(&rig.tick().spawned), ["t_a", "t_b"]);
-    rig.tick(); // sees them running, with their workers
+    rig.tick();
     assert_eq!(rig.state.workers.len(), 2);
     rig.calls();
-    // t_a completes, but its worker still sends its last model call: still charged.
     rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
     rig.set("t_a", TaskStatus::Done);
     rig.clock.advance(Millis::secs(1));
+    rig
+}
+
+#[test]
+fn a_finished_tasks_worker_stays_charged_until_its_process_exits() {
+    let mut rig = t_a_done_with_its_worker_alive();
     let r = rig.tick();
     assert_eq!(ids(&r.observed.finishing), ["t_a"]);
     assert!(r.released.is_empty(), "{:?}", r.decision);
@@ -571,15 +576,7 @@ fn a_finished_tasks_worker_stays_charged_until_its_process_exits() {
 
 #[test]
 fn a_worker_lingering_past_the_grace_is_no_longer_charged() {
-    let mut rig = Rig::new(vec![
-        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
-        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
-        task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
-    ]);
-    rig.tick();
-    rig.tick();
-    rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
-    rig.set("t_a", TaskStatus::Done);
+    let mut rig = t_a_done_with_its_worker_alive();
     assert!(rig.tick().released.is_empty());
     rig.clock.advance(FINISHING_GRACE);
     assert!(rig.tick().released.is_empty(), "still within the grace");
@@ -591,15 +588,7 @@ fn a_worker_lingering_past_the_grace_is_no_longer_charged() {
 
 #[test]
 fn a_dry_run_charges_a_finishing_worker_too_and_changes_no_state() {
-    let mut rig = Rig::new(vec![
-        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
-        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
-        task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
-    ]);
-    rig.tick();
-    rig.tick();
-    rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
-    rig.set("t_a", TaskStatus::Done);
+    let mut rig = t_a_done_with_its_worker_alive();
     let before = rig.state.clone();
     let r = rig.tick_with(&TickOptions {
         dry_run: true,
