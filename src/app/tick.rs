@@ -333,26 +333,7 @@ fn observe_snapshot(
                     continue;
                 }
                 board_running += 1;
-                let profile = governed(policy, t.assignee.as_deref());
-                if let (Some(profile), Some(process)) =
-                    (&profile, workers.and_then(|w| w.worker(t)))
-                {
-                    let known = state
-                        .workers
-                        .get(&t.id)
-                        .is_some_and(|w| w.process == process);
-                    if !known {
-                        state.workers.insert(
-                            t.id.clone(),
-                            Worker {
-                                profile: profile.clone(),
-                                process,
-                                finishing_since: None,
-                            },
-                        );
-                    }
-                }
-                governed_running |= profile.is_some();
+                governed_running |= remember_worker(policy, workers, state, t);
                 running.push(RunningTask {
                     id: t.id.clone(),
                     assignee: t.assignee.clone().unwrap_or_default(),
@@ -442,6 +423,34 @@ fn observe_snapshot(
         busy_context,
         peaks,
     }
+}
+
+/// Remember the local worker of `t` if it is a governed running task; whether it is governed.
+fn remember_worker(
+    policy: &Policy,
+    probe: Option<&dyn WorkerProbe>,
+    state: &mut GovernorState,
+    t: &BoardTask,
+) -> bool {
+    let Some(profile) = governed(policy, t.assignee.as_deref()) else {
+        return false;
+    };
+    if let Some(process) = probe.and_then(|w| w.worker(t))
+        && state
+            .workers
+            .get(&t.id)
+            .is_none_or(|w| w.process != process)
+    {
+        state.workers.insert(
+            t.id.clone(),
+            Worker {
+                profile,
+                process,
+                finishing_since: None,
+            },
+        );
+    }
+    true
 }
 
 /// Remembered workers whose task no longer runs on the board (done, blocked, reclaimed) but
@@ -725,6 +734,18 @@ fn run_tick_inner(
                     }
                 }
                 Err(e) => hermes_error(format!("dispatching (--max {max})"), e, state),
+            }
+            // Hermes records each worker's pid before dispatch returns. Remember them now: a
+            // task that finishes before the next tick would otherwise never be seen running,
+            // and its worker's last call would go uncharged.
+            if !report.spawned.is_empty()
+                && let Ok(snap) = ports.board.read_board(&report.spawned)
+            {
+                for t in &snap.tasks {
+                    if t.status == TaskStatus::Running && report.spawned.contains(&t.id) {
+                        remember_worker(policy, ports.workers, state, t);
+                    }
+                }
             }
         }
     }

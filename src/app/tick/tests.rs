@@ -545,7 +545,7 @@ fn t_a_done_with_its_worker_alive() -> Rig {
         task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
     ]);
     assert_eq!(ids(&rig.tick().spawned), ["t_a", "t_b"]);
-    rig.tick();
+    // Known from the dispatching tick on, before any tick has seen them running.
     assert_eq!(rig.state.workers.len(), 2);
     rig.calls();
     rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
