@@ -84,6 +84,7 @@ fn main() {
         dual_dispatcher: None,
         latency_limit: Some(300),
         learned: vec![None; 8],
+        spread: vec![],
     };
 
     // Warm up, then time.

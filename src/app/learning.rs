@@ -19,8 +19,8 @@
 //! Pure: state and observations in, state out.
 
 use crate::app::state::GovernorState;
-use crate::governor::learned::{PeakStats, learned_worst_case};
-use crate::governor::{Policy, ProfileId, RunningTask, TaskId, WorstCase};
+use crate::governor::learned::{PeakStats, learned_spread, learned_worst_case};
+use crate::governor::{Policy, ProfileId, RunningTask, Spread, TaskId, WorstCase};
 use crate::ports::{BoardSnapshot, TaskStatus};
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +142,16 @@ pub fn learned(policy: &Policy, state: &GovernorState) -> Vec<Option<WorstCase>>
             let upper = state.footprints.get(&p.id).and_then(PeakStats::upper)?;
             Some(learned_worst_case(&p.declared, upper))
         })
+        .collect()
+}
+
+/// Per profile (in [`Policy::profiles`] order), how its tasks' peaks spread, once enough
+/// samples exist (the decision pools them in an engine's KV pool under `footprint = "learned"`).
+pub fn spread(policy: &Policy, state: &GovernorState) -> Vec<Option<Spread>> {
+    policy
+        .profiles
+        .iter()
+        .map(|p| learned_spread(&p.declared, state.footprints.get(&p.id)?))
         .collect()
 }
 

@@ -948,6 +948,7 @@ fn synthetic(
         dual_dispatcher: None,
         latency_limit: None,
         learned: Vec::new(),
+        spread: Vec::new(),
     };
     (policy, observation)
 }

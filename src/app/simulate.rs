@@ -26,9 +26,11 @@ Strategies (rows): unbounded = the gateway's dispatcher with no cap; per-tick = 
 old per-tick meaning; live-cap = a live cap of N running tasks (Hermes `--max` today, the \
 article's slot controller); pools = a live cap per profile, the budget split evenly; governor = \
 kanban-governor's decision, the same code as `run` and `tick`, with each profile's `footprint` mode \
-from the config (default `max`: the larger of declared and learned); governor-learned = the same \
-with every profile's footprint learned from the peaks of finished tasks; oracle = the best static cap in \
-hindsight (a sweep of N) and clairvoyant admission (knows each task's true peak).
+from the config (the embedded default: `learned`, from the peaks of finished tasks); \
+governor-declared = the same with every profile charged its declared worst case, always; oracle = \
+the best static cap in hindsight (a sweep of N, by tasks done), the best feasible static cap (the \
+best of the sweep with no OOM or offload, timeouts under 2 % and preemptions at most a tenth of \
+the unbounded row's) and clairvoyant admission (knows each task's true peak).
 
 Trace files (--trace) are in the Azure LLM inference CSV format \
 (TIMESTAMP,ContextTokens,GeneratedTokens). Every --group consecutive rows become one agent task \
@@ -60,7 +62,7 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "MODEL", conflicts_with = "config")]
     pub model: Option<String>,
     /// Rows to compute (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StrategyName::Unbounded, StrategyName::PerTick, StrategyName::LiveCap, StrategyName::Pools, StrategyName::Governor, StrategyName::GovernorLearned, StrategyName::Oracle])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StrategyName::Unbounded, StrategyName::PerTick, StrategyName::LiveCap, StrategyName::Pools, StrategyName::Governor, StrategyName::GovernorDeclared, StrategyName::Oracle])]
     pub strategies: Vec<StrategyName>,
     /// N of `--max N` (per-tick) and of the live cap.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -411,6 +411,7 @@ fn observe_snapshot(
             dual_dispatcher: opts.dual_dispatcher.clone(),
             latency_limit: opts.latency_limit,
             learned: learning::learned(policy, state),
+            spread: learning::spread(policy, state),
         },
         board_running,
         dead,

@@ -3,10 +3,23 @@
 //! Pure arithmetic, no I/O. Sums are done in `u128` so no input can overflow them; a
 //! ceiling is never exceeded by an admitted charge (checked by property tests in
 //! `governor::tests`).
+//!
+//! # Statistical KV admission (engine KV pools, `footprint = "learned"`)
+//!
+//! In an engine's preallocated KV pool (vLLM, SGLang) running out of KV preempts a request
+//! and recomputes it later; nothing fails and no memory outside the pool is touched. There a
+//! profile that learned how its tasks' peaks spread is charged by the pool as a whole, not
+//! task by task: `n` tasks whose peaks have mean `μ` and deviation `σ` reach together at most
+//! `n·μ + z·σ·√n` tokens with probability 99 % (`z` = [`Z_99`], one-sided; a normal
+//! approximation of the sum), and never more than `n` times their bound. So the pool's KV
+//! charge is `min(Σ bound, Σ μ + z·√(Σ σ²))`; a declared or `max` footprint has `μ = bound`
+//! and `σ = 0` and is charged exactly its bound. The sum still assumes every task at its
+//! peak at once, while a paged engine frees a task's blocks between its calls; GPU bytes and
+//! slots, where an overrun is an OOM or a failed request, are always charged bound by bound.
 
 use super::types::{
     Bytes, EngineSample, GpuSample, HoldReason, KvPlacement, Millis, PoolBudget, PoolObservation,
-    PoolPolicy, WorstCase,
+    PoolPolicy, Spread, WorstCase,
 };
 
 /// What one task costs in one pool's terms.
@@ -18,7 +31,14 @@ pub struct Charge {
     pub kv_tokens: u128,
     /// Engine slots (only where the engine has fixed slots).
     pub slots: u128,
+    /// The expected KV tokens (`= kv_tokens` for a task charged its bound).
+    pub kv_mean: u128,
+    /// The variance of the KV tokens (0 for a task charged its bound).
+    pub kv_var: u128,
 }
+
+/// One-sided 99 % quantile of the standard normal distribution, in thousandths.
+pub const Z_99: u128 = 2326;
 
 impl Charge {
     /// Component-wise sum.
@@ -27,7 +47,20 @@ impl Charge {
             bytes: self.bytes + other.bytes,
             kv_tokens: self.kv_tokens + other.kv_tokens,
             slots: self.slots + other.slots,
+            kv_mean: self.kv_mean + other.kv_mean,
+            kv_var: self.kv_var + other.kv_var,
         }
+    }
+
+    /// The KV tokens these tasks are charged together: `min(Σ bound, Σ μ + z·√(Σ σ²))`.
+    pub fn kv_charged(&self) -> u128 {
+        // `+ 1` rounds the integer square root up, so the margin is never below z·σ.
+        let margin = if self.kv_var == 0 {
+            0
+        } else {
+            ((isqrt(self.kv_var) + 1) * Z_99).div_ceil(1000)
+        };
+        self.kv_tokens.min(self.kv_mean + margin)
     }
 
     /// `n` times this charge.
@@ -37,8 +70,33 @@ impl Charge {
             bytes: self.bytes * n,
             kv_tokens: self.kv_tokens * n,
             slots: self.slots * n,
+            kv_mean: self.kv_mean * n,
+            kv_var: self.kv_var * n,
         }
     }
+}
+
+/// `⌊√v⌋`, exact: the float root, corrected to the integer one (called per waiting task, so
+/// no loop of 128-bit divisions, and 64-bit conversions where the value allows).
+fn isqrt(v: u128) -> u128 {
+    if let Ok(small) = u64::try_from(v) {
+        let mut r = (small as f64).sqrt() as u64;
+        while r.checked_mul(r).is_none_or(|sq| sq > small) {
+            r -= 1;
+        }
+        while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= small) {
+            r += 1;
+        }
+        return u128::from(r);
+    }
+    let mut r = (v as f64).sqrt() as u128;
+    while r.checked_mul(r).is_none_or(|sq| sq > v) {
+        r -= 1;
+    }
+    while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= v) {
+        r += 1;
+    }
+    r
 }
 
 fn clamp_u64(v: u128) -> u64 {
@@ -146,14 +204,25 @@ impl PoolLedger {
         self.stale.as_deref()
     }
 
-    /// The charge of a task with worst case `wc` in this pool.
-    pub fn charge_of(&self, wc: &WorstCase) -> Charge {
+    /// The charge of a task with worst case `wc` in this pool, pooled statistically by its
+    /// `spread` where the pool is an engine's KV pool (module doc).
+    pub fn charge_of(&self, wc: &WorstCase, spread: Option<&Spread>) -> Charge {
+        let kv_tokens = match self.placement {
+            KvPlacement::EnginePool => u128::from(wc.kv_tokens),
+            KvPlacement::GpuBytes => 0,
+        };
+        let (kv_mean, kv_var) = match (self.placement, spread) {
+            (KvPlacement::EnginePool, Some(s)) => (
+                u128::from(s.mean_kv_tokens).min(kv_tokens),
+                u128::from(s.sd_kv_tokens).pow(2),
+            ),
+            _ => (kv_tokens, 0),
+        };
         Charge {
+            kv_mean,
+            kv_var,
             bytes: u128::from(wc.gpu_bytes(self.placement).get()),
-            kv_tokens: match self.placement {
-                KvPlacement::EnginePool => u128::from(wc.kv_tokens),
-                KvPlacement::GpuBytes => 0,
-            },
+            kv_tokens,
             slots: if self.slots.is_some() {
                 u128::from(wc.slots)
             } else {
@@ -162,10 +231,9 @@ impl PoolLedger {
         }
     }
 
-    /// Charge a task's worst case (it runs, or was released).
-    pub fn charge(&mut self, wc: &WorstCase) {
-        let c = self.charge_of(wc);
-        self.charged = self.charged.plus(&c);
+    /// Charge a task (it runs, or was released).
+    pub fn charge(&mut self, c: &Charge) {
+        self.charged = self.charged.plus(c);
     }
 
     /// Remember the charges so far as "before this decision" (for [`PoolLedger::budget`]).
@@ -186,12 +254,12 @@ impl PoolLedger {
     }
 
     fn projected_kv(&self, charged: &Charge) -> u128 {
-        self.observed_kv_tokens.max(charged.kv_tokens)
+        self.observed_kv_tokens.max(charged.kv_charged())
     }
 
     /// Why a task with worst case `wc` can never fit this pool, even alone, if so.
     pub fn never_fits(&self, wc: &WorstCase) -> Option<String> {
-        let c = self.charge_of(wc);
+        let c = self.charge_of(wc, None);
         // Only what no change on the host can fix counts here: the baseline (weights, other
         // tenants) may shrink, so a task blocked by it is VramHeadroom, not NeverFits.
         if let Some(ceiling) = self.ceiling_bytes
@@ -247,10 +315,16 @@ impl PoolLedger {
             });
         }
         if let Some(ceiling) = self.ceiling_kv_tokens {
-            let projected = self.projected_kv(&self.charged) + kept.kv_tokens;
-            if projected + charge.kv_tokens > ceiling {
+            // What is charged now (never below what the engine reports in use), plus what
+            // keeping `kept` and adding `charge` add to the pooled charge.
+            let now = self.charged.kv_charged();
+            let kept_too = self.charged.plus(kept).kv_charged();
+            let all = self.charged.plus(kept).plus(charge).kv_charged();
+            let projected = self.projected_kv(&self.charged) + kept_too.saturating_sub(now);
+            let needed = all.saturating_sub(kept_too);
+            if projected + needed > ceiling {
                 return Err(HoldReason::KvHeadroom {
-                    needed: clamp_u64(charge.kv_tokens),
+                    needed: clamp_u64(needed),
                     free: clamp_u64(ceiling.saturating_sub(projected)),
                 });
             }
@@ -309,6 +383,54 @@ mod tests {
             slot_context_tokens: None,
             max_staleness: Millis::secs(5),
         }
+    }
+
+    #[test]
+    fn integer_square_roots_are_exact() {
+        for v in [
+            0u128,
+            1,
+            2,
+            3,
+            4,
+            15,
+            16,
+            17,
+            99,
+            100,
+            4_000_000,
+            u128::from(u64::MAX),
+        ] {
+            let r = isqrt(v);
+            assert!(r * r <= v && (r + 1) * (r + 1) > v, "{v}: {r}");
+        }
+    }
+
+    #[test]
+    fn a_pooled_kv_charge_is_the_smaller_of_the_bounds_and_the_99_percent_sum() {
+        let task = Charge {
+            kv_tokens: 20_000,
+            kv_mean: 10_000,
+            kv_var: 2_000 * 2_000,
+            ..Charge::default()
+        };
+        // One task: 10_000 + ⌈2.326 · 2001⌉ = 14_655 (below its bound of 20_000).
+        assert_eq!(task.kv_charged(), 14_655);
+        // Nine: 90_000 + ⌈2.326 · (⌊√(9 · 2000²)⌋ + 1)⌉ = 90_000 + 13_959.
+        assert_eq!(task.times(9).kv_charged(), 103_959);
+        // A bound-only charge is its bound, summed.
+        let bound = Charge {
+            kv_tokens: 20_000,
+            kv_mean: 20_000,
+            ..Charge::default()
+        };
+        assert_eq!(bound.times(3).kv_charged(), 60_000);
+        // A wide spread is capped by the bounds.
+        let wide = Charge {
+            kv_var: 50_000 * 50_000,
+            ..task
+        };
+        assert_eq!(wide.kv_charged(), 20_000);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! the estimate is not capped by the declared worst case (see [`super::footprint::effective`]
 //! for how `declared`, `learned` and `max` combine).
 
-use super::types::{Bytes, WorstCase};
+use super::types::{Bytes, Spread, WorstCase};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 /// Finished tasks needed before an estimate exists.
@@ -41,8 +41,8 @@ impl PeakStats {
         self.mean
     }
 
-    /// The upper estimate of the next task's peak per request, once [`MIN_SAMPLES`] exist.
-    pub fn upper(&self) -> Option<u64> {
+    /// The sample standard deviation and `t(0.99, n − 1)`, once [`MIN_SAMPLES`] exist.
+    fn sd_and_t(&self) -> Option<(f64, f64)> {
         if self.n < MIN_SAMPLES {
             return None;
         }
@@ -52,8 +52,24 @@ impl PeakStats {
             .map(|d| d.inverse_cdf(0.99))
             // Degrees of freedom ≥ 7 here; a failure would only lose the interval part.
             .unwrap_or(3.0);
+        Some((sd, t))
+    }
+
+    /// The upper estimate of the next task's peak per request, once [`MIN_SAMPLES`] exist.
+    pub fn upper(&self) -> Option<u64> {
+        let (sd, t) = self.sd_and_t()?;
+        let n = self.n as f64;
         let interval = self.mean + t * sd * (1.0 + 1.0 / n).sqrt();
         Some((interval.max(self.max as f64) * 1.05).ceil() as u64)
+    }
+
+    /// How the peaks per request spread, once [`MIN_SAMPLES`] exist: the upper end of a
+    /// one-sided 99 % confidence interval for the mean (`mean + t(0.99, n−1) · sd / √n`) plus
+    /// the 5 % margin, and the sample deviation plus 5 %.
+    pub fn spread_per_request(&self) -> Option<(u64, u64)> {
+        let (sd, t) = self.sd_and_t()?;
+        let mean = self.mean + t * sd / (self.n as f64).sqrt();
+        Some((mean.ceil() as u64, (sd * 1.05).ceil() as u64))
     }
 }
 
@@ -74,6 +90,18 @@ pub fn learned_worst_case(declared: &WorstCase, per_request: u64) -> WorstCase {
         slots: declared.slots,
         request_tokens: per_request,
     }
+}
+
+/// The spread a profile's tasks are pooled with (admission's statistical KV charge): per
+/// request, times the declared requests per task. Sub-agents of one task are taken as moving
+/// together, so the deviation scales with the requests too.
+pub fn learned_spread(declared: &WorstCase, stats: &PeakStats) -> Option<Spread> {
+    let (mean, sd) = stats.spread_per_request()?;
+    let requests = u64::from(declared.slots.max(1));
+    Some(Spread {
+        mean_kv_tokens: mean.saturating_mul(requests),
+        sd_kv_tokens: sd.saturating_mul(requests),
+    })
 }
 
 #[cfg(test)]
@@ -119,6 +147,32 @@ mod tests {
         assert_eq!(l.extra_bytes, Bytes(7));
         assert_eq!(l.slots, 2);
         assert_eq!(l.request_tokens, 10_000);
+    }
+
+    #[test]
+    fn the_spread_is_a_confidence_bound_on_the_mean_and_the_deviation() {
+        let mut s = PeakStats::default();
+        for x in [1000, 3000, 1000, 3000, 1000, 3000, 1000, 3000] {
+            s.observe(x);
+        }
+        // mean 2000, sd 1069.0, t(0.99, 7) = 2.998: 2000 + 2.998 · 1069.0 / √8 = 3133.2;
+        // sd × 1.05 = 1122.5.
+        assert_eq!(s.spread_per_request(), Some((3134, 1123)));
+        let declared = WorstCase {
+            kv_bytes: Bytes(0),
+            extra_bytes: Bytes(0),
+            kv_tokens: 2 * 65536,
+            slots: 2,
+            request_tokens: 65536,
+        };
+        assert_eq!(
+            learned_spread(&declared, &s),
+            Some(Spread {
+                mean_kv_tokens: 6268,
+                sd_kv_tokens: 2246
+            })
+        );
+        assert_eq!(learned_spread(&declared, &PeakStats::default()), None);
     }
 
     proptest! {

@@ -19,7 +19,9 @@
 //! - Slots (engines with fixed slots): `Σ charged + reserved + wc.slots ≤ slots`, and a single
 //!   request must fit one slot's context.
 //!
-//! Running and in-flight tasks are charged their worst case from release on. Tasks go in
+//! Running and in-flight tasks are charged their worst case from release on. In an engine's
+//! KV pool, profiles with `footprint = "learned"` and enough finished tasks are charged
+//! together: `min(Σ bound, Σ μ + z·√(Σ σ²))` (see [`admission`]). Tasks go in
 //! Hermes's order (priority desc, created_at asc) with backfill; a task held for memory longer
 //! than `max_wait` gets its room reserved so smaller tasks stop overtaking it. Stale or missing
 //! telemetry, or a second dispatcher on the board, holds everything.
@@ -53,6 +55,19 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
             footprint::effective(p.footprint, p.declared, learned)
         })
         .collect();
+    // Profiles whose learned footprint is charged pooled in an engine's KV pool (admission).
+    let spread: Vec<Option<Spread>> = policy
+        .profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let learned = obs.learned.get(i).copied().flatten();
+            match (p.footprint, learned) {
+                (FootprintMode::Learned, Some(_)) => obs.spread.get(i).copied().flatten(),
+                _ => None,
+            }
+        })
+        .collect();
 
     let mut ledgers: Vec<PoolLedger> = policy
         .pools
@@ -75,7 +90,8 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
             let profile = &policy.profiles[pi];
             running_per_profile[pi] += 1;
             if let Some(ledger) = ledgers.get_mut(profile.pool) {
-                ledger.charge(&charged_wc[pi]);
+                let c = ledger.charge_of(&charged_wc[pi], spread[pi].as_ref());
+                ledger.charge(&c);
             }
         }
     }
@@ -108,6 +124,9 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
         vec![(Charge::default(), None); policy.pools.len()];
     let mut release = Vec::new();
     let mut held = Vec::with_capacity(obs.waiting.len());
+    // Per profile, the hold reason of its last memory check and the release count then.
+    let mut memo: Vec<Option<(usize, HoldReason)>> = vec![None; policy.profiles.len()];
+    let mut releases = 0usize;
 
     for task in order {
         let hold = |reason: HoldReason| Hold {
@@ -173,23 +192,58 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
         }
 
         let ledger = &ledgers[profile.pool];
-        let charge = ledger.charge_of(&wc);
-        // What must stay free for others: other profiles' guaranteed room in this pool, and
-        // starving tasks' reservations in this pool.
-        let mut kept_guaranteed = Charge::default();
-        let mut guaranteed_for = None;
-        for (qi, q) in policy.profiles.iter().enumerate() {
-            if qi != pi && q.pool == profile.pool && guaranteed_left[qi] > 0 {
-                let c = ledger.charge_of(&charged_wc[qi]).times(guaranteed_left[qi]);
-                kept_guaranteed = kept_guaranteed.plus(&c);
-                guaranteed_for.get_or_insert_with(|| q.id.clone());
+        let charge = ledger.charge_of(&wc, spread[pi].as_ref());
+        // A profile held since the last release is held again, for the same reason: releases
+        // are the only thing that frees or kept room can shrink, and a growing starving
+        // reservation only adds to what is kept (the reason does not depend on its size).
+        let memoized = memo[pi]
+            .as_ref()
+            .filter(|(epoch, _)| *epoch == releases)
+            .map(|(_, reason)| reason.clone());
+        let outcome = match memoized {
+            Some(reason) => Err(reason),
+            None => {
+                // What must stay free for others: other profiles' guaranteed room in this
+                // pool, and starving tasks' reservations in this pool.
+                let mut kept_guaranteed = Charge::default();
+                let mut guaranteed_for = None;
+                for (qi, q) in policy.profiles.iter().enumerate() {
+                    if qi != pi && q.pool == profile.pool && guaranteed_left[qi] > 0 {
+                        let c = ledger
+                            .charge_of(&charged_wc[qi], spread[qi].as_ref())
+                            .times(guaranteed_left[qi]);
+                        kept_guaranteed = kept_guaranteed.plus(&c);
+                        guaranteed_for.get_or_insert_with(|| q.id.clone());
+                    }
+                }
+                let (kept_starving, starving_for) =
+                    starving.get(profile.pool).cloned().unwrap_or_default();
+                ledger
+                    .fits(&charge, &kept_guaranteed.plus(&kept_starving))
+                    .map_err(|with_kept| {
+                        // Attribute the hold to what really blocks it: if it would fit
+                        // without the room kept for others, say whose room it is. (The
+                        // fallbacks to `with_kept` cannot happen: kept room is always
+                        // somebody's.)
+                        if ledger.fits(&charge, &kept_guaranteed).is_ok() {
+                            starving_for
+                                .map_or(with_kept, |for_task| HoldReason::Reserved { for_task })
+                        } else {
+                            match ledger.fits(&charge, &Charge::default()) {
+                                Ok(()) => guaranteed_for.map_or(with_kept, |for_profile| {
+                                    HoldReason::Guaranteed { for_profile }
+                                }),
+                                Err(memory_reason) => memory_reason,
+                            }
+                        }
+                    })
             }
-        }
-        let (kept_starving, starving_for) = starving.get(profile.pool).cloned().unwrap_or_default();
+        };
 
-        match ledger.fits(&charge, &kept_guaranteed.plus(&kept_starving)) {
+        match outcome {
             Ok(()) => {
-                ledgers[profile.pool].charge(&wc);
+                ledgers[profile.pool].charge(&charge);
+                releases += 1;
                 running_total = running_total.saturating_add(1);
                 running_per_profile[pi] += 1;
                 guaranteed_left[pi] = guaranteed_left[pi].saturating_sub(1);
@@ -199,20 +253,8 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
                     charged: wc,
                 });
             }
-            Err(memory_reason) => {
-                // Attribute the hold to what really blocks it: if it would fit without the
-                // room kept for others, say whose room it is.
-                let reason = if ledger.fits(&charge, &kept_guaranteed).is_ok() {
-                    starving_for.map_or(memory_reason.clone(), |for_task| HoldReason::Reserved {
-                        for_task,
-                    })
-                } else if ledger.fits(&charge, &Charge::default()).is_ok() {
-                    guaranteed_for.map_or(memory_reason.clone(), |for_profile| {
-                        HoldReason::Guaranteed { for_profile }
-                    })
-                } else {
-                    memory_reason
-                };
+            Err(reason) => {
+                memo[pi] = Some((releases, reason.clone()));
                 if obs.now.since(task.waiting_since) >= policy.max_wait
                     && matches!(
                         reason,

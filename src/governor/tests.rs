@@ -95,6 +95,7 @@ fn obs(pool: PoolObservation, running: Vec<RunningTask>, waiting: Vec<WaitingTas
         dual_dispatcher: None,
         latency_limit: None,
         learned: vec![],
+        spread: vec![],
     }
 }
 
@@ -375,6 +376,128 @@ fn engine_pool_charges_kv_tokens_against_the_engine_capacity() {
     );
 }
 
+/// An engine KV pool of `capacity` tokens (headroom 0.85) on an 80 GiB GPU, reporting `used`.
+fn kv_pool_obs(capacity: u64, used: u64) -> PoolObservation {
+    PoolObservation {
+        gpu: Some(GpuSample {
+            at: Millis(1_000_000),
+            total: Bytes::gib(80),
+            used: Bytes::gib(72),
+            free: Bytes::gib(8),
+        }),
+        baseline: None,
+        engine: Some(EngineSample {
+            at: Millis(1_000_000),
+            kv_capacity_tokens: Some(capacity),
+            kv_used_tokens: Some(used),
+            slots: None,
+            slot_context_tokens: None,
+        }),
+    }
+}
+
+/// A learned profile whose tasks are bounded by `bound` KV tokens and spread as given.
+fn learned_case(
+    bound: u64,
+    mean: u64,
+    sd: u64,
+) -> (Policy, Vec<Option<WorstCase>>, Vec<Option<Spread>>) {
+    let mut pool = gpu_pool();
+    pool.kv_placement = KvPlacement::EnginePool;
+    let mut coder = profile("coder", 1);
+    coder.footprint = FootprintMode::Learned;
+    coder.declared.kv_tokens = bound;
+    coder.declared.request_tokens = bound;
+    let mut p = policy(vec![coder.clone()]);
+    p.pools = vec![pool];
+    let spread = Spread {
+        mean_kv_tokens: mean,
+        sd_kv_tokens: sd,
+    };
+    (p, vec![Some(coder.declared)], vec![Some(spread)])
+}
+
+#[test]
+fn a_learned_spread_pools_running_tasks_in_an_engine_kv_pool() {
+    // Ceiling 0.85 × 100_000 = 85_000. Tasks bounded by 20_000 tokens, mean 10_000, sd 2_000.
+    // Charged bound by bound, four fit (80_000). Pooled, n tasks are charged
+    // min(20_000·n, 10_000·n + ⌈2.326 · (⌊√(n · 2000²)⌋ + 1)⌉): n = 7 gives 70_000 + 12_310 =
+    // 82_310 ≤ 85_000 (√28e6 = 5291.5), n = 8 gives 80_000 + 13_159 > 85_000 (√32e6 = 5656.9).
+    let (p, learned, spread) = learned_case(20_000, 10_000, 2_000);
+    let waiting: Vec<WaitingTask> = (0..10)
+        .map(|i| waiting(&format!("t_{i}"), "coder", 0, i))
+        .collect();
+    let mut o = obs(kv_pool_obs(100_000, 0), vec![], waiting);
+    o.learned = learned;
+    o.spread = spread;
+    let d = decide(&p, &o);
+    assert_eq!(d.release.len(), 7);
+    assert_eq!(d.pools[0].charged_after_kv_tokens, 82_310);
+    assert_eq!(
+        reason_of(&d, "t_7"),
+        &HoldReason::KvHeadroom {
+            needed: 93_159 - 82_310,
+            free: 85_000 - 82_310
+        }
+    );
+    // The same profile charged its declared bound (mode `max`): four.
+    let mut declared = p.clone();
+    declared.profiles[0].footprint = FootprintMode::Max;
+    assert_eq!(decide(&declared, &o).release.len(), 4);
+}
+
+#[test]
+fn a_pooled_charge_is_never_below_what_the_engine_reports_nor_above_the_bounds() {
+    let (p, learned, spread) = learned_case(20_000, 10_000, 2_000);
+    let waiting: Vec<WaitingTask> = (0..10)
+        .map(|i| waiting(&format!("t_{i}"), "coder", 0, i))
+        .collect();
+    // The engine reports 80_000 tokens in use: the first task's pooled charge (14_655) does
+    // not fit in the 5_000 left under that floor.
+    let mut o = obs(kv_pool_obs(100_000, 80_000), vec![], waiting.clone());
+    o.learned = learned.clone();
+    o.spread = spread.clone();
+    let d = decide(&p, &o);
+    assert!(d.release.is_empty());
+    assert_eq!(
+        reason_of(&d, "t_0"),
+        &HoldReason::KvHeadroom {
+            needed: 14_655,
+            free: 5_000
+        }
+    );
+    // A wide spread: the pooled sum would exceed the bounds, so the bounds are charged.
+    let (p, learned, _) = learned_case(20_000, 10_000, 2_000);
+    let mut o = obs(kv_pool_obs(100_000, 0), vec![], waiting);
+    o.learned = learned;
+    o.spread = vec![Some(Spread {
+        mean_kv_tokens: 19_000,
+        sd_kv_tokens: 50_000,
+    })];
+    assert_eq!(decide(&p, &o).release.len(), 4);
+}
+
+#[test]
+fn a_spread_does_not_pool_gpu_bytes() {
+    // Per-request engines (KV in GPU bytes): an overrun is an OOM, so bounds are charged.
+    let mut p = policy(vec![profile("coder", 4)]);
+    p.profiles[0].footprint = FootprintMode::Learned;
+    let mut o = obs(
+        gpu(0),
+        vec![],
+        (0..6)
+            .map(|i| waiting(&format!("t_{i}"), "coder", 0, i))
+            .collect(),
+    );
+    o.learned = vec![Some(p.profiles[0].declared)];
+    o.spread = vec![Some(Spread {
+        mean_kv_tokens: 1,
+        sd_kv_tokens: 1,
+    })];
+    // 19.4 GiB ceiling: four 4 GiB tasks, as without a spread.
+    assert_eq!(decide(&p, &o).release.len(), 4);
+}
+
 #[test]
 fn fixed_slots_queue_beyond_the_slot_count_and_reject_oversized_contexts() {
     let mut pool = gpu_pool();
@@ -563,5 +686,74 @@ proptest! {
                 prop_assert!(b.slots_used_after <= s);
             }
         }
+    }
+}
+
+proptest! {
+    #[test]
+    fn nothing_admitted_makes_a_pooled_kv_charge_exceed_the_ceiling(
+        profs in prop::collection::vec((1u64..60_000, 0u64..100, 0u64..100, any::<bool>()), 1..4),
+        capacity in 1u64..400_000,
+        used in 0u64..200_000,
+        runs in prop::collection::vec(0usize..4, 0..8),
+        waits in prop::collection::vec(0usize..4, 0..30),
+    ) {
+        // Independently of the ledger: over what runs and what is released, the bounds B,
+        // means M and variances V; max(used, min(B, M + z·√V)) must stay under the ceiling.
+        let mut pool = gpu_pool();
+        pool.kv_placement = KvPlacement::EnginePool;
+        let n = profs.len();
+        let mut profiles = Vec::new();
+        let mut learned = Vec::new();
+        let mut spread = Vec::new();
+        for (i, &(bound, mean_pc, sd_pc, pooled)) in profs.iter().enumerate() {
+            let mut q = profile(&format!("p{i}"), 1);
+            q.declared.kv_tokens = bound;
+            q.declared.request_tokens = bound;
+            q.footprint = if pooled { FootprintMode::Learned } else { FootprintMode::Max };
+            learned.push(Some(q.declared));
+            spread.push(Some(Spread {
+                mean_kv_tokens: bound * mean_pc / 100,
+                sd_kv_tokens: bound * sd_pc / 100,
+            }));
+            profiles.push(q);
+        }
+        let mut p = policy(profiles);
+        p.pools = vec![pool];
+        let running: Vec<RunningTask> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, &pi)| running(&format!("r_{i}"), &format!("p{}", pi % n)))
+            .collect();
+        let waiting: Vec<WaitingTask> = waits
+            .iter()
+            .enumerate()
+            .map(|(i, &pi)| waiting(&format!("t_{i:03}"), &format!("p{}", pi % n), 0, i as u64))
+            .collect();
+        let mut o = obs(kv_pool_obs(capacity, used), running.clone(), waiting);
+        o.learned = learned;
+        o.spread = spread.clone();
+        let d = decide(&p, &o);
+        if d.release.is_empty() {
+            return Ok(());
+        }
+        let index = |name: &str| p.profiles.iter().position(|q| q.id.as_str() == name).expect("known profile");
+        let mut profiles_charged: Vec<usize> = running.iter().map(|r| index(&r.assignee)).collect();
+        profiles_charged.extend(d.release.iter().map(|r| index(r.profile.as_str())));
+        let (mut b, mut m, mut v) = (0f64, 0f64, 0f64);
+        for pi in profiles_charged {
+            let bound = p.profiles[pi].declared.kv_tokens as f64;
+            b += bound;
+            match (p.profiles[pi].footprint, spread[pi]) {
+                (FootprintMode::Learned, Some(s)) => {
+                    m += (s.mean_kv_tokens as f64).min(bound);
+                    v += (s.sd_kv_tokens as f64).powi(2);
+                }
+                _ => m += bound,
+            }
+        }
+        let pooled = b.min(m + 2.326 * v.sqrt()).max(used as f64);
+        let ceiling = (capacity as f64 * 0.85).floor();
+        prop_assert!(pooled <= ceiling + 1e-6, "pooled {pooled} > ceiling {ceiling}");
     }
 }

@@ -366,6 +366,20 @@ pub struct Observation {
     pub latency_limit: Option<u32>,
     /// Learned footprints per profile (same order as [`Policy::profiles`]); `None` = none yet.
     pub learned: Vec<Option<WorstCase>>,
+    /// How the KV peaks of each profile's finished tasks spread (same order as
+    /// [`Policy::profiles`]); `None` = not enough samples. Used only for profiles with
+    /// `footprint = "learned"` in an engine's KV pool (see [`crate::governor::admission`]).
+    #[serde(default)]
+    pub spread: Vec<Option<Spread>>,
+}
+
+/// The spread of one profile's per-task KV peak, in tokens (requests per task included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Spread {
+    /// An upper confidence bound on the mean peak.
+    pub mean_kv_tokens: u64,
+    /// The standard deviation of the peaks.
+    pub sd_kv_tokens: u64,
 }
 
 /// Why a task is held. Every held task has exactly one.

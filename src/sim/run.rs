@@ -10,10 +10,10 @@
 
 use super::engine::{Engine, Event, Failure, Regime, Request};
 use super::workload::TaskSpec;
-use crate::governor::learned::{PeakStats, learned_worst_case};
+use crate::governor::learned::{PeakStats, learned_spread, learned_worst_case};
 use crate::governor::{
     Bytes, EngineSample, FootprintMode, GpuSample, Millis, Observation, Policy, PoolObservation,
-    ProfileId, Readiness, RunningTask, TaskId, WaitingTask, decide,
+    ProfileId, Readiness, RunningTask, Spread, TaskId, WaitingTask, WorstCase, decide,
 };
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,8 +32,8 @@ pub enum Strategy {
     /// The governor: `governor::decide` with the config's policy, learning each profile's
     /// footprint from finished tasks as `run` does.
     Governor,
-    /// The governor with every profile's `footprint = "learned"`.
-    GovernorLearned,
+    /// The governor with every profile charged its declared worst case (`footprint = "declared"`).
+    GovernorDeclared,
     /// Admission knowing each task's true peak (an upper reference, not a real strategy).
     Clairvoyant,
 }
@@ -53,7 +53,7 @@ impl Strategy {
                     .join("/")
             ),
             Strategy::Governor => "kanban-governor".into(),
-            Strategy::GovernorLearned => "kanban-governor, learned footprints".into(),
+            Strategy::GovernorDeclared => "kanban-governor, declared footprints".into(),
             Strategy::Clairvoyant => "oracle: clairvoyant".into(),
         }
     }
@@ -231,6 +231,10 @@ pub struct Run<'a> {
     strategy: &'a Strategy,
     engine: Engine,
     peaks: Vec<PeakStats>,
+    /// What `peaks` imply, per profile (kept up to date as tasks finish: the Student's t
+    /// quantile behind them is too costly to recompute at every decision).
+    learned: Vec<Option<WorstCase>>,
+    spread: Vec<Option<Spread>>,
     /// Running and ready counts as of the last state change (`None`: recount). Tasks change
     /// state far less often than samples are taken.
     counts: Option<(u32, u32)>,
@@ -280,9 +284,9 @@ impl<'a> Run<'a> {
             })
             .collect();
         let mut policy = policy.clone();
-        if *strategy == Strategy::GovernorLearned {
+        if *strategy == Strategy::GovernorDeclared {
             for p in &mut policy.profiles {
-                p.footprint = FootprintMode::Learned;
+                p.footprint = FootprintMode::Declared;
             }
         }
         let mut r = Run {
@@ -290,6 +294,8 @@ impl<'a> Run<'a> {
             host,
             params,
             peaks: vec![PeakStats::default(); policy.profiles.len()],
+            learned: vec![None; policy.profiles.len()],
+            spread: vec![None; policy.profiles.len()],
             counts: None,
             profile_ids: policy.profiles.iter().map(|p| p.id.clone()).collect(),
             lanes: policy.profiles.iter().map(|p| p.lane.clone()).collect(),
@@ -395,8 +401,14 @@ impl<'a> Run<'a> {
                     self.finished_last = self.now;
                     // What the engine reports as the task's peak context (DESIGN §4).
                     let spec = &self.specs[task];
-                    if let Some(s) = self.peaks.get_mut(spec.profile) {
+                    if let (Some(s), Some(p)) = (
+                        self.peaks.get_mut(spec.profile),
+                        self.policy.profiles.get(spec.profile),
+                    ) {
                         s.observe(spec.peak_context());
+                        self.learned[spec.profile] =
+                            s.upper().map(|u| learned_worst_case(&p.declared, u));
+                        self.spread[spec.profile] = learned_spread(&p.declared, s);
                     }
                     return 1;
                 }
@@ -589,7 +601,7 @@ impl<'a> Run<'a> {
             Strategy::PerTick(n) => Some(*n as usize),
             Strategy::LiveCap(n) => Some((*n as usize).saturating_sub(running.len())),
             // The governor orders the board itself; here only "anything ready?" matters.
-            Strategy::Governor | Strategy::GovernorLearned => Some(1),
+            Strategy::Governor | Strategy::GovernorDeclared => Some(1),
             _ => None,
         };
         let ready = self.ready_in_order(limit);
@@ -618,7 +630,7 @@ impl<'a> Run<'a> {
                 }
                 out
             }
-            Strategy::Governor | Strategy::GovernorLearned => self.governor(&running),
+            Strategy::Governor | Strategy::GovernorDeclared => self.governor(&running),
             Strategy::Clairvoyant => self.clairvoyant(&running, ready),
         };
         for i in chosen {
@@ -639,9 +651,10 @@ impl<'a> Run<'a> {
                 slots: None,
                 slot_context_tokens: None,
             }),
+            // As the llama.cpp adapter reads `/slots`: the capacity is the slots' n_ctx summed.
             Regime::Slots { slots, slot_ctx } => Some(EngineSample {
                 at: now,
-                kv_capacity_tokens: None,
+                kv_capacity_tokens: Some((slots as u64).saturating_mul(slot_ctx)),
                 kv_used_tokens: Some(self.engine.kv_used_tokens()),
                 slots: u32::try_from(slots).ok(),
                 slot_context_tokens: Some(slot_ctx),
@@ -692,13 +705,8 @@ impl<'a> Run<'a> {
                 .collect(),
             dual_dispatcher: None,
             latency_limit: None,
-            learned: self
-                .policy
-                .profiles
-                .iter()
-                .zip(&self.peaks)
-                .map(|(p, s)| s.upper().map(|u| learned_worst_case(&p.declared, u)))
-                .collect(),
+            learned: self.learned.clone(),
+            spread: self.spread.clone(),
         };
         let d = decide(&self.policy, &obs);
         // Ids are `t{index}` (see `ids`): no lookup table per decision.

@@ -65,7 +65,7 @@ fn the_embedded_default_host_is_vllm_with_its_configured_pool() {
         }
     );
     assert_eq!(s.host.kv_bytes_per_token, 131_072);
-    assert_eq!(s.ceiling, Ceiling::KvTokens(376_012));
+    assert_eq!(s.ceiling, Ceiling::KvTokens(420_249));
 }
 
 #[test]
@@ -88,10 +88,11 @@ fn flags_make_a_valid_config_for_every_engine() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(8))]
     /// Whatever the workload, the KV the governor's running tasks hold stays under its
-    /// ceiling (plus block rounding), so the engine never preempts.
+    /// ceiling (plus block rounding) when each is charged its declared worst case, so the
+    /// engine never preempts. (Pooled learned charges are a 99 % bound: see the next test.)
     #[test]
     fn the_governor_never_exceeds_its_ceiling(seed in 0u64..1000) {
-        let plan = default_plan(seed, vec![StrategyName::Governor], 0.5);
+        let plan = default_plan(seed, vec![StrategyName::GovernorDeclared], 0.5);
         let Ceiling::KvTokens(ceiling) = plan.setup.ceiling else { panic!("paged host") };
         let o = &simulate(&plan, &mut |_| {})[0];
         for p in &o.series {
@@ -103,4 +104,108 @@ proptest! {
         prop_assert_eq!(o.preemptions, 0);
         prop_assert_eq!(o.ooms + o.offloads, 0);
     }
+}
+
+#[test]
+fn the_default_governor_pools_learned_charges_without_a_preemption() {
+    // The embedded default learns footprints and pools them in vLLM's KV pool (a 99 % bound
+    // on the sum, with every task taken at its peak at once): on these seeds it holds more
+    // than the declared governor and the engine still never preempts.
+    for seed in 1..=3 {
+        let plan = default_plan(
+            seed,
+            vec![StrategyName::Governor, StrategyName::GovernorDeclared],
+            1.0,
+        );
+        let rows = simulate(&plan, &mut |_| {});
+        let (pooled, declared) = (&rows[0], &rows[1]);
+        assert_eq!(
+            pooled.preemptions + pooled.ooms + pooled.offloads,
+            0,
+            "seed {seed}"
+        );
+        assert!(pooled.kv_peak > declared.kv_peak, "seed {seed}");
+        assert!(pooled.completed > declared.completed, "seed {seed}");
+    }
+}
+
+#[test]
+fn feasible_means_the_governors_own_bar() {
+    let plan = default_plan(1, vec![StrategyName::Unbounded], 0.1);
+    let o = &simulate(&plan, &mut |_| {})[0];
+    let ok = Outcome {
+        ooms: 0,
+        offloads: 0,
+        timeouts: 0,
+        preemptions: 10,
+        ..o.clone()
+    };
+    assert!(feasible(&ok, 100));
+    assert!(!feasible(
+        &Outcome {
+            preemptions: 11,
+            ..ok.clone()
+        },
+        100
+    ));
+    assert!(!feasible(
+        &Outcome {
+            ooms: 1,
+            ..ok.clone()
+        },
+        100
+    ));
+    assert!(!feasible(
+        &Outcome {
+            offloads: 1,
+            ..ok.clone()
+        },
+        100
+    ));
+    let calls = ok.calls.max(100);
+    assert!(!feasible(
+        &Outcome {
+            calls,
+            timeouts: calls.div_ceil(50),
+            ..ok.clone()
+        },
+        100
+    ));
+    assert!(feasible(
+        &Outcome {
+            calls,
+            timeouts: calls / 51,
+            ..ok
+        },
+        100
+    ));
+}
+
+#[test]
+fn the_governor_runs_tasks_on_a_llamacpp_host() {
+    // The llama.cpp adapter reports the slots' n_ctx summed as the KV capacity; the simulated
+    // engine must too, or its KV pool has no known capacity and the governor holds everything.
+    let text = config_toml(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b").unwrap();
+    let cfg = crate::config::load_str(
+        &text,
+        std::path::Path::new("/x/governor.toml"),
+        &crate::config::ConfigArgs::default(),
+        &|_| None,
+    )
+    .unwrap();
+    let setup = setup(&cfg).unwrap();
+    let tasks = workload::scenario(workload::Scenario::Burst, &setup.profiles, 600.0, 1);
+    let plan = Plan {
+        setup,
+        tasks,
+        params: Params {
+            horizon: 3600.0,
+            ..Params::default()
+        },
+        strategies: vec![StrategyName::Governor],
+        cap: 8,
+    };
+    let o = &simulate(&plan, &mut |_| {})[0];
+    assert!(o.completed > 0, "{o:?}");
+    assert_eq!(o.overflows + o.ooms, 0);
 }

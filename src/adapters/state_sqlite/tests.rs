@@ -18,6 +18,7 @@ fn report(at: u64) -> TickReport {
                 dual_dispatcher: None,
                 latency_limit: None,
                 learned: vec![],
+                spread: vec![],
             },
             board_running: 0,
             dead: vec![],
