@@ -238,6 +238,13 @@ pub struct Run<'a> {
     /// Running and ready counts as of the last state change (`None`: recount). Tasks change
     /// state far less often than samples are taken.
     counts: Option<(u32, u32)>,
+    /// Bumped on every task state change or arrival (with `counts`).
+    generation: u64,
+    /// The last governor decision released nothing: its generation and the KV tokens and GPU
+    /// bytes then in use. Until a task changes state, or memory in use drops, the decision
+    /// would release nothing again (time passing only adds starvation reservations), so it is
+    /// not recomputed.
+    idle_decision: Option<(u64, u64, u64)>,
     tasks: Vec<Task>,
     heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
@@ -297,6 +304,8 @@ impl<'a> Run<'a> {
             learned: vec![None; policy.profiles.len()],
             spread: vec![None; policy.profiles.len()],
             counts: None,
+            generation: 0,
+            idle_decision: None,
             profile_ids: policy.profiles.iter().map(|p| p.id.clone()).collect(),
             lanes: policy.profiles.iter().map(|p| p.lane.clone()).collect(),
             policy,
@@ -398,6 +407,7 @@ impl<'a> Run<'a> {
                 if t.turn >= self.specs[task].calls.len() {
                     t.st = St::Done;
                     self.counts = None;
+                    self.generation += 1;
                     self.finished_last = self.now;
                     // What the engine reports as the task's peak context (DESIGN §4).
                     let spec = &self.specs[task];
@@ -436,6 +446,7 @@ impl<'a> Run<'a> {
         t.epoch += 1;
         t.outstanding = 0;
         self.counts = None;
+        self.generation += 1;
         if t.failures >= self.params.failure_limit {
             t.st = St::Blocked;
             return 1;
@@ -451,6 +462,7 @@ impl<'a> Run<'a> {
             Ev::Arrive(i) => {
                 self.active.push(i);
                 self.counts = None;
+                self.generation += 1;
                 0
             }
             Ev::Dispatch => {
@@ -581,6 +593,7 @@ impl<'a> Run<'a> {
 
     fn start(&mut self, i: usize) {
         self.counts = None;
+        self.generation += 1;
         let t = &mut self.tasks[i];
         t.st = St::Running;
         t.turn = 0;
@@ -630,7 +643,22 @@ impl<'a> Run<'a> {
                 }
                 out
             }
-            Strategy::Governor | Strategy::GovernorDeclared => self.governor(&running),
+            Strategy::Governor | Strategy::GovernorDeclared => {
+                let in_use = (
+                    self.generation,
+                    self.engine.kv_used_tokens(),
+                    self.gpu_used(),
+                );
+                if self
+                    .idle_decision
+                    .is_some_and(|(g, kv, gpu)| g == in_use.0 && in_use.1 >= kv && in_use.2 >= gpu)
+                {
+                    return;
+                }
+                let chosen = self.governor(&running);
+                self.idle_decision = chosen.is_empty().then_some(in_use);
+                chosen
+            }
             Strategy::Clairvoyant => self.clairvoyant(&running, ready),
         };
         for i in chosen {
