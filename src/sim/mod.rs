@@ -361,28 +361,28 @@ pub fn feasible(o: &Outcome, unbounded_preemptions: u64) -> bool {
 /// cap (most tasks done, then fewest timeouts, then shortest makespan, then lowest cap)
 /// becomes the row "oracle: best static cap N", and the best cap that is [`feasible`] the row
 /// "oracle: best feasible static cap N" (unbounded dispatch is run for its preemptions when
-/// it is not a row).
+/// it is not a row). The runs are independent, so they share the machine's cores; each is
+/// deterministic, and the rows come in plan order whichever finishes first.
 pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
-    let mut rows = Vec::new();
-    let mut done = 0;
-    for s in strategies(plan) {
-        rows.push(run_one(plan, &s));
-        done += 1;
-        progress(done);
+    let oracle = plan.strategies.contains(&StrategyName::Oracle);
+    let mut jobs = strategies(plan);
+    let rows_n = jobs.len();
+    let mut unbounded_at = jobs.iter().position(|s| *s == Strategy::Unbounded);
+    if oracle {
+        if unbounded_at.is_none() {
+            unbounded_at = Some(jobs.len());
+            jobs.push(Strategy::Unbounded);
+        }
+        jobs.extend(SWEEP.iter().map(|&n| Strategy::LiveCap(n)));
     }
-    if plan.strategies.contains(&StrategyName::Oracle) {
-        let unbounded = match rows
-            .iter()
-            .find(|o| o.strategy == Strategy::Unbounded.label())
-        {
-            Some(o) => o.preemptions,
-            None => {
-                let o = run_one(plan, &Strategy::Unbounded);
-                done += 1;
-                progress(done);
-                o.preemptions
-            }
-        };
+    let mut outcomes = run_all(plan, &jobs, progress);
+    let sweep = outcomes.split_off(jobs.len() - if oracle { SWEEP.len() } else { 0 });
+    let unbounded = unbounded_at
+        .and_then(|i| outcomes.get(i))
+        .map_or(0, |o| o.preemptions);
+    outcomes.truncate(rows_n);
+    let mut rows = outcomes;
+    if oracle {
         let key = |o: &Outcome| {
             (
                 o.completed,
@@ -392,10 +392,7 @@ pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
         };
         let mut best: Option<Outcome> = None;
         let mut best_feasible: Option<Outcome> = None;
-        for n in SWEEP {
-            let o = run_one(plan, &Strategy::LiveCap(n));
-            done += 1;
-            progress(done);
+        for (n, o) in SWEEP.into_iter().zip(sweep) {
             if feasible(&o, unbounded) && best_feasible.as_ref().is_none_or(|b| key(&o) > key(b)) {
                 best_feasible = Some(Outcome {
                     strategy: format!("oracle: best feasible static cap {n}"),
@@ -413,6 +410,38 @@ pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
         rows.extend(best);
     }
     rows
+}
+
+/// Run `jobs` on as many threads as the machine has cores; outcomes in job order.
+fn run_all(plan: &Plan, jobs: &[Strategy], progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, jobs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut out: Vec<Option<Outcome>> = vec![None; jobs.len()];
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    if tx.send((i, run_one(plan, job))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (done, (i, o)) in rx.iter().enumerate() {
+            out[i] = Some(o);
+            progress(done + 1);
+        }
+    });
+    out.into_iter().flatten().collect()
 }
 
 /// Another tenant that grabs `fraction` of the GPU for five minutes every fifteen.

@@ -209,3 +209,24 @@ fn the_governor_runs_tasks_on_a_llamacpp_host() {
     assert!(o.completed > 0, "{o:?}");
     assert_eq!(o.overflows + o.ooms, 0);
 }
+
+#[test]
+fn rows_run_in_parallel_come_in_plan_order_as_if_run_one_by_one() {
+    let plan = default_plan(
+        2,
+        vec![
+            StrategyName::Governor,
+            StrategyName::Unbounded,
+            StrategyName::LiveCap,
+        ],
+        0.25,
+    );
+    let mut seen = Vec::new();
+    let rows = simulate(&plan, &mut |done| seen.push(done));
+    let one_by_one: Vec<Outcome> = strategies(&plan)
+        .iter()
+        .map(|s| run_one(&plan, s))
+        .collect();
+    assert_eq!(rows, one_by_one);
+    assert_eq!(seen, vec![1, 2, 3]);
+}
