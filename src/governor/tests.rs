@@ -338,33 +338,15 @@ fn engine_pool_charges_kv_tokens_against_the_engine_capacity() {
     pool.kv_placement = KvPlacement::EnginePool;
     let mut p = policy(vec![profile("coder", 4)]);
     p.pools = vec![pool];
-    let o = Observation {
-        pools: vec![PoolObservation {
-            gpu: Some(GpuSample {
-                at: Millis(1_000_000),
-                total: Bytes::gib(80),
-                used: Bytes::gib(72),
-                free: Bytes::gib(8),
-            }),
-            baseline: None,
-            engine: Some(EngineSample {
-                at: Millis(1_000_000),
-                kv_capacity_tokens: Some(100_000),
-                kv_used_tokens: Some(1_000),
-                slots: None,
-                slot_context_tokens: None,
-            }),
-        }],
-        ..obs(
-            gpu(0),
-            vec![],
-            vec![
-                waiting("t_1", "coder", 0, 1),
-                waiting("t_2", "coder", 0, 2),
-                waiting("t_3", "coder", 0, 3),
-            ],
-        )
-    };
+    let o = obs(
+        kv_pool_obs(100_000, 1_000),
+        vec![],
+        vec![
+            waiting("t_1", "coder", 0, 1),
+            waiting("t_2", "coder", 0, 2),
+            waiting("t_3", "coder", 0, 3),
+        ],
+    );
     let d = decide(&p, &o);
     assert_eq!(released(&d), vec!["t_1", "t_2"]);
     assert_eq!(
@@ -396,25 +378,27 @@ fn kv_pool_obs(capacity: u64, used: u64) -> PoolObservation {
     }
 }
 
-/// A learned profile whose tasks are bounded by `bound` KV tokens and spread as given.
-fn learned_case(
-    bound: u64,
-    mean: u64,
-    sd: u64,
-) -> (Policy, Vec<Option<WorstCase>>, Vec<Option<Spread>>) {
+/// Ten coder tasks waiting on an engine KV pool of 100_000 tokens with `used` in use; the
+/// coder learned its footprint (bound 20_000 tokens) and spreads as given.
+fn learned_case(used: u64, mean: u64, sd: u64) -> (Policy, Observation) {
     let mut pool = gpu_pool();
     pool.kv_placement = KvPlacement::EnginePool;
     let mut coder = profile("coder", 1);
     coder.footprint = FootprintMode::Learned;
-    coder.declared.kv_tokens = bound;
-    coder.declared.request_tokens = bound;
-    let mut p = policy(vec![coder.clone()]);
-    p.pools = vec![pool];
-    let spread = Spread {
+    coder.declared.kv_tokens = 20_000;
+    coder.declared.request_tokens = 20_000;
+    let waiting: Vec<WaitingTask> = (0..10)
+        .map(|i| waiting(&format!("t_{i}"), "coder", 0, i))
+        .collect();
+    let mut o = obs(kv_pool_obs(100_000, used), vec![], waiting);
+    o.learned = vec![Some(coder.declared)];
+    o.spread = vec![Some(Spread {
         mean_kv_tokens: mean,
         sd_kv_tokens: sd,
-    };
-    (p, vec![Some(coder.declared)], vec![Some(spread)])
+    })];
+    let mut p = policy(vec![coder]);
+    p.pools = vec![pool];
+    (p, o)
 }
 
 #[test]
@@ -423,13 +407,7 @@ fn a_learned_spread_pools_running_tasks_in_an_engine_kv_pool() {
     // Charged bound by bound, four fit (80_000). Pooled, n tasks are charged
     // min(20_000·n, 10_000·n + ⌈2.326 · (⌊√(n · 2000²)⌋ + 1)⌉): n = 7 gives 70_000 + 12_310 =
     // 82_310 ≤ 85_000 (√28e6 = 5291.5), n = 8 gives 80_000 + 13_159 > 85_000 (√32e6 = 5656.9).
-    let (p, learned, spread) = learned_case(20_000, 10_000, 2_000);
-    let waiting: Vec<WaitingTask> = (0..10)
-        .map(|i| waiting(&format!("t_{i}"), "coder", 0, i))
-        .collect();
-    let mut o = obs(kv_pool_obs(100_000, 0), vec![], waiting);
-    o.learned = learned;
-    o.spread = spread;
+    let (p, o) = learned_case(0, 10_000, 2_000);
     let d = decide(&p, &o);
     assert_eq!(d.release.len(), 7);
     assert_eq!(d.pools[0].charged_after_kv_tokens, 82_310);
@@ -448,15 +426,9 @@ fn a_learned_spread_pools_running_tasks_in_an_engine_kv_pool() {
 
 #[test]
 fn a_pooled_charge_is_never_below_what_the_engine_reports_nor_above_the_bounds() {
-    let (p, learned, spread) = learned_case(20_000, 10_000, 2_000);
-    let waiting: Vec<WaitingTask> = (0..10)
-        .map(|i| waiting(&format!("t_{i}"), "coder", 0, i))
-        .collect();
     // The engine reports 80_000 tokens in use: the first task's pooled charge (14_655) does
     // not fit in the 5_000 left under that floor.
-    let mut o = obs(kv_pool_obs(100_000, 80_000), vec![], waiting.clone());
-    o.learned = learned.clone();
-    o.spread = spread.clone();
+    let (p, o) = learned_case(80_000, 10_000, 2_000);
     let d = decide(&p, &o);
     assert!(d.release.is_empty());
     assert_eq!(
@@ -467,13 +439,7 @@ fn a_pooled_charge_is_never_below_what_the_engine_reports_nor_above_the_bounds()
         }
     );
     // A wide spread: the pooled sum would exceed the bounds, so the bounds are charged.
-    let (p, learned, _) = learned_case(20_000, 10_000, 2_000);
-    let mut o = obs(kv_pool_obs(100_000, 0), vec![], waiting);
-    o.learned = learned;
-    o.spread = vec![Some(Spread {
-        mean_kv_tokens: 19_000,
-        sd_kv_tokens: 50_000,
-    })];
+    let (p, o) = learned_case(0, 19_000, 50_000);
     assert_eq!(decide(&p, &o).release.len(), 4);
 }
 
