@@ -164,8 +164,7 @@ impl Ticker {
 
     /// Governed tasks running or released and not yet running (what the limit counts).
     fn in_use(&self) -> u32 {
-        let n = self.state.last_running.len() + self.state.in_flight.len();
-        u32::try_from(n).unwrap_or(u32::MAX)
+        u32::try_from(self.state.in_use()).unwrap_or(u32::MAX)
     }
 
     /// One tick under the latency limit; the limit as it stood, and the report.

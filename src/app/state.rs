@@ -116,9 +116,35 @@ impl Default for GovernorState {
     }
 }
 
+impl GovernorState {
+    /// Governed tasks running at the last tick or released and not yet seen running, each
+    /// counted once (`last_running` already holds what was in flight when the board was read).
+    pub fn in_use(&self) -> usize {
+        let extra = self
+            .in_flight
+            .keys()
+            .filter(|id| !self.last_running.contains(id))
+            .count();
+        self.last_running.len() + extra
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_both_in_flight_and_last_seen_running_is_in_use_once() {
+        let mut s = GovernorState::default();
+        let flight = InFlight {
+            profile: ProfileId::from("coder"),
+            released_at: Millis(5),
+        };
+        s.in_flight.insert(TaskId::from("t_1"), flight.clone());
+        s.in_flight.insert(TaskId::from("t_2"), flight);
+        s.last_running = vec![TaskId::from("t_1"), TaskId::from("t_3")];
+        assert_eq!(s.in_use(), 3);
+    }
 
     #[test]
     fn state_survives_a_json_round_trip() {
