@@ -76,20 +76,14 @@ impl Charge {
     }
 }
 
-/// `⌊√v⌋`, exact: the float root, corrected to the integer one (called per waiting task, so
-/// no loop of 128-bit divisions, and 64-bit conversions where the value allows).
+/// `⌊√v⌋`, exact: the float root, corrected to the integer one. It is taken per waiting
+/// task, so no loop of 128-bit divisions, and through 64 bits where the value allows (the
+/// 128-bit float conversions are software routines).
 fn isqrt(v: u128) -> u128 {
-    if let Ok(small) = u64::try_from(v) {
-        let mut r = (small as f64).sqrt() as u64;
-        while r.checked_mul(r).is_none_or(|sq| sq > small) {
-            r -= 1;
-        }
-        while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= small) {
-            r += 1;
-        }
-        return u128::from(r);
-    }
-    let mut r = (v as f64).sqrt() as u128;
+    let mut r = match u64::try_from(v) {
+        Ok(small) => u128::from((small as f64).sqrt() as u64),
+        Err(_) => (v as f64).sqrt() as u128,
+    };
     while r.checked_mul(r).is_none_or(|sq| sq > v) {
         r -= 1;
     }

@@ -193,9 +193,9 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
 
         let ledger = &ledgers[profile.pool];
         let charge = ledger.charge_of(&wc, spread[pi].as_ref());
-        // A profile held since the last release is held again, for the same reason: releases
-        // are the only thing that frees or kept room can shrink, and a growing starving
-        // reservation only adds to what is kept (the reason does not depend on its size).
+        // A profile held since the last release is held again, for the same reason: only a
+        // release changes the ledger or the guaranteed room kept for others, and a growing
+        // starving reservation only adds to what is kept (the reason does not name its size).
         let memoized = memo[pi]
             .as_ref()
             .filter(|(epoch, _)| *epoch == releases)
