@@ -41,7 +41,9 @@ fn the_default_run_prints_every_strategy_row() {
         "live cap 8 (--max today)",
         "per-profile pools",
         "kanban-governor",
+        "kanban-governor, declared footprints",
         "oracle: clairvoyant",
+        "oracle: best feasible static cap",
         "oracle: best static cap",
     ] {
         assert!(text.contains(row), "no {row:?} row in:\n{text}");
