@@ -311,8 +311,24 @@ impl Engine {
     }
 
     fn admit(&mut self, free_bytes: u64, out: &mut Vec<Event>) {
+        /// What happens to the request at the front of the queue.
+        enum Next {
+            /// It can never fit: fail it as an overflow.
+            Overflow,
+            /// It must wait for room.
+            Wait,
+            /// It runs, now holding these KV tokens (paged) or bytes (per-request), or
+            /// offloaded to the CPU.
+            Run {
+                held: Option<u64>,
+                bytes: Option<u64>,
+                offloaded: bool,
+            },
+            /// Per-request allocation beyond free memory: an OOM.
+            Oom,
+        }
         while let Some(front) = self.queue.front() {
-            match self.regime {
+            let next = match self.regime {
                 Regime::Paged {
                     capacity_tokens,
                     block_tokens,
@@ -320,45 +336,83 @@ impl Engine {
                 } => {
                     let need = round_up(front.to_prefill + 1, block_tokens);
                     if need > capacity_tokens {
-                        let l = self.queue.pop_front().expect("front exists");
-                        self.counters.overflows += 1;
-                        out.push(fail(&l, Failure::Overflow));
-                        continue;
+                        Next::Overflow
+                    } else if self.running.len() >= max_seqs
+                        || self.kv_used + need > capacity_tokens
+                    {
+                        Next::Wait
+                    } else {
+                        Next::Run {
+                            held: Some(need),
+                            bytes: None,
+                            offloaded: false,
+                        }
                     }
-                    if self.running.len() >= max_seqs || self.kv_used + need > capacity_tokens {
-                        return;
-                    }
-                    let mut l = self.queue.pop_front().expect("front exists");
-                    l.held = need;
-                    self.kv_used += need;
-                    self.running.push(l);
                 }
                 Regime::Slots { slots, slot_ctx } => {
                     if front.req.prompt + front.req.output > slot_ctx {
-                        let l = self.queue.pop_front().expect("front exists");
-                        self.counters.overflows += 1;
-                        out.push(fail(&l, Failure::Overflow));
-                        continue;
+                        Next::Overflow
+                    } else if self.running.len() >= slots {
+                        Next::Wait
+                    } else {
+                        Next::Run {
+                            held: None,
+                            bytes: None,
+                            offloaded: false,
+                        }
                     }
-                    if self.running.len() >= slots {
-                        return;
-                    }
-                    let l = self.queue.pop_front().expect("front exists");
-                    self.running.push(l);
                 }
                 Regime::PerRequest { offload } => {
                     let bytes = (front.req.prompt + front.req.output) * self.kv_bytes_per_token;
-                    let mut l = self.queue.pop_front().expect("front exists");
                     if self.bytes_used + bytes <= free_bytes {
+                        Next::Run {
+                            held: None,
+                            bytes: Some(bytes),
+                            offloaded: false,
+                        }
+                    } else if offload {
+                        Next::Run {
+                            held: None,
+                            bytes: None,
+                            offloaded: true,
+                        }
+                    } else {
+                        Next::Oom
+                    }
+                }
+            };
+            if matches!(next, Next::Wait) {
+                return;
+            }
+            let Some(mut l) = self.queue.pop_front() else {
+                return;
+            };
+            match next {
+                Next::Wait => {}
+                Next::Overflow => {
+                    self.counters.overflows += 1;
+                    out.push(fail(&l, Failure::Overflow));
+                }
+                Next::Oom => {
+                    self.counters.ooms += 1;
+                    out.push(fail(&l, Failure::Oom));
+                }
+                Next::Run {
+                    held,
+                    bytes,
+                    offloaded,
+                } => {
+                    if let Some(held) = held {
+                        l.held = held;
+                        self.kv_used += held;
+                    }
+                    if let Some(bytes) = bytes {
                         l.bytes = bytes;
                         self.bytes_used += bytes;
-                    } else if offload {
+                    }
+                    if offloaded {
                         self.counters.offloads += 1;
                         l.offloaded = true;
-                    } else {
-                        self.counters.ooms += 1;
-                        out.push(fail(&l, Failure::Oom));
-                        continue;
                     }
                     self.running.push(l);
                 }
@@ -480,16 +534,17 @@ impl Engine {
                     self.running[j].held += need;
                     continue;
                 }
-                // Preempt the request submitted last (it may be this one).
-                let v = (0..self.running.len())
-                    .max_by(|&a, &b| {
-                        self.running[a]
-                            .req
-                            .submitted
-                            .total_cmp(&self.running[b].req.submitted)
-                            .then(self.running[a].req.id.cmp(&self.running[b].req.id))
-                    })
-                    .expect("running is not empty");
+                // Preempt the request submitted last (it may be this one; `running` holds it,
+                // so there is one).
+                let Some(v) = (0..self.running.len()).max_by(|&a, &b| {
+                    self.running[a]
+                        .req
+                        .submitted
+                        .total_cmp(&self.running[b].req.submitted)
+                        .then(self.running[a].req.id.cmp(&self.running[b].req.id))
+                }) else {
+                    break;
+                };
                 let mut victim = self.running.remove(v);
                 self.kv_used -= victim.held;
                 self.counters.preemptions += 1;
