@@ -120,10 +120,22 @@ fn plain_dispatch_blows_past_the_ttft_target_and_the_latency_limit_moves_both_wa
     let mut d = Daemon::start(cfg.command(&[], &[]));
     let mut limits = Vec::new();
     let mut peak_running = 0;
+    let started = std::time::Instant::now();
+    let mut told = false;
     wait_for(
         Duration::from_secs(600),
         "governed: every task done",
         || {
+            // Just before the deadline, say where things stand (the panic alone says nothing).
+            if !told && started.elapsed() > Duration::from_secs(590) {
+                told = true;
+                let states: Vec<(String, String)> =
+                    h.tasks().into_iter().map(|t| (t.id, t.status)).collect();
+                eprintln!(
+                    "governed run about to time out: tasks {states:?}\nlimit path {limits:?}\ndaemon log:\n{}",
+                    d.log()
+                );
+            }
             let s = d.status();
             if let Some(l) = s["latency_limit"]["limit"].as_u64()
                 && limits.last() != Some(&l)
