@@ -39,6 +39,7 @@ fn main() {
             slots: None,
             slot_context_tokens: None,
             max_staleness: Millis::secs(5),
+            needs_engine: false,
         }],
         profiles,
         max_running: Some(400),

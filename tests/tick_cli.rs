@@ -71,7 +71,7 @@ impl Rig {
     }
     fn config_with(&self, bin: &Path, hermes_extra: &str, dispatch_extra: &str) -> PathBuf {
         let text = format!(
-            "[hermes]\nbin = {:?}\nhome = {:?}\n{hermes_extra}\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"http://127.0.0.1:9\"\n\n[dispatch]\nstate_dir = {:?}\n{dispatch_extra}\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"128KiB\"\nmax_context_tokens = 65536\n",
+            "[hermes]\nbin = {:?}\nhome = {:?}\n{hermes_extra}\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"\n\n[dispatch]\nstate_dir = {:?}\n{dispatch_extra}\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"128KiB\"\nmax_context_tokens = 65536\n",
             bin.display().to_string(),
             self.home().display().to_string(),
             self.state_dir().display().to_string()

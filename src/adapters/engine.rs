@@ -582,13 +582,18 @@ impl HttpEngine {
                 ollama_models = self.read_ollama_models()?;
                 ollama_reading(&ollama_models, now)
             }
-            EngineKind::Openai => EngineReading {
-                sample: EngineSample {
-                    at: now,
-                    ..EngineSample::default()
-                },
-                ..EngineReading::default()
-            },
+            EngineKind::Openai => {
+                // Nothing to measure, but the engine must answer: a pool whose engine is down
+                // holds (the released work would only fail against it).
+                self.get("/v1/models")?;
+                EngineReading {
+                    sample: EngineSample {
+                        at: now,
+                        ..EngineSample::default()
+                    },
+                    ..EngineReading::default()
+                }
+            }
         };
         let Some(configured) = &self.probe else {
             return Ok(reading);

@@ -386,6 +386,7 @@ impl SqliteState {
                 (spawned.collect::<Vec<_>>(), "spawned"),
                 (r.reclaimed.iter().collect(), "reclaimed"),
                 (r.blocked.iter().collect(), "blocked"),
+                (r.withdrawn.iter().collect(), "withdrawn"),
             ] {
                 for id in ids {
                     outcome.execute(params![id.0, what, at])?;

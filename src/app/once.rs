@@ -122,6 +122,15 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
             "  blocked {id}: its workers kept dying; unblock it after fixing the cause"
         )?;
     }
+    for id in &report.withdrawn {
+        writeln!(
+            out,
+            "  withdrew {id} to its lane: its pool could not take it when dispatch was due"
+        )?;
+    }
+    if let Some(why) = &report.dispatch_held {
+        writeln!(out, "  dispatch held: {why}")?;
+    }
     for id in &report.leaks {
         writeln!(out, "  LEAK {id}: Hermes spawned it without a release")?;
     }

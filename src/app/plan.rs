@@ -905,6 +905,7 @@ fn synthetic(
             slots: slots.map(|(n, _)| n),
             slot_context_tokens: slots.map(|(_, c)| c),
             max_staleness: Millis::secs(60),
+            needs_engine: false,
         }],
         profiles: profiles.iter().map(|p| p.policy()).collect(),
         max_running: input.max_running,

@@ -12,7 +12,7 @@ use crate::adapters::hermes_home;
 use crate::adapters::nvml::{GpuSelector as NvmlGpu, NvmlLibrary};
 use crate::adapters::telemetry::{EngineSource, GpuSource, PoolTelemetry, build_pool};
 use crate::app::tick::PoolSource;
-use crate::config::{self, Config, ConfigArgs, EngineKind, GpuSelector, Telemetry};
+use crate::config::{self, Config, ConfigArgs, EngineKind, GpuSelector, PoolConfig, Telemetry};
 use crate::error::UsageError;
 use crate::governor::{Bytes, Policy};
 use crate::ports::{MaxSemantics, PortError};
@@ -100,6 +100,54 @@ pub fn http_engine_kind(kind: EngineKind) -> HttpEngineKind {
     }
 }
 
+/// Where pool `pool`'s GPU memory comes from. `prefix` is how the config names the pool's
+/// keys in messages (`""` or `pools.<name>.`).
+///
+/// # Errors
+///
+/// A static pool without `memory_total` (a usage error naming the key and the fix).
+pub fn gpu_source(pool: &PoolConfig, prefix: &str) -> Result<GpuSource, UsageError> {
+    Ok(match &pool.gpu.telemetry {
+        Telemetry::Nvml => GpuSource::Nvml {
+            library: NvmlLibrary::from_env(),
+            gpus: pool
+                .gpu
+                .devices
+                .iter()
+                .map(|d| match d {
+                    GpuSelector::Index(i) => NvmlGpu::Index(*i),
+                    GpuSelector::Uuid(u) => NvmlGpu::Uuid(u.clone()),
+                })
+                .collect(),
+        },
+        Telemetry::Host => GpuSource::Host,
+        Telemetry::Static => GpuSource::Static {
+            memory_total: pool.gpu.memory_total.ok_or_else(|| {
+                UsageError(format!(
+                    "pool {}: telemetry = \"static\" needs {prefix}gpu.memory_total; set it, e.g. memory_total = \"24GiB\"",
+                    pool.name
+                ))
+            })?,
+            baseline: pool.gpu.baseline.unwrap_or(Bytes(0)),
+        },
+        Telemetry::Replay(path) => GpuSource::Replay(path.clone()),
+    })
+}
+
+/// The one rule for which engine a pool reads, for `tick`, `status` and `run` alike: the
+/// engine at `engine.url` (the kind's usual port when unset), unless the config says the host
+/// has none (`engine.url = "none"`). A replay that recorded the engine replays it instead
+/// ([`build_pool`]). `probe` sends a latency probe on each read where the engine has no TTFT
+/// histogram (the daemon's latency limit needs it; a one-shot `tick` does not).
+pub fn engine_source(pool: &PoolConfig, probe: bool) -> Option<EngineSource> {
+    let url = pool.engine.endpoint()?;
+    let mut engine = EngineSource::new(http_engine_kind(pool.engine.kind), url);
+    if !probe {
+        engine.probe = None;
+    }
+    Some(engine)
+}
+
 impl Setup {
     /// Each pool's telemetry sources, in [`Policy::pools`] order. `probe` sends a latency
     /// probe on each engine read where the engine has no TTFT histogram (the daemon's latency
@@ -114,36 +162,9 @@ impl Setup {
             .pools
             .iter()
             .map(|pool| {
-                let gpu = match &pool.gpu.telemetry {
-                    Telemetry::Nvml => GpuSource::Nvml {
-                        library: NvmlLibrary::from_env(),
-                        gpus: pool
-                            .gpu
-                            .devices
-                            .iter()
-                            .map(|d| match d {
-                                GpuSelector::Index(i) => NvmlGpu::Index(*i),
-                                GpuSelector::Uuid(u) => NvmlGpu::Uuid(u.clone()),
-                            })
-                            .collect(),
-                    },
-                    Telemetry::Host => GpuSource::Host,
-                    Telemetry::Static => GpuSource::Static {
-                        memory_total: pool.gpu.memory_total.ok_or_else(|| {
-                            usage(format!(
-                                "pool {}: telemetry = \"static\" needs gpu.memory_total; set it, e.g. memory_total = \"24GiB\"",
-                                pool.name
-                            ))
-                        })?,
-                        baseline: pool.gpu.baseline.unwrap_or(Bytes(0)),
-                    },
-                    Telemetry::Replay(path) => GpuSource::Replay(path.clone()),
-                };
-                let mut engine = EngineSource::new(http_engine_kind(pool.engine.kind), &pool.engine.url);
-                if !probe {
-                    engine.probe = None;
-                }
-                let mut t = build_pool(&pool.name, &gpu, Some(&engine))?;
+                let gpu = gpu_source(pool, "")?;
+                let engine = engine_source(pool, probe);
+                let mut t = build_pool(&pool.name, &gpu, engine.as_ref())?;
                 // A configured baseline beats the one observed with nothing governed running.
                 if pool.gpu.baseline.is_some() {
                     t.baseline = pool.gpu.baseline;

@@ -133,6 +133,13 @@ pub struct TickReport {
     pub leaks: Vec<TaskId>,
     /// Released and not yet seen spawned (still charged).
     pub in_flight: Vec<TaskId>,
+    /// Releases taken back to their lane before dispatch: their pool was over its ceiling or
+    /// could not be seen when Hermes was about to start them.
+    #[serde(default)]
+    pub withdrawn: Vec<TaskId>,
+    /// Why the dispatch that would have started released tasks did not run, if so.
+    #[serde(default)]
+    pub dispatch_held: Option<String>,
     /// Hermes calls that failed (the tick went on with the rest).
     pub errors: Vec<String>,
 }
@@ -559,6 +566,8 @@ fn run_tick_inner(
         spawned: Vec::new(),
         leaks: Vec::new(),
         in_flight: observed.in_flight.clone(),
+        withdrawn: Vec::new(),
+        dispatch_held: None,
         errors: Vec::new(),
         observed,
     };
@@ -707,9 +716,34 @@ fn run_tick_inner(
         released.push(r.id.clone());
     }
 
-    // 4. Dispatch once, capped at what runs plus what is in flight, and verify.
+    // 4. Dispatch once, capped at what runs plus what is in flight, and verify. Starting a
+    // release is a decision of its own: the board is read again first (see
+    // [`recheck_before_dispatch`]), so Hermes starts only what fits now.
+    let mut running_after = running_after;
+    if !opts.dry_run && semantics.is_some() && !state.in_flight.is_empty() {
+        match recheck_before_dispatch(policy, ports, state, &report.decision) {
+            Ok(check) => {
+                running_after = check.running;
+                report.withdrawn = check.withdrawn;
+                report.dispatch_held = check.held;
+                for (what, e) in check.errors {
+                    hermes_error(what, e, state);
+                }
+            }
+            Err(e) => {
+                report.dispatch_held = Some(format!(
+                    "the board could not be read again before dispatch ({e}); nothing is started"
+                ));
+            }
+        }
+        if let Some(why) = &report.dispatch_held {
+            tracing::warn!("Dispatch held: {why}");
+        }
+    }
     let pending = if opts.dry_run {
         u32::try_from(report.observed.in_flight.len() + released.len()).unwrap_or(u32::MAX)
+    } else if report.dispatch_held.is_some() {
+        0
     } else {
         u32::try_from(state.in_flight.len()).unwrap_or(u32::MAX)
     };
@@ -769,6 +803,175 @@ fn run_tick_inner(
     report.adopted = adopted;
     report.released = released;
     Ok(report)
+}
+
+/// What [`recheck_before_dispatch`] found and did.
+struct DispatchCheck {
+    /// Tasks running on the board as read just now.
+    running: u32,
+    /// In-flight releases taken back to their lane.
+    withdrawn: Vec<TaskId>,
+    /// Why no dispatch may run now, if so.
+    held: Option<String>,
+    /// Hermes calls that failed.
+    errors: Vec<(String, PortError)>,
+}
+
+/// Whether `budget` is over its ceiling in any dimension it checks.
+fn over_ceiling(budget: &crate::governor::PoolBudget) -> Option<String> {
+    if let (Some(p), Some(c)) = (budget.projected_after_bytes, budget.ceiling_bytes)
+        && p > c
+    {
+        return Some(format!("{p} projected of a {c} ceiling"));
+    }
+    if let Some(c) = budget.ceiling_kv_tokens
+        && budget.charged_after_kv_tokens > c
+    {
+        return Some(format!(
+            "{} KV tokens charged of a {c}-token ceiling",
+            budget.charged_after_kv_tokens
+        ));
+    }
+    if let Some(slots) = budget.slots
+        && budget.slots_used_after > slots
+    {
+        return Some(format!(
+            "{} slots charged of {slots}",
+            budget.slots_used_after
+        ));
+    }
+    None
+}
+
+/// Right before `hermes kanban dispatch`: read the board again and make sure the dispatch
+/// can start only what was released and still fits.
+///
+/// - A task that reached a governed profile outside the governor since the tick's read
+///   (`ready` on the profile, not released) would be started by the dispatch, uncharged: it
+///   is moved to its lane first; if that fails, nothing is dispatched.
+/// - A release whose pool is over its ceiling (something started outside the governor and is
+///   charged now) or cannot be seen is taken back to its lane (`withdrawn`): it waits for a
+///   new decision. This is what makes a re-dispatch of an old release a new decision.
+fn recheck_before_dispatch(
+    policy: &Policy,
+    ports: &mut TickPorts<'_>,
+    state: &mut GovernorState,
+    decision: &crate::governor::Decision,
+) -> Result<DispatchCheck, PortError> {
+    let tracked: Vec<TaskId> = state.in_flight.keys().cloned().collect();
+    let snap = ports.board.read_board(&tracked)?;
+    let mut check = DispatchCheck {
+        running: u32::try_from(
+            snap.tasks
+                .iter()
+                .filter(|t| t.status == TaskStatus::Running)
+                .count(),
+        )
+        .unwrap_or(u32::MAX),
+        withdrawn: Vec::new(),
+        held: None,
+        errors: Vec::new(),
+    };
+    // Releases that are no longer ready on their profile cannot be started by this dispatch.
+    state.in_flight.retain(|id, f| {
+        snap.task(id).is_some_and(|t| {
+            t.status == TaskStatus::Ready && t.assignee.as_deref() == Some(f.profile.as_str())
+        })
+    });
+    for t in &snap.tasks {
+        if t.status != TaskStatus::Ready || state.in_flight.contains_key(&t.id) {
+            continue;
+        }
+        let Some((_, p)) = t
+            .assignee
+            .as_deref()
+            .and_then(|a| policy.profile(&ProfileId::from(a)))
+        else {
+            continue;
+        };
+        match ports.dispatcher.assign(&t.id, &p.lane) {
+            Ok(()) => {
+                tracing::warn!(task = %t.id, lane = %p.lane,
+                    "A task reached its profile outside the governor; moved it to its lane before dispatching.");
+                state.counters.adopted += 1;
+            }
+            Err(e) => {
+                check.errors.push((
+                    format!("adopting {} into lane {} before dispatch", t.id, p.lane),
+                    e,
+                ));
+                check.held = Some(format!(
+                    "{} is ready on {} without a release and could not be moved to its lane",
+                    t.id, p.id
+                ));
+            }
+        }
+    }
+    if check.held.is_some() {
+        return Ok(check);
+    }
+    // Pools that must not start anything now.
+    let blocked: Vec<(usize, String)> = decision
+        .pools
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| {
+            b.stale
+                .as_ref()
+                .map(|s| format!("pool {} cannot be seen ({s})", b.name))
+                .or_else(|| {
+                    over_ceiling(b).map(|o| format!("pool {} is over its ceiling ({o})", b.name))
+                })
+                .map(|why| (i, why))
+        })
+        .collect();
+    if blocked.is_empty() {
+        return Ok(check);
+    }
+    let ids: Vec<(TaskId, ProfileId)> = state
+        .in_flight
+        .iter()
+        .map(|(id, f)| (id.clone(), f.profile.clone()))
+        .collect();
+    for (id, profile) in ids {
+        let Some((_, p)) = policy.profile(&profile) else {
+            continue;
+        };
+        if !blocked.iter().any(|(i, _)| *i == p.pool) {
+            continue;
+        }
+        match ports.dispatcher.assign(&id, &p.lane) {
+            Ok(()) => {
+                tracing::warn!(task = %id, lane = %p.lane, "Withdrew a release: its pool cannot take it now.");
+                state.in_flight.remove(&id);
+                check.withdrawn.push(id);
+            }
+            Err(e) => {
+                check
+                    .errors
+                    .push((format!("withdrawing {id} to lane {}", p.lane), e));
+                check.held = Some(format!(
+                    "{}; {id} could not be taken back to its lane",
+                    blocked
+                        .iter()
+                        .map(|(_, w)| w.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+        }
+    }
+    if check.held.is_none() && !check.withdrawn.is_empty() {
+        tracing::warn!(
+            "{}",
+            blocked
+                .iter()
+                .map(|(_, w)| w.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(check)
 }
 
 /// [`run_tick`] with the state loaded from and (unless a dry run) saved to `store`, then the

@@ -397,7 +397,8 @@ impl fmt::Display for EngineKind {
 pub struct EngineConfig {
     /// Kind.
     pub kind: EngineKind,
-    /// Base URL (`http://127.0.0.1:8000`).
+    /// Base URL (`http://127.0.0.1:8000`), or [`NO_ENGINE_URL`] when the host has no engine
+    /// endpoint to read (see [`EngineConfig::endpoint`]).
     pub url: String,
     /// The catalog model the engine serves, if told (for `plan`).
     pub model: Option<String>,
@@ -410,6 +411,18 @@ pub struct EngineConfig {
     /// Engine and GPU samples older than this make the pool hold.
     #[serde(serialize_with = "ser_duration")]
     pub max_staleness: Duration,
+}
+
+/// `engine.url = "none"`: this host has no engine endpoint the governor can read. Without
+/// it every pool reads its engine, and an engine that cannot be read makes the pool hold.
+pub const NO_ENGINE_URL: &str = "none";
+
+impl EngineConfig {
+    /// The URL to read the engine at, or `None` when the config says there is no endpoint
+    /// (`url = "none"`): then the pool decides on GPU memory and configured capacities only.
+    pub fn endpoint(&self) -> Option<&str> {
+        (self.url != NO_ENGINE_URL && !self.url.is_empty()).then_some(self.url.as_str())
+    }
 }
 
 /// Which latency signal feeds the AIMD limit.
@@ -536,6 +549,7 @@ impl Config {
                 slots: p.engine.slots,
                 slot_context_tokens: p.engine.slot_context_tokens,
                 max_staleness: millis(p.engine.max_staleness),
+                needs_engine: p.engine.endpoint().is_some(),
             })
             .collect();
         let profiles = self

@@ -841,11 +841,13 @@ fn pool(
         .get(f, &eng_key("kind"), &e.kind, |s: &String| choice(s, &kinds))
         .unwrap_or(EngineKind::Vllm);
     let url = v.get(f, &eng_key("url"), &e.url, |s: &String| {
-        if s.starts_with("http://") || s.starts_with("https://") {
+        if s == NO_ENGINE_URL {
+            Ok(s.clone())
+        } else if s.starts_with("http://") || s.starts_with("https://") {
             Ok(s.trim_end_matches('/').to_owned())
         } else {
             Err(format!(
-                "\"{s}\" is not an http(s) URL; set the engine's base URL, e.g. \"http://127.0.0.1:8000\""
+                "\"{s}\" is not an http(s) URL; set the engine's base URL, e.g. \"http://127.0.0.1:8000\", or \"none\" when this host has no engine endpoint to read"
             ))
         }
     });
@@ -858,7 +860,7 @@ fn pool(
                 v.err(
                     src,
                     eng_key("url"),
-                    "kind = \"openai\" has no usual port; set url to the server's base URL, e.g. \"http://127.0.0.1:8000\"",
+                    "kind = \"openai\" has no usual port; set url to the server's base URL, e.g. \"http://127.0.0.1:8000\", or \"none\" when this host has no engine endpoint to read",
                 );
             }
             String::new()

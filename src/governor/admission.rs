@@ -133,6 +133,18 @@ impl PoolLedger {
             Some(_) => {}
         }
         let engine_fresh = engine.filter(|e| now.since(e.at) <= pool.max_staleness);
+        if pool.needs_engine && engine_fresh.is_none() && stale.is_none() {
+            stale = Some(match engine {
+                Some(e) => format!(
+                    "engine metrics {} old (max_staleness {})",
+                    now.since(e.at),
+                    pool.max_staleness
+                ),
+                None => "no engine reading (engine unreachable or failing); \
+                         set engine.url = \"none\" only if this host has no engine endpoint"
+                    .to_owned(),
+            });
+        }
 
         let ceiling_bytes = gpu.map(|s| {
             let total = u128::from(s.total.get());
@@ -376,6 +388,7 @@ mod tests {
             slots: None,
             slot_context_tokens: None,
             max_staleness: Millis::secs(5),
+            needs_engine: false,
         }
     }
 
@@ -475,5 +488,62 @@ mod tests {
         };
         let l = PoolLedger::new(&pool(KvPlacement::EnginePool), Some(&obs), Millis(0));
         assert!(l.stale().is_some_and(|s| s.contains("kv_capacity_tokens")));
+    }
+
+    #[test]
+    fn a_pool_that_reads_its_engine_holds_without_a_fresh_reading_whatever_is_configured() {
+        let gpu = GpuSample {
+            at: Millis(0),
+            total: Bytes::gib(80),
+            used: Bytes::gib(20),
+            free: Bytes::gib(60),
+        };
+        let fresh = EngineSample {
+            at: Millis(0),
+            ..EngineSample::default()
+        };
+        for placement in [KvPlacement::EnginePool, KvPlacement::GpuBytes] {
+            let configured = PoolPolicy {
+                kv_capacity_tokens: Some(100_000),
+                slots: Some(4),
+                needs_engine: true,
+                ..pool(placement)
+            };
+            let down = PoolObservation {
+                gpu: Some(gpu),
+                baseline: None,
+                engine: None,
+            };
+            let l = PoolLedger::new(&configured, Some(&down), Millis(0));
+            assert!(
+                l.stale().is_some_and(|s| s.contains("no engine reading")),
+                "{placement:?}: {:?}",
+                l.stale()
+            );
+            let old = PoolObservation {
+                gpu: Some(GpuSample {
+                    at: Millis(5_001),
+                    ..gpu
+                }),
+                engine: Some(fresh),
+                ..down
+            };
+            let l = PoolLedger::new(&configured, Some(&old), Millis(5_001));
+            assert!(l.stale().is_some_and(|s| s.contains("engine metrics")));
+            // Read just now: it admits.
+            let now = PoolObservation {
+                engine: Some(fresh),
+                ..down
+            };
+            let l = PoolLedger::new(&configured, Some(&now), Millis(0));
+            assert_eq!(l.stale(), None, "{placement:?}");
+            // With `engine.url = "none"` the configured capacities are enough.
+            let no_endpoint = PoolPolicy {
+                needs_engine: false,
+                ..configured
+            };
+            let l = PoolLedger::new(&no_endpoint, Some(&down), Millis(0));
+            assert_eq!(l.stale(), None, "{placement:?}");
+        }
     }
 }

@@ -18,6 +18,7 @@ fn gpu_pool() -> PoolPolicy {
         slots: None,
         slot_context_tokens: None,
         max_staleness: Millis::secs(5),
+        needs_engine: false,
     }
 }
 

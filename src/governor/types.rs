@@ -229,6 +229,10 @@ pub struct PoolPolicy {
     pub slot_context_tokens: Option<u64>,
     /// Telemetry older than this is stale and makes the pool hold.
     pub max_staleness: Millis,
+    /// The pool has an engine endpoint: without a fresh engine sample it holds, whatever
+    /// capacities are configured (fail closed: the released work would hit a dead engine).
+    #[serde(default)]
+    pub needs_engine: bool,
 }
 
 /// One governed profile's policy.

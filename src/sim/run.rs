@@ -687,7 +687,12 @@ impl<'a> Run<'a> {
                 slots: u32::try_from(slots).ok(),
                 slot_context_tokens: Some(slot_ctx),
             }),
-            Regime::PerRequest { .. } => None,
+            // A per-request engine (Ollama-like) answers with nothing the decision needs; it
+            // answers, so a pool that reads its engine does not hold.
+            Regime::PerRequest { .. } => Some(EngineSample {
+                at: now,
+                ..EngineSample::default()
+            }),
         };
         let obs = Observation {
             now,

@@ -382,7 +382,7 @@ impl Governor {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
         let mut text = format!(
-            "[hermes]\nbin = {:?}\nhome = {:?}\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = {total:?}\nbaseline = {baseline:?}\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"http://127.0.0.1:9\"\n\n[dispatch]\nstate_dir = {:?}\ntimeout = \"20s\"\n",
+            "[hermes]\nbin = {:?}\nhome = {:?}\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = {total:?}\nbaseline = {baseline:?}\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"\n\n[dispatch]\nstate_dir = {:?}\ntimeout = \"20s\"\n",
             bin.display().to_string(),
             home.display().to_string(),
             state_dir.display().to_string(),

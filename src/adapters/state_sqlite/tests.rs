@@ -44,6 +44,8 @@ fn report(at: u64) -> TickReport {
         spawned: vec![],
         leaks: vec![],
         in_flight: vec![],
+        withdrawn: vec![],
+        dispatch_held: None,
         errors: vec![],
     }
 }

@@ -7,9 +7,8 @@
 //! latest good reading is older than `max_staleness`. A good GPU sample keeps the time it was
 //! taken, so `decide` itself holds a pool whose GPU samples stopped coming.
 
-use crate::adapters::nvml::{GpuSelector as NvmlGpu, NvmlLibrary};
-use crate::adapters::telemetry::{self, EngineSource, GpuSource, PoolTelemetry};
-use crate::config::{self, Config, GpuSelector, Source, Telemetry};
+use crate::adapters::telemetry::{self, PoolTelemetry};
+use crate::config::{self, Config, Telemetry};
 use crate::error::UsageError;
 use crate::governor::{Bytes, GpuSample, Millis};
 use crate::ports::{EngineReading, EngineTelemetry, GpuTelemetry, PortError};
@@ -255,18 +254,11 @@ fn millis(d: std::time::Duration) -> Millis {
     Millis::from_duration(d)
 }
 
-fn explicit(cfg: &Config, key: &str) -> bool {
-    cfg.sources
-        .get(key)
-        .is_some_and(|s| !matches!(s, Source::Default))
-}
-
 /// Build every pool's sources from the config. NVML is opened here (a missing library is a
 /// usage error naming `telemetry = "static"`); engines are not contacted yet.
 ///
-/// An engine is read when the config gives its `engine.url`, or when the GPU is real (`nvml`,
-/// `host`), where the kind's default URL is the likely one. A `static` or `replay` pool
-/// without `engine.url` reads none (its `engine.kind` still says how KV is charged).
+/// Which engine a pool reads is [`crate::app::setup::engine_source`]'s rule, the same as
+/// `tick`'s: every pool reads its engine unless the config says `engine.url = "none"`.
 ///
 /// # Errors
 ///
@@ -282,43 +274,14 @@ pub fn build(cfg: &Config) -> Result<Vec<SampledPool>, UsageError> {
             } else {
                 format!("pools.{}.", p.name)
             };
-            let (gpu, kind) = match &p.gpu.telemetry {
-                Telemetry::Nvml => (
-                    GpuSource::Nvml {
-                        library: NvmlLibrary::from_env(),
-                        gpus: p
-                            .gpu
-                            .devices
-                            .iter()
-                            .map(|d| match d {
-                                GpuSelector::Index(i) => NvmlGpu::Index(*i),
-                                GpuSelector::Uuid(u) => NvmlGpu::Uuid(u.clone()),
-                            })
-                            .collect(),
-                    },
-                    "nvml",
-                ),
-                Telemetry::Host => (GpuSource::Host, "host"),
-                Telemetry::Static => (
-                    GpuSource::Static {
-                        memory_total: p.gpu.memory_total.ok_or_else(|| {
-                            UsageError(format!(
-                                "pool {}: {prefix}gpu.memory_total is missing; static telemetry needs it, e.g. memory_total = \"24GiB\"",
-                                p.name
-                            ))
-                        })?,
-                        baseline: p.gpu.baseline.unwrap_or(Bytes(0)),
-                    },
-                    "static",
-                ),
-                Telemetry::Replay(path) => (GpuSource::Replay(path.clone()), "replay"),
+            let gpu = crate::app::setup::gpu_source(p, &prefix)?;
+            let kind = match &p.gpu.telemetry {
+                Telemetry::Nvml => "nvml",
+                Telemetry::Host => "host",
+                Telemetry::Static => "static",
+                Telemetry::Replay(_) => "replay",
             };
-            let engine_named = explicit(cfg, &format!("{prefix}engine.url"));
-            let real_gpu = matches!(p.gpu.telemetry, Telemetry::Nvml | Telemetry::Host);
-            let engine = (engine_named || real_gpu).then(|| {
-                let kind = crate::app::setup::http_engine_kind(p.engine.kind);
-                EngineSource::new(kind, &p.engine.url)
-            });
+            let engine = crate::app::setup::engine_source(p, true);
             let t = telemetry::build_pool(&p.name, &gpu, engine.as_ref())?;
             // A replay that recorded the engine replays it (build_pool ignores `engine` then).
             let label = match (&p.gpu.telemetry, &engine) {

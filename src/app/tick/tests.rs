@@ -22,6 +22,9 @@ struct World {
     lingering: Vec<TaskId>,
     /// Pid of each spawned worker, by task (Hermes forgets it when the task finishes).
     pids: Vec<(u32, TaskId)>,
+    /// Someone assigns this task to this assignee while the governor's first `assign` runs
+    /// (a user or script writing to the board during a slow Hermes call).
+    on_assign: Option<(TaskId, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -64,6 +67,11 @@ impl Dispatcher for FakeHermes {
     fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError> {
         let mut w = self.0.borrow_mut();
         w.calls.push(format!("assign {id} {assignee}"));
+        if let Some((other, to)) = w.on_assign.take()
+            && let Some(t) = w.tasks.iter_mut().find(|t| t.id == other)
+        {
+            t.assignee = Some(to);
+        }
         let t = w
             .tasks
             .iter_mut()
@@ -217,6 +225,7 @@ fn policy() -> Policy {
             slots: None,
             slot_context_tokens: None,
             max_staleness: Millis::secs(5),
+            needs_engine: false,
         }],
         profiles: vec![profile("big", 8), profile("small", 3)],
         max_running: None,
@@ -450,6 +459,85 @@ fn released_but_unspawned_tasks_stay_charged_and_are_never_released_twice() {
     assert_eq!(rig.calls(), ["dispatch --max 2"]);
     assert_eq!(ids(&r.spawned), ["t_a", "t_b"]);
     assert!(r.leaks.is_empty());
+}
+
+#[test]
+fn a_task_put_on_the_profile_during_a_release_is_parked_before_dispatch_so_hermes_starts_only_the_release()
+ {
+    // t_user has a higher priority: were it on `big` at dispatch, Hermes would start it
+    // instead of the release (the fault suite saw this with `--max 1`).
+    let mut rig = Rig::new(vec![
+        task("t_rel", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_user", "triage", TaskStatus::Ready, 9, 2),
+    ]);
+    rig.hermes.0.borrow_mut().on_assign = Some((TaskId::from("t_user"), "big".into()));
+    let r = rig.tick();
+    assert_eq!(ids(&r.released), ["t_rel"]);
+    assert_eq!(
+        rig.calls(),
+        [
+            "assign t_rel big",
+            "assign t_user big@gpu",
+            "dispatch --max 1"
+        ]
+    );
+    assert_eq!(ids(&r.spawned), ["t_rel"]);
+    assert!(r.leaks.is_empty() && r.dispatch_held.is_none());
+    // It is governed from now on: it waits in the lane until it fits.
+    let r = rig.tick();
+    assert_eq!(ids(&r.released), ["t_user"]);
+}
+
+#[test]
+fn a_redispatch_is_a_new_decision_a_release_that_no_longer_fits_goes_back_to_its_lane() {
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
+    ]);
+    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    let r = rig.tick();
+    assert_eq!(ids(&r.in_flight), ["t_a", "t_b"]);
+    // Meanwhile two tasks were started on `big` outside the governor: 16 GiB running plus
+    // 16 GiB in flight is over the 20 GiB ceiling.
+    {
+        let mut w = rig.hermes.0.borrow_mut();
+        w.fail_dispatch = false;
+        w.tasks
+            .push(task("t_out1", "big", TaskStatus::Running, 0, 3));
+        w.tasks
+            .push(task("t_out2", "big", TaskStatus::Running, 0, 4));
+    }
+    rig.calls();
+    rig.clock.advance(REDISPATCH_AFTER);
+    let r = rig.tick();
+    let b = &r.decision.pools[0];
+    assert!(b.projected_after_bytes > b.ceiling_bytes, "{b:?}");
+    assert!(r.released.is_empty());
+    // Both releases are taken back; no dispatch runs.
+    assert_eq!(rig.calls(), ["assign t_a big@gpu", "assign t_b big@gpu"]);
+    assert_eq!(ids(&r.withdrawn), ["t_a", "t_b"]);
+    assert!(rig.state.in_flight.is_empty());
+    assert!(r.spawned.is_empty());
+    // One outside task ends: 8 GiB running, 12 free: one of them fits again.
+    rig.set("t_out1", TaskStatus::Done);
+    let r = rig.tick();
+    assert_eq!(ids(&r.released), ["t_a"]);
+    assert_eq!(rig.calls(), ["assign t_a big", "dispatch --max 2"]);
+}
+
+#[test]
+fn a_pool_that_cannot_be_seen_when_a_redispatch_is_due_takes_its_release_back() {
+    let mut rig = Rig::new(vec![task("t_a", "big@gpu", TaskStatus::Ready, 0, 1)]);
+    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.tick();
+    rig.hermes.0.borrow_mut().fail_dispatch = false;
+    rig.calls();
+    rig.gpu.fail = true;
+    rig.clock.advance(REDISPATCH_AFTER);
+    let r = rig.tick();
+    assert_eq!(rig.calls(), ["assign t_a big@gpu"]);
+    assert_eq!(ids(&r.withdrawn), ["t_a"]);
+    assert!(r.spawned.is_empty());
 }
 
 #[test]
