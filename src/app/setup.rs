@@ -284,3 +284,40 @@ pub fn port_error(e: PortError) -> anyhow::Error {
         anyhow::Error::from_boxed(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(engine: &str) -> PoolConfig {
+        let text = format!(
+            "[hermes]\nhome = \"/t/hh\"\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\n\n[engine]\n{engine}\n\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"128KiB\"\nmax_context_tokens = 8192\n"
+        );
+        let cfg = config::load_str(
+            &text,
+            std::path::Path::new("/t/governor.toml"),
+            &ConfigArgs::default(),
+            &|_: &str| None,
+        )
+        .unwrap();
+        cfg.pools[0].clone()
+    }
+
+    #[test]
+    fn every_pool_reads_its_engine_unless_the_config_says_there_is_none() {
+        // A static GPU with no engine.url still reads the kind's usual port: a dead engine
+        // then holds the pool instead of going unnoticed.
+        let e = engine_source(&pool("kind = \"ollama\""), false).unwrap();
+        assert_eq!(e.url, "http://127.0.0.1:11434");
+        assert!(e.probe.is_none());
+        let e = engine_source(&pool("kind = \"llamacpp\""), true).unwrap();
+        assert!(
+            e.probe.is_some(),
+            "the daemon probes engines without a TTFT histogram"
+        );
+        assert!(engine_source(&pool("kind = \"vllm\"\nurl = \"none\""), true).is_none());
+        let p = pool("kind = \"vllm\"\nurl = \"none\"\nkv_capacity_tokens = 100000");
+        assert!(!Config::policy_pool_needs_engine(&p));
+        assert!(Config::policy_pool_needs_engine(&pool("kind = \"vllm\"")));
+    }
+}

@@ -534,6 +534,11 @@ fn millis(d: Duration) -> Millis {
 }
 
 impl Config {
+    /// Whether the decision needs a fresh engine reading for pool `p` (it has an endpoint).
+    pub fn policy_pool_needs_engine(p: &PoolConfig) -> bool {
+        p.engine.endpoint().is_some()
+    }
+
     /// The decision policy (DESIGN §4): per pool its placement, headroom and capacities; per
     /// profile its declared worst case.
     pub fn policy(&self) -> Policy {
@@ -549,7 +554,7 @@ impl Config {
                 slots: p.engine.slots,
                 slot_context_tokens: p.engine.slot_context_tokens,
                 max_staleness: millis(p.engine.max_staleness),
-                needs_engine: p.engine.endpoint().is_some(),
+                needs_engine: Config::policy_pool_needs_engine(p),
             })
             .collect();
         let profiles = self

@@ -1,0 +1,188 @@
+//! The fault suite, engine side: the real `tick` binary against a board with Hermes's schema,
+//! a fake `hermes` that records its argv and an engine that is down, comes back, or is
+//! declared absent. After every case: nothing was released while the engine could not be
+//! seen, and the board is as it was.
+//!
+//! Other faults have their tests beside the code they exercise (see README, "What it
+//! survives"): the dispatch re-check in `src/app/tick/tests.rs`, the HTTP server, state files,
+//! locks and signals in their own targets.
+
+#[path = "common/fake_engine.rs"]
+mod fake_engine;
+
+use fake_engine::{EngineSpec, FakeEngine};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const SCHEMA: &str = include_str!("fixtures/hermes_schema.sql");
+/// A fake `hermes` 0.19.0: version, assign and an empty dispatch.
+const HERMES: &str = "case \"$*\" in --version) echo 'Hermes Agent v0.19.0 (2026.7.20)';; *dispatch*) echo '{\"spawned\": []}';; esac";
+
+struct Rig {
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A board with one ready task in `coder@gpu`, and a fake `hermes`.
+    fn new() -> Rig {
+        let rig = Rig {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(rig.home()).unwrap();
+        let conn = rusqlite::Connection::open(rig.home().join("kanban.db")).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        rig.add_task("t_1");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let bin = rig.bin();
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\n{HERMES}\n",
+                rig.dir.path().join("argv.log").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        rig
+    }
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("hh")
+    }
+    fn bin(&self) -> PathBuf {
+        self.dir.path().join("hermes")
+    }
+    fn add_task(&self, id: &str) {
+        let conn = rusqlite::Connection::open(self.home().join("kanban.db")).unwrap();
+        conn.execute(
+            "INSERT INTO tasks(id, title, assignee, status, created_at) VALUES (?1, ?1, 'coder@gpu', 'ready', 100)",
+            rusqlite::params![id],
+        )
+        .unwrap();
+    }
+    /// Hermes calls that write the board (`assign`, `dispatch`), in order.
+    fn writes(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("argv.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("assign") || l.contains("dispatch"))
+            .map(str::to_owned)
+            .collect()
+    }
+    fn clear_calls(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("argv.log"));
+    }
+    /// `[engine]` of this kind at `url` with `extra` lines; a static 24 GiB GPU.
+    fn config(&self, kind: &str, url: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "[hermes]\nbin = {:?}\nhome = {:?}\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = {kind:?}\nurl = {url:?}\n{extra}\n\n[dispatch]\nstate_dir = {:?}\n\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"128KiB\"\nmax_context_tokens = 8192\n",
+            self.bin().display().to_string(),
+            self.home().display().to_string(),
+            self.dir.path().join("state").display().to_string(),
+        );
+        let p = self.dir.path().join(format!("{kind}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn tick(&self, config: &Path) -> serde_json::Value {
+        let out: Output = Command::new(env!("CARGO_BIN_EXE_kanban-governor"))
+            .args(["tick", "--json", "--config"])
+            .arg(config)
+            .env_remove("HERMES_KANBAN_DB")
+            .env_remove("HERMES_KANBAN_BOARD")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        serde_json::from_str(text.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+/// A URL where nothing listens (a port the kernel just gave out and took back).
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn released(report: &serde_json::Value) -> Vec<String> {
+    report["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn held_reasons(report: &serde_json::Value) -> String {
+    report["decision"]["held"].to_string()
+}
+
+fn vllm(capacity_tokens: u64) -> EngineSpec {
+    EngineSpec {
+        capacity_tokens,
+        bytes_per_token: 128 * 1024,
+        weights_bytes: 4 << 30,
+        total_bytes: 24 << 30,
+        first_turn_delay: Duration::ZERO,
+        nvml_state: None,
+    }
+}
+
+#[test]
+fn an_unreachable_engine_holds_for_every_kind_whatever_capacity_is_configured() {
+    let dead = dead_url();
+    for (kind, extra) in [
+        ("vllm", "kv_capacity_tokens = 442368"),
+        ("sglang", "kv_capacity_tokens = 442368"),
+        ("llamacpp", "slots = 4\nkv_capacity_tokens = 32768"),
+        ("ollama", "slots = 4"),
+        ("openai", ""),
+    ] {
+        let rig = Rig::new();
+        let report = rig.tick(&rig.config(kind, &dead, extra));
+        assert!(released(&report).is_empty(), "{kind}: {report}");
+        assert!(rig.writes().is_empty(), "{kind}: {:?}", rig.writes());
+        let held = held_reasons(&report);
+        assert!(held.contains("no engine reading"), "{kind}: {held}");
+        assert!(
+            report["observed"]["telemetry_errors"]
+                .to_string()
+                .contains(&dead),
+            "{kind}: the error names the URL: {report}"
+        );
+
+        // Saying the host has no engine endpoint is what lets the configured numbers decide.
+        let report = rig.tick(&rig.config(kind, "none", extra));
+        assert_eq!(released(&report), ["t_1"], "{kind}: {report}");
+    }
+}
+
+#[test]
+fn an_engine_that_goes_away_and_comes_back_stops_and_restarts_releases() {
+    let rig = Rig::new();
+    let mut engine = FakeEngine::start(vllm(65_536));
+    let config = rig.config("vllm", &engine.url(), "");
+    assert_eq!(released(&rig.tick(&config)), ["t_1"]);
+
+    engine.stop();
+    rig.add_task("t_2");
+    rig.clear_calls();
+    let report = rig.tick(&config);
+    assert!(released(&report).is_empty(), "{report}");
+    assert!(rig.writes().is_empty(), "{:?}", rig.writes());
+
+    // (The fake `hermes` does not move tasks, so t_1 is still in its lane and released again.)
+    engine.restart();
+    let report = rig.tick(&config);
+    assert!(released(&report).contains(&"t_2".to_owned()), "{report}");
+    assert!(!rig.writes().is_empty());
+}
