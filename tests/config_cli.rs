@@ -53,6 +53,7 @@ fn every_invalid_fixture_exits_2_and_names_its_key_and_fix() {
         let config = path.display().to_string();
         let args = [
             "check-config",
+            "--file-only",
             "--config",
             config.as_str(),
             "--hermes-home",
@@ -158,7 +159,7 @@ fn an_explicit_config_that_is_missing_exits_2_and_a_missing_default_means_defaul
 
     let out = governor(
         tmp.path(),
-        &["check-config"],
+        &["check-config", "--file-only"],
         &[("KANBAN_GOVERNOR_LOG", "info")],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -177,7 +178,7 @@ fn env_overrides_beat_the_file_and_flags_beat_env() {
     let tmp = tempfile::tempdir().unwrap();
     let out = governor(
         tmp.path(),
-        &["check-config", "--config", config],
+        &["check-config", "--file-only", "--config", config],
         &[("KANBAN_GOVERNOR_HEADROOM", "1.5")],
     );
     assert_eq!(out.status.code(), Some(2));
@@ -191,6 +192,7 @@ fn env_overrides_beat_the_file_and_flags_beat_env() {
         tmp.path(),
         &[
             "check-config",
+            "--file-only",
             "--config",
             config,
             "--headroom",
@@ -217,6 +219,7 @@ fn the_valid_fixture_prints_its_effective_config_and_it_reads_back_the_same() {
         tmp.path(),
         &[
             "check-config",
+            "--file-only",
             "--config",
             config.to_str().unwrap(),
             "--json",
@@ -251,7 +254,12 @@ fn the_valid_fixture_prints_its_effective_config_and_it_reads_back_the_same() {
     // The human output is TOML annotated with sources; fed back, it is the same config.
     let out = governor(
         tmp.path(),
-        &["check-config", "--config", config.to_str().unwrap()],
+        &[
+            "check-config",
+            "--file-only",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(0));
@@ -274,6 +282,7 @@ fn the_valid_fixture_prints_its_effective_config_and_it_reads_back_the_same() {
         tmp.path(),
         &[
             "check-config",
+            "--file-only",
             "--config",
             again.to_str().unwrap(),
             "--json",

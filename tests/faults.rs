@@ -186,3 +186,113 @@ fn an_engine_that_goes_away_and_comes_back_stops_and_restarts_releases() {
     assert!(released(&report).contains(&"t_2".to_owned()), "{report}");
     assert!(!rig.writes().is_empty());
 }
+
+/// Run the binary with `args` and `--config config`.
+fn governor(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kanban-governor"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("HERMES_KANBAN_DB")
+        .env_remove("HERMES_KANBAN_BOARD")
+        .env("KANBAN_GOVERNOR_NVML_LIB", "/nonexistent/libnvidia-ml.so.1")
+        .output()
+        .unwrap()
+}
+
+fn all_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn check_config_fails_on_every_host_problem_that_tick_fails_on_and_tick_creates_nothing() {
+    let rig = Rig::new();
+    let good = std::fs::read_to_string(rig.config("openai", "none", "")).unwrap();
+    let state = rig.dir.path().join("state");
+    let not_exec = rig.dir.path().join("not-exec");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let a_file = rig.dir.path().join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    let bin = format!("bin = {:?}", rig.bin().display().to_string());
+    let home = format!("home = {:?}", rig.home().display().to_string());
+    let state_line = format!("state_dir = {:?}", state.display().to_string());
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "hermes.bin",
+            good.replace(&bin, "bin = \"/nonexistent/bin/hermes\""),
+            "check hermes.bin",
+        ),
+        (
+            "hermes.bin",
+            good.replace(&bin, &format!("bin = {:?}", not_exec.display().to_string())),
+            "check hermes.bin",
+        ),
+        (
+            "hermes.home",
+            good.replace(&home, "home = \"/nonexistent/hermes-home\""),
+            "hermes",
+        ),
+        (
+            "dispatch.state_dir",
+            good.replace(
+                &state_line,
+                &format!("state_dir = {:?}", a_file.display().to_string()),
+            ),
+            "not a directory",
+        ),
+        (
+            "gpu.telemetry",
+            good.replace(
+                "telemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"",
+                "telemetry = \"nvml\"",
+            ),
+            "telemetry = \"static\"",
+        ),
+    ];
+    for (key, text, fix) in cases {
+        assert_ne!(text, good, "{key}: the case changed nothing");
+        let config = rig.dir.path().join("case.toml");
+        std::fs::write(&config, &text).unwrap();
+        let check = governor(&["check-config"], &config);
+        let out = all_text(&check);
+        assert_eq!(check.status.code(), Some(2), "{key}: {out}");
+        assert!(
+            out.contains(&format!("{key}:")) && out.contains(fix),
+            "{key}: {out}"
+        );
+        // `--file-only` checks the file alone: it is valid.
+        let file_only = governor(&["check-config", "--file-only"], &config);
+        assert_eq!(
+            file_only.status.code(),
+            Some(0),
+            "{key}: {}",
+            all_text(&file_only)
+        );
+
+        let tick = governor(&["tick"], &config);
+        assert_eq!(tick.status.code(), Some(2), "{key}: {}", all_text(&tick));
+        assert!(
+            all_text(&tick).contains(&format!("{key}:")),
+            "{}",
+            all_text(&tick)
+        );
+        assert!(
+            !state.exists(),
+            "{key}: tick created the state dir before failing"
+        );
+        assert!(rig.writes().is_empty(), "{key}: {:?}", rig.writes());
+    }
+    // The good config passes both, and only then does tick create its state.
+    let config = rig.dir.path().join("good.toml");
+    std::fs::write(&config, &good).unwrap();
+    let check = governor(&["check-config"], &config);
+    assert_eq!(check.status.code(), Some(0), "{}", all_text(&check));
+    assert!(!state.exists());
+    let tick = governor(&["tick"], &config);
+    assert_eq!(tick.status.code(), Some(0), "{}", all_text(&tick));
+    assert!(state.is_dir());
+}

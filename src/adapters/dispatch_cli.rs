@@ -42,6 +42,18 @@ pub enum DispatchError {
         /// What is wrong.
         detail: String,
     },
+    /// A task id or assignee Hermes would read as a flag (or split), refused before any call.
+    #[error(
+        "refusing to pass {what} {value:?} to 'hermes {command}': it starts with '-' or holds whitespace or control characters, so Hermes would read it as a flag; fix the task on the board"
+    )]
+    UnsafeArgument {
+        /// The subcommand.
+        command: String,
+        /// `task id` or `assignee`.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
     /// Hermes exited non-zero.
     #[error("'hermes {command}' exited {code}: {stderr}; check hermes.bin and the board")]
     Failed {
@@ -288,7 +300,14 @@ pub fn check_bin(bin: &Path) -> Result<(), DispatchError> {
         return Err(DispatchError::BinNotAbsolute(bin.to_owned()));
     }
     match std::fs::metadata(bin) {
-        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_file() => rustix::fs::access(bin, rustix::fs::Access::EXEC_OK).map_err(|e| {
+            DispatchError::BinNotRunnable {
+                path: bin.to_owned(),
+                detail: format!(
+                    "not executable by this user: {e}; `chmod +x` it or point at the real hermes"
+                ),
+            }
+        }),
         Ok(_) => Err(DispatchError::BinNotRunnable {
             path: bin.to_owned(),
             detail: "not a file".into(),
@@ -384,6 +403,22 @@ pub fn parse_dispatch_json(stdout: &str) -> Result<DispatchOutcome, String> {
     })
 }
 
+/// A value passed to Hermes as a positional argument must not read as a flag: argv keeps a
+/// shell out, but `hermes kanban assign --help x` would still print help and exit 0.
+fn argv_safe(command: &str, what: &'static str, value: &str) -> Result<(), DispatchError> {
+    if value.is_empty()
+        || value.starts_with('-')
+        || value.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(DispatchError::UnsafeArgument {
+            command: command.to_owned(),
+            what,
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 impl Dispatcher for CliDispatcher {
     fn max_semantics(&mut self) -> Result<MaxSemantics, PortError> {
         if let Some(s) = self.semantics {
@@ -407,18 +442,22 @@ impl Dispatcher for CliDispatcher {
     }
 
     fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError> {
+        argv_safe("kanban assign", "task id", &id.0)?;
+        argv_safe("kanban assign", "assignee", assignee)?;
         let argv = self.kanban_args(&["assign", &id.0, assignee]);
         self.run_ok("kanban assign", &argv)?;
         Ok(())
     }
 
     fn reclaim(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError> {
+        argv_safe("kanban reclaim", "task id", &id.0)?;
         let argv = self.kanban_args(&["reclaim", &id.0, "--reason", reason]);
         self.run_ok("kanban reclaim", &argv)?;
         Ok(())
     }
 
     fn block(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError> {
+        argv_safe("kanban block", "task id", &id.0)?;
         let argv = self.kanban_args(&["block", &id.0, reason]);
         self.run_ok("kanban block", &argv)?;
         Ok(())
@@ -539,16 +578,35 @@ mod tests {
             &format!("case \"$*\" in *dispatch*) echo '{DISPATCH_JSON}';; esac"),
         );
         let mut d = CliDispatcher::new(cfg(bin, Some("gpu"))).unwrap();
-        d.assign(&TaskId::from("t_1"), "coder; rm -rf /").unwrap();
+        d.assign(&TaskId::from("t_1"), "coder;$(rm)|x").unwrap();
         let out = d.dispatch(3).unwrap();
         assert_eq!(out.spawned.len(), 1);
         assert_eq!(
             calls(dir.path()),
             [
-                "HOME=/hh kanban --board gpu assign t_1 coder; rm -rf /",
+                "HOME=/hh kanban --board gpu assign t_1 coder;$(rm)|x",
                 "HOME=/hh kanban --board gpu dispatch --max 3 --json",
             ]
         );
+    }
+
+    #[test]
+    fn an_id_or_assignee_that_reads_as_a_flag_is_refused_before_hermes_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = fake_hermes(dir.path(), "");
+        let mut d = CliDispatcher::new(cfg(bin, None)).unwrap();
+        for (id, to) in [
+            ("--help", "coder"),
+            ("t_1", "--help"),
+            ("t_1", "a b"),
+            ("t\n1", "c"),
+        ] {
+            let err = d.assign(&TaskId::from(id), to).unwrap_err().to_string();
+            assert!(err.contains("starts with '-'"), "{err}");
+        }
+        assert!(d.reclaim(&TaskId::from("-x"), "dead").is_err());
+        assert!(d.block(&TaskId::from("-x"), "dead").is_err());
+        assert!(calls(dir.path()).is_empty());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! `check-config`: print the effective config, or every problem in it.
+//! `check-config`: print the effective config, or every problem in it and on this host that
+//! `tick`, `run` or `status` would fail on (`--file-only` checks the file alone).
 //!
 //! Side effects: reads the config file, its `profiles_dir` and the Hermes profile directories
-//! (through `config::load`); writes stdout (the config, or `--json` output) and stderr (the
+//! (through `config::load`), and looks at the host (hermes.bin, the board file, NVML or the
+//! replay file, the state dir); writes stdout (the config, or `--json` output) and stderr (the
 //! problems). Writes no file.
 
 use crate::config::{self, ConfigArgs};
@@ -16,6 +18,10 @@ pub struct CheckConfigArgs {
     /// Print the effective config (or the problems) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Check the file only, not this host (for a config written for another machine): skip
+    /// the checks of hermes.bin, hermes.home, the board, the telemetry sources and state_dir.
+    #[arg(long)]
+    pub file_only: bool,
 }
 
 /// Run the command: exit 0 with the effective config on stdout (TOML annotated with where
@@ -26,7 +32,19 @@ pub struct CheckConfigArgs {
 /// Only when stdout cannot be serialized to (never for these plain types).
 pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let env = config::process_env;
-    match config::load(&args.config, &env) {
+    let loaded = config::load(&args.config, &env).and_then(|cfg| {
+        let problems = if args.file_only {
+            Vec::new()
+        } else {
+            crate::app::setup::host_problems(&cfg, true)
+        };
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(config::ConfigError { problems })
+        }
+    });
+    match loaded {
         Ok(cfg) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&cfg)?);

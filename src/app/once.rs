@@ -201,7 +201,7 @@ pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
 ///
 /// Config, lock, board, state or Hermes failures (see the module doc for exit codes).
 pub fn run(args: TickArgs) -> anyhow::Result<ExitCode> {
-    let setup = setup::load(&args.config)?;
+    let setup = setup::load_checked(&args.config, !args.dry_run)?;
     let _lock = if args.dry_run {
         None
     } else {

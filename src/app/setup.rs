@@ -58,8 +58,162 @@ fn usage(msg: String) -> anyhow::Error {
 ///
 /// Every config problem (a [`config::ConfigError`], exit 2), or no `hermes.bin`.
 pub fn load(args: &ConfigArgs) -> anyhow::Result<Setup> {
+    load_checked(args, true)
+}
+
+/// As [`load`], then every check on this host that the command would otherwise fail on part
+/// way ([`host_problems`]), all reported at once, before anything is created. `writes` is
+/// whether the command writes the state (`tick`, `run`; not `status` or a dry run).
+///
+/// # Errors
+///
+/// Every config and host problem (a [`config::ConfigError`], exit 2).
+pub fn load_checked(args: &ConfigArgs, writes: bool) -> anyhow::Result<Setup> {
     let config = config::load(args, &config::process_env)?;
+    let problems = host_problems(&config, writes);
+    if !problems.is_empty() {
+        return Err(config::ConfigError { problems }.into());
+    }
     from_config(config)
+}
+
+/// The checks of `config` against this host that `tick`, `run` and `status` need to pass:
+/// `hermes.bin` set and runnable, `hermes.home` and the board present, each pool's telemetry
+/// source loadable (NVML and its GPUs, a replay file, the engine URL), and (when `writes`)
+/// `dispatch.state_dir` a directory this user can write, or creatable. They use the same
+/// constructors the commands use, so they cannot drift from them. Reads only; creates nothing.
+pub fn host_problems(config: &Config, writes: bool) -> Vec<config::Problem> {
+    let mut out = Vec::new();
+    let mut push = |key: &str, detail: String| {
+        out.push(config::Problem {
+            source: config
+                .sources
+                .get(key)
+                .cloned()
+                .unwrap_or(config::Source::Default),
+            key: key.to_owned(),
+            detail,
+        });
+    };
+    match from_config(config.clone()) {
+        Ok(setup) => {
+            if let Err(e) = setup.dispatcher() {
+                push("hermes.bin", e.to_string());
+            }
+        }
+        Err(e) => push("hermes.bin", root_message(&e)),
+    }
+    if !config.hermes.home.is_dir() {
+        push(
+            "hermes.home",
+            format!(
+                "no board at {}: {} is not a directory; set hermes.home to the HERMES_HOME of the governed board, or create one with `HERMES_HOME={} {} kanban init`",
+                config.hermes.home.join("kanban.db").display(),
+                config.hermes.home.display(),
+                config.hermes.home.display(),
+                config
+                    .hermes
+                    .bin
+                    .as_deref()
+                    .map_or("hermes".into(), |b| b.display().to_string())
+            ),
+        );
+    } else {
+        board_problems(config, &mut push);
+    }
+    for pool in &config.pools {
+        let prefix = if config.pools.len() == 1 && pool.name == config::DEFAULT_POOL {
+            String::new()
+        } else {
+            format!("pools.{}.", pool.name)
+        };
+        let built = gpu_source(pool, &prefix).and_then(|gpu| {
+            build_pool(&pool.name, &gpu, engine_source(pool, false).as_ref()).map(|_| ())
+        });
+        if let Err(e) = built {
+            push(&format!("{prefix}gpu.telemetry"), e.0);
+        }
+    }
+    if writes && let Some(why) = state_dir_problem(&config.dispatch.state_dir) {
+        push("dispatch.state_dir", why);
+    }
+    out
+}
+
+/// The board named by `hermes.home` and `hermes.board` exists (as Hermes resolves it).
+fn board_problems(config: &Config, push: &mut dyn FnMut(&str, String)) {
+    match hermes_home::read_hermes_env(
+        &hermes_home::process_env,
+        Some(&config.hermes.home),
+        Some(&config.hermes.board),
+    ) {
+        Ok(env) => {
+            if !env.board.db.is_file() {
+                push(
+                    "hermes.board",
+                    format!(
+                        "board {} does not exist; create it with `{} kanban init` (or `kanban boards create <slug>`), or fix hermes.home / hermes.board",
+                        env.board.db.display(),
+                        config
+                            .hermes
+                            .bin
+                            .as_deref()
+                            .map_or("hermes".into(), |b| b.display().to_string())
+                    ),
+                );
+            }
+        }
+        Err(e) => push("hermes.home", e.to_string()),
+    }
+}
+
+fn root_message(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<config::ConfigError>() {
+        Some(c) => c
+            .problems
+            .iter()
+            .map(|p| p.detail.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => e.to_string(),
+    }
+}
+
+/// Why the governor could not keep its state in `dir`, if so: it is not a directory, or this
+/// user cannot write it (or, while it does not exist, the directory it would be created in).
+fn state_dir_problem(dir: &std::path::Path) -> Option<String> {
+    use rustix::fs::{Access, access};
+    let fix = "make it a directory this user can write, or set dispatch.state_dir elsewhere";
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if !m.is_dir() => Some(format!("{} is not a directory; {fix}", dir.display())),
+        Ok(_) => access(dir, Access::WRITE_OK | Access::EXEC_OK)
+            .err()
+            .map(|e| {
+                format!(
+                    "{} is not writable by this user ({e}); {fix}",
+                    dir.display()
+                )
+            }),
+        Err(_) => {
+            let parent = dir.ancestors().skip(1).find(|a| a.exists())?;
+            if !parent.is_dir() {
+                return Some(format!(
+                    "{} cannot be created: {} is not a directory; {fix}",
+                    dir.display(),
+                    parent.display()
+                ));
+            }
+            access(parent, Access::WRITE_OK | Access::EXEC_OK)
+                .err()
+                .map(|e| {
+                    format!(
+                        "{} cannot be created: {} is not writable by this user ({e}); {fix}",
+                        dir.display(),
+                        parent.display()
+                    )
+                })
+        }
+    }
 }
 
 /// A [`Setup`] from an already validated config.

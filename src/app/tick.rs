@@ -872,12 +872,6 @@ fn recheck_before_dispatch(
         held: None,
         errors: Vec::new(),
     };
-    // Releases that are no longer ready on their profile cannot be started by this dispatch.
-    state.in_flight.retain(|id, f| {
-        snap.task(id).is_some_and(|t| {
-            t.status == TaskStatus::Ready && t.assignee.as_deref() == Some(f.profile.as_str())
-        })
-    });
     for t in &snap.tasks {
         if t.status != TaskStatus::Ready || state.in_flight.contains_key(&t.id) {
             continue;

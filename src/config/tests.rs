@@ -414,6 +414,23 @@ lane = "default"
 }
 
 #[test]
+fn lanes_that_hermes_would_read_as_a_flag_or_split_are_refused() {
+    for lane in ["--help", "-x", "a b", "tab\there", ""] {
+        let toml = format!(
+            "[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = 1000\nmax_context_tokens = 1000\nlane = {lane:?}\n"
+        );
+        let e = load_err(&toml);
+        let p = problem(&e, "profiles[coder].lane");
+        assert!(
+            p.detail.contains("not a usable assignee"),
+            "{lane:?}: {}",
+            p.detail
+        );
+        assert!(p.detail.contains("coder@gpu"), "{}", p.detail);
+    }
+}
+
+#[test]
 fn profiles_need_an_existing_pool_and_pools_declare_several_engines() {
     let toml = r#"
 [pools.big.gpu]

@@ -950,9 +950,12 @@ fn profile(
 
     let lane = v
         .get(f, &key("lane"), &p.lane, |s: &String| {
-            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if s.is_empty()
+                || s.starts_with('-')
+                || s.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 Err(format!(
-                    "\"{s}\" is not a usable assignee; set a name without spaces such as \"{name}@gpu\""
+                    "\"{s}\" is not a usable assignee (empty, starting with '-', or holding spaces or control characters: Hermes would read it as a flag or split it); set a name such as \"{name}@gpu\""
                 ))
             } else {
                 Ok(s.clone())
