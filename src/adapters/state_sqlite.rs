@@ -392,6 +392,9 @@ impl SqliteState {
                     outcome.execute(params![id.0, what, at])?;
                 }
             }
+            for (id, what) in &r.observed.settled {
+                outcome.execute(params![id.0, what, at])?;
+            }
             let mut sample = tx.prepare_cached(
                 "INSERT INTO footprint_samples (at_ms, profile, task, peak_tokens) VALUES (?1, ?2, ?3, ?4)",
             )?;

@@ -237,6 +237,8 @@ struct SourceDoc<T: Serialize> {
     up: bool,
     age_ms: Option<u64>,
     error: Option<String>,
+    /// When the current run of failed reads began (Unix ms), while the source is down.
+    down_since_ms: Option<u64>,
     reads: u64,
     errors: u64,
     latest: Option<T>,
@@ -252,6 +254,7 @@ fn source_doc<T: Serialize + Clone>(
         up: s.failing().is_none() && s.last_ok.is_some(),
         age_ms: s.age(now).map(Millis::get),
         error: s.failing().map(str::to_owned),
+        down_since_ms: s.failing().and(s.down_since).map(Millis::get),
         reads: s.reads,
         errors: s.errors,
         latest: s.last_ok.as_ref().map(|(_, v)| v.clone()),

@@ -104,6 +104,12 @@ pub struct Observed {
     /// Tasks that finished cleanly this tick and taught their profile a peak.
     #[serde(default)]
     pub peaks: Vec<PeakSample>,
+    /// Releases that left the in-flight set this tick without a dispatch seeing them start,
+    /// with their outcome for the journal: `spawned` (found running: a dispatch whose output
+    /// could not be read, or another dispatcher), or `gone` (moved off the profile, done,
+    /// archived or deleted before it started).
+    #[serde(default)]
+    pub settled: Vec<(TaskId, String)>,
 }
 
 /// What one tick saw, decided and did (or, in a dry run, would do).
@@ -304,11 +310,23 @@ fn observe_snapshot(
     } = sampled;
     let lanes = lane_map(policy);
 
-    // In-flight releases stay charged while they sit `ready` on their profile.
+    // In-flight releases stay charged while they sit `ready` on their profile; one that left
+    // gets its outcome in the journal (a running one is charged as running from now on).
+    let mut settled = Vec::new();
     state.in_flight.retain(|id, f| {
-        snap.task(id).is_some_and(|t| {
+        let task = snap.task(id);
+        let waiting = task.is_some_and(|t| {
             t.status == TaskStatus::Ready && t.assignee.as_deref() == Some(f.profile.as_str())
-        })
+        });
+        if !waiting {
+            let outcome = if task.is_some_and(|t| t.status == TaskStatus::Running) {
+                "spawned"
+            } else {
+                "gone"
+            };
+            settled.push((id.clone(), outcome.to_owned()));
+        }
+        waiting
     });
 
     let mut running = Vec::new();
@@ -430,6 +448,7 @@ fn observe_snapshot(
         data_version: snap.data_version,
         busy_context,
         peaks,
+        settled,
     }
 }
 

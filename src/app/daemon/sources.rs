@@ -26,6 +26,8 @@ pub struct SourceState<T> {
     pub reads: u64,
     /// Failed reads so far.
     pub errors: u64,
+    /// When the current run of failed reads began (`None` while the latest read is good).
+    pub down_since: Option<Millis>,
 }
 
 impl<T> Default for SourceState<T> {
@@ -35,6 +37,7 @@ impl<T> Default for SourceState<T> {
             last_error: None,
             reads: 0,
             errors: 0,
+            down_since: None,
         }
     }
 }
@@ -44,10 +47,14 @@ impl<T> SourceState<T> {
     pub fn record(&mut self, at: Millis, r: Result<T, String>) {
         self.reads += 1;
         match r {
-            Ok(v) => self.last_ok = Some((at, v)),
+            Ok(v) => {
+                self.last_ok = Some((at, v));
+                self.down_since = None;
+            }
             Err(e) => {
                 self.errors += 1;
                 self.last_error = Some((at, e));
+                self.down_since.get_or_insert(at);
             }
         }
     }
@@ -326,12 +333,16 @@ mod tests {
         lock(&gpu).record(Millis(1_000), Ok(s));
         assert_eq!(view.clone().read_gpu(Millis(1_500)).unwrap(), s);
         lock(&gpu).record(Millis(2_000), Err("nvml: GPU lost".into()));
+        lock(&gpu).record(Millis(2_050), Err("nvml: GPU lost".into()));
         let err = view.clone().read_gpu(Millis(2_100)).unwrap_err();
         assert!(err.to_string().contains("GPU lost"), "{err}");
+        // Down since the first failure of the run, not the latest.
+        assert_eq!(lock(&gpu).down_since, Some(Millis(2_000)));
         lock(&gpu).record(Millis(3_000), Ok(s));
         assert!(view.blind(Millis(3_000)).is_none());
-        assert_eq!(lock(&gpu).errors, 1);
-        assert_eq!(lock(&gpu).reads, 3);
+        assert_eq!(lock(&gpu).down_since, None);
+        assert_eq!(lock(&gpu).errors, 2);
+        assert_eq!(lock(&gpu).reads, 4);
     }
 
     #[test]

@@ -320,6 +320,31 @@ fn cron_line_uses_absolute_quoted_paths_and_escapes_percent() {
 }
 
 #[test]
+fn systemd_services_leave_released_agents_running_when_the_governor_stops() {
+    let i = inputs(Path::new("/srv/hermes"));
+    for (name, unit) in render_systemd(Path::new("/opt/kg/kanban-governor"), &i, "hermes") {
+        if !name.ends_with(".service") {
+            continue;
+        }
+        // Workers share the unit's cgroup: the default KillMode would kill every agent
+        // when a tick exits or the daemon restarts.
+        assert!(unit.contains("\nKillMode=process\n"), "{name}: {unit}");
+        // No sandbox the agents would inherit.
+        for confining in [
+            "ProtectSystem=",
+            "ProtectHome=",
+            "PrivateTmp=",
+            "PrivateNetwork=",
+            "NoNewPrivileges=",
+            "MemoryDenyWriteExecute=",
+            "IPAddressDeny=",
+        ] {
+            assert!(!unit.contains(confining), "{name} has {confining}");
+        }
+    }
+}
+
+#[test]
 fn systemd_units_have_absolute_paths_and_environment_lines() {
     let i = inputs(Path::new("/srv/hermes"));
     let units = render_systemd(Path::new("/opt/kg/kanban-governor"), &i, "hermes");

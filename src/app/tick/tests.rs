@@ -541,6 +541,32 @@ fn a_pool_that_cannot_be_seen_when_a_redispatch_is_due_takes_its_release_back() 
 }
 
 #[test]
+fn a_release_that_starts_or_goes_without_the_dispatch_seeing_it_still_gets_its_outcome() {
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "small@gpu", TaskStatus::Ready, 0, 2),
+    ]);
+    // The dispatch ran but its output could not be read: the releases stay in flight.
+    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    let r = rig.tick();
+    assert_eq!(ids(&r.in_flight), ["t_a", "t_b"]);
+    // It had started t_a; t_b was moved off its profile by someone.
+    rig.set("t_a", TaskStatus::Running);
+    rig.hermes.0.borrow_mut().tasks[1].assignee = Some("triage".into());
+    let r = rig.tick();
+    assert_eq!(
+        r.observed.settled,
+        [
+            (TaskId::from("t_a"), "spawned".to_owned()),
+            (TaskId::from("t_b"), "gone".to_owned())
+        ]
+    );
+    assert!(rig.state.in_flight.is_empty());
+    // t_a is charged as running now, once.
+    assert_eq!(r.observed.observation.running.len(), 1);
+}
+
+#[test]
 fn a_released_task_moved_back_to_a_lane_is_no_longer_in_flight() {
     let mut rig = Rig::new(vec![task("t_a", "big@gpu", TaskStatus::Ready, 0, 1)]);
     rig.hermes.0.borrow_mut().fail_dispatch = true;
