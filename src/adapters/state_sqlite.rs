@@ -334,6 +334,11 @@ impl SqliteState {
                 "UPDATE releases SET outcome = ?2, outcome_at_ms = ?3
                  WHERE id = (SELECT MAX(id) FROM releases WHERE task = ?1)",
             )?;
+            // Releases that settled since the last tick first: a task released again this tick
+            // gets a new row, and the outcome belongs to the old one.
+            for (id, what) in &r.observed.settled {
+                outcome.execute(params![id.0, what, at])?;
+            }
             for rel in &r.decision.release {
                 if !r.released.contains(&rel.id) {
                     continue;
@@ -392,9 +397,7 @@ impl SqliteState {
                     outcome.execute(params![id.0, what, at])?;
                 }
             }
-            for (id, what) in &r.observed.settled {
-                outcome.execute(params![id.0, what, at])?;
-            }
+
             let mut sample = tx.prepare_cached(
                 "INSERT INTO footprint_samples (at_ms, profile, task, peak_tokens) VALUES (?1, ?2, ?3, ?4)",
             )?;
