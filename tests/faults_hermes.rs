@@ -197,7 +197,7 @@ fn hermes_faults_never_start_a_task_twice_and_every_release_gets_an_outcome() {
     rig.mode("garbage-dispatch");
     let r = rig.tick();
     assert!(r["errors"].to_string().contains("dispatch"), "{r}");
-    assert_eq!(strings(&r, "in_flight"), [t3.clone()]);
+    assert_eq!(strings(&r, "in_flight"), std::slice::from_ref(&t3));
     assert_eq!(rig.runs(&t3), 1, "the real dispatch started it");
     // 4. Next tick it is found running: journaled `spawned`, charged once, not started again.
     rig.mode("");
@@ -224,6 +224,6 @@ fn hermes_faults_never_start_a_task_twice_and_every_release_gets_an_outcome() {
     //    and started once.
     rig.mode("");
     let r = rig.tick();
-    assert_eq!(strings(&r, "spawned"), [t4.clone()], "{r}");
+    assert_eq!(strings(&r, "spawned"), std::slice::from_ref(&t4), "{r}");
     assert_eq!(rig.runs(&t4), 1);
 }
