@@ -104,8 +104,10 @@ fn saved_state_survives_reopening_and_reads_back_read_only() {
 fn a_reader_beside_an_open_writer_sees_what_is_only_in_the_wal_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut writer = SqliteState::open(dir.path()).unwrap();
-    let mut st = GovernorState::default();
-    st.last_tick = Some(Millis(5));
+    let st = GovernorState {
+        last_tick: Some(Millis(5)),
+        ..GovernorState::default()
+    };
     writer.save(&st).unwrap();
     let names = || {
         let mut v: Vec<_> = std::fs::read_dir(dir.path())
