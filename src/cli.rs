@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 /// headroom ceiling.
 ///
 /// Exit codes: 0 success (a tick that decided to hold is a success; a tick that finds
-/// another governor holding the lock exits 0 too), 1 runtime failure, 2 usage or config
-/// error.
+/// another governor holding the lock exits 0 too), 1 runtime failure (among them a lock held
+/// by a process that is not a governor of this user), 2 usage or config error.
 #[derive(Debug, Parser)]
 #[command(name = "kanban-governor", version, about, long_about)]
 pub struct Cli {
@@ -27,11 +27,20 @@ pub enum Command {
     /// Replay a workload through a modelled GPU + engine + board and compare strategies.
     Simulate(crate::app::simulate::SimulateArgs),
     /// One observe -> decide -> act cycle (for cron and systemd timers).
+    ///
+    /// SIGTERM, SIGINT and SIGHUP let the tick in progress finish (each Hermes call within
+    /// dispatch.timeout), save the state and journal, and exit 0; no further --repeat tick
+    /// starts. A lock held by another kanban-governor of this user exits 0 (nothing to do);
+    /// held by any other process, it exits 1 naming that process.
     Tick(crate::app::once::TickArgs),
     /// What runs, what waits and why.
     Status(crate::app::status::StatusArgs),
     /// Check the host: Hermes, board, gateway dispatcher, telemetry, lock and state.
     Doctor(crate::app::doctor::DoctorArgs),
     /// The daemon beside the inference server: sample, tick, serve /metrics and /status.
+    ///
+    /// SIGTERM, SIGINT and SIGHUP all stop it gracefully: the tick in progress finishes (each
+    /// Hermes call within dispatch.timeout), the state and journal are saved, and it exits 0.
+    /// SIGHUP does not reload the config; restart the daemon to apply a changed config.
     Run(crate::app::daemon::RunArgs),
 }

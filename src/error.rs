@@ -14,6 +14,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<UsageError>()
             || cause.is::<crate::config::ConfigError>()
             || cause.is::<crate::adapters::nvml::NvmlUnavailable>()
+            || cause
+                .downcast_ref::<crate::adapters::state_dir::StateDirError>()
+                .is_some_and(|e| e.is_usage())
+            || cause
+                .downcast_ref::<crate::adapters::state_sqlite::StateDbError>()
+                .is_some_and(|e| e.is_usage())
         {
             return 2;
         }

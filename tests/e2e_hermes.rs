@@ -193,8 +193,11 @@ fn a_child_task_waits_on_its_parent_and_runs_after_it() {
     );
 }
 
+/// The lock held by a process that is not a kanban-governor (this test): a silent exit 0
+/// would hide a holder that stops every tick (issue 11). A lock held by a governor is
+/// "nothing to do", exit 0: tests/state_files_signals.rs.
 #[test]
-fn tick_while_another_governor_holds_the_lock_exits_0_and_does_nothing() {
+fn tick_while_another_process_holds_the_lock_exits_1_naming_it_and_does_nothing() {
     let _serial = serial();
     let model = FakeModel::start(Duration::ZERO);
     let h = Hermes::new(&["small"], &model);
@@ -205,10 +208,14 @@ fn tick_while_another_governor_holds_the_lock_exits_0_and_does_nothing() {
     lock.try_lock().unwrap();
     let before = (file_bytes(&h.db()), h.tasks());
     let out = g.run("tick", &[]);
-    assert_eq!(out.status.code(), Some(0));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("another kanban-governor holds"), "{stdout}");
-    assert!(stdout.contains("tick.lock"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is held by pid {} ", std::process::id())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not a kanban-governor"), "{stderr}");
+    assert!(stderr.contains("tick.lock"), "{stderr}");
     assert_eq!((file_bytes(&h.db()), h.tasks()), before);
     assert_eq!(h.task(&id).assignee.as_deref(), Some("small"));
     assert!(!g.state_dir.join("state.sqlite3").exists());

@@ -11,6 +11,7 @@ pub mod metrics_http;
 pub mod nvml;
 pub mod prom;
 pub mod replay;
+pub mod state_dir;
 pub mod state_file;
 pub mod state_sqlite;
 pub mod static_gpu;

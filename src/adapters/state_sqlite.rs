@@ -14,7 +14,16 @@
 //!   write at once: both hold `tick.lock`; `status` only reads).
 //! - **Upgrade**: a `state.json` left by an earlier version is imported on first open and
 //!   renamed `state.json.imported`.
+//! - **Files**: the directory and files go through [`state_dir`]: created 0700/0600 whatever
+//!   the umask, never opened through a symlink (the database is created 0600 before SQLite
+//!   opens it, and SQLite gives its `-wal` and `-shm` the database's mode).
+//! - **Readers write nothing** ([`SqliteState::load_read_only`], for `status`, `tick
+//!   --dry-run` and `doctor`): with no `-wal` beside it the file is read `immutable=1` (no
+//!   locks, no `-wal`/`-shm` created; a writer that started meanwhile is noticed and the read
+//!   repeated), with both `-wal` and `-shm` present (a governor has it open) `mode=ro`, which
+//!   creates nothing but may update SQLite's read marks in the `-shm`.
 
+use crate::adapters::state_dir::{self, StateDirError};
 use crate::adapters::state_file::{JsonStateFile, STATE_FILE_NAME};
 use crate::app::state::{GovernorState, STATE_VERSION};
 use crate::app::tick::TickReport;
@@ -94,13 +103,25 @@ pub enum StateDbError {
         /// The cause.
         source: rusqlite::Error,
     },
-    /// The directory could not be created.
-    #[error("state directory {path}: {source}; set dispatch.state_dir to a writable directory")]
-    Dir {
-        /// The directory.
+    /// The directory or a file in it is unsafe or could not be created.
+    #[error(transparent)]
+    Dir(#[from] StateDirError),
+    /// A `-wal` without its `-shm`: a writer stopped uncleanly, and reading it needs a
+    /// recovery that would write.
+    #[error(
+        "state database {path} has a -wal file but no -shm (a governor stopped uncleanly); reading it would create files: run `kanban-governor tick` once (it recovers the state), then try again"
+    )]
+    NeedsRecovery {
+        /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+    },
+    /// A writer kept changing it while it was read without locks.
+    #[error(
+        "state database {path} kept changing while it was read; a governor is writing it: try again"
+    )]
+    Changing {
+        /// The file.
+        path: PathBuf,
     },
     /// Written by a newer kanban-governor.
     #[error(
@@ -126,6 +147,48 @@ pub enum StateDbError {
     },
 }
 
+impl StateDbError {
+    /// Whether the user fixes this (exit code 2): an unsafe state directory or file.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StateDbError::Dir(e) if e.is_usage())
+    }
+}
+
+/// `<db><suffix>` (`-wal`, `-shm`, `-journal`).
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// SQLite's companions of a database file.
+const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// A `file:` URI for `path` (absolute) with `query`, escaping what SQLite would read as
+/// URI syntax.
+fn sqlite_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
+}
+
+/// What tells a writer touched the database between two looks.
+fn db_stamp(db: &Path) -> Option<(u64, i64, i64, u64, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(db).ok()?;
+    let wal = std::fs::symlink_metadata(sidecar(db, "-wal")).is_ok();
+    Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino(), wal))
+}
+
 /// The governor's state and journal in SQLite.
 #[derive(Debug)]
 pub struct SqliteState {
@@ -144,12 +207,25 @@ impl SqliteState {
     /// The directory or file cannot be created or opened, its schema is newer than this
     /// build's, or a legacy `state.json` cannot be read.
     pub fn open(state_dir: &Path) -> Result<SqliteState, StateDbError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StateDbError::Dir {
-            path: state_dir.to_owned(),
-            source,
-        })?;
-        let path = state_dir.join(STATE_DB_NAME);
-        let conn = Connection::open(&path).map_err(|source| StateDbError::Sqlite {
+        let dir = state_dir::prepare(state_dir)?;
+        let path = dir.join(STATE_DB_NAME);
+        // Created 0600 here, so SQLite (which gives the -wal and -shm the database's mode)
+        // never makes a file others can read, whatever the umask.
+        drop(state_dir::open_private(&path, true)?);
+        for suffix in SIDECARS {
+            let p = sidecar(&path, suffix);
+            state_dir::refuse_special(&p)?;
+            if p.exists() {
+                drop(state_dir::open_private(&p, false)?);
+            }
+        }
+        // SQLite opens every file O_NOFOLLOW; NOFOLLOW also refuses a link in the path it is
+        // given (canonical here, so only a link planted in the directory trips it).
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|source| StateDbError::Sqlite {
             path: path.clone(),
             source,
         })?;
@@ -168,7 +244,7 @@ impl SqliteState {
             .and_then(|_| s.conn.execute_batch("PRAGMA synchronous = FULL"))
             .map_err(|e| s.err(e))?;
         s.migrate()?;
-        s.import_legacy(state_dir)?;
+        s.import_legacy(&dir)?;
         Ok(s)
     }
 
@@ -180,12 +256,49 @@ impl SqliteState {
     /// As [`StateStore::load`].
     pub fn load_read_only(state_dir: &Path) -> Result<GovernorState, PortError> {
         let path = state_dir.join(STATE_DB_NAME);
+        state_dir::refuse_special(&path).map_err(StateDbError::from)?;
         if !path.exists() {
+            let legacy = state_dir.join(STATE_FILE_NAME);
+            state_dir::refuse_special(&legacy).map_err(StateDbError::from)?;
             return JsonStateFile::in_dir(state_dir).load();
         }
+        for suffix in SIDECARS {
+            state_dir::refuse_special(&sidecar(&path, suffix)).map_err(StateDbError::from)?;
+        }
+        let dir = std::fs::canonicalize(state_dir).map_err(|source| StateDirError::Io {
+            path: state_dir.to_owned(),
+            source,
+        });
+        let path = dir.map_err(StateDbError::from)?.join(STATE_DB_NAME);
+        // Without locks a checkpoint could change pages under the read: a read during which
+        // the file changed, or a -wal appeared, is repeated (then read through the -wal).
+        for _ in 0..3 {
+            let before = db_stamp(&path);
+            let wal = before.is_some_and(|s| s.4);
+            if !wal {
+                let state = Self::read_only_once(&path, "immutable=1")?;
+                if db_stamp(&path) == before {
+                    return Ok(state);
+                }
+                continue;
+            }
+            if !sidecar(&path, "-shm").exists() {
+                return Err(StateDbError::NeedsRecovery { path }.into());
+            }
+            return Self::read_only_once(&path, "mode=ro");
+        }
+        Err(StateDbError::Changing { path }.into())
+    }
+
+    /// One read-only read of the state through a `file:` URI with `query`.
+    fn read_only_once(path: &Path, query: &str) -> Result<GovernorState, PortError> {
+        let path = path.to_owned();
         let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            sqlite_uri(&path, query),
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
         .map_err(|source| StateDbError::Sqlite {
             path: path.clone(),
@@ -252,6 +365,7 @@ impl SqliteState {
 
     fn import_legacy(&mut self, state_dir: &Path) -> Result<(), StateDbError> {
         let legacy = state_dir.join(STATE_FILE_NAME);
+        state_dir::refuse_special(&legacy)?;
         if !legacy.exists() || self.has_state()? {
             return Ok(());
         }

@@ -9,8 +9,12 @@
 //!   finished or a new task waiting (its `PRAGMA data_version` is polled every 250 ms, the
 //!   board read only when it moved). A tick runs on the blocking pool (SQLite, Hermes CLI);
 //!   the state is saved after each.
-//! - **Shutdown**: SIGTERM or SIGINT lets the tick in progress finish (a release is never left
-//!   half done: assigned but not dispatched), saves the state, and exits 0.
+//! - **Shutdown**: SIGTERM, SIGINT or SIGHUP lets the tick in progress finish (a release is
+//!   never left half done: assigned but not dispatched), saves the state and journal, and
+//!   exits 0. SIGHUP does not reload the config: a reload would rebuild every telemetry
+//!   source, the listener and the lock mid-flight, and a service manager's restart does that
+//!   already with the same graceful stop; what SIGHUP must not do is kill a tick half way
+//!   (the default action), as a closed terminal or `kill -HUP` would.
 //! - **One governor**: the same lock as `tick` (`<state_dir>/tick.lock`) for the daemon's
 //!   lifetime; a second `run` (or a cron `tick`) finds it held.
 //! - **HTTP**: `/metrics` (Prometheus text) and `/status` (JSON) on `--listen`
@@ -30,7 +34,7 @@ use crate::adapters::metrics_http::{self, Answer, Handler};
 use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
-use crate::app::once::{LOCK_FILE_NAME, try_lock};
+use crate::app::once::{LOCK_FILE_NAME, Lock, holder_pids, take_lock};
 use crate::app::setup::{self, Setup};
 use crate::app::state::GovernorState;
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
@@ -330,11 +334,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let board_path = setup.board_path()?;
     let dispatcher = setup.dispatcher()?;
     let state_dir = setup.state_dir.clone();
-    let Some(lock_file) = try_lock(&state_dir)? else {
-        anyhow::bail!(
-            "another kanban-governor holds {}; one governor per board: stop it (or its cron `tick`) first",
+    let lock_file = match take_lock(&state_dir)? {
+        Lock::Held(f) => f,
+        Lock::ByGovernor(holders) => anyhow::bail!(
+            "another kanban-governor ({}) holds {}; one governor per board: stop it (or its cron `tick`) first",
+            holder_pids(&holders),
             state_dir.join(LOCK_FILE_NAME).display()
-        );
+        ),
     };
     let listener = metrics_http::bind(args.listen).map_err(|e| usage(e.to_string()))?;
     let listen = listener.local_addr().unwrap_or(args.listen);
@@ -545,6 +551,7 @@ impl Daemon {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("watching for SIGINT")?;
+        let mut hup = signal(SignalKind::hangup()).context("watching for SIGHUP")?;
         let signals = {
             let stop_tx = stop_tx.clone();
             let ticks = self.ticks.clone();
@@ -552,6 +559,7 @@ impl Daemon {
                 let name = tokio::select! {
                     _ = term.recv() => "SIGTERM",
                     _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => "SIGHUP",
                 };
                 tracing::warn!("{name}: finishing the tick in progress, then stopping.");
                 lock(&ticks).shutting_down = true;

@@ -737,11 +737,24 @@ fn check_profiles(inputs: &Inputs, root: &Path) -> Vec<Check> {
         .collect()
 }
 
-/// `state_dir`: writable, or creatable.
+/// `state_dir`: this user's, writable by nobody else, and writable (or creatable).
 fn check_state_dir(dir: &Path) -> Check {
     use rustix::fs::{Access, access};
     let writable = |p: &Path| access(p, Access::WRITE_OK | Access::EXEC_OK).is_ok();
     if dir.is_dir() {
+        if let Err(e) = crate::adapters::state_dir::check(dir) {
+            let fix = match &e {
+                crate::adapters::state_dir::StateDirError::Writable { .. } => {
+                    format!("`chmod 700 {}`", dir.display())
+                }
+                _ => format!(
+                    "`chown {} {}`, or set dispatch.state_dir to a directory of this user's",
+                    crate::adapters::state_dir::my_uid(),
+                    dir.display()
+                ),
+            };
+            return Check::fail("state_dir", e.to_string(), fix);
+        }
         return if writable(dir) {
             Check::ok("state_dir", format!("{} is writable", dir.display()))
         } else {
@@ -812,27 +825,29 @@ fn check_state_db(state_dir: &Path) -> Check {
 }
 
 /// `governor_lock`: who holds the governor's lock, read from `/proc/locks` (never taken).
+/// A holder that is not a kanban-governor of this user fails: it stops every tick.
 fn check_governor_lock(state_dir: &Path) -> Check {
+    use crate::app::once::{foreign_holder, holder_pids};
     let lock = state_dir.join(GOVERNOR_LOCK_FILE);
-    match hh::read_lock_holders(&lock) {
+    match crate::adapters::state_dir::read_lock_holders(&lock) {
         Ok(h) if h.is_empty() => Check::ok(
             "governor_lock",
             format!("{} is free: no governor runs now", lock.display()),
         ),
-        Ok(h) => {
-            let pids: Vec<String> = h
-                .iter()
-                .map(|l| l.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()))
-                .collect();
-            Check::ok(
+        Ok(h) => match h.iter().find(|h| !h.governor) {
+            Some(foreign) => {
+                let (detail, fix) = foreign_holder(&lock, foreign);
+                Check::fail("governor_lock", detail, fix)
+            }
+            None => Check::ok(
                 "governor_lock",
                 format!(
-                    "{} is held by pid {} (a governor `run` or `tick` is active)",
+                    "{} is held by {} (a governor `run` or `tick` is active)",
                     lock.display(),
-                    pids.join(", ")
+                    holder_pids(&h)
                 ),
-            )
-        }
+            ),
+        },
         Err(e) => Check::warn(
             "governor_lock",
             e.to_string(),

@@ -8,6 +8,7 @@ pub mod learning;
 pub mod once;
 pub mod plan;
 pub mod setup;
+pub mod signals;
 pub mod simulate;
 pub mod state;
 pub mod status;

@@ -2,21 +2,34 @@
 //! ticks `--every 15s` apart under the same lock), save state, print, exit.
 //!
 //! The lock is `<state_dir>/tick.lock`, a `flock` the kernel drops when the process dies, so
-//! there is no stale lock to clean up. When another governor holds it, this prints that and
-//! exits 0: an overlapping cron run is normal, not a failure. `--dry-run` takes no lock and
-//! writes nothing (not the board, not the state, not the lock file).
+//! there is no stale lock to clean up. When another kanban-governor of this user holds it,
+//! this prints that and exits 0: an overlapping cron run is normal, not a failure. Held by
+//! anything else (another user's process, a stray `flock`), it is an error naming the holder
+//! (exit 1): such a holder would otherwise stop every tick in silence. `--dry-run` takes no
+//! lock and writes nothing (not the board, not the state, not the lock file).
+//!
+//! The state dir is created 0700 and the lock 0600 whatever the umask; a state dir another
+//! user owns or can write, or a lock file that is a symlink, is refused (exit 2; see
+//! [`state_dir`]).
+//!
+//! SIGTERM, SIGINT and SIGHUP do not cut a tick short: the tick in progress finishes (each
+//! Hermes call within `dispatch.timeout`; a release is never left assigned but not
+//! dispatched), its state and journal are saved, no further `--repeat` tick starts (the
+//! `--every` wait ends at once), and the exit code is 0.
 //!
 //! Exit codes: 0 (a tick that held is a success), 1 runtime failure (board unreadable, a
 //! Hermes call failed), 2 usage or config error.
 
+use crate::adapters::state_dir::{self, LockHolder};
 use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::setup::{self, Setup, port_error};
+use crate::app::signals::StopSignals;
 use crate::app::tick::{TickOptions, TickPorts, TickReport, run_tick_with_store};
 use crate::config::ConfigArgs;
 use crate::ports::{PortError, StateStore, SystemClock};
 use anyhow::Context;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -45,31 +58,17 @@ pub struct TickArgs {
     pub json: bool,
 }
 
-/// The governor's lock, held while the returned file lives.
+/// The governor's lock, held while the returned file lives; `None` when another process
+/// holds it.
 ///
 /// # Errors
 ///
-/// `state_dir` cannot be created or the lock file opened.
+/// `state_dir` cannot be created, is another user's or writable by others, or the lock file
+/// is a symlink or cannot be opened.
 pub fn try_lock(state_dir: &Path) -> anyhow::Result<Option<File>> {
-    std::fs::create_dir_all(state_dir).map_err(|e| {
-        anyhow::Error::new(crate::error::UsageError(format!(
-            "dispatch.state_dir {}: {e}; make it a directory this user can write",
-            state_dir.display()
-        )))
-    })?;
-    let path = state_dir.join(LOCK_FILE_NAME);
-    let f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| {
-            anyhow::Error::new(crate::error::UsageError(format!(
-                "lock file {}: {e}; make dispatch.state_dir writable by this user",
-                path.display()
-            )))
-        })?;
+    let dir = state_dir::prepare(state_dir)?;
+    let path = dir.join(LOCK_FILE_NAME);
+    let f = state_dir::open_private(&path, true)?;
     match f.try_lock() {
         Ok(()) => Ok(Some(f)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -77,6 +76,80 @@ pub fn try_lock(state_dir: &Path) -> anyhow::Result<Option<File>> {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
     }
+}
+
+/// The lock, or who else holds it.
+#[derive(Debug)]
+pub enum Lock {
+    /// Ours while the file lives.
+    Held(File),
+    /// Held by another kanban-governor of this user (an overlapping `tick`, or `run`).
+    ByGovernor(Vec<LockHolder>),
+}
+
+/// How many times the lock is tried when its holder let go before it could be named.
+const LOCK_TRIES: usize = 3;
+
+/// Take the governor's lock, or name who holds it.
+///
+/// # Errors
+///
+/// As [`try_lock`]; or the lock is held by a process that is not a kanban-governor of this
+/// user, or by one that cannot be identified (fail closed: exit 1, naming it).
+pub fn take_lock(state_dir: &Path) -> anyhow::Result<Lock> {
+    let path = state_dir.join(LOCK_FILE_NAME);
+    for _ in 0..LOCK_TRIES {
+        if let Some(f) = try_lock(state_dir)? {
+            return Ok(Lock::Held(f));
+        }
+        let holders = state_dir::read_lock_holders(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is locked and who holds it cannot be told ({e}); if no kanban-governor runs, find the holder with `fuser -v {}` and stop it",
+                path.display(),
+                path.display()
+            )
+        })?;
+        if holders.is_empty() {
+            // Released between the two looks: try again.
+            continue;
+        }
+        if let Some(h) = holders.iter().find(|h| !h.governor) {
+            let (what, fix) = foreign_holder(&path, h);
+            anyhow::bail!("{what}; {fix}");
+        }
+        return Ok(Lock::ByGovernor(holders));
+    }
+    anyhow::bail!(
+        "{} is locked, but /proc/locks shows no holder this process can see (one in another PID namespace?); no tick runs while it is held: find it with `fuser -v {}` and stop it",
+        path.display(),
+        path.display()
+    )
+}
+
+/// What `tick`, `run` and `doctor` say about a lock held by something that is not a
+/// kanban-governor of this user: what is wrong, and the fix.
+pub fn foreign_holder(lock: &Path, h: &LockHolder) -> (String, String) {
+    let stop = h
+        .pid
+        .map_or_else(|| "stop it".to_owned(), |p| format!("stop it (`kill {p}`)"));
+    (
+        format!(
+            "{} is held by {h}, which is not a kanban-governor of this user: no tick can run while it holds the lock",
+            lock.display()
+        ),
+        format!(
+            "{stop}, and keep dispatch.state_dir 0700 and {LOCK_FILE_NAME} 0600 so no other user can open it"
+        ),
+    )
+}
+
+/// `pid 1, pid 2` of the holders.
+pub fn holder_pids(holders: &[LockHolder]) -> String {
+    holders
+        .iter()
+        .map(|h| h.pid.map_or_else(|| "?".to_owned(), |p| format!("pid {p}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Print a report: one line, then the held tasks with their reasons (or one JSON line).
@@ -202,14 +275,17 @@ pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
 /// Config, lock, board, state or Hermes failures (see the module doc for exit codes).
 pub fn run(args: TickArgs) -> anyhow::Result<ExitCode> {
     let setup = setup::load_checked(&args.config, !args.dry_run)?;
+    // Before the lock: from here on a signal ends the run after the tick in progress.
+    let mut stop = StopSignals::install()?;
     let _lock = if args.dry_run {
         None
     } else {
-        match try_lock(&setup.state_dir)? {
-            Some(f) => Some(f),
-            None => {
+        match take_lock(&setup.state_dir)? {
+            Lock::Held(f) => Some(f),
+            Lock::ByGovernor(holders) => {
                 println!(
-                    "another kanban-governor holds {}; nothing to do",
+                    "another kanban-governor ({}) holds {}; nothing to do",
+                    holder_pids(&holders),
                     setup.state_dir.join(LOCK_FILE_NAME).display()
                 );
                 return Ok(ExitCode::SUCCESS);
@@ -219,8 +295,13 @@ pub fn run(args: TickArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     let stdout = std::io::stdout();
     for i in 0..args.repeat {
-        if i > 0 {
-            std::thread::sleep(args.every);
+        let stopped = if i > 0 {
+            stop.wait(args.every)
+        } else {
+            stop.requested()
+        };
+        if stopped.is_some() {
+            break;
         }
         let report = tick_once(&setup, args.dry_run)?;
         failed |= !report.errors.is_empty();

@@ -431,7 +431,9 @@ pub fn port_error(e: PortError) -> anyhow::Error {
         .downcast_ref::<BoardError>()
         .is_some_and(BoardError::is_usage)
         || e.downcast_ref::<DispatchError>()
-            .is_some_and(DispatchError::is_usage);
+            .is_some_and(DispatchError::is_usage)
+        || e.downcast_ref::<crate::adapters::state_sqlite::StateDbError>()
+            .is_some_and(crate::adapters::state_sqlite::StateDbError::is_usage);
     if is_usage {
         usage(e.to_string())
     } else {

@@ -104,6 +104,47 @@ fn saved_state_survives_reopening_and_reads_back_read_only() {
 }
 
 #[test]
+fn a_reader_beside_an_open_writer_sees_what_is_only_in_the_wal_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = SqliteState::open(dir.path()).unwrap();
+    let st = GovernorState {
+        last_tick: Some(Millis(5)),
+        ..GovernorState::default()
+    };
+    writer.save(&st).unwrap();
+    let names = || {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = names();
+    assert!(
+        before.iter().any(|n| n == "state.sqlite3-wal"),
+        "{before:?}"
+    );
+    assert_eq!(SqliteState::load_read_only(dir.path()).unwrap(), st);
+    assert_eq!(names(), before);
+}
+
+#[test]
+fn a_wal_without_its_shm_is_not_read_and_the_fix_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    SqliteState::open(dir.path())
+        .unwrap()
+        .save(&GovernorState::default())
+        .unwrap();
+    std::fs::write(dir.path().join("state.sqlite3-wal"), "").unwrap();
+    let e = SqliteState::load_read_only(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("run `kanban-governor tick` once"), "{e}");
+    assert!(!dir.path().join("state.sqlite3-shm").exists());
+}
+
+#[test]
 fn reading_a_directory_without_a_database_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(
