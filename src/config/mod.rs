@@ -256,6 +256,8 @@ pub struct Config {
     pub latency: LatencyConfig,
     /// `[dispatch]`.
     pub dispatch: DispatchConfig,
+    /// `[http]`: the daemon's `/metrics` and `/status` endpoint.
+    pub http: HttpConfig,
     /// Governed profiles, inline ones first, then `profiles_dir` files by name.
     pub profiles: Vec<ProfileConfig>,
     /// Where each value that is not a default came from, by key (`gpu.headroom`, ...).
@@ -467,6 +469,14 @@ pub struct DispatchConfig {
     /// Limit on one Hermes CLI call.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpConfig {
+    /// Whether `run --listen` may use an address other than loopback, serving `/status` (board,
+    /// profile and task names; no authentication) to the network. Default `false`.
+    pub public: bool,
 }
 
 /// One governed profile, validated.

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
     pub pools: Option<BTreeMap<String, Spanned<RawPool>>>,
     pub latency: Option<RawLatency>,
     pub dispatch: Option<RawDispatch>,
+    pub http: Option<RawHttp>,
     pub profiles: Option<Vec<Spanned<RawProfile>>>,
     pub profiles_dir: Opt<String>,
 }
@@ -98,6 +99,13 @@ pub(crate) struct RawDispatch {
     pub max_wait: Opt<toml::Value>,
     pub state_dir: Opt<String>,
     pub timeout: Opt<toml::Value>,
+}
+
+/// `[http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub public: Opt<bool>,
 }
 
 /// One profile: a `[[profiles]]` table or one file in `profiles_dir`.

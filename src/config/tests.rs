@@ -314,6 +314,21 @@ fn more_profiles_than_the_limit_are_refused_naming_the_limit() {
 }
 
 #[test]
+fn http_public_defaults_to_false_and_renders_back() {
+    assert!(!load_ok(ONE_PROFILE).http.public);
+    let c = load_ok(&format!("{ONE_PROFILE}\n[http]\npublic = true\n"));
+    assert!(c.http.public);
+    assert!(matches!(
+        c.sources["http.public"],
+        Source::File { line: Some(15), .. }
+    ));
+    let back = load_ok(&c.to_toml());
+    assert!(back.http.public);
+    let e = load_err("[http]\npublic = \"yes\"\n");
+    problem(&e, "(toml syntax)");
+}
+
+#[test]
 fn a_config_near_both_limits_validates_in_linear_time() {
     // 1024 profiles in a file just under 4 MiB. Turning each value's span into a line used to
     // count newlines from the start of the file: about 10^10 byte reads here (minutes in a

@@ -500,6 +500,12 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         .get(file, "latency.dwell", &rl.dwell, parse_duration)
         .unwrap_or(DEFAULT_DWELL);
 
+    // [http]
+    let rhttp = raw.http.unwrap_or_default();
+    let public = v
+        .get(file, "http.public", &rhttp.public, |b: &bool| Ok(*b))
+        .unwrap_or(false);
+
     // [dispatch]
     let rd = raw.dispatch.unwrap_or_default();
     let interval = v
@@ -591,6 +597,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
             state_dir,
             timeout,
         },
+        http: HttpConfig { public },
         profiles,
         sources: v.sources,
     })
