@@ -313,3 +313,29 @@ fn help_documents_the_environment_overrides() {
         assert!(help.contains(var), "{var} missing from --help:\n{help}");
     }
 }
+
+/// Issue 11 (bounded everything): a config file above 4 MiB is refused before it is parsed,
+/// with exit 2 and a message naming the file and the limit. The same file minus one byte of
+/// comment is valid, so the refusal is the size, not the contents.
+#[test]
+fn a_config_file_larger_than_4_mib_exits_2_naming_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hermes_home = tmp.path().join("hermes");
+    std::fs::create_dir_all(&hermes_home).unwrap();
+    let head = format!("[hermes]\nhome = \"{}\"\n", hermes_home.display());
+    let limit = 4 * 1024 * 1024;
+    let config = tmp.path().join("governor.toml");
+    let arg = config.display().to_string();
+    for (size, code) in [(limit, 0), (limit + 1, 2)] {
+        let comment = format!("# {}\n", "x".repeat(size - head.len() - 3));
+        std::fs::write(&config, format!("{head}{comment}")).unwrap();
+        assert_eq!(std::fs::metadata(&config).unwrap().len(), size as u64);
+        let out = governor(tmp.path(), &["check-config", "--config", &arg], &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{size} bytes: {stderr}");
+        if code == 2 {
+            assert!(stderr.contains(&arg), "{stderr}");
+            assert!(stderr.contains("larger than 4 MiB"), "{stderr}");
+        }
+    }
+}

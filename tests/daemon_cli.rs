@@ -82,6 +82,53 @@ fn a_listen_port_in_use_exits_2_naming_listen() {
     assert!(stderr.contains(&format!("--listen {port}")), "{stderr}");
 }
 
+/// Issue 11: `--listen 0.0.0.0:…` served `/status` to the network without a word. Now a
+/// non-loopback address exits 2 naming `http.public` unless the config sets it; with it set,
+/// the daemon serves there.
+#[test]
+fn a_non_loopback_listen_needs_http_public_in_the_config() {
+    let _s = serial();
+    let model = FakeModel::start(Duration::ZERO);
+    let h = Hermes::new(&["small"], &model);
+    let profiles = [("small", "128KiB", 24576)];
+    let cfg = DaemonConfig::new(&h.bin, h.path(), "5s", STATIC_GPU, &profiles);
+    // Bounded: without the check the daemon would serve and never exit.
+    let mut child = cfg
+        .command(&["--listen", "0.0.0.0:0"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("run --listen 0.0.0.0:0 without http.public kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--listen 0.0.0.0:0"), "{stderr}");
+    assert!(stderr.contains("http.public = true"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:0"), "{stderr}");
+    assert!(out.stdout.is_empty(), "it served nothing");
+
+    let public = format!("{STATIC_GPU}\n\n[http]\npublic = true");
+    let cfg = DaemonConfig::new(&h.bin, h.path(), "5s", &public, &profiles);
+    let mut d = Daemon::start(cfg.command(&["--listen", "0.0.0.0:0"], &[]));
+    assert!(d.addr.ip().is_unspecified(), "{}", d.addr);
+    let (status, _) = daemon::http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], d.addr.port())),
+        "/status",
+    );
+    assert_eq!(status, 200);
+    d.signal(rustix::process::Signal::TERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
+}
+
 #[test]
 fn a_second_daemon_on_the_same_state_dir_exits_1_and_the_first_keeps_serving() {
     let _s = serial();

@@ -526,3 +526,90 @@ fn ollama_with_nothing_loaded_is_not_probed_and_a_rejected_probe_names_the_model
         "{err}"
     );
 }
+
+/// The process's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// A server whose every answer is `total` bytes of Prometheus-looking comment, generated as it
+/// is written (never stored), chunked or with a `Content-Length`. Returns its base URL and the
+/// bytes it managed to write to each connection, sent when the client hangs up.
+fn huge_engine(total: u64, declare_length: bool) -> (String, std::sync::mpsc::Receiver<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim() != "" {
+                    line.clear();
+                }
+                let head = if declare_length {
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n")
+                } else {
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+                };
+                let mut written = 0u64;
+                let chunk = format!("# {}\n", "x".repeat(64 * 1024 - 3));
+                if conn.write_all(head.as_bytes()).is_ok() {
+                    while written < total {
+                        let ok = if declare_length {
+                            conn.write_all(chunk.as_bytes())
+                        } else {
+                            write!(conn, "{:x}\r\n{chunk}\r\n", chunk.len())
+                        };
+                        if ok.is_err() {
+                            break;
+                        }
+                        written += chunk.len() as u64;
+                    }
+                    if !declare_length && written >= total {
+                        let _ = conn.write_all(b"0\r\n\r\n");
+                    }
+                }
+                let _ = tx.send(written);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Issue 11: an engine answering 1.5 GB took the daemon to 3.6 GB RSS. The body is now read
+/// up to 16 MiB and no further: the read fails naming the URL and the limit (the pool then
+/// holds, as for any failed engine read), memory stays bounded, and the engine sees the
+/// connection closed long before it has sent its 256 MiB.
+#[test]
+fn an_engine_answering_a_huge_body_is_a_read_error_naming_the_limit_with_bounded_memory() {
+    const TOTAL: u64 = 256 * 1024 * 1024;
+    for declare_length in [false, true] {
+        let (url, written) = huge_engine(TOTAL, declare_length);
+        let mut e = HttpEngine::new(EngineKind::Vllm, &url, Duration::from_secs(60), None).unwrap();
+        let before = peak_rss();
+        let err = e.read_engine(Millis(0)).unwrap_err().to_string();
+        let grew = peak_rss().saturating_sub(before);
+        assert!(
+            err.contains(&format!("{url}/metrics")) && err.contains("more than 16777216 bytes"),
+            "{err}"
+        );
+        assert!(err.contains("engine.url"), "{err}");
+        assert!(
+            grew < 96 * 1024 * 1024,
+            "peak RSS grew by {grew} bytes reading a {TOTAL}-byte answer"
+        );
+        let sent = written
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the engine sees the connection closed");
+        assert!(sent < TOTAL / 2, "the engine wrote {sent} of {TOTAL} bytes");
+    }
+}

@@ -4,7 +4,9 @@
 //! Every call runs the binary at an absolute path (`hermes.bin`; cron's `PATH` is not
 //! trusted), with argv (never a shell), one at a time, in its own process group, with a
 //! timeout after which the whole group gets SIGTERM and then SIGKILL (Hermes is Python and
-//! may have children). A non-zero exit becomes an error that carries Hermes's stderr.
+//! may have children). A non-zero exit becomes an error that carries Hermes's stderr. At most
+//! [`MAX_OUTPUT_BYTES`] of each of stdout and stderr is kept; the rest is read and dropped (so
+//! Hermes never blocks on a full pipe) and the call is an error.
 //!
 //! Side effects: whatever those Hermes commands write to the board. Workers that
 //! `dispatch` spawns run in their own session (HERMES.md §4) and survive a timeout kill.
@@ -25,6 +27,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a timed-out group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The most bytes of one Hermes call's stdout, and of its stderr, kept in memory.
+// `dispatch --json` prints well under 1 KiB per spawned task and a Python traceback a few KiB;
+// 8 MiB is thousands of times that, and bounds the governor's memory (300 MB of output once
+// took it to 595 MB RSS, issue 11).
+pub const MAX_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Errors calling Hermes.
 #[derive(Debug, Error)]
@@ -92,6 +100,20 @@ pub enum DispatchError {
         /// What `hermes --version` printed first.
         found: String,
     },
+    /// Hermes printed more than [`MAX_OUTPUT_BYTES`] on stdout or stderr.
+    #[error(
+        "'hermes {command}' printed more than {limit} bytes on {stream} ({dropped} more dropped); its output is not trusted: check hermes.bin and what it prints"
+    )]
+    OutputTooLarge {
+        /// The subcommand.
+        command: String,
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The limit kept.
+        limit: usize,
+        /// Bytes read past the limit and dropped.
+        dropped: u64,
+    },
     /// Spawning or waiting failed at the OS level.
     #[error("running hermes.bin {path:?}: {source}")]
     Io {
@@ -142,8 +164,8 @@ pub struct CliDispatcher {
 struct Finished {
     code: Option<i32>,
     signal: Option<i32>,
-    stdout: String,
-    stderr: String,
+    stdout: Captured,
+    stderr: Captured,
 }
 
 impl CliDispatcher {
@@ -173,17 +195,28 @@ impl CliDispatcher {
     /// Run `hermes <argv>` and return its stdout, or an error carrying its stderr.
     fn run_ok(&self, label: &str, argv: &[String]) -> Result<String, DispatchError> {
         let f = self.run(label, argv)?;
+        for (stream, c) in [("stdout", &f.stdout), ("stderr", &f.stderr)] {
+            if c.dropped > 0 {
+                return Err(DispatchError::OutputTooLarge {
+                    command: label.to_owned(),
+                    stream,
+                    limit: MAX_OUTPUT_BYTES,
+                    dropped: c.dropped,
+                });
+            }
+        }
+        let (stdout, stderr) = (f.stdout.text, f.stderr.text);
         if f.code == Some(0) {
-            return Ok(f.stdout);
+            return Ok(stdout);
         }
         let code = match (f.code, f.signal) {
             (Some(c), _) => c.to_string(),
             (None, Some(s)) => format!("signal {s}"),
             (None, None) => "abnormally".into(),
         };
-        let mut stderr = f.stderr.trim().to_owned();
+        let mut stderr = stderr.trim().to_owned();
         if stderr.is_empty() {
-            stderr = f.stdout.trim().to_owned();
+            stderr = stdout.trim().to_owned();
         }
         if stderr.len() > 2000 {
             // Keep the end: Python tracebacks put the cause last.
@@ -270,22 +303,54 @@ impl CliDispatcher {
     }
 }
 
-type Collected = std::sync::mpsc::Receiver<String>;
+/// A pipe read to its end, of which at most a limit was kept.
+#[derive(Debug, Default)]
+pub(crate) struct Captured {
+    /// What was kept, lossy UTF-8.
+    pub text: String,
+    /// Bytes read past the limit and dropped.
+    pub dropped: u64,
+}
 
-/// Read a pipe to its end on a thread.
+/// Read `pipe` to its end, keeping its first `limit` bytes. The rest is read and dropped
+/// rather than left in the pipe: a child blocked on a full pipe would only end at its
+/// timeout, and killing it mid-call could leave a half-done board change.
+pub(crate) fn read_capped(mut pipe: impl Read, limit: usize) -> Captured {
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                let take = n.min(limit.saturating_sub(kept.len()));
+                kept.extend_from_slice(&chunk[..take]);
+                dropped += (n - take) as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    Captured {
+        text: String::from_utf8_lossy(&kept).into_owned(),
+        dropped,
+    }
+}
+
+type Collected = std::sync::mpsc::Receiver<Captured>;
+
+/// Read a pipe to its end on a thread, keeping at most [`MAX_OUTPUT_BYTES`].
 fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> Option<Collected> {
-    let mut pipe = pipe?;
+    let pipe = pipe?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+        let _ = tx.send(read_capped(pipe, MAX_OUTPUT_BYTES));
     });
     Some(rx)
 }
 
 /// What the reader got. Bounded: a grandchild that inherited the pipe must not hang us.
-fn collect(rx: Option<Collected>) -> String {
+fn collect(rx: Option<Collected>) -> Captured {
     rx.and_then(|rx| rx.recv_timeout(KILL_GRACE).ok())
         .unwrap_or_default()
 }
@@ -669,6 +734,58 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!alive(pid), "grandchild {pid} survived the timeout kill");
+    }
+
+    /// The process's peak resident memory (`VmHWM`), in bytes.
+    fn peak_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
+    #[test]
+    fn a_capped_read_keeps_the_limit_and_drains_the_rest() {
+        let c = read_capped(std::io::repeat(b'x').take(300_000_000), MAX_OUTPUT_BYTES);
+        assert_eq!(c.text.len(), MAX_OUTPUT_BYTES);
+        assert_eq!(c.dropped, 300_000_000 - MAX_OUTPUT_BYTES as u64);
+        let c = read_capped(&b"short"[..], MAX_OUTPUT_BYTES);
+        assert_eq!((c.text.as_str(), c.dropped), ("short", 0));
+    }
+
+    /// Issue 11: 300 MB of Hermes output took the daemon to 595 MB. Now each stream keeps
+    /// 8 MiB, the rest is drained (Hermes exits normally, not at its timeout) and the call is
+    /// an error naming the stream and the limit.
+    #[test]
+    fn a_hermes_that_prints_hundreds_of_megabytes_is_bounded_and_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = fake_hermes(
+            dir.path(),
+            "head -c 200000000 /dev/zero | tr '\\0' x; head -c 200000000 /dev/zero >&2; exit 0",
+        );
+        let before = peak_rss();
+        let mut d = CliDispatcher::new(cfg(bin, None)).unwrap();
+        let started = Instant::now();
+        let err = d.dispatch(1).unwrap_err();
+        let grew = peak_rss().saturating_sub(before);
+        assert!(
+            grew < 128 * 1024 * 1024,
+            "peak RSS grew by {grew} bytes reading 400 MB of output: {err}"
+        );
+        let e = err.downcast_ref::<DispatchError>().unwrap();
+        assert!(
+            matches!(e, DispatchError::OutputTooLarge { stream: "stdout", limit: MAX_OUTPUT_BYTES, dropped, .. } if *dropped == 200_000_000 - MAX_OUTPUT_BYTES as u64),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("more than 8388608 bytes on stdout"),
+            "{e}"
+        );
+        // Drained, not left to the 10 s timeout.
+        assert!(started.elapsed() < Duration::from_secs(8), "{e}");
     }
 
     #[test]

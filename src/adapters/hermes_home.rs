@@ -22,6 +22,7 @@
 //! cannot be read) one `hermes --version` child process. Nothing is written, and the board is
 //! opened only read-only ([`probe_board`]).
 
+use crate::adapters::dispatch_cli::MAX_OUTPUT_BYTES;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -952,6 +953,7 @@ pub struct ChildOutput {
 
 /// Runs `bin args...` (argv, no shell) in its own process group with stdin closed, waits up to
 /// `timeout`, and kills the whole group when the time is up. `Ok(None)` means it timed out.
+/// At most [`MAX_OUTPUT_BYTES`] of each of stdout and stderr is kept.
 ///
 /// # Errors
 ///
@@ -973,14 +975,12 @@ pub fn run_with_timeout(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    // Readers on their own threads, so a chatty child cannot fill a pipe and stall.
+    // Readers on their own threads, so a chatty child cannot fill a pipe and stall; each
+    // keeps at most MAX_OUTPUT_BYTES and drops the rest.
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
+            pipe.map(|p| crate::adapters::dispatch_cli::read_capped(p, MAX_OUTPUT_BYTES).text)
+                .unwrap_or_default()
         })
     };
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));

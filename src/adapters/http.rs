@@ -4,8 +4,9 @@
 //! Built on `hyper::client::conn::http1::handshake` over a tokio `TcpStream`, so connect,
 //! first byte and first streamed event are timed exactly. Plain `http://` only (engines sit
 //! beside the governor; TLS would add a heavy dependency for nothing). Every call is bounded by
-//! the client's timeout. [`HttpClient`] owns a small current-thread runtime so its methods are
-//! blocking (call them from `spawn_blocking` in async code); the `async fn`s are public too.
+//! the client's timeout, and every body read by [`MAX_BODY_BYTES`]. [`HttpClient`] owns a
+//! small current-thread runtime so its methods are blocking (call them from `spawn_blocking`
+//! in async code); the `async fn`s are public too.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,15 @@ use hyper::body::Bytes as BodyBytes;
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
+
+/// The most bytes of one response body read; a larger one is an error.
+// vLLM's /metrics is about 100 KiB, larger with many models or LoRA adapters; llama.cpp's
+// /slots grows with its slots. 16 MiB is over a hundred times the largest seen and bounds the
+// governor's memory (a 1.5 GB answer once took the daemon to 3.6 GB RSS, issue 11).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much of an error response's body is read for its message.
+const ERROR_BODY_BYTES: usize = 4096;
 
 /// An HTTP failure, naming the URL.
 #[derive(Debug, Error)]
@@ -51,6 +61,16 @@ pub enum HttpError {
         url: String,
         /// hyper's error.
         source: hyper::Error,
+    },
+    /// The body is larger than the limit (read no further).
+    #[error(
+        "{url} answered more than {limit} bytes; an engine's metrics or status are far smaller, so engine.url may point at something else"
+    )]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit, in bytes.
+        limit: usize,
     },
     /// A status other than 2xx.
     #[error("{url} answered HTTP {status}: {body}")]
@@ -155,11 +175,26 @@ pub struct ProbeTiming {
 /// Aborts the connection task when dropped, so a call that returns early (the probe at its
 /// first token) or times out closes its socket instead of leaving it to the runtime. Closing
 /// also tells the engine to stop generating for the probe.
-struct ConnGuard(tokio::task::JoinHandle<()>);
+struct ConnGuard(Option<tokio::task::JoinHandle<()>>);
+
+impl ConnGuard {
+    /// Abort the connection task and wait until it is gone, so the socket is closed now. A
+    /// drop only schedules that, and a blocking client's runtime runs only inside a call: an
+    /// oversized answer's sender would otherwise stay blocked on an open socket until the next
+    /// read.
+    async fn close(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -183,7 +218,7 @@ async fn connect(url: &str) -> Result<(HttpUrl, Sender, ConnGuard), HttpError> {
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok((u, sender, ConnGuard(task)))
+    Ok((u, sender, ConnGuard(Some(task))))
 }
 
 fn request(
@@ -206,15 +241,59 @@ fn request(
         })
 }
 
+/// Read `body` to its end, or fail once it passes `limit` bytes (also when its
+/// `Content-Length` says it will, before reading any). Frames are appended as they come, so
+/// memory stays within the limit plus one frame.
+async fn read_body(
+    url: &str,
+    resp: hyper::Response<hyper::body::Incoming>,
+    limit: usize,
+) -> Result<Vec<u8>, HttpError> {
+    let too_large = || HttpError::TooLarge {
+        url: url.to_string(),
+        limit,
+    };
+    let declared = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|source| HttpError::Protocol {
+            url: url.to_string(),
+            source,
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(buf)
+}
+
 async fn status_error(url: &str, resp: hyper::Response<hyper::body::Incoming>) -> HttpError {
     let status = resp.status().as_u16();
-    let body = match resp.into_body().collect().await {
-        Ok(b) => String::from_utf8_lossy(&b.to_bytes())
-            .chars()
-            .take(300)
-            .collect(),
-        Err(_) => String::new(),
-    };
+    // Only the start is shown; a long error page is not read to its end.
+    let mut body = resp.into_body();
+    let mut start = Vec::new();
+    while start.len() < ERROR_BODY_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    start.extend_from_slice(data);
+                }
+            }
+            _ => break,
+        }
+    }
+    let body = String::from_utf8_lossy(&start).chars().take(300).collect();
     HttpError::Status {
         url: url.to_string(),
         status,
@@ -222,14 +301,16 @@ async fn status_error(url: &str, resp: hyper::Response<hyper::body::Incoming>) -
     }
 }
 
-/// `GET url`, reading the whole body. A non-2xx status is an error.
+/// `GET url`, reading the whole body (at most [`MAX_BODY_BYTES`]). A non-2xx status is an
+/// error.
 ///
 /// # Errors
 ///
-/// Bad URL, connection refused, protocol error, non-2xx status, or `timeout` passed.
+/// Bad URL, connection refused, protocol error, non-2xx status, a body larger than
+/// [`MAX_BODY_BYTES`], or `timeout` passed.
 pub async fn fetch(url: &str, timeout: Duration) -> Result<HttpResponse, HttpError> {
     let work = async {
-        let (u, mut sender, _conn) = connect(url).await?;
+        let (u, mut sender, conn) = connect(url).await?;
         let resp = sender
             .send_request(request(&u, hyper::Method::GET, None)?)
             .await
@@ -241,15 +322,13 @@ pub async fn fetch(url: &str, timeout: Duration) -> Result<HttpResponse, HttpErr
             return Err(status_error(url, resp).await);
         }
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|source| HttpError::Protocol {
-                url: url.to_string(),
-                source,
-            })?
-            .to_bytes();
+        let body = match read_body(url, resp, MAX_BODY_BYTES).await {
+            Ok(body) => body,
+            Err(e) => {
+                conn.close().await;
+                return Err(e);
+            }
+        };
         Ok(HttpResponse {
             status,
             body: String::from_utf8_lossy(&body).into_owned(),
@@ -303,7 +382,7 @@ fn json_carries_token(data: &str) -> bool {
 /// As [`fetch`].
 pub async fn probe(url: &str, body: String, timeout: Duration) -> Result<ProbeTiming, HttpError> {
     let work = async {
-        let (u, mut sender, _conn) = connect(url).await?;
+        let (u, mut sender, conn) = connect(url).await?;
         let req = request(&u, hyper::Method::POST, Some(body))?;
         let start = Instant::now();
         let resp = sender
@@ -325,6 +404,13 @@ pub async fn probe(url: &str, body: String, timeout: Duration) -> Result<ProbeTi
                 source,
             })?;
             if let Some(data) = frame.data_ref() {
+                if seen.len() + data.len() > MAX_BODY_BYTES {
+                    conn.close().await;
+                    return Err(HttpError::TooLarge {
+                        url: url.to_string(),
+                        limit: MAX_BODY_BYTES,
+                    });
+                }
                 seen.push_str(&String::from_utf8_lossy(data));
                 if carries_token(&seen) {
                     return Ok(ProbeTiming {

@@ -18,7 +18,8 @@
 //! - **One governor**: the same lock as `tick` (`<state_dir>/tick.lock`) for the daemon's
 //!   lifetime; a second `run` (or a cron `tick`) finds it held.
 //! - **HTTP**: `/metrics` (Prometheus text) and `/status` (JSON) on `--listen`
-//!   (default `127.0.0.1:9477`); a port in use is a usage error (exit 2) naming `--listen`.
+//!   (default `127.0.0.1:9477`); a port in use is a usage error (exit 2) naming `--listen`,
+//!   and so is an address other than loopback unless the config says `http.public = true`.
 //!
 //! Exit codes: 0 after a signal, 1 runtime failure (state unreadable, another governor holds
 //! the lock), 2 usage or config error (bad config, no NVML library with `telemetry = "nvml"`,
@@ -75,6 +76,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Address for /metrics and /status (port 0 picks a free one; the address is printed).
+    /// Loopback only unless the config sets `http.public = true`: /status shows board,
+    /// profile and task names to anyone who can connect, with no authentication.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Time between telemetry samples of each source (humantime: `1s`, `500ms`).
@@ -315,6 +318,23 @@ fn status_json(
     s
 }
 
+/// A non-loopback `--listen` needs `http.public = true`: `/status` names the board's
+/// profiles and tasks and has no authentication, so serving it to the network must be a
+/// decision written in the config, not a flag typed in passing.
+///
+/// # Errors
+///
+/// The message names `--listen`, `http.public` and both fixes.
+pub fn check_listen(listen: SocketAddr, public: bool) -> Result<(), String> {
+    if listen.ip().is_loopback() || public {
+        return Ok(());
+    }
+    Err(format!(
+        "--listen {listen} is not a loopback address: /metrics and /status (board, profile and task names, no authentication) would be served to the network; set http.public = true in the config to allow it, or listen on 127.0.0.1:{}",
+        listen.port()
+    ))
+}
+
 /// Run `run`.
 ///
 /// # Errors
@@ -329,6 +349,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         )));
     }
     let setup = setup::load(&args.config)?;
+    check_listen(args.listen, setup.config.http.public).map_err(usage)?;
     let policy = setup.policy.clone();
     let pools = sources::build(&setup.config)?;
     let board_path = setup.board_path()?;

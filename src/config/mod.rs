@@ -88,6 +88,16 @@ pub const DEFAULT_BOARD: &str = "default";
 pub const DEFAULT_POOL: &str = "default";
 /// The config file's name under `$HERMES_HOME` or `~/.hermes`.
 pub const CONFIG_FILE_NAME: &str = "governor.toml";
+/// The largest config file, or `profiles_dir` file, that is read: 4 MiB. A larger one is
+/// refused before it is parsed.
+// A profile is about 200 bytes of TOML and the embedded default with its comments 4 KiB, so
+// MAX_PROFILES profiles with generous comments stay far below; 4 MiB parses in well under a
+// second, where an unbounded read of a wrong path (a log, /dev/zero) would not end.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+/// The most profiles one config may govern (inline and `profiles_dir` together).
+// One per Hermes profile that needs a GPU: real hosts have a handful. Every tick and every
+// `/status` walks them all, so the bound keeps a generated config from slowing each tick.
+pub const MAX_PROFILES: usize = 1024;
 
 /// Env var: the config file path.
 pub const ENV_CONFIG: &str = "KANBAN_GOVERNOR_CONFIG";
@@ -246,6 +256,8 @@ pub struct Config {
     pub latency: LatencyConfig,
     /// `[dispatch]`.
     pub dispatch: DispatchConfig,
+    /// `[http]`: the daemon's `/metrics` and `/status` endpoint.
+    pub http: HttpConfig,
     /// Governed profiles, inline ones first, then `profiles_dir` files by name.
     pub profiles: Vec<ProfileConfig>,
     /// Where each value that is not a default came from, by key (`gpu.headroom`, ...).
@@ -472,6 +484,14 @@ pub struct DispatchConfig {
     pub timeout: Duration,
 }
 
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpConfig {
+    /// Whether `run --listen` may use an address other than loopback, serving `/status` (board,
+    /// profile and task names; no authentication) to the network. Default `false`.
+    pub public: bool,
+}
+
 /// One governed profile, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProfileConfig {
@@ -685,9 +705,11 @@ impl Files for RealFiles {
             .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
             .collect();
         paths.sort();
+        // One more than the limit is enough for stage 2 to refuse the count.
+        paths.truncate(MAX_PROFILES + 1);
         paths
             .into_iter()
-            .map(|p| std::fs::read_to_string(&p).map(|t| (p, t)))
+            .map(|p| read_capped(&p).map(|t| (p, t)))
             .collect()
     }
 
@@ -746,8 +768,11 @@ pub fn load(
         }
         Some((path, how)) => {
             let path = absolute(&path);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Some(raw::FileText { path, text }),
+            match read_capped(&path) {
+                Ok(text) => Some(raw::FileText::new(path, text)),
+                Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                    return Err(ConfigError::one(how, "config", e.to_string()));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && how == Source::Default => {
                     tracing::info!(path = %path.display(), "No config file; using defaults.");
                     None
@@ -770,6 +795,32 @@ pub fn load(
     validate::load_from(file, &args, env, &RealFiles)
 }
 
+/// Read `path` as UTF-8 text of at most [`MAX_CONFIG_BYTES`]. The read itself is bounded, so
+/// a FIFO or a device (which report no size) cannot make it run on.
+///
+/// # Errors
+///
+/// The file cannot be read, is not UTF-8, or is larger ([`std::io::ErrorKind::FileTooLarge`],
+/// whose message names the file, the limit and the fix).
+pub(crate) fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "{} is larger than {} MiB, the limit for a config or profile file; a config is a few KiB, so check that the path names the right file",
+                path.display(),
+                MAX_CONFIG_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Load a config from a string, as if read from the file `origin` (relative paths in it
 /// resolve against `origin`'s directory). `profiles_dir` is not read (a problem if set) and no
 /// Hermes profile directories are looked at. Otherwise as [`load`].
@@ -783,10 +834,7 @@ pub fn load_str(
     args: &ConfigArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let file = raw::FileText {
-        path: origin.to_path_buf(),
-        text: toml.to_owned(),
-    };
+    let file = raw::FileText::new(origin.to_path_buf(), toml.to_owned());
     validate::load_from(Some(file), args, env, &NoFiles)
 }
 

@@ -110,6 +110,13 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
     );
     o.kv("timeout", q(&format_duration(d.timeout)), &dk("timeout"));
 
+    o.table("http");
+    o.kv(
+        "public",
+        cfg.http.public.to_string(),
+        &["http.public".into()],
+    );
+
     for p in &cfg.profiles {
         o.array_table("profiles");
         let pk = |k: &str| vec![format!("profiles[{}].{k}", p.name)];

@@ -282,6 +282,72 @@ fn a_bad_board_slug_is_refused() {
     assert!(problem(&e, "hermes.board").detail.contains("lowercase"));
 }
 
+/// `n` profiles with `comment` bytes of comment before each (issue 11: bounded everything).
+fn many_profiles(n: usize, comment: usize) -> String {
+    let mut t = String::from(
+        "[hermes]\nhome = \"/srv/hermes\"\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"80GiB\"\n[engine]\nkind = \"ollama\"\n",
+    );
+    let pad = format!("# {}\n", "x".repeat(comment.saturating_sub(3)));
+    for i in 0..n {
+        if comment > 0 {
+            t.push_str(&pad);
+        }
+        t.push_str(&format!(
+            "[[profiles]]\nname = \"p{i}\"\nkv_bytes_per_token = 1024\nmax_context_tokens = 1024\n"
+        ));
+    }
+    t
+}
+
+#[test]
+fn more_profiles_than_the_limit_are_refused_naming_the_limit() {
+    let c = load_ok(&many_profiles(MAX_PROFILES, 0));
+    assert_eq!(c.profiles.len(), MAX_PROFILES);
+    let e = load_err(&many_profiles(MAX_PROFILES + 1, 0));
+    let p = problem(&e, "profiles");
+    assert!(p.detail.contains("1025 profiles"), "{p}");
+    assert!(p.detail.contains("at most 1024"), "{p}");
+    assert!(
+        matches!(p.source, Source::File { line: Some(8), .. }),
+        "{p}"
+    );
+}
+
+#[test]
+fn http_public_defaults_to_false_and_renders_back() {
+    assert!(!load_ok(ONE_PROFILE).http.public);
+    let c = load_ok(&format!("{ONE_PROFILE}\n[http]\npublic = true\n"));
+    assert!(c.http.public);
+    assert!(matches!(
+        c.sources["http.public"],
+        Source::File { line: Some(15), .. }
+    ));
+    let back = load_ok(&c.to_toml());
+    assert!(back.http.public);
+    let e = load_err("[http]\npublic = \"yes\"\n");
+    problem(&e, "(toml syntax)");
+}
+
+#[test]
+fn a_config_near_both_limits_validates_in_linear_time() {
+    // 1024 profiles in a file just under 4 MiB. Turning each value's span into a line used to
+    // count newlines from the start of the file: about 10^10 byte reads here (minutes in a
+    // debug build). Linear, it takes well under a second; the deadline is generous for a
+    // loaded 2-core machine and still far below the quadratic time.
+    let text = many_profiles(MAX_PROFILES, 3900);
+    assert!(text.len() as u64 <= MAX_CONFIG_BYTES, "{}", text.len());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            load_str(&text, &origin(), &ConfigArgs::default(), &no_env).map(|c| c.profiles.len()),
+        );
+    });
+    let loaded = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a 4 MiB config of 1024 profiles validates within 20 s");
+    assert_eq!(loaded.map_err(|e| e.to_string()), Ok(MAX_PROFILES));
+}
+
 #[test]
 fn an_unknown_model_lists_close_names() {
     let e = load_err(&ONE_PROFILE.replace("llama-3.1-8b", "llama-3.1-9b"));

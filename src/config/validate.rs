@@ -8,6 +8,7 @@ use super::raw::{self, FileText, Opt, RawConfig, RawEngine, RawGpu, RawProfile};
 use super::units::{format_size, parse_duration, parse_size, show};
 use super::*;
 use crate::catalog::{self, KvDtype, ModelSpec};
+use std::collections::HashMap;
 use toml::Spanned;
 
 /// Hermes's board/profile slug rule (`^[a-z0-9][a-z0-9\-_]{0,63}$`, HERMES.md §1).
@@ -230,10 +231,7 @@ pub(crate) fn load_from(
             }
         },
         None => (
-            FileText {
-                path: PathBuf::from("<defaults>"),
-                text: String::new(),
-            },
+            FileText::new(PathBuf::from("<defaults>"), String::new()),
             RawConfig::default(),
         ),
     };
@@ -243,13 +241,18 @@ pub(crate) fn load_from(
         match files.read_profiles_dir(&path) {
             Ok(list) => {
                 for (p, text) in list {
-                    let ft = FileText { path: p, text };
+                    let ft = FileText::new(p, text);
                     match raw::parse_profile(&ft) {
                         Ok(rp) => profile_files.push((ft, rp)),
                         Err(prob) => problems.push(prob),
                     }
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => problems.push(Problem {
+                source: file.source(&dir.span()),
+                key: "profiles_dir".into(),
+                detail: e.to_string(),
+            }),
             Err(e) => problems.push(Problem {
                 source: file.source(&dir.span()),
                 key: "profiles_dir".into(),
@@ -259,6 +262,25 @@ pub(crate) fn load_from(
                 ),
             }),
         }
+    }
+    let inline = raw.profiles.as_ref().map_or(0, Vec::len);
+    if inline + profile_files.len() > MAX_PROFILES {
+        // Refused before stage 2, whose work grows with the profiles.
+        let source = match (&raw.profiles, &raw.profiles_dir) {
+            (Some(list), _) if !list.is_empty() => file.source(&list[0].span()),
+            (_, Some(dir)) => file.source(&dir.span()),
+            _ => file.source(&(0..0)),
+        };
+        problems.push(Problem {
+            source,
+            key: "profiles".into(),
+            detail: format!(
+                "{} profiles ([[profiles]] and profiles_dir files together){}, more than the limit of {MAX_PROFILES}; govern at most {MAX_PROFILES} profiles (one per Hermes profile that needs the GPU)",
+                inline + profile_files.len(),
+                if profile_files.len() > MAX_PROFILES { " or more" } else { "" },
+            ),
+        });
+        return Err(ConfigError { problems });
     }
     let inp = Input {
         file: &file,
@@ -478,6 +500,12 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         .get(file, "latency.dwell", &rl.dwell, parse_duration)
         .unwrap_or(DEFAULT_DWELL);
 
+    // [http]
+    let rhttp = raw.http.unwrap_or_default();
+    let public = v
+        .get(file, "http.public", &rhttp.public, |b: &bool| Ok(*b))
+        .unwrap_or(false);
+
     // [dispatch]
     let rd = raw.dispatch.unwrap_or_default();
     let interval = v
@@ -569,6 +597,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
             state_dir,
             timeout,
         },
+        http: HttpConfig { public },
         profiles,
         sources: v.sources,
     })
@@ -589,10 +618,19 @@ fn check_names_and_lanes(
     home: &Path,
     hermes_profiles: &BTreeSet<String>,
 ) {
-    for (i, p) in profiles.iter().enumerate() {
+    // Maps instead of scans of the profiles before each one: linear in the number of
+    // profiles (nested scans made 16,000 profiles take seconds).
+    let mut by_name: HashMap<&str, &Ident> = HashMap::with_capacity(profiles.len());
+    for p in profiles {
+        by_name.entry(p.name.as_str()).or_insert(p);
+    }
+    let mut lanes_seen: HashMap<&str, &Ident> = HashMap::with_capacity(profiles.len());
+    for p in profiles {
         let key = |f: &str| format!("profiles[{}].{f}", p.name);
         let lane_src = p.lane_source.clone();
-        if let Some(first) = profiles[..i].iter().find(|q| q.name == p.name) {
+        // `by_name` holds each name's first declaration: another one is a duplicate.
+        let first_of_name = by_name.get(p.name.as_str()).copied();
+        if let Some(first) = first_of_name.filter(|f| !std::ptr::eq(*f, p)) {
             v.err(
                 p.source.clone(),
                 key("name"),
@@ -602,7 +640,7 @@ fn check_names_and_lanes(
                 ),
             );
         }
-        if let Some(first) = profiles[..i].iter().find(|q| q.lane == p.lane) {
+        if let Some(first) = lanes_seen.get(p.lane.as_str()) {
             v.err(
                 lane_src.clone(),
                 key("lane"),
@@ -612,7 +650,8 @@ fn check_names_and_lanes(
                 ),
             );
         }
-        if let Some(q) = profiles.iter().find(|q| q.name.as_str() == p.lane) {
+        lanes_seen.entry(p.lane.as_str()).or_insert(p);
+        if let Some(q) = by_name.get(p.lane.as_str()) {
             v.err(
                 lane_src,
                 key("lane"),
