@@ -330,7 +330,11 @@ fn a_config_file_larger_than_4_mib_exits_2_naming_the_limit() {
         let comment = format!("# {}\n", "x".repeat(size - head.len() - 3));
         std::fs::write(&config, format!("{head}{comment}")).unwrap();
         assert_eq!(std::fs::metadata(&config).unwrap().len(), size as u64);
-        let out = governor(tmp.path(), &["check-config", "--config", &arg], &[]);
+        let out = governor(
+            tmp.path(),
+            &["check-config", "--file-only", "--config", &arg],
+            &[],
+        );
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{size} bytes: {stderr}");
         if code == 2 {

@@ -90,7 +90,7 @@ impl Rig {
     }
     fn config(&self, bin: &Path) -> PathBuf {
         let text = format!(
-            "[hermes]\nbin = {:?}\nhome = {:?}\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"http://127.0.0.1:9\"\n\n[dispatch]\nstate_dir = {:?}\n\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"128KiB\"\nmax_context_tokens = 65536\n",
+            "[hermes]\nbin = {:?}\nhome = {:?}\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"\n\n[dispatch]\nstate_dir = {:?}\n\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"128KiB\"\nmax_context_tokens = 65536\n",
             bin.display().to_string(),
             self.home().display().to_string(),
             self.state_dir().display().to_string()
@@ -487,7 +487,7 @@ fn sighup_mid_dispatch_lets_run_finish_the_tick_save_and_journal_then_exit_0() {
         &bin,
         &rig.home(),
         "1h",
-        "[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"ollama\"",
+        "[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"ollama\"\nurl = \"none\"",
         &[("coder", "128KiB", 65536)],
     );
     let d = daemon::Daemon::start(cfg.command(&[], &[]));

@@ -584,8 +584,11 @@ impl HttpEngine {
             }
             EngineKind::Openai => {
                 // Nothing to measure, but the engine must answer: a pool whose engine is down
-                // holds (the released work would only fail against it).
-                self.get("/v1/models")?;
+                // holds (the released work would only fail against it). With a probe, the
+                // probe is that check.
+                if self.probe.is_none() {
+                    self.get("/v1/models")?;
+                }
                 EngineReading {
                     sample: EngineSample {
                         at: now,
