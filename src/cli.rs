@@ -10,11 +10,45 @@ use clap::{Parser, Subcommand};
 /// another governor holding the lock exits 0 too), 1 runtime failure (among them a lock held
 /// by a process that is not a governor of this user), 2 usage or config error.
 #[derive(Debug, Parser)]
-#[command(name = "kanban-governor", version, about, long_about)]
+#[command(
+    name = "kanban-governor",
+    version,
+    about,
+    long_about,
+    after_help = "Logs go to stderr (journald under systemd): warnings by default, info for `run`. \
+-v/-q move that one level per use; KANBAN_GOVERNOR_LOG sets it in detail when no -v/-q is given \
+(e.g. `info`, `info,kanban_governor=debug`). Colour only when stderr is a terminal."
+)]
 pub struct Cli {
+    /// Logging flags, for every command.
+    #[command(flatten)]
+    pub log: LogArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log output (-q errors only, -qq nothing).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Log line format: `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The commands.

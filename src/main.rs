@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    app::init_logging();
+    app::init_logging(&cli.log, &cli.command);
     match app::run(cli.command) {
         Ok(code) => code,
         Err(err) => {

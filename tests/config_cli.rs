@@ -343,3 +343,58 @@ fn a_config_file_larger_than_4_mib_exits_2_naming_the_limit() {
         }
     }
 }
+
+/// Issue 15 (logs): no ANSI colour when stderr is not a terminal (a file, journald), `-v`/`-q`
+/// beat `KANBAN_GOVERNOR_LOG`, and `--log-format json` writes one JSON object per line.
+#[test]
+fn logs_have_no_colour_off_a_terminal_follow_v_and_q_and_come_as_json_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let said = "No config file; using defaults.";
+    let out = governor(tmp.path(), &["check-config", "--file-only", "-v"], &[]);
+    let err = text(&out.stderr);
+    assert!(err.contains(said), "-v shows info: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape codes in a pipe: {err:?}"
+    );
+
+    let out = governor(
+        tmp.path(),
+        &["check-config", "--file-only", "-q"],
+        &[("KANBAN_GOVERNOR_LOG", "info")],
+    );
+    assert!(!text(&out.stderr).contains(said), "-q beats the env");
+
+    let out = governor(
+        tmp.path(),
+        &["--log-format", "json", "check-config", "--file-only", "-v"],
+        &[],
+    );
+    let line = text(&out.stderr)
+        .lines()
+        .find(|l| l.contains(said))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{}", text(&out.stderr)));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["fields"]["message"], said);
+
+    let help = text(&governor(tmp.path(), &["--help"], &[]).stdout);
+    assert!(
+        help.contains("KANBAN_GOVERNOR_LOG") && help.contains("--log-format"),
+        "{help}"
+    );
+}
+
+/// Issue 15: a mistyped command gets a suggestion, and exit 2.
+#[test]
+fn a_mistyped_command_is_answered_with_the_one_meant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = governor(tmp.path(), &["tikc"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("similar subcommand exists: 'tick'"),
+        "{}",
+        text(&out.stderr)
+    );
+}
