@@ -22,6 +22,7 @@
 //! cannot be read) one `hermes --version` child process. Nothing is written, and the board is
 //! opened only read-only ([`probe_board`]).
 
+use crate::adapters::board_sqlite::{self, BoardError, JournalMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -1441,53 +1442,44 @@ pub fn list_corrupt_backups(db: &Path) -> Result<Vec<PathBuf>, HermesHomeError> 
 /// What a read-only look at a board found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BoardProbe {
-    /// `PRAGMA journal_mode` (Hermes uses `wal`).
-    pub journal_mode: String,
+    /// The journal mode in the board's header (Hermes 0.19.0: WAL; Hermes >= 0.20 on SQLite
+    /// < 3.51.3: a rollback journal).
+    pub journal_mode: JournalMode,
     /// Tasks per status.
     pub tasks_by_status: BTreeMap<String, u64>,
 }
 
-/// Opens the board `file:<db>?mode=ro` (never read-write, `HERMES.md` §8.1), reads its journal
-/// mode and counts tasks per status in one short read.
+/// Reads the board's journal mode from its header and counts tasks per status in one short
+/// read-only transaction, creating no file beside it ([`board_sqlite::quiet_read`]; never
+/// read-write, `HERMES.md` §8.1).
 ///
 /// # Errors
 ///
-/// The file is missing, not a SQLite DB, has no `tasks` table, or is locked past the busy
-/// timeout.
-pub fn probe_board(db: &Path) -> Result<BoardProbe, HermesHomeError> {
-    use rusqlite::{Connection, OpenFlags};
-    let err = |e: rusqlite::Error| HermesHomeError::Board {
-        path: db.display().to_string(),
-        message: e.to_string(),
-    };
-    if !db.is_file() {
-        return Err(HermesHomeError::Board {
-            path: db.display().to_string(),
-            message: "no such file".to_owned(),
-        });
-    }
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    let journal_mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .map_err(err)?;
-    let mut stmt = conn
-        .prepare("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-        .map_err(err)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(err)?;
-    let mut tasks_by_status = BTreeMap::new();
-    for row in rows {
-        let (status, n) = row.map_err(err)?;
-        tasks_by_status.insert(status, u64::try_from(n).unwrap_or(0));
-    }
+/// The file is missing, not a SQLite DB (or not a Hermes board), locked past the busy
+/// timeout, or needs a Hermes process to repair it first (a hot rollback journal).
+pub fn probe_board(db: &Path) -> Result<BoardProbe, BoardError> {
+    let tasks_by_status = board_sqlite::quiet_read(db, |conn| {
+        let tx = conn.unchecked_transaction()?;
+        let counts = {
+            let mut stmt = tx.prepare("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .map(|row| row.map(|(s, n)| (s, u64::try_from(n).unwrap_or(0))))
+                .collect::<rusqlite::Result<BTreeMap<String, u64>>>()?
+        };
+        tx.commit()?;
+        Ok(counts)
+    })?;
+    let journal_mode = board_sqlite::read_journal_mode(db)
+        .map_err(|source| BoardError::Io {
+            path: db.to_path_buf(),
+            source,
+        })?
+        .ok_or_else(|| BoardError::Corrupt {
+            path: db.to_path_buf(),
+            detail: "the file has no SQLite header".to_owned(),
+        })?;
     Ok(BoardProbe {
-        journal_mode: journal_mode.to_lowercase(),
+        journal_mode,
         tasks_by_status,
     })
 }

@@ -910,7 +910,10 @@ fn probe_board_reads_journal_mode_and_counts_read_only() {
         .unwrap();
     }
     let p = probe_board(&db).unwrap();
-    assert_eq!(p.journal_mode, "wal");
+    assert_eq!(
+        p.journal_mode,
+        crate::adapters::board_sqlite::JournalMode::Wal
+    );
     assert_eq!(p.tasks_by_status.get("ready"), Some(&2));
     assert_eq!(p.tasks_by_status.get("running"), Some(&1));
     let e = probe_board(&dir.path().join("missing.db")).unwrap_err();
