@@ -181,7 +181,9 @@ impl JournalMode {
 }
 
 /// The board's journal mode, read from its header without SQLite; `Ok(None)` when the file is
-/// not a SQLite database (yet).
+/// not a SQLite database (yet). It opens and closes a descriptor on the board, which drops
+/// every POSIX lock this process holds on it: not for use while this process has a SQLite
+/// connection on the board (see [`quiet_read`]).
 ///
 /// # Errors
 ///
