@@ -907,6 +907,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_write_during_an_immutable_read_makes_it_read_again_through_mode_ro() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_path, conn) = make_board(dir.path());
+            add(&conn, "t_1", Some("coder@gpu"), "ready", 0, 1);
+        }
+        let path = dir.path().join("kanban.db");
+        // A writer that opens the board while the first (immutable) read runs, as a Hermes
+        // command would; it stays open, so its committed task is only in the WAL. (In this
+        // process the read lock does not stop it: POSIX locks do not conflict within one.)
+        let writer = std::cell::RefCell::new(None::<Connection>);
+        let reads = std::cell::Cell::new(0);
+        let snap = quiet_read(&path, |conn| {
+            reads.set(reads.get() + 1);
+            if writer.borrow().is_none() {
+                let w = Connection::open(&path).unwrap();
+                w.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+                add(&w, "t_2", Some("coder@gpu"), "ready", 0, 2);
+                *writer.borrow_mut() = Some(w);
+            }
+            read_tasks(conn, &[])
+        })
+        .unwrap();
+        assert_eq!(
+            reads.get(),
+            2,
+            "the immutable read was dropped and done again"
+        );
+        let ids: Vec<&str> = snap.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t_1", "t_2"]);
+    }
+
+    #[test]
     fn a_wal_board_with_a_live_wal_is_read_through_it_not_immutable() {
         let dir = tempfile::tempdir().unwrap();
         let (path, conn) = make_board(dir.path());
