@@ -1,6 +1,7 @@
 //! `kanban-governor run` as a process: start-up errors and their exit codes, and a static-GPU
-//! daemon governing a real Hermes board (hermes-agent 0.19.0, real workers, a fake model
-//! server) until every task is done, then stopping cleanly on SIGTERM.
+//! daemon governing a real Hermes board (hermes-agent 0.19.0's WAL board, and 0.20.1's
+//! rollback-journal board; real workers, a fake model server) until every task is done, then
+//! stopping cleanly on SIGTERM.
 //!
 //! Every wait polls with a deadline; nothing sleeps a fixed time to "let it work".
 
@@ -8,7 +9,7 @@ mod common;
 #[path = "common/daemon.rs"]
 mod daemon;
 
-use common::{FakeModel, Hermes, hermes_bin, wait_for};
+use common::{FakeModel, Hermes, Release, hermes_bin, wait_for};
 use daemon::{Daemon, DaemonConfig, metric};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -154,9 +155,21 @@ fn a_second_daemon_on_the_same_state_dir_exits_1_and_the_first_keeps_serving() {
 
 #[test]
 fn the_daemon_runs_a_real_board_to_done_under_the_ceiling_and_stops_on_sigterm() {
+    daemon_runs_a_real_board_to_done(Release::V0_19);
+}
+
+/// On Hermes 0.20.1's rollback-journal board, the board watcher's connection stays open
+/// between polls while Hermes and its workers write: it holds no lock between reads, and
+/// `data_version` still sees every commit.
+#[test]
+fn the_daemon_runs_a_rollback_journal_board_of_hermes_0_20_to_done() {
+    daemon_runs_a_real_board_to_done(Release::V0_20);
+}
+
+fn daemon_runs_a_real_board_to_done(release: Release) {
     let _s = serial();
     let model = FakeModel::start(Duration::from_millis(1500));
-    let h = Hermes::new(&["big", "small"], &model);
+    let h = Hermes::of(release, &["big", "small"], &model);
     // 24 GiB, 4 GiB baseline: 20 GiB for tasks; big = 8 GiB, small = 3 GiB.
     let cfg = DaemonConfig::new(
         &h.bin,

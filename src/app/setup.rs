@@ -362,6 +362,16 @@ impl Setup {
         Ok(SqliteBoard::new(self.board_path()?))
     }
 
+    /// The board adapter for commands that must create no file (`status`, `tick --dry-run`):
+    /// see [`SqliteBoard::leaving_no_files`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Setup::hermes_env`].
+    pub fn quiet_board(&self) -> anyhow::Result<SqliteBoard> {
+        Ok(SqliteBoard::leaving_no_files(self.board_path()?))
+    }
+
     /// A gateway dispatcher live on this board's kanban root, as the reason to hold
     /// (`DualDispatcher`), read from `/proc/locks` and `gateway.pid` without taking any lock.
     /// When that cannot be read, the governor cannot tell, so it holds too (fail closed).

