@@ -35,6 +35,9 @@ fn hermes_bin() -> PathBuf {
     bin
 }
 
+/// The governor config of a host with no GPU and no engine endpoint.
+const NO_GPU: &str = "[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"\n";
+
 /// A throwaway Hermes home (outside the fake `HOME`, so it is its own kanban root).
 struct Home {
     _dir: tempfile::TempDir,
@@ -78,7 +81,18 @@ impl Home {
         );
     }
 
+    /// Write `$HERMES_HOME/governor.toml` (where doctor looks by default).
+    fn governor_config(&self, text: &str) {
+        std::fs::write(self.hermes_home.join("governor.toml"), text).unwrap();
+    }
+
     fn doctor(&self, extra: &[&str]) -> Output {
+        // A host without a GPU: static telemetry and no engine endpoint, unless the test
+        // wrote its own config.
+        let cfg = self.hermes_home.join("governor.toml");
+        if !cfg.exists() {
+            self.governor_config(NO_GPU);
+        }
         let state = self.hermes_home.join("state");
         self.command(Path::new(GOVERNOR))
             .arg("doctor")
@@ -344,4 +358,78 @@ fn cron_and_systemd_output_use_absolute_paths() {
             "{units}"
         );
     }
+}
+
+/// Issue 15: doctor checks, live, what `tick` and `run` need: the telemetry source loads, the
+/// engine answers, the KV capacity is known and fits the GPU. Each failing case here is one a
+/// `tick` would then fail or hold on; the last config passes and the next tick works.
+#[test]
+fn doctor_checks_telemetry_engine_and_kv_capacity_live_and_passing_means_tick_works() {
+    let home = Home::new();
+    home.hermes(&["kanban", "init"]);
+    home.hermes(&["profile", "create", "coder", "--no-alias", "--no-skills"]);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let profile = "\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"256KiB\"\nmax_context_tokens = 8192\n";
+    let cases = [
+        (
+            "[gpu]\ntelemetry = \"nvml\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"\n".to_owned(),
+            "config:gpu.telemetry",
+        ),
+        (
+            format!("[gpu]\ntelemetry = \"static\"\nmemory_total = \"80GiB\"\n\n[engine]\nkind = \"vllm\"\nurl = \"{dead}\"\nkv_capacity_tokens = 100000\n"),
+            "engine:default",
+        ),
+        (
+            // 442,368 tokens × 256 KiB = 108 GiB of KV on an 80 GiB GPU.
+            "[gpu]\ntelemetry = \"static\"\nmemory_total = \"80GiB\"\n\n[engine]\nkind = \"vllm\"\nurl = \"none\"\nkv_capacity_tokens = 442368\n".to_owned(),
+            "capacity:default",
+        ),
+        (
+            "[gpu]\ntelemetry = \"static\"\nmemory_total = \"80GiB\"\n\n[engine]\nkind = \"vllm\"\nurl = \"none\"\n".to_owned(),
+            "capacity:default",
+        ),
+    ];
+    for (config, failing) in cases {
+        home.governor_config(&format!("{config}{profile}"));
+        let out = home.doctor(&[]);
+        let report = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{failing}: {report}");
+        assert!(
+            line(&report, failing).starts_with("fail "),
+            "{failing}: {report}"
+        );
+    }
+    home.governor_config(&format!(
+        "[gpu]\ntelemetry = \"static\"\nmemory_total = \"80GiB\"\n\n[engine]\nkind = \"vllm\"\nurl = \"none\"\nkv_capacity_tokens = 100000\n{profile}"
+    ));
+    let out = home.doctor(&[]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        line(&report, "capacity:default").contains("within the GPU"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "telemetry:default").starts_with("ok "),
+        "{report}"
+    );
+    // Doctor passed: the next tick works.
+    let tick = home
+        .command(Path::new(GOVERNOR))
+        .args(["tick", "--hermes-bin"])
+        .arg(hermes_bin())
+        .arg("--state-dir")
+        .arg(home.hermes_home.join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        tick.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&tick),
+        String::from_utf8_lossy(&tick.stderr)
+    );
 }

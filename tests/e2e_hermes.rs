@@ -291,7 +291,9 @@ fn dry_run_and_status_leave_no_trace(release: Release) {
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("hold {ghost} (-): UnknownProfile: 'ghost@gpu'")),
+        stdout.contains(&format!(
+            "hold {ghost} (-): 'ghost@gpu' is not a governed profile or lane: add it to the config or reassign the task [UnknownProfile]"
+        )),
         "{stdout}"
     );
     assert!(
@@ -302,7 +304,11 @@ fn dry_run_and_status_leave_no_trace(release: Release) {
     assert!(!g.state_dir.exists(), "tick --dry-run wrote the state dir");
     // status shows the same reason, and leaves no trace either.
     let status = String::from_utf8_lossy(&g.run("status", &[]).stdout).into_owned();
-    assert!(status.contains("UnknownProfile: 'ghost@gpu'"), "{status}");
+    assert!(
+        status.contains("'ghost@gpu' is not a governed profile or lane")
+            && status.contains("[UnknownProfile]"),
+        "{status}"
+    );
     assert!(
         files_in(h.path()) == before,
         "status changed or created a file beside the board: {:?}",

@@ -323,12 +323,15 @@ fn status_shows_running_and_waiting_per_profile_with_reasons_and_runs_no_hermes(
         "{t}"
     );
     assert!(
-        t.contains("t_wait (coder): VramHeadroom: needs 8.0 GiB, 4.0 GiB free under the ceiling"),
+        t.contains("t_wait (coder): waits for GPU memory: needs 8.0 GiB, 4.0 GiB free under the ceiling [VramHeadroom]"),
         "{t}"
     );
-    assert!(t.contains("t_kid (coder): WaitingOnParent"), "{t}");
     assert!(
-        t.contains("t_ghost (-): UnknownProfile: 'ghost@gpu'"),
+        t.contains("t_kid (coder): a parent task is not done yet [WaitingOnParent]"),
+        "{t}"
+    );
+    assert!(
+        t.contains("t_ghost (-): 'ghost@gpu' is not a governed profile or lane"),
         "{t}"
     );
     let out = rig.run(&cfg, &["status", "--json"]);

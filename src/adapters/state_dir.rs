@@ -122,7 +122,8 @@ pub fn describe_uid(uid: u32) -> String {
     }
 }
 
-fn user_name(uid: u32) -> Option<String> {
+/// The name `/etc/passwd` gives `uid`, if any.
+pub fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let mut f = l.split(':');

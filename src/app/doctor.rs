@@ -160,7 +160,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         let exe = std::env::current_exe()
             .context("cannot find the path of this kanban-governor binary")?;
         let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
-        let user = env("USER").unwrap_or_else(|| "root".to_owned());
+        let user = unit_user(&inputs.hermes_home, &env);
         let text = if args.cron {
             render_cron(&exe, &inputs)
         } else {
@@ -178,7 +178,12 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let checks = run_checks(&inputs, &env);
+    let mut checks = run_checks(&inputs, &env);
+    // What tick, run and status need, read now (the config loaded above, so it loads again).
+    if let Ok(cfg) = crate::config::load(&args.config, &env) {
+        use crate::ports::Clock as _;
+        checks.extend(live::live_checks(&cfg, crate::ports::SystemClock.now()));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
@@ -190,6 +195,18 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The `User=` of the systemd units: whoever owns the Hermes home (Hermes and its board run as
+/// them, and the governor must too), not whoever runs `doctor` (often root, via sudo). Falls
+/// back to `$USER` when the home does not exist yet or its owner has no name.
+fn unit_user(hermes_home: &Path, env: &dyn Fn(&str) -> Option<String>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(hermes_home)
+        .ok()
+        .and_then(|m| crate::adapters::state_dir::user_name(m.uid()))
+        .or_else(|| env("USER"))
+        .unwrap_or_else(|| "root".to_owned())
 }
 
 /// The inputs from the validated config (defaults < file < env < flags).
@@ -1018,6 +1035,8 @@ pub fn render_systemd(exe: &Path, inputs: &Inputs, user: &str) -> Vec<(&'static 
         ),
     ]
 }
+
+pub mod live;
 
 #[cfg(test)]
 mod tests;

@@ -209,7 +209,13 @@ pub fn print_report(out: &mut dyn Write, report: &TickReport, json: bool) -> std
     }
     for h in &report.decision.held {
         let profile = h.profile.as_ref().map_or("-".to_owned(), |p| p.to_string());
-        writeln!(out, "  hold {} ({profile}): {}", h.id, h.reason)?;
+        writeln!(
+            out,
+            "  hold {} ({profile}): {} [{}]",
+            h.id,
+            h.reason.plain(),
+            h.reason.code()
+        )?;
     }
     for e in report
         .observed

@@ -99,7 +99,10 @@ fn report(
                 "fits now; the next tick releases it".to_owned(),
             )
         } else if let Some(h) = decision.held.iter().find(|h| h.id == w.id) {
-            (h.reason.name().to_owned(), h.reason.to_string())
+            (
+                h.reason.name().to_owned(),
+                format!("{} [{}]", h.reason.plain(), h.reason.code()),
+            )
         } else {
             ("unknown".to_owned(), String::new())
         };
@@ -130,6 +133,22 @@ fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
                 b.name,
                 b.stale.as_deref().unwrap_or("no sample")
             )?,
+        }
+        // Where the engine keeps a KV pool or fixed slots, that is the limit that binds: say
+        // it in its own unit.
+        if let Some(c) = b.ceiling_kv_tokens {
+            writeln!(
+                out,
+                "pool {}: {} KV tokens charged of {c} ceiling (the engine's KV cache)",
+                b.name, b.charged_kv_tokens
+            )?;
+        }
+        if let Some(slots) = b.slots {
+            writeln!(
+                out,
+                "pool {}: {} engine slots charged of {slots}",
+                b.name, b.slots_used_after
+            )?;
         }
     }
     writeln!(out, "{:<24} {:>8} {:>8}", "profile", "running", "waiting")?;

@@ -481,6 +481,72 @@ impl HoldReason {
     }
 }
 
+impl HoldReason {
+    /// The reason in plain words, for people (`status`, `tick`): what it waits for and the
+    /// numbers, without the internal name ([`HoldReason::code`] is that, for scripts).
+    pub fn plain(&self) -> String {
+        match self {
+            HoldReason::VramHeadroom { needed, free } => {
+                format!("waits for GPU memory: needs {needed}, {free} free under the ceiling")
+            }
+            HoldReason::KvHeadroom { needed, free } => format!(
+                "waits for the engine's KV cache: needs {needed} tokens, {free} free under the ceiling"
+            ),
+            HoldReason::NoSlot { needed, free } => {
+                format!("waits for an engine slot: needs {needed}, {free} free")
+            }
+            HoldReason::PoolFull { max_parallel } => format!(
+                "its profile already runs {max_parallel} tasks (max_parallel = {max_parallel})"
+            ),
+            HoldReason::MaxRunning { max_running } => format!(
+                "the board already runs {max_running} governed tasks (dispatch.max_running)"
+            ),
+            HoldReason::LatencyLimit { limit } => format!(
+                "latency is at its target: {limit} running tasks for now (the limit rises while latency stays good)"
+            ),
+            HoldReason::Guaranteed { for_profile } => {
+                format!("the room left is kept for profile {for_profile} (guaranteed)")
+            }
+            HoldReason::Reserved { for_task } => format!(
+                "the room is reserved for {for_task}, which has waited longer than max_wait"
+            ),
+            HoldReason::Stale { detail } => {
+                format!("the governor cannot see the GPU or engine now, so it holds: {detail}")
+            }
+            HoldReason::WaitingOnParent => "a parent task is not done yet".to_owned(),
+            HoldReason::UnknownProfile { assignee } => format!(
+                "'{assignee}' is not a governed profile or lane: add it to the config or reassign the task"
+            ),
+            HoldReason::DualDispatcher { detail } => {
+                format!(
+                    "another dispatcher runs on this board, so the governor holds everything: {detail}"
+                )
+            }
+            HoldReason::NeverFits { detail } => format!("it can never fit: {detail}"),
+        }
+    }
+
+    /// The internal name in CamelCase, as the JSON and the journal spell the reason's kind in
+    /// snake_case ([`HoldReason::name`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            HoldReason::VramHeadroom { .. } => "VramHeadroom",
+            HoldReason::KvHeadroom { .. } => "KvHeadroom",
+            HoldReason::NoSlot { .. } => "NoSlot",
+            HoldReason::PoolFull { .. } => "PoolFull",
+            HoldReason::MaxRunning { .. } => "MaxRunning",
+            HoldReason::LatencyLimit { .. } => "LatencyLimit",
+            HoldReason::Guaranteed { .. } => "Guaranteed",
+            HoldReason::Reserved { .. } => "Reserved",
+            HoldReason::Stale { .. } => "Stale",
+            HoldReason::WaitingOnParent => "WaitingOnParent",
+            HoldReason::UnknownProfile { .. } => "UnknownProfile",
+            HoldReason::DualDispatcher { .. } => "DualDispatcher",
+            HoldReason::NeverFits { .. } => "NeverFits",
+        }
+    }
+}
+
 impl fmt::Display for HoldReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -447,3 +447,30 @@ fn a_hot_journal_fails_the_board_with_the_absolute_hermes_to_run() {
     // The other board checks still run.
     assert_eq!(find(&checks, "corrupt_backups").status, Status::Ok);
 }
+
+#[test]
+fn systemd_units_run_as_the_owner_of_the_hermes_home_not_as_whoever_runs_doctor() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("hermes");
+    std::fs::create_dir(&home).unwrap();
+    let root = |_: &str| Some("root".to_owned());
+    if rustix::process::geteuid().is_root() {
+        // `sudo kanban-governor doctor --systemd` for a board that user 65534 owns.
+        rustix::fs::chown(
+            &home,
+            Some(rustix::fs::Uid::from_raw(65534)),
+            Some(rustix::fs::Gid::from_raw(65534)),
+        )
+        .unwrap();
+        let want = crate::adapters::state_dir::user_name(65534).unwrap_or_else(|| "root".into());
+        assert_ne!(want, "root", "uid 65534 has a name in /etc/passwd");
+        assert_eq!(super::unit_user(&home, &root), want);
+    } else {
+        let me = std::fs::metadata(&home).unwrap().uid();
+        let want = crate::adapters::state_dir::user_name(me).unwrap();
+        assert_eq!(super::unit_user(&home, &root), want);
+    }
+    // No home yet: $USER.
+    assert_eq!(super::unit_user(&d.path().join("none"), &root), "root");
+}
