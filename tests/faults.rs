@@ -296,3 +296,53 @@ fn check_config_fails_on_every_host_problem_that_tick_fails_on_and_tick_creates_
     assert_eq!(tick.status.code(), Some(0), "{}", all_text(&tick));
     assert!(state.is_dir());
 }
+
+/// A board another process holds under a write lock (a rollback-journal board, as Hermes
+/// >= 0.20 makes on older SQLite, with an EXCLUSIVE transaction open): `tick` waits its busy
+/// timeout, fails (exit 1) naming the board, and calls no Hermes; once the lock is gone the
+/// next tick releases. A board whose `tasks` table lacks a column the governor reads (a
+/// future or foreign schema) is the same: a clear error, nothing written.
+#[test]
+fn a_board_locked_by_a_writer_or_of_an_unknown_schema_holds_and_writes_nothing() {
+    let rig = Rig::new();
+    let db = rig.home().join("kanban.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=delete").unwrap();
+    }
+    let config = rig.config("openai", "none", "");
+    let writer = rusqlite::Connection::open(&db).unwrap();
+    writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let out = governor(&["tick"], &config);
+    let text = all_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&db.display().to_string()), "{text}");
+    assert!(rig.writes().is_empty(), "{:?}", rig.writes());
+    writer.execute_batch("COMMIT").unwrap();
+    drop(writer);
+    assert_eq!(released(&rig.tick(&config)), ["t_1"]);
+
+    let rig = Rig::new();
+    let db = rig.home().join("kanban.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE tasks DROP COLUMN claim_lock; PRAGMA wal_checkpoint(TRUNCATE)",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    let out = governor(&["tick"], &rig.config("openai", "none", ""));
+    let text = all_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("claim_lock"),
+        "the error names what is missing: {text}"
+    );
+    assert!(rig.writes().is_empty(), "{:?}", rig.writes());
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the board is unchanged"
+    );
+}
