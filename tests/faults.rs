@@ -298,7 +298,7 @@ fn check_config_fails_on_every_host_problem_that_tick_fails_on_and_tick_creates_
 }
 
 /// A board another process holds under a write lock (a rollback-journal board, as Hermes
-/// >= 0.20 makes on older SQLite, with an EXCLUSIVE transaction open): `tick` waits its busy
+/// 0.20 and later make on older SQLite, with an EXCLUSIVE transaction open): `tick` waits its busy
 /// timeout, fails (exit 1) naming the board, and calls no Hermes; once the lock is gone the
 /// next tick releases. A board whose `tasks` table lacks a column the governor reads (a
 /// future or foreign schema) is the same: a clear error, nothing written.
