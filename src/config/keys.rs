@@ -4,7 +4,7 @@
 //!
 //! It cannot drift from the parser or the defaults unnoticed: a unit test lists the fields
 //! serde accepts in every table of `raw` (from its "expected one of" message) and requires each
-//! to be here and each key here to be accepted; defaults marked [`Default::Rendered`] are not
+//! to be here and each key here to be accepted; defaults marked [`KeyDefault::Rendered`] are not
 //! typed here at all but read off the rendering of a config that sets nothing, so the reference
 //! shows what `check-config` prints. Pure: data and string building.
 
@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// What a key is when the file does not set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Default {
+pub(crate) enum KeyDefault {
     /// A fixed default: the reference shows what `check-config` prints for a config that sets
     /// nothing (see [`rendered_defaults`]).
     Rendered,
@@ -34,7 +34,7 @@ pub(crate) struct Key {
     /// key alone. Pools repeat the `gpu.*` and `engine.*` keys under `pools.<name>.`.
     pub id: &'static str,
     /// Its default.
-    pub default: Default,
+    pub default: KeyDefault,
     /// The TOML type and unit (`size`, `duration`, `tokens`, ...).
     pub unit: &'static str,
     /// What it means to a user.
@@ -50,7 +50,7 @@ pub(crate) struct Key {
 impl Key {
     const fn new(
         id: &'static str,
-        default: Default,
+        default: KeyDefault,
         unit: &'static str,
         meaning: &'static str,
     ) -> Key {
@@ -129,14 +129,14 @@ pub(crate) const KEYS: &[Key] = &[
     // Top level.
     Key::new(
         "profiles_dir",
-        Default::Unset("only the [[profiles]] tables of this file"),
+        KeyDefault::Unset("only the [[profiles]] tables of this file"),
         "path (relative to the config file)",
         "A directory of profile files, one `*.toml` per profile, read in name order after the `[[profiles]]` tables of this file. A file holds either the profile's keys alone or one or more `[[profiles]]` tables (so the files in the repository's `profiles/` work either way). `check-config` lists the profiles it read as `[[profiles]]` tables.",
     ),
     // [hermes]
     Key::new(
         "hermes.bin",
-        Default::Unset("tick, run and status need it; `kanban-governor doctor` prints it"),
+        KeyDefault::Unset("tick, run and status need it; `kanban-governor doctor` prints it"),
         "absolute path",
         "The `hermes` binary the governor calls to read the board and dispatch. Absolute, because cron and systemd do not share your PATH. `~/` is expanded.",
     )
@@ -144,56 +144,56 @@ pub(crate) const KEYS: &[Key] = &[
     .overrides("KANBAN_GOVERNOR_HERMES_BIN, --hermes-bin"),
     Key::new(
         "hermes.home",
-        Default::Derived("`~/.hermes`"),
+        KeyDefault::Derived("`~/.hermes`"),
         "absolute path",
         "`HERMES_HOME` of the governed board: where Hermes keeps its boards and profiles. `~/` is expanded.",
     )
     .overrides("HERMES_HOME, --hermes-home"),
     Key::new(
         "hermes.board",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "board slug",
         "The board to govern: `default`, or the slug it was created with (`hermes kanban boards create <slug>`: lowercase letters, digits, `-`, `_`).",
     )
     .overrides("KANBAN_GOVERNOR_BOARD, --board"),
     Key::new(
         "hermes.max_semantics",
-        Default::Unset("detected from the Hermes version"),
+        KeyDefault::Unset("detected from the Hermes version"),
         "\"live_cap\" or \"per_tick\"",
         "What `hermes kanban dispatch --max N` means: a cap on live tasks (`live_cap`, Hermes 0.19.0 and later) or on tasks started per call (`per_tick`, earlier). Set it only when the detection is wrong (a patched Hermes).",
     ),
     // [gpu]
     Key::new(
         "gpu.index",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "integer or list of integers",
         "The GPU(s) of the pool, as `nvidia-smi` numbers them; a list for a tensor-parallel engine spread over several GPUs (their memory is added up). Set either `index` or `uuid`.",
     )
     .origin("`nvidia-smi -L`. Mind `CUDA_VISIBLE_DEVICES`: the governor uses NVML's numbering, which ignores it."),
     Key::new(
         "gpu.uuid",
-        Default::Unset("the GPUs are chosen by index"),
+        KeyDefault::Unset("the GPUs are chosen by index"),
         "string or list of strings",
         "The GPU(s) by UUID (`GPU-…`, or `MIG-…` for a MIG instance), stable across reboots and driver reorderings, unlike `index`.",
     )
     .origin("`nvidia-smi -L`."),
     Key::new(
         "gpu.telemetry",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "\"nvml\", \"host\", \"static\" or { replay = \"file.jsonl\" }",
         "Where GPU memory readings come from. `nvml`: the NVIDIA driver (needs `libnvidia-ml.so`). `host`: system memory (`/proc/meminfo`, the cgroup limit), for CPU inference or unified memory. `static`: fixed numbers from `memory_total` and `baseline`, for a host without a GPU or driver, or when only the engine's own accounting matters. `replay`: recorded samples, for tests and demos.",
     )
     .origin("A host with no NVIDIA driver: `static` (with `memory_total`), or `host` for CPU inference."),
     Key::new(
         "gpu.memory_total",
-        Default::Unset("measured by the telemetry; required with telemetry = \"static\""),
+        KeyDefault::Unset("measured by the telemetry; required with telemetry = \"static\""),
         "size (\"80GiB\")",
         "Total memory of the pool's GPU(s). Read only with `telemetry = \"static\"`, where it is required; every other source measures it.",
     )
     .origin("`nvidia-smi --query-gpu=memory.total --format=csv` (MiB), or the card's data sheet. With no GPU at all, any size that bounds what the engine may hold."),
     Key::new(
         "gpu.baseline",
-        Default::Unset("0B with static telemetry; other sources measure it"),
+        KeyDefault::Unset("0B with static telemetry; other sources measure it"),
         "size",
         "What the GPU holds with no governed task running: the engine's weights and preallocated KV pool, CUDA context, other tenants. Read only with `telemetry = \"static\"`.",
     )
@@ -206,7 +206,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "gpu.headroom",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "fraction in (0, 1]",
         "The fraction of capacity the governor may fill. Under an engine with a preallocated KV pool (vLLM, SGLang, llama.cpp) it applies to that pool in tokens; under Ollama and `openai` it applies to the GPU's memory in bytes.",
     )
@@ -214,7 +214,7 @@ pub(crate) const KEYS: &[Key] = &[
     .overrides("KANBAN_GOVERNOR_HEADROOM, --headroom (every pool)"),
     Key::new(
         "gpu.reserve",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "size",
         "Bytes always kept free on the GPU, below the headroom ceiling, for the driver and processes the governor does not see.",
     )
@@ -222,13 +222,13 @@ pub(crate) const KEYS: &[Key] = &[
     // [engine]
     Key::new(
         "engine.kind",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "\"vllm\", \"sglang\", \"llamacpp\", \"ollama\" or \"openai\"",
         "The inference server. It decides where a task's KV is charged: in the engine's preallocated pool in tokens (vllm, sglang, llamacpp) or in GPU bytes (ollama, openai: any other OpenAI-compatible server), and which metrics are read.",
     ),
     Key::new(
         "engine.url",
-        Default::Derived("the kind's usual local address: vllm `http://127.0.0.1:8000`, sglang `:30000`, llamacpp `:8080`, ollama `:11434`; openai has none and needs it"),
+        KeyDefault::Derived("the kind's usual local address: vllm `http://127.0.0.1:8000`, sglang `:30000`, llamacpp `:8080`, ollama `:11434`; openai has none and needs it"),
         "http(s) URL, or \"none\"",
         "The engine's base URL, read every tick for its KV use, capacity, slots and latency. When the engine cannot be read the pool holds (admits nothing) until it answers again. `\"none\"` says this host has no engine endpoint to read: the pool then decides on GPU memory and the capacities set here (`kv_capacity_tokens`, `slots`) alone.",
     )
@@ -240,7 +240,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "engine.model",
-        Default::Unset("the engine serves whatever the profiles name"),
+        KeyDefault::Unset("the engine serves whatever the profiles name"),
         "catalog model name",
         "The model the engine serves, for `plan` and for checking the profiles: under vLLM, SGLang and llama.cpp (one model per server) every profile of the pool must name this model. A catalog name, Hugging Face id or Ollama tag; for an unknown one `check-config` names the close matches.",
     )
@@ -252,7 +252,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "engine.kv_capacity_tokens",
-        Default::Unset("read from the engine"),
+        KeyDefault::Unset("read from the engine"),
         "tokens",
         "The engine's KV pool in tokens: how many tokens of context all running requests together can hold. The ceiling is `headroom × kv_capacity_tokens`, and a task is charged its `requests_per_task × max_context_tokens`. Set it when the engine does not report it, or with `url = \"none\"`; a set value beats the engine's.",
     )
@@ -265,7 +265,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "engine.slots",
-        Default::Unset("read from the engine; no slot limit if it reports none"),
+        KeyDefault::Unset("read from the engine; no slot limit if it reports none"),
         "count",
         "How many requests the engine runs at once. A task takes `requests_per_task` slots; the governor admits no more than there are. A set value beats the engine's.",
     )
@@ -277,7 +277,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "engine.slot_context_tokens",
-        Default::Unset("read from the engine; no per-slot limit if it reports none"),
+        KeyDefault::Unset("read from the engine; no per-slot limit if it reports none"),
         "tokens",
         "The longest context one request can have. A profile whose `max_context_tokens` exceeds it could never run, and `check-config` says so.",
     )
@@ -289,7 +289,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "engine.max_staleness",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "duration",
         "Engine and GPU readings older than this make the pool hold: the governor does not admit on numbers it cannot trust.",
     )
@@ -297,7 +297,7 @@ pub(crate) const KEYS: &[Key] = &[
     // [latency]
     Key::new(
         "latency.ttft_slo",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "duration",
         "The time-to-first-token target. While the engine's TTFT is above it the limit on running tasks falls by `backoff`; while below and in use, it rises by one.",
     )
@@ -310,64 +310,64 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "latency.signal",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "\"engine\" or \"probe\"",
         "Where TTFT comes from: the engine's histogram (`engine`), or a one-token request the governor sends each tick (`probe`), for engines without latency metrics.",
     ),
     Key::new(
         "latency.min_limit",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "count",
         "The lowest the latency limit goes: this many tasks may always run (memory permitting).",
     ),
     Key::new(
         "latency.max_limit",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "count",
         "The highest the latency limit goes. Memory usually binds long before.",
     ),
     Key::new(
         "latency.backoff",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "factor in [0.5, 1)",
         "The limit is multiplied by this on a latency miss.",
     )
     .origin("0.9 is Netflix concurrency-limits' AIMD default."),
     Key::new(
         "latency.dwell",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "duration",
         "After a change the limit stays put this long, so one slow request does not move it twice.",
     ),
     // [dispatch]
     Key::new(
         "dispatch.interval",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "duration",
         "Time between ticks of `run` (and of `tick --repeat`). Cron runs `tick` once a minute whatever this says.",
     ),
     Key::new(
         "dispatch.max_running",
-        Default::Unset("no board-wide cap; memory and the latency limit decide"),
+        KeyDefault::Unset("no board-wide cap; memory and the latency limit decide"),
         "count",
         "A cap on governed tasks running on the board at once, on top of memory and latency.",
     ),
     Key::new(
         "dispatch.max_wait",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "duration",
         "A task held longer than this gets room reserved: smaller tasks stop overtaking it, so a large task cannot starve.",
     ),
     Key::new(
         "dispatch.state_dir",
-        Default::Derived("`<hermes.home>/governor`"),
+        KeyDefault::Derived("`<hermes.home>/governor`"),
         "path (relative to the config file)",
         "Where the governor keeps its state (learned footprints, the held tasks, the lock). Created 0700.",
     )
     .overrides("KANBAN_GOVERNOR_STATE_DIR, --state-dir"),
     Key::new(
         "dispatch.timeout",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "duration",
         "The limit on one Hermes CLI call; a call that takes longer is killed and the tick holds.",
     )
@@ -375,32 +375,32 @@ pub(crate) const KEYS: &[Key] = &[
     // [http]
     Key::new(
         "http.public",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "boolean",
         "Whether `run --listen` may bind an address other than loopback. `/status` shows board, profile and task names without authentication; set it only behind a firewall or proxy.",
     ),
     // [[profiles]]
     Key::new(
         "profiles.name",
-        Default::Required,
+        KeyDefault::Required,
         "Hermes profile name",
         "The Hermes profile that runs this kind of task, as `hermes profile list` shows it.",
     ),
     Key::new(
         "profiles.lane",
-        Default::Derived("`<name>@gpu`"),
+        KeyDefault::Derived("`<name>@gpu`"),
         "assignee",
         "The assignee the governor parks held tasks on. It must not be a real Hermes profile, or Hermes would dispatch the held tasks itself.",
     ),
     Key::new(
         "profiles.model",
-        Default::Unset("kv_bytes_per_token is given instead (one of the two is required)"),
+        KeyDefault::Unset("kv_bytes_per_token is given instead (one of the two is required)"),
         "catalog model name",
         "The model the profile's tasks use; its KV bytes per token come from the catalog (layers × KV heads × head size × 2 × `kv_dtype`). A catalog name, Hugging Face id or Ollama tag; for an unknown one `check-config` names the close matches, and `kv_bytes_per_token` covers a model the catalog lacks.",
     ),
     Key::new(
         "profiles.kv_bytes_per_token",
-        Default::Unset("computed from model and kv_dtype"),
+        KeyDefault::Unset("computed from model and kv_dtype"),
         "bytes (integer) or size",
         "KV bytes one token takes, for a model the catalog lacks. Give either this or `model`.",
     )
@@ -413,7 +413,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "profiles.kv_dtype",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "\"f16\", \"bf16\", \"fp8\", \"q8_0\" or \"q4_0\"",
         "The KV cache element type the engine uses (with `model`): fp8 halves the footprint, q4_0 quarters it.",
     )
@@ -425,7 +425,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "profiles.max_context_tokens",
-        Default::Required,
+        KeyDefault::Required,
         "tokens",
         "The longest context one request of this profile reaches: prompt, tool output and answer together. A task's worst case is this × `requests_per_task` tokens of KV.",
     )
@@ -438,37 +438,37 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "profiles.requests_per_task",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "count",
         "LLM calls one task can have in flight at once (sub-agents, parallel tool calls). Each takes a slot and `max_context_tokens` of KV.",
     ),
     Key::new(
         "profiles.max_parallel",
-        Default::Unset("no per-profile cap"),
+        KeyDefault::Unset("no per-profile cap"),
         "count",
         "The most tasks of this profile running at once, whatever memory allows.",
     ),
     Key::new(
         "profiles.guaranteed",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "count",
         "Tasks' worth of room always kept for this profile, so other profiles' tasks cannot take it all. The guarantees of a pool must fit in it together.",
     ),
     Key::new(
         "profiles.extra_bytes",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "size",
         "GPU memory one task uses outside the engine (an embedding model it loads, a tool on the GPU), charged in bytes against the GPU.",
     ),
     Key::new(
         "profiles.footprint",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "\"max\", \"declared\" or \"learned\"",
         "What a task is charged. `max` and `declared`: its declared worst case. `learned`: the worst case until 8 tasks have finished, then an upper bound of what its tasks really reached (never below the largest peak seen), where the engine shows a request's context (llama.cpp `/slots`).",
     ),
     Key::new(
         "profiles.pool",
-        Default::Rendered,
+        KeyDefault::Rendered,
         "pool name",
         "The pool (GPU + engine) the profile's tasks run in: `default` for `[gpu]`/`[engine]`, else a `[pools.<name>]`.",
     ),
@@ -482,7 +482,7 @@ pub(crate) fn key(id: &str) -> Option<&'static Key> {
 /// What an unset optional key means, for `check-config`'s `# key = (unset: ...)` comment.
 pub(crate) fn unset_text(id: &str) -> &'static str {
     match key(id).map(|k| k.default) {
-        Some(Default::Unset(t)) => t,
+        Some(KeyDefault::Unset(t)) => t,
         // A unit test renders every optional key unset and checks each one has its text.
         _ => "see docs/config.md",
     }
@@ -567,13 +567,13 @@ declare others, with the same keys.\n",
         let _ = write!(s, "\n## {title}\n\n{about}\n");
         for k in KEYS.iter().filter(|k| k.table() == *table) {
             let default = match k.default {
-                Default::Rendered => match defaults.get(k.id) {
+                KeyDefault::Rendered => match defaults.get(k.id) {
                     Some(v) => format!("`{v}`"),
                     None => "(see `check-config`)".to_owned(),
                 },
-                Default::Derived(t) => t.to_owned(),
-                Default::Unset(t) => format!("unset: {t}"),
-                Default::Required => "required".to_owned(),
+                KeyDefault::Derived(t) => t.to_owned(),
+                KeyDefault::Unset(t) => format!("unset: {t}"),
+                KeyDefault::Required => "required".to_owned(),
             };
             let _ = write!(
                 s,
@@ -666,18 +666,18 @@ mod tests {
         for k in KEYS {
             let rendered = defaults.get(k.id);
             match k.default {
-                Default::Rendered => {
+                KeyDefault::Rendered => {
                     assert!(rendered.is_some(), "{} has no rendered default", k.id)
                 }
                 // An unset key is not printed as a value (it is a comment, tested in render).
                 // MINIMAL must name a model for its profile to be valid.
-                Default::Unset(_) if k.id == "profiles.model" => {}
-                Default::Unset(_) => assert!(
+                KeyDefault::Unset(_) if k.id == "profiles.model" => {}
+                KeyDefault::Unset(_) => assert!(
                     rendered.is_none(),
                     "{} = {rendered:?} is set by default",
                     k.id
                 ),
-                Default::Derived(_) | Default::Required => {}
+                KeyDefault::Derived(_) | KeyDefault::Required => {}
             }
         }
         assert_eq!(
