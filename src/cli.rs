@@ -77,4 +77,8 @@ pub enum Command {
     /// Hermes call within dispatch.timeout), the state and journal are saved, and it exits 0.
     /// SIGHUP does not reload the config; restart the daemon to apply a changed config.
     Run(crate::app::daemon::RunArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(crate::app::install::CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    Man(crate::app::install::ManArgs),
 }

@@ -1,5 +1,6 @@
 //! `check-config`: print the effective config, or every problem in it and on this host that
-//! `tick`, `run` or `status` would fail on (`--file-only` checks the file alone).
+//! `tick`, `run` or `status` would fail on (`--file-only` checks the file alone), or the config
+//! reference (`--reference`, which is docs/config.md).
 //!
 //! Side effects: reads the config file, its `profiles_dir` and the Hermes profile directories
 //! (through `config::load`), and looks at the host (hermes.bin, the board file, NVML or the
@@ -22,6 +23,11 @@ pub struct CheckConfigArgs {
     /// the checks of hermes.bin, hermes.home, the board, the telemetry sources and state_dir.
     #[arg(long)]
     pub file_only: bool,
+    /// Print the config reference instead (every key: meaning, default, unit, where the number
+    /// comes from, how to read it off vLLM, SGLang, llama.cpp and Ollama) as Markdown; it is
+    /// docs/config.md. Reads no config.
+    #[arg(long, conflicts_with_all = ["json", "file_only"])]
+    pub reference: bool,
 }
 
 /// Run the command: exit 0 with the effective config on stdout (TOML annotated with where
@@ -31,6 +37,10 @@ pub struct CheckConfigArgs {
 ///
 /// Only when stdout cannot be serialized to (never for these plain types).
 pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    if args.reference {
+        print!("{}", config::reference_markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
     let env = config::process_env;
     let loaded = config::load(&args.config, &env).and_then(|cfg| {
         let problems = if args.file_only {

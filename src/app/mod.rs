@@ -4,6 +4,7 @@
 pub mod check_config;
 pub mod daemon;
 pub mod doctor;
+pub mod install;
 pub mod learning;
 pub mod once;
 pub mod plan;
@@ -31,6 +32,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Run(a) => daemon::run(a),
+        Command::Completions(a) => install::run_completions(a),
+        Command::Man(a) => install::run_man(a),
     }
 }
 

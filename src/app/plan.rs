@@ -183,7 +183,8 @@ impl Engine {
 /// it is reported as "at least".
 const MAX_TASKS: u64 = 1024;
 
-/// A profile file (`profiles/*.toml`): the schema the config loader reads too.
+/// One profile of a profile file (`profiles/*.toml`, one `[[profiles]]` table or the keys
+/// alone): the schema the config loader reads too.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileFile {
@@ -797,7 +798,17 @@ fn profile_from_flags(args: &PlanFlags) -> anyhow::Result<PlanProfile> {
 
 /// Parse one profile file's text (`file` names it in errors).
 fn parse_profile(file: &str, text: &str) -> anyhow::Result<PlanProfile> {
-    let raw: ProfileFile = toml::from_str(text).map_err(|e| usage(format!("{file}: {e}")))?;
+    /// The `[[profiles]]` form, which the ready profiles use so they paste into a config.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tables {
+        profiles: Vec<ProfileFile>,
+    }
+    let raw: ProfileFile = match toml::from_str::<Tables>(text) {
+        Ok(Tables { profiles }) if profiles.len() == 1 => profiles[0].clone(),
+        // A bare profile (or anything else: its error then names the problem).
+        _ => toml::from_str(text).map_err(|e| usage(format!("{file}: {e}")))?,
+    };
     let kv_dtype = match &raw.kv_dtype {
         Some(s) => parse_dtype(&format!("{file}: kv_dtype"), s)?,
         None => KvDtype::F16,

@@ -34,6 +34,7 @@
 //! `KANBAN_GOVERNOR_HEADROOM` (`headroom` of every pool), `KANBAN_GOVERNOR_STATE_DIR`
 //! (`dispatch.state_dir`). The matching flags in [`ConfigArgs`] beat them.
 
+mod keys;
 mod raw;
 mod render;
 #[cfg(test)]
@@ -42,6 +43,7 @@ mod units;
 mod validate;
 
 pub use crate::catalog::KvDtype;
+pub use keys::reference_markdown;
 pub use units::{format_duration, format_size, parse_duration_str, parse_size_str};
 
 use crate::governor::{

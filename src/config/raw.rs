@@ -185,15 +185,32 @@ pub(crate) fn parse_file(file: &FileText) -> Result<RawConfig, Problem> {
     toml::from_str(&file.text).map_err(|e| de_problem(file, &e))
 }
 
-/// Parse one profile file from `profiles_dir` (stage 1).
+/// Parse one profile file from `profiles_dir` (stage 1): either the keys of one profile
+/// alone, or one or more `[[profiles]]` tables (the form a config file uses, so a profile can
+/// be pasted between the two unchanged).
 ///
 /// # Errors
 ///
-/// As [`parse_file`].
-pub(crate) fn parse_profile(file: &FileText) -> Result<Spanned<RawProfile>, Problem> {
+/// As [`parse_file`]; in the `[[profiles]]` form, a key outside those tables is unknown.
+pub(crate) fn parse_profile(file: &FileText) -> Result<Vec<Spanned<RawProfile>>, Problem> {
+    /// A profile file in the `[[profiles]]` form.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tables {
+        profiles: Vec<Spanned<RawProfile>>,
+    }
+    // Which form: a top-level `profiles` array (a bare profile has no such key). Invalid
+    // TOML falls through to the bare form, whose error names the line.
+    let tables_form = toml::from_str::<toml::Table>(&file.text)
+        .is_ok_and(|t| matches!(t.get("profiles"), Some(toml::Value::Array(_))));
+    if tables_form {
+        return toml::from_str::<Tables>(&file.text)
+            .map(|t| t.profiles)
+            .map_err(|e| de_problem(file, &e));
+    }
     let len = file.text.len();
     toml::from_str::<RawProfile>(&file.text)
-        .map(|p| Spanned::new(0..len, p))
+        .map(|p| vec![Spanned::new(0..len, p)])
         .map_err(|e| de_problem(file, &e))
 }
 

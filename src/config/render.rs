@@ -1,7 +1,9 @@
 //! The effective config written back as TOML, optionally with a `# <source>` comment on
-//! every value (what `check-config` prints). The output reads back to the same [`Config`]
-//! (a unit test checks the round trip). Pure: builds a string.
+//! every value and every optional key that is unset as a comment saying what unset means
+//! (what `check-config` prints; the words come from `keys`). The output reads back to the same
+//! [`Config`] (a unit test checks the round trip). Pure: builds a string.
 
+use super::keys::unset_text;
 use super::units::{format_duration, format_size};
 use super::{Config, DEFAULT_POOL, GpuSelector, PoolConfig, Source, Telemetry};
 use std::fmt::Write as _;
@@ -32,6 +34,14 @@ impl Out<'_> {
         let _ = writeln!(self.buf, "[[{name}]]");
     }
 
+    /// `# key = (unset: what that means)` for the optional key `id` (`engine.slots`), when
+    /// annotating: so `check-config` shows every key, set or not.
+    fn unset(&mut self, key: &str, id: &str) {
+        if self.annotate {
+            let _ = writeln!(self.buf, "# {key} = (unset: {})", unset_text(id));
+        }
+    }
+
     /// `key = value`, annotated with the source found under the first of `source_keys`.
     fn kv(&mut self, key: &str, value: String, source_keys: &[String]) {
         let line = format!("{key} = {value}");
@@ -60,11 +70,23 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
             None => "built-in defaults, env and flags (no config file)".to_owned(),
         };
         let _ = writeln!(o.buf, "# Effective config: {from}.");
+        // profiles_dir is not written as a key: its profiles are written out below, and
+        // reading them twice would declare each one twice.
+        match cfg.sources.get("profiles_dir") {
+            Some(src) => {
+                let _ = writeln!(
+                    o.buf,
+                    "# profiles_dir = (set at {src}; its profiles are written out below as [[profiles]])"
+                );
+            }
+            None => o.unset("profiles_dir", "profiles_dir"),
+        }
     }
 
     o.table("hermes");
-    if let Some(bin) = &cfg.hermes.bin {
-        o.kv("bin", q(&bin.display().to_string()), &["hermes.bin".into()]);
+    match &cfg.hermes.bin {
+        Some(bin) => o.kv("bin", q(&bin.display().to_string()), &["hermes.bin".into()]),
+        None => o.unset("bin", "hermes.bin"),
     }
     o.kv(
         "home",
@@ -72,8 +94,9 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
         &["hermes.home".into()],
     );
     o.kv("board", q(&cfg.hermes.board), &["hermes.board".into()]);
-    if let Some(m) = &cfg.hermes.max_semantics {
-        o.kv("max_semantics", q(m), &["hermes.max_semantics".into()]);
+    match &cfg.hermes.max_semantics {
+        Some(m) => o.kv("max_semantics", q(m), &["hermes.max_semantics".into()]),
+        None => o.unset("max_semantics", "hermes.max_semantics"),
     }
 
     let single = cfg.pools.len() == 1 && cfg.pools[0].name == DEFAULT_POOL;
@@ -99,8 +122,9 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
     o.table("dispatch");
     let dk = |k: &str| vec![format!("dispatch.{k}")];
     o.kv("interval", q(&format_duration(d.interval)), &dk("interval"));
-    if let Some(m) = d.max_running {
-        o.kv("max_running", m.to_string(), &dk("max_running"));
+    match d.max_running {
+        Some(m) => o.kv("max_running", m.to_string(), &dk("max_running")),
+        None => o.unset("max_running", "dispatch.max_running"),
     }
     o.kv("max_wait", q(&format_duration(d.max_wait)), &dk("max_wait"));
     o.kv(
@@ -125,13 +149,16 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
         if let Some(m) = &p.model {
             o.kv("model", q(m), &pk("model"));
             o.kv("kv_dtype", q(p.kv_dtype.name()), &pk("kv_dtype"));
+        } else {
+            o.unset("model", "profiles.model");
         }
-        if let Some(b) = p.kv_bytes_per_token {
-            o.kv(
+        match p.kv_bytes_per_token {
+            Some(b) => o.kv(
                 "kv_bytes_per_token",
                 b.to_string(),
                 &pk("kv_bytes_per_token"),
-            );
+            ),
+            None => o.unset("kv_bytes_per_token", "profiles.kv_bytes_per_token"),
         }
         o.kv(
             "max_context_tokens",
@@ -143,8 +170,9 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
             p.requests_per_task.to_string(),
             &pk("requests_per_task"),
         );
-        if let Some(m) = p.max_parallel {
-            o.kv("max_parallel", m.to_string(), &pk("max_parallel"));
+        match p.max_parallel {
+            Some(m) => o.kv("max_parallel", m.to_string(), &pk("max_parallel")),
+            None => o.unset("max_parallel", "profiles.max_parallel"),
         }
         o.kv("guaranteed", p.guaranteed.to_string(), &pk("guaranteed"));
         o.kv(
@@ -219,6 +247,7 @@ fn pool(o: &mut Out<'_>, p: &PoolConfig, single: bool) {
             })
             .collect();
         o.kv("index", list(items), &keys("gpu", "index"));
+        o.unset("uuid", "gpu.uuid");
     }
     let telemetry = match &g.telemetry {
         Telemetry::Nvml => q("nvml"),
@@ -227,15 +256,17 @@ fn pool(o: &mut Out<'_>, p: &PoolConfig, single: bool) {
         Telemetry::Replay(path) => format!("{{ replay = {} }}", q(&path.display().to_string())),
     };
     o.kv("telemetry", telemetry, &keys("gpu", "telemetry"));
-    if let Some(t) = g.memory_total {
-        o.kv(
+    match g.memory_total {
+        Some(t) => o.kv(
             "memory_total",
             q(&format_size(t)),
             &keys("gpu", "memory_total"),
-        );
+        ),
+        None => o.unset("memory_total", "gpu.memory_total"),
     }
-    if let Some(b) = g.baseline {
-        o.kv("baseline", q(&format_size(b)), &keys("gpu", "baseline"));
+    match g.baseline {
+        Some(b) => o.kv("baseline", q(&format_size(b)), &keys("gpu", "baseline")),
+        None => o.unset("baseline", "gpu.baseline"),
     }
     o.kv(
         "headroom",
@@ -252,25 +283,29 @@ fn pool(o: &mut Out<'_>, p: &PoolConfig, single: bool) {
     o.table(&eng_table);
     o.kv("kind", q(e.kind.name()), &keys("engine", "kind"));
     o.kv("url", q(&e.url), &keys("engine", "url"));
-    if let Some(m) = &e.model {
-        o.kv("model", q(m), &keys("engine", "model"));
+    match &e.model {
+        Some(m) => o.kv("model", q(m), &keys("engine", "model")),
+        None => o.unset("model", "engine.model"),
     }
-    if let Some(t) = e.kv_capacity_tokens {
-        o.kv(
+    match e.kv_capacity_tokens {
+        Some(t) => o.kv(
             "kv_capacity_tokens",
             t.to_string(),
             &keys("engine", "kv_capacity_tokens"),
-        );
+        ),
+        None => o.unset("kv_capacity_tokens", "engine.kv_capacity_tokens"),
     }
-    if let Some(s) = e.slots {
-        o.kv("slots", s.to_string(), &keys("engine", "slots"));
+    match e.slots {
+        Some(s) => o.kv("slots", s.to_string(), &keys("engine", "slots")),
+        None => o.unset("slots", "engine.slots"),
     }
-    if let Some(s) = e.slot_context_tokens {
-        o.kv(
+    match e.slot_context_tokens {
+        Some(s) => o.kv(
             "slot_context_tokens",
             s.to_string(),
             &keys("engine", "slot_context_tokens"),
-        );
+        ),
+        None => o.unset("slot_context_tokens", "engine.slot_context_tokens"),
     }
     o.kv(
         "max_staleness",

@@ -812,3 +812,53 @@ fn a_tilde_in_file_paths_is_the_users_home() {
     assert_eq!(c.hermes.home, PathBuf::from("/home/test/.hermes"));
     assert_eq!(c.dispatch.state_dir, PathBuf::from("/home/test/kg"));
 }
+
+#[test]
+fn profiles_dir_files_may_carry_the_profiles_header_and_hold_several_profiles() {
+    // Issue 15: profiles/*.toml could not be pasted into a config (no [[profiles]] header);
+    // with the header they are read both ways.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+    std::fs::write(
+        dir.path().join("governor.toml"),
+        "profiles_dir = \"profiles\"\n[hermes]\nhome = \"/srv/hermes\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("profiles/a.toml"),
+        "name = \"bare\"\nkv_bytes_per_token = 1000\nmax_context_tokens = 1000\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("profiles/b.toml"),
+        "# two in one file\n[[profiles]]\nname = \"one\"\nkv_bytes_per_token = 1000\nmax_context_tokens = 1000\n\n[[profiles]]\nname = \"two\"\nkv_bytes_per_token = 1000\nmax_context_tokens = 1000\n",
+    )
+    .unwrap();
+    let args = ConfigArgs {
+        config: Some(dir.path().join("governor.toml")),
+        ..ConfigArgs::default()
+    };
+    let c = load(&args, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.profiles.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["bare", "one", "two"]);
+    // Problems still name the file and line of the profile in the header form.
+    std::fs::write(
+        dir.path().join("profiles/b.toml"),
+        "[[profiles]]\nname = \"one\"\nkv_bytes_per_token = 1000\nmax_context_tokens = 1000\n\n[[profiles]]\nname = \"two\"\nkv_bytes_per_token = 1000\nmax_context_tokens = 0\n",
+    )
+    .unwrap();
+    let e = load(&args, &no_env).unwrap_err();
+    let p = problem(&e, "profiles[two].max_context_tokens");
+    assert!(p.to_string().contains("profiles/b.toml:9"), "{p}");
+    // A key beside the tables is unknown, named with its fix.
+    std::fs::write(
+        dir.path().join("profiles/b.toml"),
+        "pool = \"default\"\n[[profiles]]\nname = \"one\"\nkv_bytes_per_token = 1000\nmax_context_tokens = 1000\n",
+    )
+    .unwrap();
+    let e = load(&args, &no_env).unwrap_err();
+    assert!(
+        e.to_string().contains("unknown field `pool`") && e.to_string().contains("remove it"),
+        "{e}"
+    );
+}

@@ -241,9 +241,11 @@ pub(crate) fn load_from(
         match files.read_profiles_dir(&path) {
             Ok(list) => {
                 for (p, text) in list {
-                    let ft = FileText::new(p, text);
+                    let ft = std::rc::Rc::new(FileText::new(p, text));
                     match raw::parse_profile(&ft) {
-                        Ok(rp) => profile_files.push((ft, rp)),
+                        Ok(list) => {
+                            profile_files.extend(list.into_iter().map(|rp| (ft.clone(), rp)));
+                        }
                         Err(prob) => problems.push(prob),
                     }
                 }
@@ -297,7 +299,9 @@ pub(crate) fn load_from(
 struct Input<'a> {
     file: &'a FileText,
     had_file: bool,
-    profile_files: Vec<(FileText, Spanned<RawProfile>)>,
+    /// Each profile read from `profiles_dir`, with its file (shared by the profiles of one
+    /// file in the `[[profiles]]` form).
+    profile_files: Vec<(std::rc::Rc<FileText>, Spanned<RawProfile>)>,
     args: &'a ConfigArgs,
     env: &'a dyn Fn(&str) -> Option<String>,
     files: &'a dyn Files,
