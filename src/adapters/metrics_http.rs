@@ -1,6 +1,7 @@
 //! The daemon's own HTTP endpoint: a small hyper 1 server on a local address that answers
 //! `GET` requests through a handler the app layer supplies (`/metrics` in Prometheus text,
-//! `/status` in JSON). HTTP/1.1 only, no TLS, no request bodies: it is for a scraper and an
+//! `/status` in JSON). The handler sees the path and the `Accept` header ([`Get`]), so it can
+//! pick the text format a scraper asks for. HTTP/1.1 only, no TLS, no request bodies: it is for a scraper and an
 //! operator on the same host (the default address is loopback).
 //!
 //! [`bind`] binds synchronously at start-up so a port in use is a usage error (exit 2) naming
@@ -181,8 +182,17 @@ impl Answer {
     }
 }
 
-/// What answers a `GET` of a path (query strings are stripped).
-pub type Handler = Arc<dyn Fn(&str) -> Answer + Send + Sync>;
+/// A `GET` (or `HEAD`) as the handler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Get<'a> {
+    /// The path, without the query string.
+    pub path: &'a str,
+    /// The `Accept` header (several are joined with `,`), if any.
+    pub accept: Option<&'a str>,
+}
+
+/// What answers a `GET`.
+pub type Handler = Arc<dyn Fn(Get<'_>) -> Answer + Send + Sync>;
 
 /// Bind `addr` now (blocking, before the runtime serves it).
 ///
@@ -316,7 +326,19 @@ pub async fn serve_with(
 
 fn answer<B>(handler: &Handler, req: &Request<B>) -> Response<Full<BodyBytes>> {
     let a = match *req.method() {
-        Method::GET | Method::HEAD => handler(req.uri().path()),
+        Method::GET | Method::HEAD => {
+            let accept: Vec<&str> = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let accept = accept.join(",");
+            handler(Get {
+                path: req.uri().path(),
+                accept: (!accept.is_empty()).then_some(accept.as_str()),
+            })
+        }
         _ => Answer::text(405, "only GET is served here\n"),
     };
     let body = if req.method() == Method::HEAD {
@@ -353,8 +375,9 @@ mod tests {
         let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let handler: Handler = Arc::new(|path: &str| match path {
-            "/metrics" => Answer::ok("text/plain", "up 1\n"),
+        let handler: Handler = Arc::new(|get: Get<'_>| match (get.path, get.accept) {
+            ("/metrics", None) => Answer::ok("text/plain", "up 1\n"),
+            ("/metrics", Some(accept)) => Answer::ok("text/plain", format!("accept {accept}\n")),
             _ => Answer::text(404, "no\n"),
         });
         let server = std::thread::spawn(move || {
@@ -369,6 +392,16 @@ mod tests {
         assert_eq!((r.status, r.body.as_str()), (200, "up 1\n"));
         let err = client.get(&format!("http://{addr}/nope")).unwrap_err();
         assert_eq!(err.status(), Some(404), "{err}");
+        // The handler sees every Accept header, joined.
+        let mut s = raw(addr);
+        std::io::Write::write_all(
+            &mut s,
+            b"GET /metrics HTTP/1.1\r\nhost: x\r\naccept: a/b;q=0.5\r\naccept: */*\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        assert!(out.ends_with("\r\n\r\naccept a/b;q=0.5,*/*\n"), "{out}");
         tx.send(true).unwrap();
         server.join().unwrap();
     }
@@ -412,7 +445,7 @@ mod tests {
             let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
             let addr = l.local_addr().unwrap();
             let (stop, rx) = tokio::sync::watch::channel(false);
-            let handler: Handler = Arc::new(|_: &str| Answer::ok("text/plain", "up 1\n"));
+            let handler: Handler = Arc::new(|_: Get<'_>| Answer::ok("text/plain", "up 1\n"));
             let stats = Arc::new(ServerStats::default());
             let log = Captured::default();
             let (s, w) = (stats.clone(), log.clone());

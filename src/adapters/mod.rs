@@ -9,6 +9,7 @@ pub mod host_mem;
 pub mod http;
 pub mod metrics_http;
 pub mod nvml;
+pub mod process_stats;
 pub mod prom;
 pub mod replay;
 pub mod state_dir;

@@ -25,13 +25,14 @@
 //! the lock), 2 usage or config error (bad config, no NVML library with `telemetry = "nvml"`,
 //! `--listen` unavailable).
 
+pub mod exposition;
 pub mod latency;
 pub mod metrics;
 pub mod sources;
 
 use crate::adapters::board_sqlite::SqliteBoard;
 use crate::adapters::dispatch_cli::CliDispatcher;
-use crate::adapters::metrics_http::{self, Answer, Handler};
+use crate::adapters::metrics_http::{self, Answer, Get, Handler};
 use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
@@ -400,10 +401,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The engine sources own blocking HTTP clients (each with its own small runtime), which
     // must not be dropped inside the daemon's runtime: this clone outlives every other.
     let pools = Arc::new(pools);
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_ttft_slo(setup.config.latency.ttft_slo);
     let daemon = Daemon {
         policy,
         pools: pools.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         ticks: Arc::new(Mutex::new(TickStatus::default())),
         sample_every: args.sample_every,
         tick_every,
@@ -594,11 +597,11 @@ impl Daemon {
             let pools = self.pools.clone();
             let ticks = self.ticks.clone();
             let listen = self.listen;
-            Arc::new(move |path: &str| match path {
-                "/metrics" => Answer::ok(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
-                ),
+            Arc::new(move |get: Get<'_>| match get.path {
+                "/metrics" => {
+                    let format = exposition::negotiate(get.accept);
+                    Answer::ok(format.content_type(), metrics.encode(format))
+                }
                 "/status" => Answer::ok(
                     "application/json",
                     status_json(&pools, &ticks, listen, started),
@@ -607,7 +610,13 @@ impl Daemon {
                 _ => Answer::text(404, "not found; try /metrics or /status\n"),
             })
         };
-        let server = tokio::spawn(metrics_http::serve(listener, handler, stop_rx.clone()));
+        let server = tokio::spawn(metrics_http::serve_with(
+            listener,
+            handler,
+            stop_rx.clone(),
+            metrics_http::Limits::for_this_process(),
+            self.metrics.server_stats(),
+        ));
         println!(
             "kanban-governor run: serving http://{}/metrics and http://{}/status (pid {})",
             self.listen,

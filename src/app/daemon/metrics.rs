@@ -3,21 +3,33 @@
 //! make one series per task).
 //!
 //! Updated after every sample round ([`Metrics::observe_telemetry`]) and every tick
-//! ([`Metrics::observe_tick`]); encoded on each scrape.
+//! ([`Metrics::observe_tick`]); encoded on each scrape, with the `/metrics` server's own
+//! counters and the standard `process_*` metrics read at that moment.
+//!
+//! Prometheus conventions: base units in names (`_bytes`, `_seconds`, `_ratio`, `_tokens`),
+//! `_total` on counters (and only on them), and no sentinel values: a series whose value is
+//! unknown (a source never read, no latency limit in force) is left out, not set to -1 or 0.
 
+use super::exposition::{Format, to_text_004};
 use super::sources::{SampledPool, lock};
+use crate::adapters::metrics_http::ServerStats;
+use crate::adapters::process_stats::ProcessStats;
 use crate::app::tick::TickReport;
 use crate::governor::{Millis, Policy};
 use crate::ports::EngineReading;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
@@ -47,12 +59,17 @@ pub struct Metrics {
     engine_running: Family<Labels, Gauge>,
     engine_waiting: Family<Labels, Gauge>,
     engine_kv_usage: Family<Labels, FGauge>,
-    engine_preemptions: Family<Labels, Gauge>,
+    engine_kv_used: Family<Labels, Gauge>,
+    engine_kv_capacity: Family<Labels, Gauge>,
+    engine_preemptions: Family<Labels, Counter>,
     ttft: Family<Labels, FGauge>,
+    ttft_slo: FGauge,
     running: Family<Labels, Gauge>,
     waiting: Family<Labels, Gauge>,
     oldest_wait: FGauge,
-    latency_limit: Gauge,
+    /// No labels: a family only so the series can be left out while no limit is in force.
+    latency_limit: Family<Labels, Gauge>,
+    dual_dispatcher: Gauge,
     decisions: Family<Labels, Counter>,
     dispatch: Family<Labels, Counter>,
     leaks: Counter,
@@ -61,8 +78,10 @@ pub struct Metrics {
     telemetry_age: Family<Labels, FGauge>,
     telemetry_up: Family<Labels, Gauge>,
     telemetry_errors: Family<Labels, Counter>,
-    /// Per pool, the TTFT histogram of the previous engine reading (for windowed quantiles)
-    /// and the error count already exported per source.
+    /// The `/metrics` server's counters, shared with it ([`Metrics::server_stats`]).
+    server: Arc<ServerStats>,
+    /// Per pool, the TTFT histogram of the previous engine reading (for windowed quantiles),
+    /// and the error and preemption counts already exported.
     prev: Mutex<Prev>,
 }
 
@@ -70,6 +89,7 @@ pub struct Metrics {
 struct Prev {
     ttft: BTreeMap<String, Vec<(f64, u64)>>,
     errors: BTreeMap<(String, String), u64>,
+    preemptions: BTreeMap<String, u64>,
 }
 
 impl Default for Metrics {
@@ -81,7 +101,17 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric registered.
     pub fn new() -> Metrics {
-        let mut r = Registry::with_prefix("kanban_governor");
+        let mut root = Registry::default();
+        // `process_*` are the standard names every client library exports, unprefixed.
+        root.register_collector(Box::new(ProcessCollector));
+        let r = root.sub_registry_with_prefix("kanban_governor");
+        r.register(
+            "build",
+            "The governor's version, as a label on a constant 1",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let server = Arc::new(ServerStats::default());
+        r.register_collector(Box::new(ServerCollector(server.clone())));
         macro_rules! reg {
             ($name:expr, $help:expr, $unit:expr, $m:expr) => {{
                 let m = $m;
@@ -155,20 +185,38 @@ impl Metrics {
         let engine_kv_usage = reg!(
             "engine_kv_usage",
             "Fraction of the engine's KV pool in use, as the engine reports it",
-            Some(Unit::Ratios),
+            Some(Unit::Other("ratio".to_owned())),
             Family::<Labels, FGauge>::default()
+        );
+        let engine_kv_used = reg!(
+            "engine_kv_used_tokens",
+            "KV tokens in use in the engine's pool, as the engine reports them",
+            None::<Unit>,
+            Family::<Labels, Gauge>::default()
+        );
+        let engine_kv_capacity = reg!(
+            "engine_kv_capacity_tokens",
+            "KV tokens the engine's pool holds (from the engine, or kv_capacity_tokens in the config)",
+            None::<Unit>,
+            Family::<Labels, Gauge>::default()
         );
         let engine_preemptions = reg!(
             "engine_preemptions",
-            "The engine's cumulative preemptions (vLLM num_preemptions_total)",
+            "Requests the engine preempted (vLLM num_preemptions_total), counted since the governor started",
             None::<Unit>,
-            Family::<Labels, Gauge>::default()
+            Family::<Labels, Counter>::default()
         );
         let ttft = reg!(
             "latency_ttft",
             "Time to first token: the probe's, or the p95 of the engine's TTFT histogram since the previous reading",
             Some(Unit::Seconds),
             Family::<Labels, FGauge>::default()
+        );
+        let ttft_slo = reg!(
+            "latency_ttft_slo",
+            "The time-to-first-token target (latency.ttft_slo)",
+            Some(Unit::Seconds),
+            FGauge::default()
         );
         let running = reg!(
             "tasks_running",
@@ -190,7 +238,13 @@ impl Metrics {
         );
         let latency_limit = reg!(
             "latency_limit_tasks",
-            "The latency (AIMD) limit on running tasks in force; 0 when none",
+            "The latency (AIMD) limit on running tasks in force; absent when none is",
+            None::<Unit>,
+            Family::<Labels, Gauge>::default()
+        );
+        let dual_dispatcher = reg!(
+            "dual_dispatcher",
+            "1 when another dispatcher holds the board at the last tick (the governor then releases nothing)",
             None::<Unit>,
             Gauge::default()
         );
@@ -228,7 +282,7 @@ impl Metrics {
         );
         let telemetry_age = reg!(
             "telemetry_age",
-            "Age of the latest good reading per pool and source (gpu, engine); -1 when never read",
+            "Age of the latest good reading per pool and source (gpu, engine); absent until one succeeds",
             Some(Unit::Seconds),
             Family::<Labels, FGauge>::default()
         );
@@ -245,7 +299,7 @@ impl Metrics {
             Family::<Labels, Counter>::default()
         );
         Metrics {
-            registry: r,
+            registry: root,
             gpu_total,
             gpu_used,
             gpu_free,
@@ -257,12 +311,16 @@ impl Metrics {
             engine_running,
             engine_waiting,
             engine_kv_usage,
+            engine_kv_used,
+            engine_kv_capacity,
             engine_preemptions,
             ttft,
+            ttft_slo,
             running,
             waiting,
             oldest_wait,
             latency_limit,
+            dual_dispatcher,
             decisions,
             dispatch,
             leaks,
@@ -271,16 +329,31 @@ impl Metrics {
             telemetry_age,
             telemetry_up,
             telemetry_errors,
+            server,
             prev: Mutex::default(),
         }
     }
 
-    /// The Prometheus text exposition (OpenMetrics text, which Prometheus scrapes).
-    pub fn encode(&self) -> String {
+    /// The counters the `/metrics` server keeps, exported here; hand them to
+    /// [`crate::adapters::metrics_http::serve_with`].
+    pub fn server_stats(&self) -> Arc<ServerStats> {
+        self.server.clone()
+    }
+
+    /// Record the TTFT target, for dashboards to draw against the measured TTFT.
+    pub fn set_ttft_slo(&self, slo: Duration) {
+        self.ttft_slo.set(slo.as_secs_f64());
+    }
+
+    /// The exposition in `format` ([`super::exposition::negotiate`] picks it).
+    pub fn encode(&self, format: Format) -> String {
         let mut s = String::with_capacity(8 * 1024);
-        // Writing into a String cannot fail.
+        // Writing into a String cannot fail; the collectors' own reads fail silently.
         let _ = encode(&mut s, &self.registry);
-        s
+        match format {
+            Format::OpenMetrics => s,
+            Format::Text004 => to_text_004(&s),
+        }
     }
 
     /// After a sample round: GPU numbers, engine signals and each source's age and health.
@@ -332,9 +405,16 @@ impl Metrics {
         errors: u64,
     ) {
         let labels = l(&[("pool", pool), ("source", source)]);
-        self.telemetry_age
-            .get_or_create(&labels)
-            .set(age.map_or(-1.0, |a| a.get() as f64 / 1000.0));
+        match age {
+            Some(a) => {
+                self.telemetry_age
+                    .get_or_create(&labels)
+                    .set(a.get() as f64 / 1000.0);
+            }
+            None => {
+                self.telemetry_age.remove(&labels);
+            }
+        }
         self.telemetry_up.get_or_create(&labels).set(i64::from(up));
         let seen = prev
             .errors
@@ -362,10 +442,21 @@ impl Metrics {
         if let Some(v) = r.kv_usage_fraction {
             self.engine_kv_usage.get_or_create(&labels).set(v);
         }
-        if let Some(v) = r.preemptions_total {
-            self.engine_preemptions
+        if let Some(v) = r.sample.kv_used_tokens {
+            self.engine_kv_used.get_or_create(&labels).set(i64_of(v));
+        }
+        if let Some(v) = r.sample.kv_capacity_tokens {
+            self.engine_kv_capacity
                 .get_or_create(&labels)
                 .set(i64_of(v));
+        }
+        if let Some(v) = r.preemptions_total {
+            // A counter of our own, advanced by the engine's increase; when the engine's count
+            // goes back (it restarted), everything it counts since is new.
+            let seen = prev.preemptions.entry(pool.to_owned()).or_insert(0);
+            let new = if v >= *seen { v - *seen } else { v };
+            self.engine_preemptions.get_or_create(&labels).inc_by(new);
+            *seen = v;
         }
         let before = prev.ttft.insert(pool.to_owned(), r.ttft_buckets.clone());
         let ttft = r.probe_ttft.map(|t| t.get() as f64 / 1000.0).or_else(|| {
@@ -436,7 +527,16 @@ impl Metrics {
             .max()
             .unwrap_or(0);
         self.oldest_wait.set(oldest as f64 / 1000.0);
-        self.latency_limit.set(latency_limit.map_or(0, i64::from));
+        match latency_limit {
+            Some(n) => {
+                self.latency_limit.get_or_create(&vec![]).set(i64::from(n));
+            }
+            None => {
+                self.latency_limit.remove(&vec![]);
+            }
+        }
+        self.dual_dispatcher
+            .set(i64::from(obs.dual_dispatcher.is_some()));
         self.decisions
             .get_or_create(&l(&[("reason", "release")]))
             .inc_by(report.decision.release.len() as u64);
@@ -479,6 +579,97 @@ pub fn reason_kind(r: &crate::governor::HoldReason) -> String {
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` on each scrape (left out where
+/// that fails).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(p) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let gauges: [(&str, &str, Option<Unit>, Option<f64>); 5] = [
+            (
+                "process_resident_memory",
+                "Resident memory size",
+                Some(Unit::Bytes),
+                Some(p.resident_bytes as f64),
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size",
+                Some(Unit::Bytes),
+                Some(p.virtual_bytes as f64),
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                Some(p.open_fds as f64),
+            ),
+            (
+                "process_max_fds",
+                "The limit on open file descriptors",
+                None,
+                // Left out when unlimited.
+                p.max_fds.map(|n| n as f64),
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since the Unix epoch",
+                Some(Unit::Seconds),
+                Some(p.start_time_seconds),
+            ),
+        ];
+        for (name, help, unit, v) in &gauges {
+            let Some(v) = v else { continue };
+            let g = ConstGauge::new(*v);
+            g.encode(e.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
+        }
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(e.encode_descriptor(
+            "process_cpu",
+            "User and system CPU time spent",
+            Some(&Unit::Seconds),
+            cpu.metric_type(),
+        )?)
+    }
+}
+
+/// The `/metrics` server's own counters ([`ServerStats`]).
+#[derive(Debug)]
+struct ServerCollector(Arc<ServerStats>);
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let open = ConstGauge::new(i64_of(s.open.load(Ordering::Relaxed)));
+        open.encode(e.encode_descriptor(
+            "http_connections_open",
+            "Connections the /metrics server is serving now",
+            None,
+            open.metric_type(),
+        )?)?;
+        for (name, help, v) in [
+            (
+                "http_connections_refused",
+                "Connections answered 503 because the connection cap was reached",
+                &s.refused,
+            ),
+            (
+                "http_accept_errors",
+                "Failed accepts on the /metrics socket (e.g. out of file descriptors)",
+                &s.accept_errors,
+            ),
+        ] {
+            let c = ConstCounter::new(v.load(Ordering::Relaxed));
+            c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The `q` quantile of the observations between two readings of a cumulative histogram
@@ -535,7 +726,7 @@ mod tests {
         m.decisions
             .get_or_create(&l(&[("reason", "vram_headroom")]))
             .inc();
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(text.contains("kanban_governor_leaks_total 1"), "{text}");
         assert!(
             text.contains("kanban_governor_decisions_total{reason=\"vram_headroom\"} 1"),
@@ -546,7 +737,95 @@ mod tests {
             "{text}"
         );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("kanban_governor_"), "{line}");
+            assert!(
+                line.starts_with("kanban_governor_") || line.starts_with("process_"),
+                "{line}"
+            );
         }
+    }
+
+    #[test]
+    fn build_info_server_counters_and_process_metrics_are_exported_in_both_formats() {
+        let m = Metrics::new();
+        m.server_stats().refused.fetch_add(2, Ordering::Relaxed);
+        m.server_stats().open.fetch_add(1, Ordering::Relaxed);
+        let om = m.encode(Format::OpenMetrics);
+        let build = format!(
+            "kanban_governor_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(om.contains(&build), "{om}");
+        assert!(om.contains("# TYPE kanban_governor_build info\n"), "{om}");
+        assert!(
+            om.contains("kanban_governor_http_connections_refused_total 2\n"),
+            "{om}"
+        );
+        assert!(
+            om.contains("kanban_governor_http_connections_open 1\n"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let text = m.encode(Format::Text004);
+        assert!(text.contains(&build), "{text}");
+        assert!(
+            text.contains("# TYPE kanban_governor_http_connections_refused_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        if cfg!(target_os = "linux") {
+            for name in [
+                "process_resident_memory_bytes ",
+                "process_cpu_seconds_total ",
+                "process_open_fds ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(text.lines().any(|l| l.starts_with(name)), "{name}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_age_never_read_is_left_out_not_minus_one() {
+        let m = Metrics::new();
+        let mut prev = Prev::default();
+        let sample = "kanban_governor_telemetry_age_seconds{pool=\"p\",source=\"gpu\"}";
+        m.source_health(&mut prev, "p", "gpu", None, false, 1);
+        let text = m.encode(Format::Text004);
+        assert!(!text.contains(sample), "{text}");
+        assert!(
+            text.contains("kanban_governor_telemetry_up{pool=\"p\",source=\"gpu\"} 0"),
+            "{text}"
+        );
+        m.source_health(&mut prev, "p", "gpu", Some(Millis(1500)), true, 1);
+        assert!(
+            m.encode(Format::Text004)
+                .contains(&format!("{sample} 1.5\n"))
+        );
+    }
+
+    #[test]
+    fn engine_preemptions_are_a_counter_that_survives_an_engine_restart() {
+        let m = Metrics::new();
+        let mut prev = Prev::default();
+        for total in [5, 8, 2] {
+            let r = EngineReading {
+                preemptions_total: Some(total),
+                ..EngineReading::default()
+            };
+            m.engine_signals(&mut prev, "p", &r);
+        }
+        let text = m.encode(Format::Text004);
+        // 5, then 3 more, then the engine restarted and counted 2.
+        assert!(
+            text.contains("kanban_governor_engine_preemptions_total{pool=\"p\"} 10\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE kanban_governor_engine_preemptions_total counter\n"),
+            "{text}"
+        );
     }
 }
