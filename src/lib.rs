@@ -7,6 +7,8 @@
 //!   admission arithmetic, footprints, concurrency limits. No clock, file, env or logging.
 //! - [`catalog`]: model shapes as data; KV bytes per token and weight bytes are computed.
 //! - [`config`]: TOML (+ env + flags) into a validated `Config`, in two stages.
+//! - [`record`]: the governor's state between ticks and one tick's report, plain data below
+//!   the ports, so ports and adapters never import the app.
 //! - [`ports`]: the small traits the app layer is generic over (telemetry, board, dispatcher,
 //!   state, clock).
 //! - [`adapters`]: one file per external system (NVML, engine metrics, the Hermes board and
@@ -24,4 +26,5 @@ pub mod config;
 pub mod error;
 pub mod governor;
 pub mod ports;
+pub mod record;
 pub mod sim;

@@ -314,14 +314,14 @@ pub trait StateStore {
     /// # Errors
     ///
     /// The store exists but cannot be read or parsed.
-    fn load(&mut self) -> Result<crate::app::state::GovernorState, PortError>;
+    fn load(&mut self) -> Result<crate::record::state::GovernorState, PortError>;
 
     /// Save the state atomically (a crash leaves the old or the new state, never half).
     ///
     /// # Errors
     ///
     /// The store cannot be written.
-    fn save(&mut self, state: &crate::app::state::GovernorState) -> Result<(), PortError>;
+    fn save(&mut self, state: &crate::record::state::GovernorState) -> Result<(), PortError>;
 
     /// Append what a tick did (releases and outcomes, decisions, footprint samples) to the
     /// store's history, if it keeps one (the JSON file does not).
@@ -329,21 +329,13 @@ pub trait StateStore {
     /// # Errors
     ///
     /// The store cannot be written.
-    fn journal(&mut self, report: &crate::app::tick::TickReport) -> Result<(), PortError> {
+    fn journal(&mut self, report: &crate::record::report::TickReport) -> Result<(), PortError> {
         let _ = report;
         Ok(())
     }
 }
 
-/// One worker process of this host: its pid and when it started (kernel clock ticks since
-/// boot, `/proc/<pid>/stat` field 22), so a pid the kernel reused is not taken for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WorkerProcess {
-    /// Its pid.
-    pub pid: u32,
-    /// Its start time.
-    pub start: u64,
-}
+pub use crate::record::WorkerProcess;
 
 /// Tells whether a task's worker process is gone (crashed, killed) or still there.
 pub trait WorkerProbe {

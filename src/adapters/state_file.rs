@@ -5,8 +5,8 @@
 //! A missing file is the default state; an unreadable or foreign one is an error (the
 //! governor must not forget what it released).
 
-use crate::app::state::{GovernorState, STATE_VERSION};
 use crate::ports::{PortError, StateStore};
+use crate::record::state::{GovernorState, STATE_VERSION};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;

@@ -25,10 +25,10 @@
 
 use crate::adapters::state_dir::{self, StateDirError};
 use crate::adapters::state_file::{JsonStateFile, STATE_FILE_NAME};
-use crate::app::state::{GovernorState, STATE_VERSION};
-use crate::app::tick::TickReport;
 use crate::governor::{Millis, TaskId};
 use crate::ports::{PortError, StateStore};
+use crate::record::report::TickReport;
+use crate::record::state::{GovernorState, STATE_VERSION};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -20,31 +20,10 @@
 
 use crate::app::state::GovernorState;
 use crate::governor::learned::{PeakStats, learned_spread, learned_worst_case};
-use crate::governor::{Policy, ProfileId, RunningTask, Spread, TaskId, WorstCase};
+use crate::governor::{Policy, RunningTask, Spread, TaskId, WorstCase};
 use crate::ports::{BoardSnapshot, TaskStatus};
-use serde::{Deserialize, Serialize};
-
-/// One running task's learning so far.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskPeak {
-    /// Its profile.
-    pub profile: ProfileId,
-    /// The largest attributed per-request context seen during its run, tokens.
-    pub tokens: u64,
-    /// It ran beside another profile's task, or through a tick without an engine reading.
-    pub tainted: bool,
-}
-
-/// A finished task's peak, added to its profile's statistics this tick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeakSample {
-    /// The task.
-    pub task: TaskId,
-    /// Its profile.
-    pub profile: ProfileId,
-    /// Its peak per-request context, tokens.
-    pub tokens: u64,
-}
+pub use crate::record::{PeakSample, TaskPeak};
+use serde::Serialize;
 
 /// What one profile learned, for `status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,7 +158,7 @@ pub fn report(policy: &Policy, state: &GovernorState) -> Vec<ProfileLearning> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::governor::{Bytes, FootprintMode, Millis, ProfilePolicy};
+    use crate::governor::{Bytes, FootprintMode, Millis, ProfileId, ProfilePolicy};
     use crate::ports::BoardTask;
 
     fn policy() -> Policy {

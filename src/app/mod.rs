@@ -11,7 +11,7 @@ pub mod plan;
 pub mod setup;
 pub mod signals;
 pub mod simulate;
-pub mod state;
+pub use crate::record::state;
 pub mod status;
 pub mod tick;
 

@@ -537,7 +537,7 @@ pub(crate) fn rendered_defaults() -> std::collections::BTreeMap<String, String> 
     out
 }
 
-/// The reference in Markdown (`docs/config.md`): every key of [`KEYS`] by table, with its
+/// The reference in Markdown (`docs/config.md`): every key of `KEYS` by table, with its
 /// default, unit, meaning, origin and per-engine reading.
 pub fn reference_markdown() -> String {
     let defaults = rendered_defaults();

@@ -4,11 +4,10 @@
 //! Plain serde data, no I/O: cron mode loads it through a [`crate::ports::StateStore`], runs
 //! one tick and saves it; the daemon keeps it in memory and snapshots it through the same port.
 
-use crate::app::learning::TaskPeak;
 use crate::governor::learned::PeakStats;
 use crate::governor::limit::Aimd;
 use crate::governor::{Bytes, Millis, ProfileId, TaskId};
-use crate::ports::WorkerProcess;
+use crate::record::{TaskPeak, WorkerProcess};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -1,0 +1,114 @@
+//! What one tick observed, decided and did: the record `tick` prints, `status` shows and the
+//! state store journals.
+
+use crate::governor::{Decision, Millis, Observation, TaskId};
+use crate::record::PeakSample;
+use serde::{Deserialize, Serialize};
+
+/// What one observation found, before deciding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Observed {
+    /// The decision's input.
+    pub observation: Observation,
+    /// Tasks Hermes counts as running on the board (all assignees), for `--max`.
+    pub board_running: u32,
+    /// Running tasks whose local worker is dead (to reclaim and retry).
+    pub dead: Vec<TaskId>,
+    /// Running tasks whose worker died `WORKER_DEATH_LIMIT` times (to block; see `app::tick`).
+    pub dead_for_good: Vec<TaskId>,
+    /// Waiting tasks assigned straight to a governed profile (to adopt into its lane).
+    pub adopt: Vec<TaskId>,
+    /// Released tasks not yet seen running.
+    pub in_flight: Vec<TaskId>,
+    /// Tasks no longer running whose worker process has not exited yet (still charged).
+    #[serde(default)]
+    pub finishing: Vec<TaskId>,
+    /// Telemetry that failed (the pool then holds as stale).
+    pub telemetry_errors: Vec<String>,
+    /// The board's `PRAGMA data_version`.
+    pub data_version: u64,
+    /// The engines' largest request in progress, tokens (`None`: not exposed or not read).
+    #[serde(default)]
+    pub busy_context: Option<u64>,
+    /// Tasks that finished cleanly this tick and taught their profile a peak.
+    #[serde(default)]
+    pub peaks: Vec<PeakSample>,
+    /// Releases that left the in-flight set this tick without a dispatch seeing them start,
+    /// with their outcome for the journal: `spawned` (found running: a dispatch whose output
+    /// could not be read, or another dispatcher), or `gone` (moved off the profile, done,
+    /// archived or deleted before it started).
+    #[serde(default)]
+    pub settled: Vec<(TaskId, String)>,
+}
+
+/// What one tick saw, decided and did (or, in a dry run, would do).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TickReport {
+    /// When.
+    pub at: Millis,
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// What was observed.
+    pub observed: Observed,
+    /// What was decided.
+    pub decision: Decision,
+    /// Running tasks with a dead worker put back to `ready`.
+    pub reclaimed: Vec<TaskId>,
+    /// Running tasks blocked because their workers kept dying.
+    pub blocked: Vec<TaskId>,
+    /// Tasks moved from their profile into its lane.
+    pub adopted: Vec<TaskId>,
+    /// Tasks released (assigned to their profile).
+    pub released: Vec<TaskId>,
+    /// The `--max` passed to `hermes kanban dispatch`, if it ran.
+    pub dispatch_max: Option<u32>,
+    /// Workers spawned by that dispatch.
+    pub spawned: Vec<TaskId>,
+    /// Spawned but never released by the governor.
+    pub leaks: Vec<TaskId>,
+    /// Released and not yet seen spawned (still charged).
+    pub in_flight: Vec<TaskId>,
+    /// Releases taken back to their lane before dispatch: their pool was over its ceiling or
+    /// could not be seen when Hermes was about to start them.
+    #[serde(default)]
+    pub withdrawn: Vec<TaskId>,
+    /// Why the dispatch that would have started released tasks did not run, if so.
+    #[serde(default)]
+    pub dispatch_held: Option<String>,
+    /// Hermes calls that failed (the tick went on with the rest).
+    pub errors: Vec<String>,
+}
+
+impl TickReport {
+    /// The one-line summary cron mode prints.
+    pub fn summary(&self) -> String {
+        let verb = if self.dry_run {
+            "would release"
+        } else {
+            "released"
+        };
+        let mut s = format!(
+            "{verb} {}, held {}, running {}, in flight {}",
+            self.decision.release.len(),
+            self.decision.held.len(),
+            self.observed.board_running,
+            self.in_flight.len(),
+        );
+        if !self.observed.finishing.is_empty() {
+            s.push_str(&format!(", finishing {}", self.observed.finishing.len()));
+        }
+        for b in &self.decision.pools {
+            match (b.projected_after_bytes, b.ceiling_bytes) {
+                (Some(p), Some(c)) => s.push_str(&format!("; pool {}: {p} of {c}", b.name)),
+                _ => s.push_str(&format!("; pool {}: unknown", b.name)),
+            }
+        }
+        if !self.leaks.is_empty() {
+            s.push_str(&format!("; {} LEAKED", self.leaks.len()));
+        }
+        if !self.errors.is_empty() {
+            s.push_str(&format!("; {} error(s)", self.errors.len()));
+        }
+        s
+    }
+}
