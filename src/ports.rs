@@ -221,27 +221,7 @@ pub trait TaskBoard {
     fn read_data_version(&mut self) -> Result<u64, PortError>;
 }
 
-/// What the number passed as `hermes kanban dispatch --max` means to this Hermes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MaxSemantics {
-    /// A live cap on running tasks on the board (hermes-agent#23295, May 2026; 0.19.0).
-    #[serde(alias = "live-cap")]
-    LiveCap,
-    /// A per-tick spawn budget (before #23295).
-    #[serde(alias = "per-tick")]
-    PerTick,
-}
-
-impl MaxSemantics {
-    /// The `--max` value that lets exactly `allowed` more tasks start when `running` run now.
-    pub fn max_arg(self, running: u32, allowed: u32) -> u32 {
-        match self {
-            MaxSemantics::LiveCap => running.saturating_add(allowed),
-            MaxSemantics::PerTick => allowed,
-        }
-    }
-}
+pub use crate::config::MaxSemantics;
 
 /// A spawned worker as the dispatcher reported it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

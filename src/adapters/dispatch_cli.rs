@@ -395,10 +395,7 @@ pub fn semantics_from_version(text: &str) -> Option<MaxSemantics> {
         release_date,
         source: "hermes --version".into(),
     };
-    Some(match hermes_home::max_semantics_of(&v) {
-        hermes_home::MaxSemantics::LiveCap => MaxSemantics::LiveCap,
-        hermes_home::MaxSemantics::PerTick => MaxSemantics::PerTick,
-    })
+    Some(hermes_home::max_semantics_of(&v))
 }
 
 /// `hermes kanban dispatch --json` output (HERMES.md §3.5) into a [`DispatchOutcome`].
@@ -491,10 +488,7 @@ impl Dispatcher for CliDispatcher {
         }
         // The installed package says it without starting Python (a quarter second per tick).
         if let Some(v) = hermes_home::read_package_version(&self.cfg.bin) {
-            let s = match hermes_home::max_semantics_of(&v) {
-                hermes_home::MaxSemantics::LiveCap => MaxSemantics::LiveCap,
-                hermes_home::MaxSemantics::PerTick => MaxSemantics::PerTick,
-            };
+            let s = hermes_home::max_semantics_of(&v);
             self.semantics = Some(s);
             return Ok(s);
         }

@@ -17,39 +17,10 @@ use crate::adapters::prom::{self, Exposition, PromError};
 use crate::governor::{EngineSample, Millis};
 use crate::ports::{EngineReading, EngineTelemetry, PortError};
 
-/// Which engine serves the pool (config `engine.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    /// vLLM: Prometheus `/metrics` with `vllm:` names.
-    Vllm,
-    /// SGLang: Prometheus `/metrics` with `sglang:` names (needs `--enable-metrics`).
-    Sglang,
-    /// llama.cpp `llama-server`: `/slots`, `/props`, `/metrics` (needs `--metrics`).
-    Llamacpp,
-    /// Ollama: `/api/ps`.
-    Ollama,
-    /// Any OpenAI-compatible server: nothing but the latency probe.
-    Openai,
-}
-
-impl EngineKind {
-    /// The config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Vllm => "vllm",
-            EngineKind::Sglang => "sglang",
-            EngineKind::Llamacpp => "llamacpp",
-            EngineKind::Ollama => "ollama",
-            EngineKind::Openai => "openai",
-        }
-    }
-
-    /// Does the engine publish a TTFT histogram (so no probe is needed)?
-    pub fn has_ttft_histogram(self) -> bool {
-        matches!(self, EngineKind::Vllm | EngineKind::Sglang)
-    }
-}
+/// Which engine serves the pool: the config's one [`crate::config::EngineKind`], which also
+/// says what each kind publishes (its `/metrics` names, `/slots`, `/api/ps`, or nothing but the
+/// latency probe).
+pub use crate::config::EngineKind;
 
 /// An engine read that failed.
 #[derive(Debug, Error)]

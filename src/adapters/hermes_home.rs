@@ -1057,24 +1057,7 @@ pub fn read_hermes_version(bin: &Path) -> Result<HermesVersion, HermesHomeError>
     }
 }
 
-/// What `hermes kanban dispatch --max N` means in the installed Hermes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MaxSemantics {
-    /// A live board-wide cap on running tasks (since hermes-agent#23295, 0.19.0).
-    LiveCap,
-    /// A budget of spawns per dispatch tick (before hermes-agent#23295).
-    PerTick,
-}
-
-impl std::fmt::Display for MaxSemantics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MaxSemantics::LiveCap => "live cap on running tasks",
-            MaxSemantics::PerTick => "per-tick spawn budget",
-        })
-    }
-}
+pub use crate::config::MaxSemantics;
 
 /// The meaning of `--max` for a version: a live cap from 0.19.0, or when the release is dated
 /// after hermes-agent#23295 (2026-05-10); a per-tick budget for older releases.

@@ -236,11 +236,7 @@ pub fn inputs_from_args(
             .map_or_else(|| cfg.hermes.home.join("governor.toml"), |(p, _)| p),
     };
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
-    let max_semantics = match cfg.hermes.max_semantics.as_deref() {
-        Some("live_cap") => Some(MaxSemantics::LiveCap),
-        Some("per_tick") => Some(MaxSemantics::PerTick),
-        _ => None,
-    };
+    let max_semantics = cfg.hermes.max_semantics;
     Ok(Inputs {
         config_exists: config_path.is_file(),
         config_path,

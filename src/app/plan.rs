@@ -119,33 +119,11 @@ pub struct PlanFlags {
     pub json: bool,
 }
 
-/// An inference engine, as far as planning is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Engine {
-    /// vLLM: preallocates `--gpu-memory-utilization × total` for weights, activations and KV.
-    Vllm,
-    /// SGLang: preallocates `--mem-fraction-static × total`.
-    Sglang,
-    /// llama.cpp `llama-server`: `-c` context split over `-np` slots.
-    Llamacpp,
-    /// Ollama: `num_ctx × OLLAMA_NUM_PARALLEL` per loaded model.
-    Ollama,
-    /// An unknown OpenAI-compatible server.
-    Openai,
-}
+/// An inference engine, as far as planning is concerned: the config's one
+/// [`crate::config::EngineKind`], with what planning adds below.
+pub use crate::config::EngineKind as Engine;
 
 impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Vllm => "vllm",
-            Engine::Sglang => "sglang",
-            Engine::Llamacpp => "llamacpp",
-            Engine::Ollama => "ollama",
-            Engine::Openai => "openai",
-        }
-    }
-
     fn default_weights(self) -> WeightFormat {
         match self {
             Engine::Llamacpp | Engine::Ollama => WeightFormat::Q4KM,
@@ -164,13 +142,6 @@ impl Engine {
             Engine::Vllm | Engine::Sglang | Engine::Openai => 4 * Bytes::GIB,
             Engine::Llamacpp | Engine::Ollama => Bytes::GIB,
         }
-    }
-
-    /// Whether the engine keeps only the window of KV in sliding-window layers (vLLM V1's
-    /// hybrid allocator, SGLang, llama.cpp's SWA cache; ENGINES.md §3), as the config
-    /// computes worst cases.
-    fn honours_sliding_window(self) -> bool {
-        matches!(self, Engine::Vllm | Engine::Sglang | Engine::Llamacpp)
     }
 
     /// Whether the engine serves requests from fixed slots sized at start-up.
@@ -412,48 +383,13 @@ fn usage(msg: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg))
 }
 
-/// Parse an IEC size (`24GiB`, `512MiB`, `1.5GiB`, `4096B`). A unitless or decimal size
-/// (`24`, `24GB`) is refused with the fix.
+/// Parse an IEC size (`24GiB`, `512MiB`, `1.5GiB`, `4096B`, `24_000MiB`) with the config's
+/// one size parser ([`crate::config::units::parse_size_str`]), so a flag and a config key take
+/// the same spellings; the error names the flag.
 fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let unit = unit.trim();
-    let number: f64 = num.parse().map_err(|_| {
-        usage(format!(
-            "{flag}: '{s}' is not a size; write a number and a binary unit, e.g. 24GiB or 512MiB"
-        ))
-    })?;
-    let mult = match unit {
-        "B" => 1u64,
-        "KiB" => Bytes::KIB,
-        "MiB" => Bytes::MIB,
-        "GiB" => Bytes::GIB,
-        "TiB" => Bytes::GIB << 10,
-        "" => {
-            return Err(usage(format!(
-                "{flag}: '{s}' has no unit; sizes are binary with a unit, e.g. {num}GiB"
-            )));
-        }
-        "KB" | "kB" | "MB" | "GB" | "TB" | "K" | "M" | "G" | "T" | "k" | "m" | "g" | "t" => {
-            let first = unit.chars().next().unwrap_or('G').to_ascii_uppercase();
-            return Err(usage(format!(
-                "{flag}: '{s}' is a decimal or ambiguous size; sizes are binary: write {num}{first}iB"
-            )));
-        }
-        other => {
-            return Err(usage(format!(
-                "{flag}: unknown unit '{other}' in '{s}'; use B, KiB, MiB, GiB or TiB, e.g. 24GiB"
-            )));
-        }
-    };
-    let bytes = number * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(usage(format!("{flag}: '{s}' is out of range")));
-    }
-    Ok(bytes as u64)
+    crate::config::units::parse_size_str(s)
+        .map(Bytes::get)
+        .map_err(|e| usage(format!("{flag}: {e}")))
 }
 
 fn parse_headroom(flag: &str, h: f64) -> anyhow::Result<f64> {
@@ -1686,6 +1622,8 @@ mod tests {
         assert!(e.contains("decimal") && e.contains("24GiB"), "{e}");
         assert!(parse_size("--x", "GiB").is_err());
         assert!(parse_size("--x", "3 parsecs").is_err());
+        // One parser: what the config takes, a flag takes.
+        assert_eq!(parse_size("--x", "24_000MiB").unwrap(), 24_000 * Bytes::MIB);
     }
 
     #[test]

@@ -7,12 +7,11 @@
 
 use crate::adapters::board_sqlite::{BoardError, SqliteBoard};
 use crate::adapters::dispatch_cli::{CliDispatcher, CliDispatcherConfig, DispatchError};
-use crate::adapters::engine::EngineKind as HttpEngineKind;
 use crate::adapters::hermes_home;
 use crate::adapters::nvml::{GpuSelector as NvmlGpu, NvmlLibrary};
 use crate::adapters::telemetry::{EngineSource, GpuSource, PoolTelemetry, build_pool};
 use crate::app::tick::PoolSource;
-use crate::config::{self, Config, ConfigArgs, EngineKind, GpuSelector, PoolConfig, Telemetry};
+use crate::config::{self, Config, ConfigArgs, GpuSelector, PoolConfig, Telemetry};
 use crate::error::UsageError;
 use crate::governor::{Bytes, Policy};
 use crate::ports::{MaxSemantics, PortError};
@@ -223,12 +222,7 @@ fn state_dir_problem(dir: &std::path::Path) -> Option<String> {
 /// No `hermes.bin` (a [`config::ConfigError`] naming the key and the fix).
 pub fn from_config(config: Config) -> anyhow::Result<Setup> {
     let bin = config.hermes_bin()?.to_path_buf();
-    let max_semantics = match config.hermes.max_semantics.as_deref() {
-        Some("live_cap") => Some(MaxSemantics::LiveCap),
-        Some("per_tick") => Some(MaxSemantics::PerTick),
-        // Validation admits only those two spellings.
-        _ => None,
-    };
+    let max_semantics = config.hermes.max_semantics;
     Ok(Setup {
         policy: config.policy(),
         hermes: HermesSettings {
@@ -241,17 +235,6 @@ pub fn from_config(config: Config) -> anyhow::Result<Setup> {
         state_dir: config.dispatch.state_dir.clone(),
         config,
     })
-}
-
-/// The telemetry adapter's engine kind for a configured one.
-pub fn http_engine_kind(kind: EngineKind) -> HttpEngineKind {
-    match kind {
-        EngineKind::Vllm => HttpEngineKind::Vllm,
-        EngineKind::Sglang => HttpEngineKind::Sglang,
-        EngineKind::Llamacpp => HttpEngineKind::Llamacpp,
-        EngineKind::Ollama => HttpEngineKind::Ollama,
-        EngineKind::Openai => HttpEngineKind::Openai,
-    }
 }
 
 /// Where pool `pool`'s GPU memory comes from. `prefix` is how the config names the pool's
@@ -295,7 +278,7 @@ pub fn gpu_source(pool: &PoolConfig, prefix: &str) -> Result<GpuSource, UsageErr
 /// histogram (the daemon's latency limit needs it; a one-shot `tick` does not).
 pub fn engine_source(pool: &PoolConfig, probe: bool) -> Option<EngineSource> {
     let url = pool.engine.endpoint()?;
-    let mut engine = EngineSource::new(http_engine_kind(pool.engine.kind), url);
+    let mut engine = EngineSource::new(pool.engine.kind, url);
     if !probe {
         engine.probe = None;
     }

@@ -39,7 +39,7 @@ mod raw;
 mod render;
 #[cfg(test)]
 mod tests;
-mod units;
+pub mod units;
 mod validate;
 
 pub use crate::catalog::KvDtype;
@@ -279,7 +279,7 @@ pub struct HermesConfig {
     /// What `hermes kanban dispatch --max` means, when configured: `"live_cap"` or
     /// `"per_tick"` (the serde names of `ports::MaxSemantics`; `None`: detect from the Hermes
     /// version). A string until `ports::MaxSemantics` is on main.
-    pub max_semantics: Option<String>,
+    pub max_semantics: Option<MaxSemantics>,
 }
 
 /// One capacity pool: GPU(s) and the engine on them.
@@ -334,8 +334,10 @@ pub struct GpuConfig {
     pub reserve: Bytes,
 }
 
-/// The engine kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// The engine kind: the one enum for config, telemetry, `plan` and the simulator.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
     /// vLLM (preallocated paged KV pool).
@@ -391,6 +393,11 @@ impl EngineKind {
         )
     }
 
+    /// Does the engine publish a TTFT histogram (so no latency probe is needed)?
+    pub fn has_ttft_histogram(self) -> bool {
+        matches!(self, EngineKind::Vllm | EngineKind::Sglang)
+    }
+
     /// Where the engine keeps KV, i.e. which pool a task's KV is charged to.
     pub fn kv_placement(self) -> KvPlacement {
         match self {
@@ -425,6 +432,47 @@ pub struct EngineConfig {
     /// Engine and GPU samples older than this make the pool hold.
     #[serde(serialize_with = "ser_duration")]
     pub max_staleness: Duration,
+}
+
+/// What the number passed as `hermes kanban dispatch --max` means to the installed Hermes
+/// (config `hermes.max_semantics`, else detected from its version): the one type for the
+/// config, the dispatcher and `doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxSemantics {
+    /// A live cap on running tasks on the board (hermes-agent#23295, May 2026; 0.19.0).
+    #[serde(alias = "live-cap")]
+    LiveCap,
+    /// A per-tick spawn budget (before #23295).
+    #[serde(alias = "per-tick")]
+    PerTick,
+}
+
+impl MaxSemantics {
+    /// The `--max` value that lets exactly `allowed` more tasks start when `running` run now.
+    pub fn max_arg(self, running: u32, allowed: u32) -> u32 {
+        match self {
+            MaxSemantics::LiveCap => running.saturating_add(allowed),
+            MaxSemantics::PerTick => allowed,
+        }
+    }
+
+    /// The config spelling (`live_cap`, `per_tick`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxSemantics::LiveCap => "live_cap",
+            MaxSemantics::PerTick => "per_tick",
+        }
+    }
+}
+
+impl fmt::Display for MaxSemantics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MaxSemantics::LiveCap => "live cap on running tasks",
+            MaxSemantics::PerTick => "per-tick spawn budget",
+        })
+    }
 }
 
 /// `engine.url = "none"`: this host has no engine endpoint the governor can read. Without

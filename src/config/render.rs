@@ -95,7 +95,11 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
     );
     o.kv("board", q(&cfg.hermes.board), &["hermes.board".into()]);
     match &cfg.hermes.max_semantics {
-        Some(m) => o.kv("max_semantics", q(m), &["hermes.max_semantics".into()]),
+        Some(m) => o.kv(
+            "max_semantics",
+            q(m.name()),
+            &["hermes.max_semantics".into()],
+        ),
         None => o.unset("max_semantics", "hermes.max_semantics"),
     }
 

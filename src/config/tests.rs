@@ -797,7 +797,7 @@ fn kv_bytes_per_token_takes_an_integer_or_an_iec_size() {
 #[test]
 fn max_semantics_accepts_both_spellings_and_names_the_choices() {
     let c = load_ok("[hermes]\nmax_semantics = \"live-cap\"\n");
-    assert_eq!(c.hermes.max_semantics.as_deref(), Some("live_cap"));
+    assert_eq!(c.hermes.max_semantics, Some(MaxSemantics::LiveCap));
     let e = load_err("[hermes]\nmax_semantics = \"live\"\n");
     assert!(
         problem(&e, "hermes.max_semantics")

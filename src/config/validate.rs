@@ -383,8 +383,8 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     .unwrap_or_else(|| DEFAULT_BOARD.to_owned());
     let max_semantics = v.get(file, "hermes.max_semantics", &rh.max_semantics, |s: &String| {
         match s.as_str() {
-            "live_cap" | "live-cap" => Ok("live_cap".to_owned()),
-            "per_tick" | "per-tick" => Ok("per_tick".to_owned()),
+            "live_cap" | "live-cap" => Ok(MaxSemantics::LiveCap),
+            "per_tick" | "per-tick" => Ok(MaxSemantics::PerTick),
             other => Err(format!(
                 "\"{other}\" is not a --max meaning; set \"live_cap\" (Hermes 0.19.0 and later, hermes-agent#23295) or \"per_tick\" (earlier), or remove it to detect it from the Hermes version"
             )),
