@@ -603,6 +603,23 @@ fn millis(d: Duration) -> Millis {
     Millis::from_duration(d)
 }
 
+impl PoolConfig {
+    /// The decision's view of this pool: placement, headroom and configured capacities.
+    pub fn policy(&self) -> PoolPolicy {
+        PoolPolicy {
+            name: self.name.clone(),
+            kv_placement: self.engine.kind.kv_placement(),
+            headroom: self.gpu.headroom,
+            reserve: self.gpu.reserve,
+            kv_capacity_tokens: self.engine.kv_capacity_tokens,
+            slots: self.engine.slots,
+            slot_context_tokens: self.engine.slot_context_tokens,
+            max_staleness: millis(self.engine.max_staleness),
+            needs_engine: Config::policy_pool_needs_engine(self),
+        }
+    }
+}
+
 impl Config {
     /// Whether the decision needs a fresh engine reading for pool `p` (it has an endpoint).
     pub fn policy_pool_needs_engine(p: &PoolConfig) -> bool {
@@ -612,21 +629,7 @@ impl Config {
     /// The decision policy (DESIGN §4): per pool its placement, headroom and capacities; per
     /// profile its declared worst case.
     pub fn policy(&self) -> Policy {
-        let pools = self
-            .pools
-            .iter()
-            .map(|p| PoolPolicy {
-                name: p.name.clone(),
-                kv_placement: p.engine.kind.kv_placement(),
-                headroom: p.gpu.headroom,
-                reserve: p.gpu.reserve,
-                kv_capacity_tokens: p.engine.kv_capacity_tokens,
-                slots: p.engine.slots,
-                slot_context_tokens: p.engine.slot_context_tokens,
-                max_staleness: millis(p.engine.max_staleness),
-                needs_engine: Config::policy_pool_needs_engine(p),
-            })
-            .collect();
+        let pools = self.pools.iter().map(PoolConfig::policy).collect();
         let profiles = self
             .profiles
             .iter()

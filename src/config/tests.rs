@@ -862,3 +862,157 @@ fn profiles_dir_files_may_carry_the_profiles_header_and_hold_several_profiles() 
         "{e}"
     );
 }
+
+mod never_fits_agreement {
+    //! Issue 12: config validation and the decision agree on "this profile can never fit" for
+    //! any pool and profile, to the last digit of the headroom (validation used f64 `floor`
+    //! where the decision used parts per million, so they once disagreed past six decimals).
+    use super::*;
+    use crate::governor::{
+        Bytes, EngineSample, FootprintMode, GpuSample, HoldReason, Millis, Observation, Policy,
+        PoolObservation, ProfilePolicy, Readiness, TaskId, WaitingTask, WorstCase, decide,
+    };
+    use proptest::prelude::*;
+
+    /// Does `decide`, with the GPU and the engine seen just now and nothing running, hold the
+    /// one waiting task as `NeverFits`?
+    fn decide_never_fits(pool: &PoolConfig, declared: WorstCase) -> bool {
+        let policy = Policy {
+            pools: vec![pool.policy()],
+            profiles: vec![ProfilePolicy {
+                id: "coder".into(),
+                lane: "coder@gpu".into(),
+                pool: 0,
+                declared,
+                max_parallel: None,
+                guaranteed: 0,
+                footprint: FootprintMode::Declared,
+            }],
+            max_running: None,
+            max_wait: Millis::secs(600),
+        };
+        let now = Millis::secs(1_000);
+        let total = Bytes::gib(1024);
+        let obs = Observation {
+            now,
+            pools: vec![PoolObservation {
+                gpu: Some(GpuSample {
+                    at: now,
+                    total,
+                    used: Bytes(0),
+                    free: total,
+                }),
+                baseline: Some(Bytes(0)),
+                engine: Some(EngineSample {
+                    at: now,
+                    ..EngineSample::default()
+                }),
+            }],
+            running: vec![],
+            waiting: vec![WaitingTask {
+                id: TaskId::from("t_1"),
+                profile: Some("coder".into()),
+                assignee: "coder@gpu".into(),
+                priority: 0,
+                created_at: now,
+                waiting_since: now,
+                readiness: Readiness::Ready,
+            }],
+            dual_dispatcher: None,
+            latency_limit: None,
+            learned: vec![],
+            spread: vec![],
+        };
+        let d = decide(&policy, &obs);
+        d.held
+            .iter()
+            .any(|h| matches!(h.reason, HoldReason::NeverFits { .. }))
+    }
+
+    fn config(kind: &str, cap: u64, headroom: f64, slots: Option<u32>, sct: Option<u64>) -> String {
+        let mut engine = format!("kind = \"{kind}\"\nurl = \"none\"\nkv_capacity_tokens = {cap}\n");
+        if let Some(s) = slots {
+            engine += &format!("slots = {s}\n");
+        }
+        if let Some(c) = sct {
+            engine += &format!("slot_context_tokens = {c}\n");
+        }
+        format!(
+            "[hermes]\nhome = \"/t/hh\"\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"1024GiB\"\nheadroom = {headroom:?}\nreserve = \"0B\"\n\n[engine]\n{engine}"
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn validation_and_decide_agree(
+            kind in prop::sample::select(vec!["vllm", "sglang", "llamacpp"]),
+            cap in 1_000u64..2_000_000,
+            // Many digits past the sixth: where f64 floor and integer ppm part ways.
+            headroom in 0.05f64..=1.0,
+            ctx in 1u64..1_000_000,
+            requests in 1u32..4,
+            slots in prop::option::of(1u32..5),
+            sct in prop::option::of(1u64..1_000_000),
+        ) {
+            let pool_toml = config(kind, cap, headroom, slots, sct);
+            let profile = format!(
+                "\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"1B\"\nmax_context_tokens = {ctx}\nrequests_per_task = {requests}\n"
+            );
+            let validated = load_str(&format!("{pool_toml}{profile}"), &origin(), &ConfigArgs::default(), &no_env);
+            let validation_says_never = match &validated {
+                Ok(_) => false,
+                Err(e) => e.problems.iter().any(|p| p.detail.contains("never")),
+            };
+            // The pool as validation sees it, from a config without the profile.
+            let pool = load_str(&pool_toml, &origin(), &ConfigArgs::default(), &no_env)
+                .unwrap()
+                .pools
+                .remove(0);
+            let rpt = u64::from(requests);
+            let declared = WorstCase {
+                kv_bytes: Bytes(ctx * rpt),
+                extra_bytes: Bytes(0),
+                kv_tokens: ctx * rpt,
+                slots: requests,
+                request_tokens: ctx,
+            };
+            prop_assert_eq!(
+                validation_says_never,
+                decide_never_fits(&pool, declared),
+                "{}{}: {:?}",
+                pool_toml,
+                profile,
+                validated.err()
+            );
+        }
+
+        /// Right at the KV ceiling, where rounding decides.
+        #[test]
+        fn validation_and_decide_agree_at_the_kv_ceiling(
+            cap in 1_000u64..50_000_000,
+            headroom in 0.05f64..=1.0,
+            delta in -1i64..=1,
+        ) {
+            let pool_toml = config("vllm", cap, headroom, None, None);
+            let ctx = u64::try_from(((headroom * cap as f64).floor() as i64 + delta).max(1)).unwrap();
+            let profile = format!(
+                "\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"1B\"\nmax_context_tokens = {ctx}\n"
+            );
+            let validated = load_str(&format!("{pool_toml}{profile}"), &origin(), &ConfigArgs::default(), &no_env);
+            let validation_says_never = validated.is_err();
+            let pool = load_str(&pool_toml, &origin(), &ConfigArgs::default(), &no_env)
+                .unwrap()
+                .pools
+                .remove(0);
+            let declared = WorstCase {
+                kv_bytes: Bytes(ctx),
+                extra_bytes: Bytes(0),
+                kv_tokens: ctx,
+                slots: 1,
+                request_tokens: ctx,
+            };
+            prop_assert_eq!(validation_says_never, decide_never_fits(&pool, declared), "{}{}", pool_toml, profile);
+        }
+    }
+}

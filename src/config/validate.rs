@@ -8,6 +8,7 @@ use super::raw::{self, FileText, Opt, RawConfig, RawEngine, RawGpu, RawProfile};
 use super::units::{format_size, parse_duration, parse_size, show};
 use super::*;
 use crate::catalog::{self, KvDtype, ModelSpec};
+use crate::governor::admission::{Ceilings, Charge, Infeasible, apply_headroom};
 use std::collections::HashMap;
 use toml::Spanned;
 
@@ -1193,43 +1194,47 @@ fn profile(
             );
         }
     }
-    if let Some(sct) = pool
-        .engine
-        .slot_context_tokens
-        .filter(|&sct| max_context > sct)
-    {
-        never(
-            v,
-            format!(
-                "{max_context} exceeds pool \"{}\"'s slot_context_tokens = {sct}, so a request could never get a slot; set max_context_tokens ≤ {sct} or give the engine more context per slot",
-                pool.name
-            ),
-        );
-    }
-    if let Some(slots) = pool.engine.slots.filter(|&s| requests > s) {
-        let src = v.src(&key("requests_per_task"), &source);
-        v.err(
-            src,
-            key("requests_per_task"),
-            format!(
-                "{requests} exceeds pool \"{}\"'s slots = {slots}, so a task could never start; set requests_per_task ≤ {slots} or give the engine more slots",
-                pool.name
-            ),
-        );
-    }
-    if let Some(cap) = pool.engine.kv_capacity_tokens {
-        let ceiling = (pool.gpu.headroom * cap as f64).floor() as u64;
-        if declared.kv_tokens > ceiling {
-            never(
+    // Against the configured capacities, by the decision's own rule (the same ceilings and
+    // integer arithmetic `decide` applies, so the two cannot disagree).
+    let pool_policy = pool.policy();
+    let charge = Charge::alone(
+        pool_policy.kv_placement,
+        &declared,
+        pool_policy.slots.is_some(),
+    );
+    for why in Ceilings::configured(&pool_policy).violations(&charge, &declared) {
+        match why {
+            Infeasible::SlotContext { have: sct, .. } => never(
                 v,
                 format!(
-                    "a task's worst case is {} KV tokens ({requests} request(s) × {max_context}) but pool \"{}\" allows {ceiling} (headroom {} × kv_capacity_tokens {cap}), so it could never start; set max_context_tokens ≤ {}",
+                    "{max_context} exceeds pool \"{}\"'s slot_context_tokens = {sct}, so a request could never get a slot; set max_context_tokens ≤ {sct} or give the engine more context per slot",
+                    pool.name
+                ),
+            ),
+            Infeasible::Slots { have: slots, .. } => {
+                let src = v.src(&key("requests_per_task"), &source);
+                v.err(
+                    src,
+                    key("requests_per_task"),
+                    format!(
+                        "{requests} exceeds pool \"{}\"'s slots = {slots}, so a task could never start; set requests_per_task ≤ {slots} or give the engine more slots",
+                        pool.name
+                    ),
+                );
+            }
+            Infeasible::KvTokens { ceiling, .. } => never(
+                v,
+                format!(
+                    "a task's worst case is {} KV tokens ({requests} request(s) × {max_context}) but pool \"{}\" allows {ceiling} (headroom {} × kv_capacity_tokens {}), so it could never start; set max_context_tokens ≤ {}",
                     declared.kv_tokens,
                     pool.name,
                     pool.gpu.headroom,
+                    pool.engine.kv_capacity_tokens.unwrap_or(0),
                     ceiling / rpt
                 ),
-            );
+            ),
+            // No bytes ceiling without the GPU: checked below against memory_total.
+            Infeasible::Bytes { .. } => {}
         }
     }
     if let Some(total) = pool.gpu.memory_total {
@@ -1238,8 +1243,8 @@ fn profile(
         // charges only extra in GPU bytes (its KV pool is inside the baseline) and KV in
         // tokens; without a known token capacity, `headroom × total − reserve` still bounds
         // any KV pool this GPU can hold.
-        let ceiling = Bytes((pool.gpu.headroom * total.get() as f64).floor() as u64)
-            .saturating_sub(pool.gpu.reserve);
+        let ceiling =
+            Bytes(apply_headroom(total.get(), pool.gpu.headroom)).saturating_sub(pool.gpu.reserve);
         let baseline = pool.gpu.baseline.unwrap_or(Bytes(0));
         let engine_pool = pool.engine.kind.kv_placement() == KvPlacement::EnginePool;
         if engine_pool {

@@ -265,45 +265,175 @@ impl PoolLedger {
 
     /// Why a task with worst case `wc` can never fit this pool, even alone, if so.
     pub fn never_fits(&self, wc: &WorstCase) -> Option<String> {
-        let c = self.charge_of(wc, None);
         // Only what no change on the host can fix counts here: the baseline (weights, other
         // tenants) may shrink, so a task blocked by it is VramHeadroom, not NeverFits.
-        if let Some(ceiling) = self.ceiling_bytes
+        Ceilings {
+            bytes: self.ceiling_bytes,
+            kv_tokens: self.ceiling_kv_tokens,
+            slots: self.slots,
+            slot_context_tokens: self.slot_context_tokens,
+        }
+        .never_fits(&self.charge_of(wc, None), wc)
+    }
+}
+
+/// `headroom × value`, in integer parts per million of the fraction: the one way a headroom
+/// is applied (the decision, config validation and `plan` all use it, so they agree on every
+/// digit of the fraction).
+pub fn apply_headroom(value: u64, headroom: f64) -> u64 {
+    clamp_u64(scale(u128::from(value), headroom))
+}
+
+/// What a single task must fit in a pool whatever else runs: the one rule for "can it ever
+/// fit" ([`PoolLedger::never_fits`] in the decision; config validation asks the same of the
+/// configured capacities).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ceilings {
+    /// GPU bytes ceiling.
+    pub bytes: Option<u128>,
+    /// KV tokens ceiling (`headroom × kv_capacity_tokens`).
+    pub kv_tokens: Option<u128>,
+    /// Engine slots.
+    pub slots: Option<u128>,
+    /// Context tokens per slot.
+    pub slot_context_tokens: Option<u64>,
+}
+
+impl Ceilings {
+    /// The ceilings of `pool` from its configured capacities alone (no telemetry): the KV
+    /// ceiling is `headroom × kv_capacity_tokens`; no bytes ceiling (that needs the GPU).
+    pub fn configured(pool: &PoolPolicy) -> Ceilings {
+        Ceilings {
+            bytes: None,
+            kv_tokens: (pool.kv_placement == KvPlacement::EnginePool)
+                .then_some(pool.kv_capacity_tokens)
+                .flatten()
+                .map(|c| scale(u128::from(c), pool.headroom)),
+            slots: pool.slots.map(u128::from),
+            slot_context_tokens: pool.slot_context_tokens,
+        }
+    }
+
+    /// Why a task charged `c` (worst case `wc`) can never fit under these ceilings, if so
+    /// (the first reason).
+    pub fn never_fits(&self, c: &Charge, wc: &WorstCase) -> Option<String> {
+        self.violations(c, wc).first().map(ToString::to_string)
+    }
+
+    /// Every ceiling a task charged `c` (worst case `wc`) exceeds even alone, in a fixed order
+    /// (bytes, KV tokens, slots, slot context).
+    pub fn violations(&self, c: &Charge, wc: &WorstCase) -> Vec<Infeasible> {
+        let mut out = Vec::new();
+        if let Some(ceiling) = self.bytes
             && c.bytes > ceiling
         {
-            return Some(format!(
-                "its worst case of {} exceeds the GPU ceiling of {} even on an empty GPU",
-                Bytes(clamp_u64(c.bytes)),
-                Bytes(clamp_u64(ceiling))
-            ));
+            out.push(Infeasible::Bytes {
+                need: Bytes(clamp_u64(c.bytes)),
+                ceiling: Bytes(clamp_u64(ceiling)),
+            });
         }
-        if let Some(ceiling) = self.ceiling_kv_tokens
+        if let Some(ceiling) = self.kv_tokens
             && c.kv_tokens > ceiling
         {
-            return Some(format!(
-                "its worst case of {} KV tokens exceeds the KV ceiling of {ceiling} tokens",
-                c.kv_tokens
-            ));
+            out.push(Infeasible::KvTokens {
+                need: clamp_u64(c.kv_tokens),
+                ceiling: clamp_u64(ceiling),
+            });
         }
         if let Some(slots) = self.slots
             && c.slots > slots
         {
-            return Some(format!(
-                "it needs {} slots and the engine has {slots}",
-                c.slots
-            ));
+            out.push(Infeasible::Slots {
+                need: clamp_u64(c.slots),
+                have: clamp_u64(slots),
+            });
         }
         if let Some(ctx) = self.slot_context_tokens
             && wc.request_tokens > ctx
         {
-            return Some(format!(
-                "one request of {} context tokens exceeds a slot's context of {ctx} tokens",
-                wc.request_tokens
-            ));
+            out.push(Infeasible::SlotContext {
+                need: wc.request_tokens,
+                have: ctx,
+            });
         }
-        None
+        out
     }
+}
 
+impl Charge {
+    /// One task's charge with nothing else running, where `placement` keeps its KV and the
+    /// pool has slots when `slots` (as [`PoolLedger::charge_of`] charges it, bound by bound).
+    pub fn alone(placement: KvPlacement, wc: &WorstCase, slots: bool) -> Charge {
+        let kv_tokens = match placement {
+            KvPlacement::EnginePool => u128::from(wc.kv_tokens),
+            KvPlacement::GpuBytes => 0,
+        };
+        Charge {
+            kv_mean: kv_tokens,
+            kv_var: 0,
+            bytes: u128::from(wc.gpu_bytes(placement).get()),
+            kv_tokens,
+            slots: if slots { u128::from(wc.slots) } else { 0 },
+        }
+    }
+}
+
+/// A ceiling a single task exceeds even alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Infeasible {
+    /// Its GPU bytes exceed the bytes ceiling.
+    Bytes {
+        /// Its worst case.
+        need: Bytes,
+        /// The ceiling.
+        ceiling: Bytes,
+    },
+    /// Its KV tokens exceed `headroom × kv_capacity_tokens`.
+    KvTokens {
+        /// Its worst case in tokens.
+        need: u64,
+        /// The ceiling in tokens.
+        ceiling: u64,
+    },
+    /// It needs more slots than the engine has.
+    Slots {
+        /// Slots it needs (`requests_per_task`).
+        need: u64,
+        /// Slots the engine has.
+        have: u64,
+    },
+    /// One request's context exceeds a slot's.
+    SlotContext {
+        /// Its largest request's context.
+        need: u64,
+        /// A slot's context.
+        have: u64,
+    },
+}
+
+impl std::fmt::Display for Infeasible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Infeasible::Bytes { need, ceiling } => write!(
+                f,
+                "its worst case of {need} exceeds the GPU ceiling of {ceiling} even on an empty GPU"
+            ),
+            Infeasible::KvTokens { need, ceiling } => write!(
+                f,
+                "its worst case of {need} KV tokens exceeds the KV ceiling of {ceiling} tokens"
+            ),
+            Infeasible::Slots { need, have } => {
+                write!(f, "it needs {need} slots and the engine has {have}")
+            }
+            Infeasible::SlotContext { need, have } => write!(
+                f,
+                "one request of {need} context tokens exceeds a slot's context of {have} tokens"
+            ),
+        }
+    }
+}
+
+impl PoolLedger {
     /// Whether `charge` fits with `kept` held back for others; the reason if not.
     ///
     /// # Errors
