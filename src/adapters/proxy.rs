@@ -482,7 +482,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// The engine's answer on its way to the client: every frame passes unchanged, and is read
 /// on the way ([`AnswerReader`], TTFT). Dropped before the end (the client went away), it
-/// closes the engine connection.
+/// closes the engine connection. Fields drop in order: `flight` (counting the request as
+/// `client_gone`) before `guard` (closing the engine connection), so an engine that sees the
+/// close finds the request counted.
 struct Tap {
     inner: Incoming,
     reader: AnswerReader,
@@ -494,6 +496,16 @@ struct Tap {
     /// How the request ends if the answer completes.
     outcome: Outcome,
     done: bool,
+}
+
+impl Tap {
+    /// The answer ended whole: count it, and give the engine connection back for reuse.
+    fn finish(&mut self) {
+        self.done = true;
+        let (usage, generated) = self.reader.finish();
+        self.flight.end(self.outcome, usage, generated);
+        self.guard.release();
+    }
 }
 
 impl Body for Tap {
@@ -521,6 +533,10 @@ impl Body for Tap {
                     this.reader.feed(data);
                     this.flight.generated(this.reader.generated_so_far());
                 }
+                // A body of known length is not polled past its last byte: it ends here.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -530,17 +546,14 @@ impl Body for Tap {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.done = true;
-                let (usage, generated) = this.reader.finish();
-                this.flight.end(this.outcome, usage, generated);
-                this.guard.release();
+                this.finish();
                 Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -45,6 +45,7 @@ mod validate;
 pub use crate::catalog::KvDtype;
 pub use keys::reference_markdown;
 pub use units::{format_duration, format_size, parse_duration_str, parse_size_str};
+pub use validate::proxy_listen_allowed;
 
 use crate::governor::{
     Bytes, FootprintMode, KvPlacement, Millis, Policy, PoolPolicy, ProfileId, ProfilePolicy,

@@ -251,6 +251,7 @@ impl ProxyStats {
             outcome: Outcome::ClientGone,
             usage: None,
             generated_estimate: 0,
+            ended: false,
         }
     }
 }
@@ -292,6 +293,8 @@ pub struct Flight {
     outcome: Outcome,
     usage: Option<Tokens>,
     generated_estimate: u64,
+    /// Counted already (by [`Flight::end`]).
+    ended: bool,
 }
 
 impl Flight {
@@ -321,7 +324,12 @@ impl Flight {
     }
 
     /// How it ended: `usage` from the engine (exact) or `None`, and the generated estimate.
+    /// Counted at once (before the client sees the end of the answer, so a client that reads
+    /// the stats after its answer finds its request there); a second call does nothing.
     pub fn end(&mut self, outcome: Outcome, usage: Option<Tokens>, generated_estimate: u64) {
+        if self.ended {
+            return;
+        }
         self.outcome = outcome;
         self.usage = usage;
         self.generated_estimate = generated_estimate;
@@ -339,11 +347,11 @@ impl Flight {
             self.prompt_estimate = u.prompt;
             self.generated_so_far = u.generated;
         }
+        self.record();
     }
-}
 
-impl Drop for Flight {
-    fn drop(&mut self) {
+    fn record(&mut self) {
+        self.ended = true;
         let mut g = self.stats.lock();
         let p = g.profiles.entry(self.profile.clone()).or_default();
         p.in_flight = p.in_flight.saturating_sub(1);
@@ -372,6 +380,15 @@ impl Drop for Flight {
                 ts.estimated_now = ts.estimated_now.saturating_sub(1);
             }
             ts.last_seen = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for Flight {
+    /// Not ended: the client went away (or the connection task panicked).
+    fn drop(&mut self) {
+        if !self.ended {
+            self.record();
         }
     }
 }
