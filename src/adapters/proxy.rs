@@ -147,7 +147,7 @@ impl Routes {
                 .into_iter()
                 .map(|(p, url)| (p.to_owned(), up(url)))
                 .collect(),
-            default: default.map(|u| Upstream::parse(u)),
+            default: default.map(Upstream::parse),
         }
     }
 }
