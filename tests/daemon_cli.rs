@@ -282,3 +282,95 @@ fn daemon_runs_a_real_board_to_done(release: Release) {
         "{state}"
     );
 }
+
+/// Issue 13 acceptance: with `[proxy] listen` set, a chat request to
+/// `/p/coder/v1/chat/completions` reaches the engine and comes back, and `/metrics` counts it
+/// under `profile="coder"` (and `/status` shows the task it named).
+#[test]
+fn the_proxy_forwards_a_profiles_request_and_metrics_count_it() {
+    use std::io::{Read, Write};
+    let _s = serial();
+    let model = FakeModel::start(Duration::ZERO);
+    let h = Hermes::new(&["coder"], &model);
+    let gpu_engine = format!(
+        "[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\n\n[engine]\nkind = \"openai\"\nurl = \"http://{}\"\n\n[proxy]\nlisten = \"127.0.0.1:0\"",
+        model.addr
+    );
+    let cfg = DaemonConfig::new(
+        &h.bin,
+        h.path(),
+        "5s",
+        &gpu_engine,
+        &[("coder", "128KiB", 24576)],
+    );
+    let mut d = Daemon::start(cfg.command(&[], &[]));
+    let proxy: std::net::SocketAddr = d
+        .line
+        .split("proxy http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no proxy address in {:?}", d.line));
+    let served_before = model.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"work kanban task t_feed"}]}"#;
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /p/coder/v1/chat/completions HTTP/1.1\r\nhost: {proxy}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("chatcmpl-fake"), "{answer}");
+    assert!(model.requests.load(std::sync::atomic::Ordering::SeqCst) > served_before);
+
+    let text = d.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "kanban_governor_proxy_requests_total",
+            "profile=\"coder\",outcome=\"ok\""
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "kanban_governor_proxy_in_flight",
+            "profile=\"coder\""
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    let status = d.status();
+    assert_eq!(status["proxy"]["listen"], proxy.to_string());
+    assert_eq!(status["proxy"]["tasks"]["t_feed"]["profile"], "coder");
+    d.signal(rustix::process::Signal::TERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
+}
+
+#[test]
+fn a_non_loopback_proxy_listen_flag_exits_2_naming_proxy_public() {
+    let _s = serial();
+    let model = FakeModel::start(Duration::ZERO);
+    let h = Hermes::new(&["small"], &model);
+    let cfg = DaemonConfig::new(
+        &h.bin,
+        h.path(),
+        "5s",
+        STATIC_GPU,
+        &[("small", "128KiB", 24576)],
+    );
+    let out = cfg
+        .command(&["--proxy-listen", "0.0.0.0:0"], &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--proxy-listen 0.0.0.0:0"), "{stderr}");
+    assert!(stderr.contains("proxy.public = true"), "{stderr}");
+}

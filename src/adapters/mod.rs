@@ -11,6 +11,7 @@ pub mod metrics_http;
 pub mod nvml;
 pub mod process_stats;
 pub mod prom;
+pub mod proxy;
 pub mod replay;
 pub mod state_dir;
 pub mod state_file;

@@ -21,6 +21,12 @@
 //!   (default `127.0.0.1:9477`); a port in use is a usage error (exit 2) naming `--listen`,
 //!   and so is an address other than loopback unless the config says `http.public = true`.
 //!
+//! - **Proxy**: with `[proxy] listen` (or `--proxy-listen`), the OpenAI-compatible
+//!   pass-through ([`crate::adapters::proxy`]) on its own thread and runtime, so nothing on the
+//!   decision side can stall the agents' calls; it counts into the [`ProxyStats`] that
+//!   `/metrics` and `/status` show. On a signal it drains for up to `proxy.drain` after the
+//!   tick loop stopped.
+//!
 //! Exit codes: 0 after a signal, 1 runtime failure (state unreadable, another governor holds
 //! the lock), 2 usage or config error (bad config, no NVML library with `telemetry = "nvml"`,
 //! `--listen` unavailable).
@@ -33,6 +39,7 @@ pub mod sources;
 use crate::adapters::board_sqlite::SqliteBoard;
 use crate::adapters::dispatch_cli::CliDispatcher;
 use crate::adapters::metrics_http::{self, Answer, Get, Handler};
+use crate::adapters::proxy::{self, Proxy, Routes, Settings, stats::ProxyStats};
 use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
@@ -87,6 +94,11 @@ pub struct RunArgs {
     /// Time between ticks (default: dispatch.interval).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
+    /// Serve the OpenAI-compatible pass-through here (overrides `proxy.listen`; port 0 picks a
+    /// free one, printed). Point a profile at it with `hermes -p <profile> config set
+    /// model.base_url http://<addr>/p/<profile>/v1`. Loopback only unless `proxy.public = true`.
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 fn usage(msg: String) -> anyhow::Error {
@@ -283,6 +295,7 @@ fn status_json(
     ticks: &Mutex<TickStatus>,
     listen: SocketAddr,
     started: Millis,
+    proxy: Option<(SocketAddr, &ProxyStats)>,
 ) -> String {
     let now = SystemClock.now();
     let pool_docs: Vec<PoolDoc> = pools
@@ -311,6 +324,14 @@ fn status_json(
         "last_tick_error": t.last_tick_error,
         "latency_limit": t.latency_limit,
         "footprints": t.footprints,
+        "proxy": proxy.map(|(addr, stats)| {
+            let snap = stats.snapshot();
+            serde_json::json!({
+                "listen": addr.to_string(),
+                "profiles": snap.profiles,
+                "tasks": snap.tasks,
+            })
+        }),
         "last_tick": t.last_tick,
     });
     let mut s =
@@ -366,6 +387,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let listener = metrics_http::bind(args.listen).map_err(|e| usage(e.to_string()))?;
     let listen = listener.local_addr().unwrap_or(args.listen);
+    let proxy_listener = match args.proxy_listen.or(setup.config.proxy.listen) {
+        Some(addr) => {
+            if args.proxy_listen.is_some() {
+                crate::config::proxy_listen_allowed(addr, setup.config.proxy.public)
+                    .map_err(|e| usage(format!("--proxy-listen {e}")))?;
+            }
+            Some(proxy::bind(addr).map_err(|e| usage(e.to_string()))?)
+        }
+        None => None,
+    };
     let mut store = SqliteState::open(&state_dir)?;
     let state = store
         .load()
@@ -403,6 +434,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pools = Arc::new(pools);
     let metrics = Arc::new(Metrics::new());
     metrics.set_ttft_slo(setup.config.latency.ttft_slo);
+    let proxy = match proxy_listener {
+        Some(l) => Some(start_proxy(l, &setup.config, metrics.proxy_stats())?),
+        None => None,
+    };
     let daemon = Daemon {
         policy,
         pools: pools.clone(),
@@ -412,8 +447,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tick_every,
         board_path,
         listen,
+        proxy: proxy.as_ref().map(|p| p.addr),
     };
     let result = rt.block_on(daemon.run(listener, ticker));
+    if let Some(p) = proxy {
+        p.stop();
+    }
     // Samplers may sit in an engine read (bounded by its timeout); nothing they do writes.
     rt.shutdown_timeout(Duration::from_secs(1));
     drop(pools);
@@ -421,7 +460,74 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// The pass-through on its own thread (see the module doc).
+struct ProxyThread {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ProxyThread {
+    /// Stop accepting, let requests in flight finish (up to `proxy.drain`), and wait.
+    fn stop(self) {
+        let _ = self.stop.send(true);
+        if self.thread.join().is_err() {
+            tracing::error!("The proxy thread panicked while stopping.");
+        }
+    }
+}
+
+/// Start the pass-through on `listener` with the routes of `config`: each governed profile to
+/// its pool's engine, other paths to the first pool that has an engine endpoint.
+fn start_proxy(
+    listener: std::net::TcpListener,
+    config: &crate::config::Config,
+    stats: Arc<ProxyStats>,
+) -> anyhow::Result<ProxyThread> {
+    let addr = listener
+        .local_addr()
+        .context("reading the proxy's address")?;
+    let engine_of = |pool: &str| {
+        config
+            .pools
+            .iter()
+            .find(|p| p.name == pool)
+            .and_then(|p| p.engine.endpoint())
+    };
+    let routes = Routes::new(
+        config
+            .profiles
+            .iter()
+            .map(|p| (p.name.as_str(), engine_of(&p.pool))),
+        config.pools.iter().find_map(|p| p.engine.endpoint()),
+    );
+    let settings = Settings {
+        max_body: usize::try_from(config.proxy.max_body.get()).unwrap_or(usize::MAX),
+        drain: config.proxy.drain,
+    };
+    let proxy = Arc::new(Proxy::new(routes, settings, stats));
+    // Two workers: streams keep flowing while one thread parses a large request body.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("proxy")
+        .enable_all()
+        .build()
+        .context("starting the proxy's runtime")?;
+    let (stop, stop_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || {
+            if let Err(e) = rt.block_on(proxy::serve(listener, proxy, stop_rx)) {
+                tracing::error!(error = %e, "The proxy stopped; agents' calls through it fail until the daemon restarts.");
+            }
+        })
+        .context("starting the proxy thread")?;
+    Ok(ProxyThread { addr, stop, thread })
+}
+
 struct Daemon {
+    /// Where the pass-through serves, when it does.
+    proxy: Option<SocketAddr>,
     policy: Policy,
     pools: Arc<Vec<SampledPool>>,
     metrics: Arc<Metrics>,
@@ -597,6 +703,7 @@ impl Daemon {
             let pools = self.pools.clone();
             let ticks = self.ticks.clone();
             let listen = self.listen;
+            let proxy = self.proxy.map(|a| (a, self.metrics.proxy_stats()));
             Arc::new(move |get: Get<'_>| match get.path {
                 "/metrics" => {
                     let format = exposition::negotiate(get.accept);
@@ -604,7 +711,13 @@ impl Daemon {
                 }
                 "/status" => Answer::ok(
                     "application/json",
-                    status_json(&pools, &ticks, listen, started),
+                    status_json(
+                        &pools,
+                        &ticks,
+                        listen,
+                        started,
+                        proxy.as_ref().map(|(a, s)| (*a, &**s)),
+                    ),
                 ),
                 "/" => Answer::text(200, "kanban-governor: /metrics, /status\n"),
                 _ => Answer::text(404, "not found; try /metrics or /status\n"),
@@ -617,8 +730,12 @@ impl Daemon {
             metrics_http::Limits::for_this_process(),
             self.metrics.server_stats(),
         ));
+        let proxy_line = self
+            .proxy
+            .map(|a| format!("; proxy http://{a}/p/<profile>/v1"))
+            .unwrap_or_default();
         println!(
-            "kanban-governor run: serving http://{}/metrics and http://{}/status (pid {})",
+            "kanban-governor run: serving http://{}/metrics and http://{}/status (pid {}){proxy_line}",
             self.listen,
             self.listen,
             std::process::id()

@@ -114,6 +114,10 @@ pub(crate) const TABLES: &[(&str, &str)] = &[
         "`[http]`: the `run --listen` endpoint (`/metrics`, `/status`).",
     ),
     (
+        "proxy",
+        "`[proxy]`: the OpenAI-compatible pass-through of `run`: each governed profile points its Hermes model at `http://<listen>/p/<profile>/v1`, and the governor sees every request (profile, task, tokens, time to first token).",
+    ),
+    (
         "profiles",
         "`[[profiles]]`: one table per governed Hermes profile (or one file per profile in `profiles_dir`). A profile declares the worst case of one task; the governor admits a task only while that worst case fits under the ceiling. The keys are listed as `profiles.<key>`.",
     ),
@@ -379,6 +383,34 @@ pub(crate) const KEYS: &[Key] = &[
         "boolean",
         "Whether `run --listen` may bind an address other than loopback. `/status` shows board, profile and task names without authentication; set it only behind a firewall or proxy.",
     ),
+    // [proxy]
+    Key::new(
+        "proxy.listen",
+        KeyDefault::Unset("off: no pass-through"),
+        "address with port",
+        "Where `run` serves the OpenAI-compatible pass-through, such as `\"127.0.0.1:9478\"`. A request to `/p/<profile>/v1/...` goes to that profile's `engine.url` + `/v1/...`; any other path goes to the first pool's engine as is and is counted as `(unattributed)`. Loopback only unless `proxy.public = true`.",
+    )
+    .overrides("run --proxy-listen"),
+    Key::new(
+        "proxy.public",
+        KeyDefault::Rendered,
+        "boolean",
+        "Whether `proxy.listen` may be an address other than loopback. The pass-through has no authentication: anyone who can connect can use the engine.",
+    ),
+    Key::new(
+        "proxy.max_body",
+        KeyDefault::Rendered,
+        "size",
+        "The largest request body the pass-through forwards; a larger one is answered `413`. Request bodies are held whole (to read the task id); responses never are.",
+    )
+    .origin("A 128k-token prompt is about 0.5 MiB of JSON; inline base64 images make it larger."),
+    Key::new(
+        "proxy.drain",
+        KeyDefault::Rendered,
+        "duration",
+        "How long a stopping `run` lets requests in flight through the pass-through finish before it exits.",
+    )
+    .origin("Most agent calls finish their answer within it; systemd's default stop timeout is 90 s."),
     // [[profiles]]
     Key::new(
         "profiles.name",
@@ -520,7 +552,7 @@ pub(crate) fn rendered_defaults() -> std::collections::BTreeMap<String, String> 
         }
         if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             table = match t {
-                "hermes" | "gpu" | "engine" | "latency" | "dispatch" | "http" => t,
+                "hermes" | "gpu" | "engine" | "latency" | "dispatch" | "http" | "proxy" => t,
                 _ => "",
             };
             continue;
@@ -631,6 +663,7 @@ mod tests {
             ("[latency]", "latency"),
             ("[dispatch]", "dispatch"),
             ("[http]", "http"),
+            ("[proxy]", "proxy"),
             ("[[profiles]]", "profiles"),
         ] {
             for field in accepted(header) {

@@ -45,6 +45,7 @@ mod validate;
 pub use crate::catalog::KvDtype;
 pub use keys::reference_markdown;
 pub use units::{format_duration, format_size, parse_duration_str, parse_size_str};
+pub use validate::proxy_listen_allowed;
 
 use crate::governor::{
     Bytes, FootprintMode, KvPlacement, Millis, Policy, PoolPolicy, ProfileId, ProfilePolicy,
@@ -84,6 +85,14 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(600);
 /// Default `dispatch.timeout`: the limit on one Hermes CLI call.
 // `hermes kanban dispatch` takes a few seconds on a loaded 2-core host (HERMES.md §6.3).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `proxy.max_body`: the largest request body the pass-through forwards.
+// A 128k-token prompt is about 0.5 MiB of JSON; images sent inline as base64 make it larger.
+// 32 MiB admits a dozen large images and still bounds what one connection can make us hold.
+pub const DEFAULT_PROXY_MAX_BODY: Bytes = Bytes::mib(32);
+/// Default `proxy.drain`: how long a stopping daemon lets streams in flight finish.
+// Long enough for most agent calls to end their answer; short enough for a service manager's
+// stop timeout (systemd's default is 90 s).
+pub const DEFAULT_PROXY_DRAIN: Duration = Duration::from_secs(30);
 /// Default `hermes.board`.
 pub const DEFAULT_BOARD: &str = "default";
 /// The pool named by the `[gpu]`/`[engine]` shorthand, and a profile's default `pool`.
@@ -260,6 +269,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// `[http]`: the daemon's `/metrics` and `/status` endpoint.
     pub http: HttpConfig,
+    /// `[proxy]`: the OpenAI-compatible pass-through of `run`.
+    pub proxy: ProxyConfig,
     /// Governed profiles, inline ones first, then `profiles_dir` files by name.
     pub profiles: Vec<ProfileConfig>,
     /// Where each value that is not a default came from, by key (`gpu.headroom`, ...).
@@ -540,6 +551,20 @@ pub struct HttpConfig {
     /// Whether `run --listen` may use an address other than loopback, serving `/status` (board,
     /// profile and task names; no authentication) to the network. Default `false`.
     pub public: bool,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxyConfig {
+    /// Where `run` serves the pass-through (`None`: off, the default).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Whether `listen` may be an address other than loopback. Default `false`.
+    pub public: bool,
+    /// The largest request body forwarded; a larger one gets `413`.
+    pub max_body: Bytes,
+    /// How long a stopping daemon lets requests in flight finish.
+    #[serde(serialize_with = "ser_duration")]
+    pub drain: Duration,
 }
 
 /// One governed profile, validated.

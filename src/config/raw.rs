@@ -30,6 +30,7 @@ pub(crate) struct RawConfig {
     pub latency: Option<RawLatency>,
     pub dispatch: Option<RawDispatch>,
     pub http: Option<RawHttp>,
+    pub proxy: Option<RawProxy>,
     pub profiles: Option<Vec<Spanned<RawProfile>>>,
     pub profiles_dir: Opt<String>,
 }
@@ -106,6 +107,16 @@ pub(crate) struct RawDispatch {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp {
     pub public: Opt<bool>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    pub listen: Opt<String>,
+    pub public: Opt<bool>,
+    pub max_body: Opt<toml::Value>,
+    pub drain: Opt<toml::Value>,
 }
 
 /// One profile: a `[[profiles]]` table or one file in `profiles_dir`.

@@ -145,6 +145,17 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
         &["http.public".into()],
     );
 
+    let px = &cfg.proxy;
+    o.table("proxy");
+    let xk = |k: &str| vec![format!("proxy.{k}")];
+    match px.listen {
+        Some(a) => o.kv("listen", q(&a.to_string()), &xk("listen")),
+        None => o.unset("listen", "proxy.listen"),
+    }
+    o.kv("public", px.public.to_string(), &xk("public"));
+    o.kv("max_body", q(&format_size(px.max_body)), &xk("max_body"));
+    o.kv("drain", q(&format_duration(px.drain)), &xk("drain"));
+
     for p in &cfg.profiles {
         o.array_table("profiles");
         let pk = |k: &str| vec![format!("profiles[{}].{k}", p.name)];

@@ -1015,4 +1015,45 @@ mod never_fits_agreement {
             prop_assert_eq!(validation_says_never, decide_never_fits(&pool, declared), "{}{}", pool_toml, profile);
         }
     }
+#[test]
+fn the_proxy_is_off_by_default_with_its_bounds_and_renders_back() {
+    let c = load_ok(ONE_PROFILE);
+    assert_eq!(c.proxy.listen, None);
+    assert!(!c.proxy.public);
+    assert_eq!(c.proxy.max_body, DEFAULT_PROXY_MAX_BODY);
+    assert_eq!(c.proxy.drain, DEFAULT_PROXY_DRAIN);
+    let c = load_ok(&format!(
+        "{ONE_PROFILE}\n[proxy]\nlisten = \"127.0.0.1:9478\"\nmax_body = \"1MiB\"\ndrain = \"5s\"\n"
+    ));
+    assert_eq!(c.proxy.listen, Some("127.0.0.1:9478".parse().unwrap()));
+    assert_eq!(c.proxy.max_body, Bytes::mib(1));
+    assert_eq!(c.proxy.drain, std::time::Duration::from_secs(5));
+    let back = load_ok(&c.to_toml());
+    assert_eq!(back.proxy, c.proxy);
+}
+
+#[test]
+fn a_public_proxy_address_needs_proxy_public_and_bad_values_name_their_key() {
+    let e = load_err(&format!(
+        "{ONE_PROFILE}\n[proxy]\nlisten = \"0.0.0.0:9478\"\n"
+    ));
+    let p = problem(&e, "proxy.listen");
+    assert!(p.detail.contains("set proxy.public = true"), "{p}");
+    assert!(p.detail.contains("127.0.0.1:9478"), "{p}");
+    let c = load_ok(&format!(
+        "{ONE_PROFILE}\n[proxy]\nlisten = \"0.0.0.0:9478\"\npublic = true\n"
+    ));
+    assert_eq!(c.proxy.listen, Some("0.0.0.0:9478".parse().unwrap()));
+    let e = load_err(&format!("{ONE_PROFILE}\n[proxy]\nlisten = \"localhost\"\n"));
+    assert!(
+        problem(&e, "proxy.listen")
+            .detail
+            .contains("\"127.0.0.1:9478\""),
+        "{e}"
+    );
+    let e = load_err(&format!("{ONE_PROFILE}\n[proxy]\nmax_body = \"0B\"\n"));
+    assert!(
+        problem(&e, "proxy.max_body").detail.contains("32MiB"),
+        "{e}"
+    );
 }

@@ -511,6 +511,34 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         .get(file, "http.public", &rhttp.public, |b: &bool| Ok(*b))
         .unwrap_or(false);
 
+    // [proxy]
+    let rp = raw.proxy.unwrap_or_default();
+    let proxy_public = v
+        .get(file, "proxy.public", &rp.public, |b: &bool| Ok(*b))
+        .unwrap_or(false);
+    let proxy_listen = v.get(file, "proxy.listen", &rp.listen, |s: &String| {
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            format!("\"{s}\" is not an address with a port; write it as \"127.0.0.1:9478\"")
+        })?;
+        proxy_listen_allowed(addr, proxy_public)?;
+        Ok(addr)
+    });
+    let proxy_max_body = v
+        .get(file, "proxy.max_body", &rp.max_body, |val| {
+            let b = parse_size(val)?;
+            if b.get() == 0 {
+                return Err(format!(
+                    "0B would refuse every request; set a size such as \"{}\"",
+                    format_size(DEFAULT_PROXY_MAX_BODY)
+                ));
+            }
+            Ok(b)
+        })
+        .unwrap_or(DEFAULT_PROXY_MAX_BODY);
+    let proxy_drain = v
+        .get(file, "proxy.drain", &rp.drain, parse_duration)
+        .unwrap_or(DEFAULT_PROXY_DRAIN);
+
     // [dispatch]
     let rd = raw.dispatch.unwrap_or_default();
     let interval = v
@@ -603,9 +631,32 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
             timeout,
         },
         http: HttpConfig { public },
+        proxy: ProxyConfig {
+            listen: proxy_listen,
+            public: proxy_public,
+            max_body: proxy_max_body,
+            drain: proxy_drain,
+        },
         profiles,
         sources: v.sources,
     })
+}
+
+/// A non-loopback pass-through address needs `proxy.public = true`: the proxy forwards to
+/// the engine with no authentication, so serving it to the network must be written in the
+/// config. `run --proxy-listen` is checked with the same words.
+///
+/// # Errors
+///
+/// The message names `proxy.public` and both fixes.
+pub fn proxy_listen_allowed(addr: std::net::SocketAddr, public: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || public {
+        return Ok(());
+    }
+    Err(format!(
+        "{addr} is not a loopback address: anyone who can connect could use the engine through the proxy, with no authentication; set proxy.public = true in the config to allow it, or listen on 127.0.0.1:{}",
+        addr.port()
+    ))
 }
 
 /// A profile's name and lane, kept even when the rest of it is broken, for the cross checks.

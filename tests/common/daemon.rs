@@ -104,6 +104,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// Its stderr (logs), collected by a thread.
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The line it printed first (its addresses).
+    pub line: String,
 }
 
 impl Daemon {
@@ -147,7 +149,12 @@ impl Daemon {
             .and_then(|s| s.split('/').next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Daemon { child, addr, log }
+        Daemon {
+            child,
+            addr,
+            log,
+            line,
+        }
     }
 
     /// GET `path`: (status, body).

@@ -14,6 +14,7 @@ use super::exposition::{Format, to_text_004};
 use super::sources::{SampledPool, lock};
 use crate::adapters::metrics_http::ServerStats;
 use crate::adapters::process_stats::ProcessStats;
+use crate::adapters::proxy::stats::ProxyStats;
 use crate::app::tick::TickReport;
 use crate::governor::{Millis, Policy};
 use crate::ports::EngineReading;
@@ -80,6 +81,8 @@ pub struct Metrics {
     telemetry_errors: Family<Labels, Counter>,
     /// The `/metrics` server's counters, shared with it ([`Metrics::server_stats`]).
     server: Arc<ServerStats>,
+    /// What the pass-through counts, shared with it ([`Metrics::proxy_stats`]).
+    proxy: Arc<ProxyStats>,
     /// Per pool, the TTFT histogram of the previous engine reading (for windowed quantiles),
     /// and the error and preemption counts already exported.
     prev: Mutex<Prev>,
@@ -112,6 +115,8 @@ impl Metrics {
         );
         let server = Arc::new(ServerStats::default());
         r.register_collector(Box::new(ServerCollector(server.clone())));
+        let proxy = Arc::new(ProxyStats::default());
+        r.register_collector(Box::new(ProxyCollector(proxy.clone())));
         macro_rules! reg {
             ($name:expr, $help:expr, $unit:expr, $m:expr) => {{
                 let m = $m;
@@ -330,6 +335,7 @@ impl Metrics {
             telemetry_up,
             telemetry_errors,
             server,
+            proxy,
             prev: Mutex::default(),
         }
     }
@@ -338,6 +344,12 @@ impl Metrics {
     /// [`crate::adapters::metrics_http::serve_with`].
     pub fn server_stats(&self) -> Arc<ServerStats> {
         self.server.clone()
+    }
+
+    /// The pass-through's counters, exported here; hand them to
+    /// [`crate::adapters::proxy::Proxy::new`].
+    pub fn proxy_stats(&self) -> Arc<ProxyStats> {
+        self.proxy.clone()
     }
 
     /// Record the TTFT target, for dashboards to draw against the measured TTFT.
@@ -667,6 +679,94 @@ impl Collector for ServerCollector {
         ] {
             let c = ConstCounter::new(v.load(Ordering::Relaxed));
             c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The pass-through's counters ([`ProxyStats`]), per profile (`(unattributed)` for paths
+/// outside `/p/<profile>/`, `(unknown)` for a profile the config does not govern). Nothing
+/// is exported while the proxy has seen no request (or is off).
+#[derive(Debug)]
+struct ProxyCollector(Arc<ProxyStats>);
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.0.snapshot();
+        if snap.profiles.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "proxy_requests",
+                "Requests through the pass-through that ended, by profile and outcome (ok, http_4xx, http_5xx, unreachable, upstream_reset, client_gone, too_large, unknown_profile)",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (profile, p) in &snap.profiles {
+                for (outcome, n) in &p.requests {
+                    let labels = [("profile", profile.as_str()), ("outcome", outcome.name())];
+                    ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        for (name, help, estimated) in [
+            (
+                "proxy_tokens",
+                "Tokens of requests through the pass-through that ended, by profile and kind (prompt, generated): the engine's usage where it sent one, else an estimate (bytes / 4)",
+                false,
+            ),
+            (
+                "proxy_tokens_estimated",
+                "Of kanban_governor_proxy_tokens_total, those estimated (the engine sent no usage)",
+                true,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (profile, p) in &snap.profiles {
+                let (prompt, generated) = if estimated {
+                    (p.prompt_tokens_estimated, p.generated_tokens_estimated)
+                } else {
+                    (p.prompt_tokens, p.generated_tokens)
+                };
+                for (kind, n) in [("prompt", prompt), ("generated", generated)] {
+                    let labels = [("profile", profile.as_str()), ("kind", kind)];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "proxy_in_flight",
+                "Requests through the pass-through in flight now, by profile",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (profile, p) in &snap.profiles {
+                let labels = [("profile", profile.as_str())];
+                ConstGauge::new(i64_of(p.in_flight)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "proxy_ttft",
+            "Time from a request's arrival to the first body byte of its 2xx answer, by profile",
+            Some(&Unit::Seconds),
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (profile, p) in &snap.profiles {
+            let labels = [("profile", profile.as_str())];
+            m.encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    p.ttft.sum,
+                    p.ttft.count,
+                    &p.ttft.buckets(),
+                    None,
+                )?;
         }
         Ok(())
     }
