@@ -1015,6 +1015,8 @@ mod never_fits_agreement {
             prop_assert_eq!(validation_says_never, decide_never_fits(&pool, declared), "{}{}", pool_toml, profile);
         }
     }
+}
+
 #[test]
 fn the_proxy_is_off_by_default_with_its_bounds_and_renders_back() {
     let c = load_ok(ONE_PROFILE);
