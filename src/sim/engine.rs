@@ -209,6 +209,9 @@ pub struct Engine {
     running: Vec<Live>,
     kv_used: u64,
     bytes_used: u64,
+    /// Paged pool: KV tokens a new admission must leave free (vLLM's optional watermark; 0:
+    /// off, vLLM's default).
+    kv_watermark_tokens: u64,
     /// Failure counters.
     pub counters: Counters,
 }
@@ -228,7 +231,40 @@ impl Engine {
             running: Vec::new(),
             kv_used: 0,
             bytes_used: 0,
+            kv_watermark_tokens: 0,
             counters: Counters::default(),
+        }
+    }
+
+    /// vLLM's KV watermark (PR #44594, off by default): a paged engine admits a request from
+    /// its queue only if `fraction` of the pool stays free after its prompt's blocks are
+    /// taken (the form vLLM's v0 block manager used; PEERS.md words it "while free blocks <
+    /// watermark × pool", which we read as checked after the allocation). Resumed
+    /// preemptions wait for it too. An idle engine admits anyway, so a request larger than
+    /// the pool less the watermark is not stuck forever. Other regimes ignore it.
+    pub fn set_kv_watermark(&mut self, fraction: f64) {
+        if let Regime::Paged {
+            capacity_tokens, ..
+        } = self.regime
+        {
+            self.kv_watermark_tokens = (capacity_tokens as f64 * fraction.clamp(0.0, 1.0)) as u64;
+        }
+    }
+
+    /// Requests queued in the engine, not yet scheduled (vLLM `num_requests_waiting`).
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Share of the engine's capacity in use, as its metrics report it: KV blocks of the
+    /// paged pool, busy slots, or (per-request) nothing (0).
+    pub fn kv_usage(&self) -> f64 {
+        match self.regime {
+            Regime::Paged {
+                capacity_tokens, ..
+            } => self.kv_used as f64 / capacity_tokens.max(1) as f64,
+            Regime::Slots { slots, .. } => self.running.len() as f64 / slots.max(1) as f64,
+            Regime::PerRequest { .. } => 0.0,
         }
     }
 
@@ -339,6 +375,8 @@ impl Engine {
                         Next::Overflow
                     } else if self.running.len() >= max_seqs
                         || self.kv_used + need > capacity_tokens
+                        || (!self.running.is_empty()
+                            && self.kv_used + need + self.kv_watermark_tokens > capacity_tokens)
                     {
                         Next::Wait
                     } else {
