@@ -30,7 +30,17 @@ from the config (the embedded default: `learned`, from the peaks of finished tas
 governor-declared = the same with every profile charged its declared worst case, always; oracle = \
 the best static cap in hindsight (a sweep of N, by tasks done), the best feasible static cap (the \
 best of the sweep with no OOM or offload, timeouts under 2 % and preemptions at most a tenth of \
-the unbounded row's) and clairvoyant admission (knows each task's true peak).
+the unbounded row's) and clairvoyant admission (knows each task's true peak). Peers (PEERS.md): \
+hermes-guard = Hermes >=0.20's host-memory guard (MemAvailable under 15 % of MemTotal: one new \
+worker a tick, under 5 %: none) over unbounded dispatch and over the hermes-caps caps; hermes-caps \
+= kanban.max_in_progress_per_profile, the even split scaled by 0.5-4, best feasible in hindsight; \
+llmd = llm-d flow control (a call waits at the gateway while max(queue/5, kv_usage/0.8) >= 1) over \
+unbounded dispatch; vllm-watermark = vLLM's KV watermark 0.05 over unbounded dispatch.
+
+Scenarios with their own host (unless --config or --gpu-memory/--engine/--model give one): \
+unified-memory (GB10-like, 128 GiB shared, vLLM at 0.87, telemetry = \"host\"), outside-client \
+(a 3-slot llama-server on 24 GiB with a 32-connection client outside the board); hermes-sized \
+raises every profile to 64k of context and adds a 10k-token system prompt to every call.
 
 Trace files (--trace) are in the Azure LLM inference CSV format \
 (TIMESTAMP,ContextTokens,GeneratedTokens). Every --group consecutive rows become one agent task \
@@ -129,8 +139,8 @@ fn load_setup(args: &SimulateArgs) -> anyhow::Result<sim::Setup> {
         Some(Scenario::UnifiedMemory) if !host_given(args) => {
             let text = sim::unified_config_toml().map_err(|e| usage(e.0))?;
             let cfg = config_from_text(&text)?;
-            let mut s = sim::setup_measured(&cfg, Some(sim::unified_measured()))
-                .map_err(|e| usage(e.0))?;
+            let mut s =
+                sim::setup_measured(&cfg, Some(sim::unified_measured())).map_err(|e| usage(e.0))?;
             s.host.speed = sim::gb10_speed(s.host.kv_bytes_per_token).map_err(|e| usage(e.0))?;
             s
         }

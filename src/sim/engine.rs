@@ -690,6 +690,41 @@ mod tests {
     }
 
     #[test]
+    fn a_kv_watermark_admits_only_while_its_share_of_the_pool_stays_free() {
+        // Each request takes 1008 tokens (1001 rounded to blocks of 16). Three fit in 4096;
+        // a 0.3 watermark (1228 tokens) lets the third in only once the pool keeps 1228 free.
+        let regime = Regime::Paged {
+            capacity_tokens: 4096,
+            block_tokens: 16,
+            max_seqs: 256,
+        };
+        let mut plain = Engine::new(regime, speed(), 1);
+        let mut marked = Engine::new(regime, speed(), 1);
+        marked.set_kv_watermark(0.3);
+        for e in [&mut plain, &mut marked] {
+            for i in 0..3 {
+                e.submit(req(i, 1000, 24, 0.0), 0.0);
+            }
+            e.step(0.0, 0.0, 0, &mut Vec::new());
+        }
+        assert_eq!(plain.running(), 3);
+        assert_eq!(marked.running(), 2);
+        assert_eq!(marked.waiting(), 1);
+        let (events, _) = run_until_idle(&mut marked, 0);
+        let done = events
+            .iter()
+            .filter(|e| matches!(e, Event::Done { .. }))
+            .count();
+        assert_eq!(done, 3, "the held request runs once room is back");
+        // An idle engine admits a request larger than the pool less the watermark.
+        let mut big = Engine::new(regime, speed(), 1);
+        big.set_kv_watermark(0.5);
+        big.submit(req(9, 3000, 10, 0.0), 0.0);
+        big.step(0.0, 0.0, 0, &mut Vec::new());
+        assert_eq!(big.running(), 1);
+    }
+
+    #[test]
     fn when_the_pool_runs_out_the_newest_request_is_preempted_and_recomputed() {
         // Two requests of 1000 prompt tokens that each grow by 600: 3200 tokens needed, 2560
         // in the pool.

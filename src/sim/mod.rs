@@ -149,10 +149,12 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
         .map(|(_, b)| b)
         .or(pool.gpu.baseline.map(|b| b.get()))
         .unwrap_or(match regime {
-        Regime::Paged { .. } => (total as f64 * 0.9) as u64,
-        Regime::Slots { slots, slot_ctx } => weight_bytes + slots as u64 * slot_ctx * kvbpt + GIB,
-        Regime::PerRequest { .. } => weight_bytes + GIB,
-    });
+            Regime::Paged { .. } => (total as f64 * 0.9) as u64,
+            Regime::Slots { slots, slot_ctx } => {
+                weight_bytes + slots as u64 * slot_ctx * kvbpt + GIB
+            }
+            Regime::PerRequest { .. } => weight_bytes + GIB,
+        });
     let policy = cfg.policy();
     let pp = &policy.pools[0];
     let ceiling = match (pp.kv_placement, regime) {
@@ -347,7 +349,9 @@ fn host_config_toml(
     let gpu = if host_telemetry {
         "telemetry = \"host\"\n".to_owned()
     } else {
-        format!("telemetry = \"static\"\nmemory_total = \"{gpu_bytes}B\"\nbaseline = \"{baseline}B\"\n")
+        format!(
+            "telemetry = \"static\"\nmemory_total = \"{gpu_bytes}B\"\nbaseline = \"{baseline}B\"\n"
+        )
     };
     Ok(format!(
         "[hermes]\nhome = \"/nonexistent/hermes\"\n\n[gpu]\n{gpu}headroom = 0.85\nreserve = \"1GiB\"\n\n[engine]\n{engine}\n[dispatch]\ninterval = \"5s\"\nmax_wait = \"10m\"\nstate_dir = \"/nonexistent/hermes/governor\"\n\n\
@@ -497,7 +501,11 @@ pub fn run_count(plan: &Plan) -> usize {
     let reference = (oracle || caps) && !has(StrategyName::Unbounded);
     strategies(plan).len()
         + if oracle { SWEEP.len() } else { 0 }
-        + if caps { caps_sweep(&plan.setup).len() } else { 0 }
+        + if caps {
+            caps_sweep(&plan.setup).len()
+        } else {
+            0
+        }
         + usize::from(caps && has(StrategyName::HermesGuard))
         + usize::from(reference)
 }
@@ -596,7 +604,10 @@ pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
         };
         let (caps, o) = chosen;
         hermes_rows.push(Outcome {
-            strategy: format!("{} ({note})", Strategy::HermesProfileCaps(caps.clone()).label()),
+            strategy: format!(
+                "{} ({note})",
+                Strategy::HermesProfileCaps(caps.clone()).label()
+            ),
             ..o.clone()
         });
         if has(StrategyName::HermesGuard) {

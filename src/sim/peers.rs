@@ -50,8 +50,7 @@ impl GuardTier {
 /// as the least a threshold can be (`max(share × total, floor)`), so a small host still keeps
 /// 128 MiB / 64 MiB free. A choice: the PR's text was not read here.
 pub fn guard_tier(available: u64, total: u64) -> GuardTier {
-    let threshold =
-        |share: f64, floor: u64| ((total as f64 * share) as u64).max(floor);
+    let threshold = |share: f64, floor: u64| ((total as f64 * share) as u64).max(floor);
     if available < threshold(GUARD_CRITICAL_SHARE, GUARD_CRITICAL_FLOOR_BYTES) {
         GuardTier::Critical
     } else if available < threshold(GUARD_ELEVATED_SHARE, GUARD_ELEVATED_FLOOR_BYTES) {
@@ -184,7 +183,10 @@ mod tests {
         assert_eq!(guard_tier(m.available(0, 0), total), GuardTier::Critical);
         let d = HostMemory::discrete(80 * GIB);
         assert_eq!(guard_tier(d.available(100, 0), d.total), GuardTier::Normal);
-        assert!(d.available(0, 40 * GIB) == d.available(0, 0), "a discrete GPU's memory is not host memory");
+        assert!(
+            d.available(0, 40 * GIB) == d.available(0, 0),
+            "a discrete GPU's memory is not host memory"
+        );
     }
 
     fn m(at_ms: u64, waiting: u64, running: u64, kv_usage: f64) -> EndpointMetrics {

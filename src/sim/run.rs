@@ -81,7 +81,9 @@ impl Strategy {
             Strategy::GovernorDeclared => "kanban-governor, declared footprints".into(),
             Strategy::Clairvoyant => "oracle: clairvoyant".into(),
             Strategy::HermesGuard(None) => "Hermes >=0.20 guard, unbounded".into(),
-            Strategy::HermesGuard(Some(caps)) => format!("Hermes >=0.20 guard, caps {}", slash(caps)),
+            Strategy::HermesGuard(Some(caps)) => {
+                format!("Hermes >=0.20 guard, caps {}", slash(caps))
+            }
             Strategy::HermesProfileCaps(caps) => format!("Hermes per-profile caps {}", slash(caps)),
             Strategy::LlmdFlowControl => "llm-d flow control, unbounded".into(),
             Strategy::VllmWatermark(w) => format!("vLLM KV watermark {w}, unbounded"),
@@ -399,7 +401,10 @@ impl<'a> Run<'a> {
         if let Some(c) = host.outside {
             // Connections start a second apart, so they do not all prefill at once.
             for k in 0..c.connections {
-                r.at(f64::from(k) * c.think_s / f64::from(c.connections.max(1)), Ev::Outside(k));
+                r.at(
+                    f64::from(k) * c.think_s / f64::from(c.connections.max(1)),
+                    Ev::Outside(k),
+                );
             }
         }
         r
@@ -519,7 +524,9 @@ impl<'a> Run<'a> {
 
     /// Returns the number of tasks that became done or blocked.
     fn on_engine(&mut self, e: Event) -> usize {
-        if let Event::FirstToken { task, .. } | Event::Done { task, .. } | Event::Failed { task, .. } = e
+        if let Event::FirstToken { task, .. }
+        | Event::Done { task, .. }
+        | Event::Failed { task, .. } = e
             && task >= self.specs.len()
         {
             // The outside client's call: its connection thinks, then sends the next.
@@ -733,7 +740,10 @@ impl<'a> Run<'a> {
 
     /// Ready tasks in Hermes's order: priority, then creation.
     /// The first `limit` of them (all when `None`).
-    fn ready_in_order(&self, limit: Option<usize>) -> Vec<usize> {
+    /// Only the profiles with room (`room`; `None`: every profile): a capped
+    /// profile's tasks would be skipped anyway; leaving them out of the sort keeps a long
+    /// backlog from being sorted every tick.
+    fn ready_in_order_of(&self, limit: Option<usize>, room: Option<&[bool]>) -> Vec<usize> {
         // Hermes's order: priority desc, then arrival, then index. Keys are built once per
         // call and sorted unstably (they are unique), which is several times faster than a
         // comparator that looks both sides up on every comparison.
@@ -741,7 +751,7 @@ impl<'a> Run<'a> {
             .active
             .iter()
             .copied()
-            .filter(|&i| self.ready(i))
+            .filter(|&i| self.ready(i) && room.is_none_or(|r| r[self.specs[i].profile]))
             .map(|i| {
                 let s = &self.specs[i];
                 // Arrivals are finite and ≥ 0, where the bit pattern orders like the value.
@@ -804,7 +814,22 @@ impl<'a> Run<'a> {
             Strategy::Governor | Strategy::GovernorDeclared => Some(1),
             _ => None,
         };
-        let ready = self.ready_in_order(limit);
+        let room: Option<Vec<bool>> = match self.strategy {
+            Strategy::ProfilePools(caps)
+            | Strategy::HermesProfileCaps(caps)
+            | Strategy::HermesGuard(Some(caps)) => {
+                let mut per: Vec<u32> = vec![0; caps.len()];
+                for &i in &running {
+                    per[self.specs[i].profile] += 1;
+                }
+                Some(per.iter().zip(caps).map(|(n, c)| n < c).collect())
+            }
+            _ => None,
+        };
+        if room.as_ref().is_some_and(|r| !r.contains(&true)) {
+            return;
+        }
+        let ready = self.ready_in_order_of(limit, room.as_deref());
         if ready.is_empty() {
             return;
         }
@@ -815,7 +840,10 @@ impl<'a> Run<'a> {
                 .take((*n as usize).saturating_sub(running.len()))
                 .collect(),
             Strategy::Unbounded | Strategy::LlmdFlowControl | Strategy::VllmWatermark(_) => ready,
-            Strategy::HermesGuard(None) => ready.into_iter().take(guard.unwrap_or(usize::MAX)).collect(),
+            Strategy::HermesGuard(None) => ready
+                .into_iter()
+                .take(guard.unwrap_or(usize::MAX))
+                .collect(),
             Strategy::ProfilePools(caps)
             | Strategy::HermesProfileCaps(caps)
             | Strategy::HermesGuard(Some(caps)) => {

@@ -230,7 +230,8 @@ pub fn scenario(s: Scenario, profiles: &[ProfileShape], duration: f64, seed: u64
             let m = profiles[t.profile].max_context.max(512);
             for c in &mut t.calls {
                 // Outputs are at most 400 tokens (`shaped`): a fixed cap keeps prompts growing.
-                c.prompt = (c.prompt + HERMES_SYSTEM_PROMPT_TOKENS).min(m.saturating_sub(400).max(1));
+                c.prompt =
+                    (c.prompt + HERMES_SYSTEM_PROMPT_TOKENS).min(m.saturating_sub(400).max(1));
             }
         }
     }
