@@ -227,9 +227,11 @@ fn every_peer_row_and_user_scenario_runs_and_shows_in_json() {
         let governor = row("kanban-governor");
         match scenario {
             "unified-memory" => {
-                assert_eq!(guard["completed"], 0, "{v}");
-                assert_eq!(row(peers[2])["completed"], 0, "{v}");
-                assert!(governor["completed"].as_u64().unwrap() > 0, "{v}");
+                // Nothing dispatched: no call was ever sent. (In 20 minutes on the GB10's
+                // bandwidth the governor sends calls but may finish no task yet.)
+                assert_eq!(guard["calls"], 0, "{v}");
+                assert_eq!(row(peers[2])["calls"], 0, "{v}");
+                assert!(governor["calls"].as_u64().unwrap() > 0, "{v}");
             }
             "mixed" => {
                 let unbounded = row("unbounded (gateway)");
