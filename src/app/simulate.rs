@@ -30,7 +30,17 @@ from the config (the embedded default: `learned`, from the peaks of finished tas
 governor-declared = the same with every profile charged its declared worst case, always; oracle = \
 the best static cap in hindsight (a sweep of N, by tasks done), the best feasible static cap (the \
 best of the sweep with no OOM or offload, timeouts under 2 % and preemptions at most a tenth of \
-the unbounded row's) and clairvoyant admission (knows each task's true peak).
+the unbounded row's) and clairvoyant admission (knows each task's true peak). Peers (PEERS.md): \
+hermes-guard = Hermes >=0.20's host-memory guard (MemAvailable under 15 % of MemTotal: one new \
+worker a tick, under 5 %: none) over unbounded dispatch and over the hermes-caps caps; hermes-caps \
+= kanban.max_in_progress_per_profile, the even split scaled by 0.5-4, best feasible in hindsight; \
+llmd = llm-d flow control (a call waits at the gateway while max(queue/5, kv_usage/0.8) >= 1) over \
+unbounded dispatch; vllm-watermark = vLLM's KV watermark 0.05 over unbounded dispatch.
+
+Scenarios with their own host (unless --config or --gpu-memory/--engine/--model give one): \
+unified-memory (GB10-like, 128 GiB shared, vLLM at 0.87, telemetry = \"host\"), outside-client \
+(a 3-slot llama-server on 24 GiB with a 32-connection client outside the board); hermes-sized \
+raises every profile to 64k of context and adds a 10k-token system prompt to every call.
 
 Trace files (--trace) are in the Azure LLM inference CSV format \
 (TIMESTAMP,ContextTokens,GeneratedTokens). Every --group consecutive rows become one agent task \
@@ -62,7 +72,7 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "MODEL", conflicts_with = "config")]
     pub model: Option<String>,
     /// Rows to compute (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StrategyName::Unbounded, StrategyName::PerTick, StrategyName::LiveCap, StrategyName::Pools, StrategyName::Governor, StrategyName::GovernorDeclared, StrategyName::Oracle])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = sim::ALL_STRATEGIES)]
     pub strategies: Vec<StrategyName>,
     /// N of `--max N` (per-tick) and of the live cap.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -94,6 +104,78 @@ fn usage(msg: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg))
 }
 
+/// Whether the flags name a host (else the scenario's own, or the embedded default).
+fn host_given(args: &SimulateArgs) -> bool {
+    args.config.is_some()
+        || args.gpu_memory.is_some()
+        || args.engine.is_some()
+        || args.model.is_some()
+}
+
+fn config_from_text(text: &str) -> anyhow::Result<config::Config> {
+    config::load_str(
+        text,
+        std::path::Path::new("/<simulate flags>/governor.toml"),
+        &ConfigArgs::default(),
+        &|_| None,
+    )
+    .map_err(|e| {
+        usage(format!(
+            "--gpu-memory/--engine/--model make no valid host: {e}; try another combination or write a config"
+        ))
+    })
+}
+
+/// The host and policy: the flags' host, else the scenario's own host where it has one
+/// (unified-memory: a GB10-like host; outside-client: a 24 GiB GPU under a 3-slot
+/// llama-server), else the embedded default. Hermes-sized raises every profile to 64k.
+fn load_setup(args: &SimulateArgs) -> anyhow::Result<sim::Setup> {
+    let scenario = if args.trace.is_some() {
+        None
+    } else {
+        Some(args.scenario)
+    };
+    let mut setup = match scenario {
+        Some(Scenario::UnifiedMemory) if !host_given(args) => {
+            let text = sim::unified_config_toml().map_err(|e| usage(e.0))?;
+            let cfg = config_from_text(&text)?;
+            let mut s =
+                sim::setup_measured(&cfg, Some(sim::unified_measured())).map_err(|e| usage(e.0))?;
+            s.host.speed = sim::gb10_speed(s.host.kv_bytes_per_token).map_err(|e| usage(e.0))?;
+            s
+        }
+        Some(Scenario::OutsideClient) if !host_given(args) => {
+            let text = sim::config_toml(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b")
+                .map_err(|e| usage(e.0))?;
+            sim::setup(&config_from_text(&text)?).map_err(|e| usage(e.0))?
+        }
+        Some(Scenario::HermesSized) => {
+            let mut cfg = load_config(args)?;
+            let before = sim::setup(&cfg).map_err(|e| usage(e.0))?;
+            for p in &mut cfg.profiles {
+                p.max_context_tokens = p
+                    .max_context_tokens
+                    .max(workload::HERMES_MIN_CONTEXT_TOKENS);
+            }
+            let mut s = sim::setup(&cfg).map_err(|e| usage(e.0))?;
+            // Which profiles are interactive stays as configured (all at 64k would make
+            // every profile "the smallest context").
+            for (p, b) in s.profiles.iter_mut().zip(&before.profiles) {
+                p.interactive = b.interactive;
+            }
+            s
+        }
+        _ => sim::setup(&load_config(args)?).map_err(|e| usage(e.0))?,
+    };
+    if scenario == Some(Scenario::UnifiedMemory) {
+        sim::make_unified(&mut setup);
+    }
+    if scenario == Some(Scenario::OutsideClient) {
+        setup.host.outside = Some(sim::OUTSIDE_CLIENT);
+    }
+    Ok(setup)
+}
+
 fn load_config(args: &SimulateArgs) -> anyhow::Result<config::Config> {
     if let Some(path) = &args.config {
         let cargs = ConfigArgs {
@@ -120,17 +202,7 @@ fn load_config(args: &SimulateArgs) -> anyhow::Result<config::Config> {
     };
     let model = args.model.as_deref().unwrap_or("llama-3.1-8b");
     let text = sim::config_toml(gpu, kind, model).map_err(|e| usage(e.0))?;
-    config::load_str(
-        &text,
-        std::path::Path::new("/<simulate flags>/governor.toml"),
-        &ConfigArgs::default(),
-        &|_| None,
-    )
-    .map_err(|e| {
-        usage(format!(
-            "--gpu-memory/--engine/--model make no valid host: {e}; try another combination or write a config"
-        ))
-    })
+    config_from_text(&text)
 }
 
 /// Build the plan the flags describe.
@@ -139,8 +211,7 @@ fn load_config(args: &SimulateArgs) -> anyhow::Result<config::Config> {
 ///
 /// Usage errors naming the flag, the file or the trace line.
 pub fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
-    let cfg = load_config(args)?;
-    let mut setup = sim::setup(&cfg).map_err(|e| usage(e.0))?;
+    let mut setup = load_setup(args)?;
     let duration = args.duration.as_secs_f64();
     if duration <= 0.0 {
         return Err(usage("--duration must be longer than 0s, e.g. 1h".into()));

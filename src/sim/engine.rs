@@ -209,6 +209,9 @@ pub struct Engine {
     running: Vec<Live>,
     kv_used: u64,
     bytes_used: u64,
+    /// Paged pool: KV tokens a new admission must leave free (vLLM's optional watermark; 0:
+    /// off, vLLM's default).
+    kv_watermark_tokens: u64,
     /// Failure counters.
     pub counters: Counters,
 }
@@ -228,7 +231,40 @@ impl Engine {
             running: Vec::new(),
             kv_used: 0,
             bytes_used: 0,
+            kv_watermark_tokens: 0,
             counters: Counters::default(),
+        }
+    }
+
+    /// vLLM's KV watermark (PR #44594, off by default): a paged engine admits a request from
+    /// its queue only if `fraction` of the pool stays free after its prompt's blocks are
+    /// taken (the form vLLM's v0 block manager used; PEERS.md words it "while free blocks <
+    /// watermark × pool", which we read as checked after the allocation). Resumed
+    /// preemptions wait for it too. An idle engine admits anyway, so a request larger than
+    /// the pool less the watermark is not stuck forever. Other regimes ignore it.
+    pub fn set_kv_watermark(&mut self, fraction: f64) {
+        if let Regime::Paged {
+            capacity_tokens, ..
+        } = self.regime
+        {
+            self.kv_watermark_tokens = (capacity_tokens as f64 * fraction.clamp(0.0, 1.0)) as u64;
+        }
+    }
+
+    /// Requests queued in the engine, not yet scheduled (vLLM `num_requests_waiting`).
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Share of the engine's capacity in use, as its metrics report it: KV blocks of the
+    /// paged pool, busy slots, or (per-request) nothing (0).
+    pub fn kv_usage(&self) -> f64 {
+        match self.regime {
+            Regime::Paged {
+                capacity_tokens, ..
+            } => self.kv_used as f64 / capacity_tokens.max(1) as f64,
+            Regime::Slots { slots, .. } => self.running.len() as f64 / slots.max(1) as f64,
+            Regime::PerRequest { .. } => 0.0,
         }
     }
 
@@ -339,6 +375,8 @@ impl Engine {
                         Next::Overflow
                     } else if self.running.len() >= max_seqs
                         || self.kv_used + need > capacity_tokens
+                        || (!self.running.is_empty()
+                            && self.kv_used + need + self.kv_watermark_tokens > capacity_tokens)
                     {
                         Next::Wait
                     } else {
@@ -649,6 +687,41 @@ mod tests {
             .count();
         assert_eq!(done, 4);
         assert_eq!(e.kv_used_tokens(), 0);
+    }
+
+    #[test]
+    fn a_kv_watermark_admits_only_while_its_share_of_the_pool_stays_free() {
+        // Each request takes 1008 tokens (1001 rounded to blocks of 16). Three fit in 4096;
+        // a 0.3 watermark (1228 tokens) lets the third in only once the pool keeps 1228 free.
+        let regime = Regime::Paged {
+            capacity_tokens: 4096,
+            block_tokens: 16,
+            max_seqs: 256,
+        };
+        let mut plain = Engine::new(regime, speed(), 1);
+        let mut marked = Engine::new(regime, speed(), 1);
+        marked.set_kv_watermark(0.3);
+        for e in [&mut plain, &mut marked] {
+            for i in 0..3 {
+                e.submit(req(i, 1000, 24, 0.0), 0.0);
+            }
+            e.step(0.0, 0.0, 0, &mut Vec::new());
+        }
+        assert_eq!(plain.running(), 3);
+        assert_eq!(marked.running(), 2);
+        assert_eq!(marked.waiting(), 1);
+        let (events, _) = run_until_idle(&mut marked, 0);
+        let done = events
+            .iter()
+            .filter(|e| matches!(e, Event::Done { .. }))
+            .count();
+        assert_eq!(done, 3, "the held request runs once room is back");
+        // An idle engine admits a request larger than the pool less the watermark.
+        let mut big = Engine::new(regime, speed(), 1);
+        big.set_kv_watermark(0.5);
+        big.submit(req(9, 3000, 10, 0.0), 0.0);
+        big.step(0.0, 0.0, 0, &mut Vec::new());
+        assert_eq!(big.running(), 1);
     }
 
     #[test]

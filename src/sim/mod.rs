@@ -11,6 +11,7 @@
 //! config's `policy()`, exactly as `run` and `tick` do.
 
 pub mod engine;
+pub mod peers;
 pub mod plot;
 pub mod report;
 pub mod rng;
@@ -21,6 +22,7 @@ use crate::catalog::{self, WeightFormat};
 use crate::config::{Config, EngineKind};
 use crate::governor::{KvPlacement, Policy};
 use engine::{Hardware, Regime, Speed};
+use peers::HostMemory;
 use run::{Host, Outcome, Params, Run, Strategy};
 use workload::{ProfileShape, TaskSpec};
 
@@ -70,20 +72,29 @@ fn weights_of(kind: EngineKind) -> WeightFormat {
 /// The config's first pool has no `gpu.memory_total`, no model the catalog knows, or an
 /// engine pool without `kv_capacity_tokens`.
 pub fn setup(cfg: &Config) -> Result<Setup, SetupError> {
+    setup_measured(cfg, None)
+}
+
+/// [`setup`], with the memory total and baseline a live telemetry source (`telemetry =
+/// "host"`, `"nvml"`) would measure given as `measured` (the config cannot carry them there).
+///
+/// # Errors
+///
+/// As [`setup`].
+pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setup, SetupError> {
     let pool = cfg
         .pools
         .first()
         .ok_or_else(|| SetupError("the config has no pool".into()))?;
-    let total = pool
-        .gpu
-        .memory_total
+    let total = measured
+        .map(|(t, _)| t)
+        .or(pool.gpu.memory_total.map(|b| b.get()))
         .ok_or_else(|| {
             SetupError(format!(
                 "pool {}: the simulator needs gpu.memory_total (its telemetry is live); set memory_total or pass --gpu-memory",
                 pool.name
             ))
-        })?
-        .get();
+        })?;
     let profiles_of_pool: Vec<_> = cfg
         .profiles
         .iter()
@@ -134,11 +145,16 @@ pub fn setup(cfg: &Config) -> Result<Setup, SetupError> {
         EngineKind::Ollama => Regime::PerRequest { offload: true },
         EngineKind::Openai => Regime::PerRequest { offload: false },
     };
-    let baseline = pool.gpu.baseline.map(|b| b.get()).unwrap_or(match regime {
-        Regime::Paged { .. } => (total as f64 * 0.9) as u64,
-        Regime::Slots { slots, slot_ctx } => weight_bytes + slots as u64 * slot_ctx * kvbpt + GIB,
-        Regime::PerRequest { .. } => weight_bytes + GIB,
-    });
+    let baseline = measured
+        .map(|(_, b)| b)
+        .or(pool.gpu.baseline.map(|b| b.get()))
+        .unwrap_or(match regime {
+            Regime::Paged { .. } => (total as f64 * 0.9) as u64,
+            Regime::Slots { slots, slot_ctx } => {
+                weight_bytes + slots as u64 * slot_ctx * kvbpt + GIB
+            }
+            Regime::PerRequest { .. } => weight_bytes + GIB,
+        });
     let policy = cfg.policy();
     let pp = &policy.pools[0];
     let ceiling = match (pp.kv_placement, regime) {
@@ -179,6 +195,8 @@ pub fn setup(cfg: &Config) -> Result<Setup, SetupError> {
                 Hardware::for_memory(total),
             ),
             neighbour: Vec::new(),
+            memory: HostMemory::discrete(total),
+            outside: None,
         },
         policy,
         profiles,
@@ -196,10 +214,98 @@ pub fn setup(cfg: &Config) -> Result<Setup, SetupError> {
 ///
 /// The model is not in the catalog, or its weights leave no room for KV.
 pub fn config_toml(gpu_bytes: u64, kind: EngineKind, model: &str) -> Result<String, SetupError> {
+    host_config_toml(gpu_bytes, kind, model, 0.9, false)
+}
+
+/// The `outside-client` scenario's memory service (vectorize-io/hindsight #1721: 32
+/// connections to a 3-slot llama-server). Its calls' sizes and pace are assumptions: a 2k-token
+/// prompt (memories and the text to file), 200 tokens out, a second between a connection's
+/// calls.
+pub const OUTSIDE_CLIENT: run::OutsideClient = run::OutsideClient {
+    connections: 32,
+    prompt: 2000,
+    output: 200,
+    think_s: 1.0,
+};
+
+/// The GPU of the `unified-memory` scenario: GB10-like, 128 GiB shared by CPU and GPU.
+pub const UNIFIED_MEMORY_BYTES: u64 = 128 * GIB;
+/// vLLM's `--gpu-memory-utilization` there (hermes-agent #90713).
+pub const UNIFIED_VLLM_UTILIZATION: f64 = 0.87;
+/// What the OS and everything but vLLM use there with no worker, as a share of memory:
+/// chosen so that `MemAvailable` idles at 4 %, as #90713 reports (1 − 0.87 − 0.09).
+pub const UNIFIED_OS_SHARE: f64 = 0.09;
+
+/// The `unified-memory` scenario's host as a config: [`config_toml`]'s profiles on a GB10-like
+/// 128 GiB unified memory, vLLM at 0.87 of it, `telemetry = "host"` (so no `memory_total`:
+/// the telemetry measures it; pass [`unified_measured`] to [`setup_measured`]).
+///
+/// # Errors
+///
+/// As [`config_toml`].
+pub fn unified_config_toml() -> Result<String, SetupError> {
+    host_config_toml(
+        UNIFIED_MEMORY_BYTES,
+        EngineKind::Vllm,
+        "llama-3.1-8b",
+        UNIFIED_VLLM_UTILIZATION,
+        true,
+    )
+}
+
+/// What host telemetry measures on the `unified-memory` host with no request: its total, and
+/// vLLM's reservation plus the OS as used.
+pub fn unified_measured() -> (u64, u64) {
+    let t = UNIFIED_MEMORY_BYTES as f64;
+    (
+        UNIFIED_MEMORY_BYTES,
+        (t * (UNIFIED_VLLM_UTILIZATION + UNIFIED_OS_SHARE)) as u64,
+    )
+}
+
+/// Make `setup`'s host a unified-memory one: the GPU's memory is the host's, and what the
+/// host uses idle is the GPU baseline (the engine's reservation and the OS).
+pub fn make_unified(setup: &mut Setup) {
+    let h = &mut setup.host;
+    h.memory = HostMemory {
+        total: h.total,
+        idle_used: h.baseline,
+        worker_rss: peers::WORKER_RSS_BYTES,
+        unified: true,
+    };
+}
+
+/// Llama-3.1-8B (bf16) on a GB10: 273 GB/s (NVIDIA's DGX Spark data sheet) at 80 %, and
+/// 125 TFLOP/s bf16 dense, taken as an eighth of the sheet's 1 PFLOP FP4 sparse (an
+/// assumption), at 40 %.
+///
+/// # Errors
+///
+/// The catalog lost the model.
+pub fn gb10_speed(kv_bytes_per_token: u64) -> Result<Speed, SetupError> {
+    let spec = catalog::lookup("llama-3.1-8b").map_err(|e| SetupError(format!("model: {e}")))?;
+    Ok(Speed::roofline(
+        spec.weight_bytes(WeightFormat::Bf16),
+        kv_bytes_per_token,
+        spec.params,
+        Hardware {
+            bandwidth: 273e9 * 0.8,
+            flops: 125e12 * 0.4,
+        },
+    ))
+}
+
+fn host_config_toml(
+    gpu_bytes: u64,
+    kind: EngineKind,
+    model: &str,
+    utilization: f64,
+    host_telemetry: bool,
+) -> Result<String, SetupError> {
     let spec = catalog::lookup(model).map_err(|e| SetupError(format!("--model: {e}")))?;
     let kvbpt = spec.kv_bytes_per_token(catalog::KvDtype::default());
     let weights = spec.weight_bytes(weights_of(kind));
-    let usable = (gpu_bytes as f64 * 0.9) as u64;
+    let usable = (gpu_bytes as f64 * utilization) as u64;
     let room = usable.saturating_sub(weights + 3 * GIB);
     if room < 4096 * kvbpt {
         return Err(SetupError(format!(
@@ -240,8 +346,15 @@ pub fn config_toml(gpu_bytes: u64, kind: EngineKind, model: &str) -> Result<Stri
     };
     let ctx = |c: u64, rpt: u64| c.min(ctx_cap).min(allowed / rpt) / 256 * 256;
     let researcher_rpt = if slots >= 2 { 2 } else { 1 };
+    let gpu = if host_telemetry {
+        "telemetry = \"host\"\n".to_owned()
+    } else {
+        format!(
+            "telemetry = \"static\"\nmemory_total = \"{gpu_bytes}B\"\nbaseline = \"{baseline}B\"\n"
+        )
+    };
     Ok(format!(
-        "[hermes]\nhome = \"/nonexistent/hermes\"\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"{gpu_bytes}B\"\nbaseline = \"{baseline}B\"\nheadroom = 0.85\nreserve = \"1GiB\"\n\n[engine]\n{engine}\n[dispatch]\ninterval = \"5s\"\nmax_wait = \"10m\"\nstate_dir = \"/nonexistent/hermes/governor\"\n\n\
+        "[hermes]\nhome = \"/nonexistent/hermes\"\n\n[gpu]\n{gpu}headroom = 0.85\nreserve = \"1GiB\"\n\n[engine]\n{engine}\n[dispatch]\ninterval = \"5s\"\nmax_wait = \"10m\"\nstate_dir = \"/nonexistent/hermes/governor\"\n\n\
          [[profiles]]\nname = \"coder\"\nmodel = \"{m}\"\nmax_context_tokens = {c1}\nmax_parallel = 8\n\n\
          [[profiles]]\nname = \"researcher\"\nmodel = \"{m}\"\nmax_context_tokens = {c2}\nrequests_per_task = {researcher_rpt}\nmax_parallel = 2\n\n\
          [[profiles]]\nname = \"triage\"\nmodel = \"{m}\"\nmax_context_tokens = {c3}\nguaranteed = {g}\n",
@@ -268,9 +381,33 @@ pub enum StrategyName {
     Governor,
     /// The governor with every profile charged its declared worst case (`footprint = "declared"`).
     GovernorDeclared,
+    /// Hermes ≥ 0.20's host-memory guard over unbounded dispatch, and over the per-profile
+    /// caps of `hermes-caps` when that row is computed too.
+    HermesGuard,
+    /// Hermes's `max_in_progress_per_profile`, the best caps of a sweep in hindsight.
+    HermesCaps,
+    /// llm-d's flow control (saturation gate on each call) over unbounded dispatch.
+    Llmd,
+    /// vLLM's KV watermark (0.05) over unbounded dispatch.
+    VllmWatermark,
     /// Best static cap in hindsight, and clairvoyant admission.
     Oracle,
 }
+
+/// Every row, in the order the table prints them.
+pub const ALL_STRATEGIES: [StrategyName; 11] = [
+    StrategyName::Unbounded,
+    StrategyName::PerTick,
+    StrategyName::LiveCap,
+    StrategyName::Pools,
+    StrategyName::Governor,
+    StrategyName::GovernorDeclared,
+    StrategyName::HermesGuard,
+    StrategyName::HermesCaps,
+    StrategyName::Llmd,
+    StrategyName::VllmWatermark,
+    StrategyName::Oracle,
+];
 
 /// Everything one `simulate` call needs.
 #[derive(Debug, Clone)]
@@ -312,7 +449,28 @@ pub fn pool_caps(setup: &Setup) -> Vec<u32> {
 /// The caps the hindsight sweep tries.
 pub const SWEEP: [u32; 14] = [1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64];
 
-/// The concrete strategies a plan runs, in row order (the sweep comes after them).
+/// The scale factors of the per-profile caps sweep: the even split ([`pool_caps`]) times k.
+/// A one-parameter family, like the static-cap sweep, not a search over every combination.
+pub const CAPS_SCALE: [f64; 6] = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0];
+
+/// The per-profile caps the `hermes-caps` sweep tries (distinct, in [`CAPS_SCALE`] order).
+pub fn caps_sweep(setup: &Setup) -> Vec<Vec<u32>> {
+    let even = pool_caps(setup);
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for k in CAPS_SCALE {
+        let caps: Vec<u32> = even
+            .iter()
+            .map(|&c| ((f64::from(c) * k).round() as u32).max(1))
+            .collect();
+        if !out.contains(&caps) {
+            out.push(caps);
+        }
+    }
+    out
+}
+
+/// The concrete strategies a plan runs directly, in row order (the sweeps, the rows chosen
+/// from them and the guard over the chosen caps come on top).
 pub fn strategies(plan: &Plan) -> Vec<Strategy> {
     let mut out = Vec::new();
     for s in &plan.strategies {
@@ -323,6 +481,12 @@ pub fn strategies(plan: &Plan) -> Vec<Strategy> {
             StrategyName::Pools => out.push(Strategy::ProfilePools(pool_caps(&plan.setup))),
             StrategyName::Governor => out.push(Strategy::Governor),
             StrategyName::GovernorDeclared => out.push(Strategy::GovernorDeclared),
+            StrategyName::HermesGuard => out.push(Strategy::HermesGuard(None)),
+            StrategyName::HermesCaps => {}
+            StrategyName::Llmd => out.push(Strategy::LlmdFlowControl),
+            StrategyName::VllmWatermark => {
+                out.push(Strategy::VllmWatermark(peers::VLLM_WATERMARK));
+            }
             StrategyName::Oracle => out.push(Strategy::Clairvoyant),
         }
     }
@@ -331,9 +495,19 @@ pub fn strategies(plan: &Plan) -> Vec<Strategy> {
 
 /// How many runs [`simulate`] makes (for a progress bar).
 pub fn run_count(plan: &Plan) -> usize {
-    let oracle = plan.strategies.contains(&StrategyName::Oracle);
-    let reference = oracle && !plan.strategies.contains(&StrategyName::Unbounded);
-    strategies(plan).len() + if oracle { SWEEP.len() } else { 0 } + usize::from(reference)
+    let has = |n| plan.strategies.contains(&n);
+    let oracle = has(StrategyName::Oracle);
+    let caps = has(StrategyName::HermesCaps);
+    let reference = (oracle || caps) && !has(StrategyName::Unbounded);
+    strategies(plan).len()
+        + if oracle { SWEEP.len() } else { 0 }
+        + if caps {
+            caps_sweep(&plan.setup).len()
+        } else {
+            0
+        }
+        + usize::from(caps && has(StrategyName::HermesGuard))
+        + usize::from(reference)
 }
 
 /// Run one strategy.
@@ -357,49 +531,119 @@ pub fn feasible(o: &Outcome, unbounded_preemptions: u64) -> bool {
         && o.preemptions.saturating_mul(10) <= unbounded_preemptions
 }
 
+/// How hindsight ranks runs: most tasks done, then fewest timeouts, then shortest makespan
+/// (ties: the earlier in the sweep, the lower cap).
+fn hindsight_key(o: &Outcome) -> (usize, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>) {
+    (
+        o.completed,
+        std::cmp::Reverse(o.timeouts),
+        std::cmp::Reverse(o.makespan.map_or(u64::MAX, |m| (m * 1000.0) as u64)),
+    )
+}
+
 /// Every row of the plan; `progress(done)` after each run. Of the hindsight sweep, the best
 /// cap (most tasks done, then fewest timeouts, then shortest makespan, then lowest cap)
 /// becomes the row "oracle: best static cap N", and the best cap that is [`feasible`] the row
 /// "oracle: best feasible static cap N" (unbounded dispatch is run for its preemptions when
-/// it is not a row). The runs are independent, so they share the machine's cores; each is
-/// deterministic, and the rows come in plan order whichever finishes first.
+/// it is not a row). Of the per-profile caps sweep ([`caps_sweep`]), the best feasible caps
+/// (or, if none is, the best, and the row says so) become the row "Hermes per-profile caps",
+/// and Hermes's guard runs once more over them. The runs are independent, so they share the
+/// machine's cores; each is deterministic, and the rows come in plan order whichever finishes
+/// first (the two best-static-cap rows last).
 pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
-    let oracle = plan.strategies.contains(&StrategyName::Oracle);
+    let has = |n| plan.strategies.contains(&n);
+    let oracle = has(StrategyName::Oracle);
+    let caps_row = has(StrategyName::HermesCaps);
     let mut jobs = strategies(plan);
     let rows_n = jobs.len();
     let mut unbounded_at = jobs.iter().position(|s| *s == Strategy::Unbounded);
+    if (oracle || caps_row) && unbounded_at.is_none() {
+        unbounded_at = Some(jobs.len());
+        jobs.push(Strategy::Unbounded);
+    }
+    let sweep_at = jobs.len();
     if oracle {
-        if unbounded_at.is_none() {
-            unbounded_at = Some(jobs.len());
-            jobs.push(Strategy::Unbounded);
-        }
         jobs.extend(SWEEP.iter().map(|&n| Strategy::LiveCap(n)));
     }
-    let mut outcomes = run_all(plan, &jobs, progress);
-    let sweep = outcomes.split_off(jobs.len() - if oracle { SWEEP.len() } else { 0 });
+    let caps_at = jobs.len();
+    let caps_tried = if caps_row {
+        caps_sweep(&plan.setup)
+    } else {
+        Vec::new()
+    };
+    jobs.extend(caps_tried.iter().cloned().map(Strategy::HermesProfileCaps));
+    let mut outcomes = run_all(plan, &jobs, &mut |d| progress(d));
+    let done = jobs.len();
+    let caps_runs = outcomes.split_off(caps_at);
+    let sweep = outcomes.split_off(sweep_at);
     let unbounded = unbounded_at
         .and_then(|i| outcomes.get(i))
         .map_or(0, |o| o.preemptions);
     outcomes.truncate(rows_n);
-    let mut rows = outcomes;
-    if oracle {
-        let key = |o: &Outcome| {
-            (
-                o.completed,
-                std::cmp::Reverse(o.timeouts),
-                std::cmp::Reverse(o.makespan.map_or(u64::MAX, |m| (m * 1000.0) as u64)),
-            )
+
+    // The Hermes rows chosen in hindsight, and the guard over those caps.
+    let mut hermes_rows = Vec::new();
+    if caps_row {
+        let pick = |feasible_only: bool| {
+            caps_tried
+                .iter()
+                .zip(&caps_runs)
+                .filter(|(_, o)| !feasible_only || feasible(o, unbounded))
+                .fold(None::<(&Vec<u32>, &Outcome)>, |best, (c, o)| match best {
+                    Some((_, b)) if hindsight_key(o) <= hindsight_key(b) => best,
+                    _ => Some((c, o)),
+                })
         };
+        let (chosen, note) = match pick(true) {
+            Some(p) => (p, "best feasible of sweep"),
+            None => (
+                // `caps_sweep` tries every scale of a non-empty list, so there is a run.
+                pick(false).expect("the caps sweep has at least one run"),
+                "best of sweep, none feasible",
+            ),
+        };
+        let (caps, o) = chosen;
+        hermes_rows.push(Outcome {
+            strategy: format!(
+                "{} ({note})",
+                Strategy::HermesProfileCaps(caps.clone()).label()
+            ),
+            ..o.clone()
+        });
+        if has(StrategyName::HermesGuard) {
+            let guard = [Strategy::HermesGuard(Some(caps.clone()))];
+            hermes_rows.extend(run_all(plan, &guard, &mut |d| progress(done + d)));
+        }
+    }
+
+    // Rows in plan order: the direct ones, the Hermes rows where `hermes-caps` stands.
+    let mut direct = outcomes.into_iter();
+    let mut rows = Vec::new();
+    for s in &plan.strategies {
+        if *s == StrategyName::HermesCaps {
+            rows.append(&mut hermes_rows);
+        } else {
+            rows.extend(direct.next());
+        }
+    }
+    if oracle {
         let mut best: Option<Outcome> = None;
         let mut best_feasible: Option<Outcome> = None;
         for (n, o) in SWEEP.into_iter().zip(sweep) {
-            if feasible(&o, unbounded) && best_feasible.as_ref().is_none_or(|b| key(&o) > key(b)) {
+            if feasible(&o, unbounded)
+                && best_feasible
+                    .as_ref()
+                    .is_none_or(|b| hindsight_key(&o) > hindsight_key(b))
+            {
                 best_feasible = Some(Outcome {
                     strategy: format!("oracle: best feasible static cap {n}"),
                     ..o.clone()
                 });
             }
-            if best.as_ref().is_none_or(|b| key(&o) > key(b)) {
+            if best
+                .as_ref()
+                .is_none_or(|b| hindsight_key(&o) > hindsight_key(b))
+            {
                 best = Some(Outcome {
                     strategy: format!("oracle: best static cap {n}"),
                     ..o

@@ -9,6 +9,7 @@
 //! become ready when their parent is done.
 
 use super::engine::{Engine, Event, Failure, Regime, Request};
+use super::peers::{self, EndpointMetrics, HostMemory};
 use super::workload::TaskSpec;
 use crate::governor::learned::{PeakStats, learned_spread, learned_worst_case};
 use crate::governor::{
@@ -16,7 +17,7 @@ use crate::governor::{
     ProfileId, Readiness, RunningTask, Spread, TaskId, WaitingTask, WorstCase, decide,
 };
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// A dispatch strategy.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,30 @@ pub enum Strategy {
     GovernorDeclared,
     /// Admission knowing each task's true peak (an upper reference, not a real strategy).
     Clairvoyant,
+    /// Hermes ≥ 0.20's host-memory guard (hermes-agent PR #88115, PEERS.md): each tick it
+    /// reads `MemAvailable` and starts every ready task (`None`: over unbounded dispatch) or
+    /// what the per-profile caps allow, at most one under 15 % of `MemTotal` and none under
+    /// 5 % ([`peers::guard_tier`]). Host memory is the host's model ([`Host::memory`]): the
+    /// OS, each worker's RSS and, on unified memory, the GPU's. Its default cap derived from
+    /// host memory (formula not read) is left out.
+    HermesGuard(Option<Vec<u32>>),
+    /// Hermes's `kanban.max_in_progress_per_profile` (a live cap per profile), with caps a
+    /// user tuned in hindsight (`simulate` picks them by a sweep).
+    HermesProfileCaps(Vec<u32>),
+    /// llm-d's flow control in front of the engine over unbounded task dispatch. The
+    /// adaptation: it gates *requests*, not tasks, so every ready task is dispatched and each
+    /// of its calls passes the gateway; while the pool is saturated
+    /// ([`peers::saturation`] ≥ 1) calls wait in the gateway's queue (FIFO: one priority
+    /// band, one flow, so its fairness ordering does not arise) and a call that waits there
+    /// past `call_timeout` times out like any other. The simulator reads the engine's
+    /// metrics at the moment of each gateway decision (on a call, after every engine
+    /// iteration, every sample), so they are never older than 200 ms and the scrape-lag
+    /// credit is zero: both are in the rule, and tested there, but never bite here; an
+    /// idealised, lag-free gateway.
+    LlmdFlowControl,
+    /// vLLM's KV watermark (PR #44594) at this fraction of the pool, over unbounded dispatch
+    /// ([`super::engine::Engine::set_kv_watermark`]).
+    VllmWatermark(f64),
 }
 
 impl Strategy {
@@ -55,8 +80,37 @@ impl Strategy {
             Strategy::Governor => "kanban-governor".into(),
             Strategy::GovernorDeclared => "kanban-governor, declared footprints".into(),
             Strategy::Clairvoyant => "oracle: clairvoyant".into(),
+            Strategy::HermesGuard(None) => "Hermes >=0.20 guard, unbounded".into(),
+            Strategy::HermesGuard(Some(caps)) => {
+                format!("Hermes >=0.20 guard, caps {}", slash(caps))
+            }
+            Strategy::HermesProfileCaps(caps) => format!("Hermes per-profile caps {}", slash(caps)),
+            Strategy::LlmdFlowControl => "llm-d flow control, unbounded".into(),
+            Strategy::VllmWatermark(w) => format!("vLLM KV watermark {w}, unbounded"),
         }
     }
+}
+
+fn slash(caps: &[u32]) -> String {
+    caps.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A client of the engine that is not on the board (hindsight's memory service, PEERS.md):
+/// `connections` that each send a call, wait for its answer, think, and send the next, for the
+/// whole run. It never times out or gives up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutsideClient {
+    /// Connections, each with one call in flight or thinking.
+    pub connections: u32,
+    /// Prompt tokens of each call.
+    pub prompt: u64,
+    /// Output tokens of each call.
+    pub output: u64,
+    /// Seconds between an answer and the connection's next call.
+    pub think_s: f64,
 }
 
 /// The host being simulated.
@@ -75,6 +129,10 @@ pub struct Host {
     pub speed: super::engine::Speed,
     /// Another tenant: (from, to, bytes) windows.
     pub neighbour: Vec<(f64, f64, u64)>,
+    /// The host's own memory, for Hermes's guard (and, where it is unified, the GPU's).
+    pub memory: HostMemory,
+    /// A client of the engine outside the board.
+    pub outside: Option<OutsideClient>,
 }
 
 impl Host {
@@ -213,6 +271,8 @@ enum Ev {
     Dispatch,
     Sample,
     Turn(usize, u32),
+    /// An outside client's connection sends its next call.
+    Outside(u32),
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -262,6 +322,8 @@ pub struct Run<'a> {
     lanes: Vec<String>,
     /// Tasks that arrived and are not done or blocked (pruned lazily).
     active: Vec<usize>,
+    /// Calls held at llm-d's gateway while the pool is saturated (empty for other strategies).
+    gateway: VecDeque<Request>,
 }
 
 fn micros(t: f64) -> u64 {
@@ -326,12 +388,25 @@ impl<'a> Run<'a> {
                 .map(|i| TaskId::from(format!("t{i}")))
                 .collect(),
             active: Vec::new(),
+            gateway: VecDeque::new(),
         };
+        if let Strategy::VllmWatermark(w) = strategy {
+            r.engine.set_kv_watermark(*w);
+        }
         for (i, s) in specs.iter().enumerate() {
             r.at(s.arrival, Ev::Arrive(i));
         }
         r.at(0.0, Ev::Dispatch);
         r.at(0.0, Ev::Sample);
+        if let Some(c) = host.outside {
+            // Connections start a second apart, so they do not all prefill at once.
+            for k in 0..c.connections {
+                r.at(
+                    f64::from(k) * c.think_s / f64::from(c.connections.max(1)),
+                    Ev::Outside(k),
+                );
+            }
+        }
         r
     }
 
@@ -352,7 +427,65 @@ impl<'a> Run<'a> {
 
     fn gpu_used(&self) -> u64 {
         let req = self.engine.request_bytes();
-        self.host.baseline + req + self.host.neighbour_at(self.now, req)
+        let workers = if self.host.memory.unified {
+            // One memory: the workers' RSS is in what the telemetry reads too.
+            self.host.memory.worker_rss * self.running_count() as u64
+        } else {
+            0
+        };
+        self.host.baseline + req + self.host.neighbour_at(self.now, req) + workers
+    }
+
+    fn running_count(&self) -> usize {
+        match self.counts {
+            Some((r, _)) => r as usize,
+            None => self
+                .active
+                .iter()
+                .filter(|&&i| self.tasks[i].st == St::Running)
+                .count(),
+        }
+    }
+
+    /// Whether llm-d's gateway holds calls back now (metrics read as of now).
+    fn saturated(&self) -> bool {
+        let now_ms = micros(self.now) / 1000;
+        let m = EndpointMetrics {
+            at_ms: now_ms,
+            waiting: self.engine.waiting() as u64,
+            running: self.engine.running() as u64,
+            kv_usage: self.engine.kv_usage(),
+        };
+        peers::saturated(&[peers::saturation(
+            Some(&m),
+            self.engine.in_flight() as u64,
+            now_ms,
+        )])
+    }
+
+    /// Release calls from llm-d's gateway while the pool is not saturated. A released call's
+    /// timeout clock keeps running from when it was sent.
+    fn drain_gateway(&mut self) {
+        while !self.gateway.is_empty() && !self.saturated() {
+            if let Some(req) = self.gateway.pop_front() {
+                let sent = req.submitted;
+                self.engine.submit(req, sent);
+            }
+        }
+    }
+
+    /// Send a call: straight to the engine, or through llm-d's gateway.
+    fn send(&mut self, req: Request) {
+        if *self.strategy == Strategy::LlmdFlowControl {
+            self.drain_gateway();
+            if self.gateway.is_empty() && !self.saturated() {
+                self.engine.submit(req, self.now);
+            } else {
+                self.gateway.push_back(req);
+            }
+        } else {
+            self.engine.submit(req, self.now);
+        }
     }
 
     /// Run to the horizon (or until every task is done or blocked).
@@ -373,6 +506,9 @@ impl<'a> Run<'a> {
                 for e in events.drain(..) {
                     open -= self.on_engine(e);
                 }
+                if !self.gateway.is_empty() {
+                    self.drain_gateway();
+                }
                 if d > 0.0 {
                     continue;
                 }
@@ -388,6 +524,18 @@ impl<'a> Run<'a> {
 
     /// Returns the number of tasks that became done or blocked.
     fn on_engine(&mut self, e: Event) -> usize {
+        if let Event::FirstToken { task, .. }
+        | Event::Done { task, .. }
+        | Event::Failed { task, .. } = e
+            && task >= self.specs.len()
+        {
+            // The outside client's call: its connection thinks, then sends the next.
+            if let (Event::Done { .. } | Event::Failed { .. }, Some(c)) = (&e, self.host.outside) {
+                let conn = (task - self.specs.len()) as u32;
+                self.at(self.now + c.think_s, Ev::Outside(conn));
+            }
+            return 0;
+        }
         match e {
             Event::FirstToken { ttft, .. } => {
                 self.ttfts.push(ttft);
@@ -436,7 +584,9 @@ impl<'a> Run<'a> {
     fn fail_run(&mut self, task: usize) -> usize {
         let reqs = std::mem::take(&mut self.tasks[task].requests);
         for r in reqs {
-            self.engine.cancel(r);
+            if !self.engine.cancel(r) {
+                self.gateway.retain(|q| q.id != r);
+            }
         }
         let t = &mut self.tasks[task];
         if t.st != St::Running {
@@ -474,12 +624,29 @@ impl<'a> Run<'a> {
                 let mut closed = 0;
                 let stalled = self.engine.stalled(self.now - self.params.call_timeout);
                 for (id, task) in stalled {
+                    if task >= self.specs.len() {
+                        continue; // the outside client waits as long as it takes
+                    }
                     if self.tasks[task].requests.contains(&id) {
                         self.timeouts += 1;
                         closed += self.fail_run(task);
                     } else {
                         self.engine.cancel(id);
                     }
+                }
+                if !self.gateway.is_empty() {
+                    let before = self.now - self.params.call_timeout;
+                    let stalled: Vec<usize> = self
+                        .gateway
+                        .iter()
+                        .filter(|q| q.submitted < before)
+                        .map(|q| q.task)
+                        .collect();
+                    for task in stalled {
+                        self.timeouts += 1;
+                        closed += self.fail_run(task);
+                    }
+                    self.drain_gateway();
                 }
                 self.sample();
                 self.at(self.now + self.params.sample_every, Ev::Sample);
@@ -496,19 +663,32 @@ impl<'a> Run<'a> {
                     self.next_req += 1;
                     let id = self.next_req;
                     self.calls += 1;
+                    self.send(Request {
+                        id,
+                        task,
+                        prompt: call.prompt,
+                        output: call.output,
+                        submitted: self.now,
+                    });
+                    self.tasks[task].requests.push(id);
+                }
+                self.tasks[task].outstanding = streams;
+                0
+            }
+            Ev::Outside(conn) => {
+                if let Some(c) = self.host.outside {
+                    self.next_req += 1;
                     self.engine.submit(
                         Request {
-                            id,
-                            task,
-                            prompt: call.prompt,
-                            output: call.output,
+                            id: self.next_req,
+                            task: self.specs.len() + conn as usize,
+                            prompt: c.prompt,
+                            output: c.output,
                             submitted: self.now,
                         },
                         self.now,
                     );
-                    self.tasks[task].requests.push(id);
                 }
-                self.tasks[task].outstanding = streams;
                 0
             }
         }
@@ -560,7 +740,10 @@ impl<'a> Run<'a> {
 
     /// Ready tasks in Hermes's order: priority, then creation.
     /// The first `limit` of them (all when `None`).
-    fn ready_in_order(&self, limit: Option<usize>) -> Vec<usize> {
+    /// Only the profiles with room (`room`; `None`: every profile): a capped
+    /// profile's tasks would be skipped anyway; leaving them out of the sort keeps a long
+    /// backlog from being sorted every tick.
+    fn ready_in_order_of(&self, limit: Option<usize>, room: Option<&[bool]>) -> Vec<usize> {
         // Hermes's order: priority desc, then arrival, then index. Keys are built once per
         // call and sorted unstably (they are unique), which is several times faster than a
         // comparator that looks both sides up on every comparison.
@@ -568,7 +751,7 @@ impl<'a> Run<'a> {
             .active
             .iter()
             .copied()
-            .filter(|&i| self.ready(i))
+            .filter(|&i| self.ready(i) && room.is_none_or(|r| r[self.specs[i].profile]))
             .map(|i| {
                 let s = &self.specs[i];
                 // Arrivals are finite and ≥ 0, where the bit pattern orders like the value.
@@ -610,6 +793,20 @@ impl<'a> Run<'a> {
             .copied()
             .filter(|&i| self.tasks[i].st == St::Running)
             .collect();
+        let guard = match self.strategy {
+            Strategy::HermesGuard(_) => {
+                let m = &self.host.memory;
+                peers::guard_tier(
+                    m.available(running.len(), self.engine.request_bytes()),
+                    m.total,
+                )
+                .allowance()
+            }
+            _ => None,
+        };
+        if guard == Some(0) {
+            return;
+        }
         let limit = match self.strategy {
             Strategy::PerTick(n) => Some(*n as usize),
             Strategy::LiveCap(n) => Some((*n as usize).saturating_sub(running.len())),
@@ -617,18 +814,39 @@ impl<'a> Run<'a> {
             Strategy::Governor | Strategy::GovernorDeclared => Some(1),
             _ => None,
         };
-        let ready = self.ready_in_order(limit);
+        let room: Option<Vec<bool>> = match self.strategy {
+            Strategy::ProfilePools(caps)
+            | Strategy::HermesProfileCaps(caps)
+            | Strategy::HermesGuard(Some(caps)) => {
+                let mut per: Vec<u32> = vec![0; caps.len()];
+                for &i in &running {
+                    per[self.specs[i].profile] += 1;
+                }
+                Some(per.iter().zip(caps).map(|(n, c)| n < c).collect())
+            }
+            _ => None,
+        };
+        if room.as_ref().is_some_and(|r| !r.contains(&true)) {
+            return;
+        }
+        let ready = self.ready_in_order_of(limit, room.as_deref());
         if ready.is_empty() {
             return;
         }
         let chosen: Vec<usize> = match self.strategy {
-            Strategy::Unbounded => ready,
             Strategy::PerTick(n) => ready.into_iter().take(*n as usize).collect(),
             Strategy::LiveCap(n) => ready
                 .into_iter()
                 .take((*n as usize).saturating_sub(running.len()))
                 .collect(),
-            Strategy::ProfilePools(caps) => {
+            Strategy::Unbounded | Strategy::LlmdFlowControl | Strategy::VllmWatermark(_) => ready,
+            Strategy::HermesGuard(None) => ready
+                .into_iter()
+                .take(guard.unwrap_or(usize::MAX))
+                .collect(),
+            Strategy::ProfilePools(caps)
+            | Strategy::HermesProfileCaps(caps)
+            | Strategy::HermesGuard(Some(caps)) => {
                 let mut per: Vec<u32> = vec![0; caps.len()];
                 for &i in &running {
                     per[self.specs[i].profile] += 1;
@@ -641,6 +859,7 @@ impl<'a> Run<'a> {
                         out.push(i);
                     }
                 }
+                out.truncate(guard.unwrap_or(usize::MAX));
                 out
             }
             Strategy::Governor | Strategy::GovernorDeclared => {

@@ -85,7 +85,22 @@ pub enum Scenario {
     /// The mixed workload with another GPU tenant grabbing a quarter of the memory for five
     /// minutes every fifteen.
     NoisyNeighbour,
+    /// The mixed workload on a GB10-like unified-memory host: one 128 GiB memory for CPU and
+    /// GPU, vLLM reserving 0.87 of it, the governor on `telemetry = "host"` (hermes-agent
+    /// #90713).
+    UnifiedMemory,
+    /// The mixed workload on a 3-slot llama-server that a memory service outside the board
+    /// also uses, with 32 connections (vectorize-io/hindsight #1721).
+    OutsideClient,
+    /// The mixed workload sized as Hermes needs it: every profile at least 64k tokens of
+    /// context (hermes-agent #14420) and a 10k-token system prompt in every call (#25041).
+    HermesSized,
 }
+
+/// Tokens of Hermes's system prompt (hermes-agent #25041: ~10k).
+pub const HERMES_SYSTEM_PROMPT_TOKENS: u64 = 10_000;
+/// The least context Hermes workers need (hermes-agent #14420: ≥ 64k).
+pub const HERMES_MIN_CONTEXT_TOKENS: u64 = 65_536;
 
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,6 +109,9 @@ impl fmt::Display for Scenario {
             Scenario::Pipeline => "pipeline",
             Scenario::Burst => "burst",
             Scenario::NoisyNeighbour => "noisy-neighbour",
+            Scenario::UnifiedMemory => "unified-memory",
+            Scenario::OutsideClient => "outside-client",
+            Scenario::HermesSized => "hermes-sized",
         })
     }
 }
@@ -145,7 +163,11 @@ pub fn scenario(s: Scenario, profiles: &[ProfileShape], duration: f64, seed: u64
     };
     let mut tasks = Vec::new();
     match s {
-        Scenario::Mixed | Scenario::NoisyNeighbour => {
+        Scenario::Mixed
+        | Scenario::NoisyNeighbour
+        | Scenario::UnifiedMemory
+        | Scenario::OutsideClient
+        | Scenario::HermesSized => {
             for &p in &interactive {
                 let mut t = rng.exp(20.0);
                 while t < duration {
@@ -200,6 +222,18 @@ pub fn scenario(s: Scenario, profiles: &[ProfileShape], duration: f64, seed: u64
     // Parents were indices before sorting; pipelines are created in order, so remap.
     if s == Scenario::Pipeline {
         relink(&mut tasks);
+    }
+    if s == Scenario::HermesSized {
+        // The system prompt comes on top of what the task has built up, within the
+        // profile's context (where the call's output still fits).
+        for t in &mut tasks {
+            let m = profiles[t.profile].max_context.max(512);
+            for c in &mut t.calls {
+                // Outputs are at most 400 tokens (`shaped`): a fixed cap keeps prompts growing.
+                c.prompt =
+                    (c.prompt + HERMES_SYSTEM_PROMPT_TOKENS).min(m.saturating_sub(400).max(1));
+            }
+        }
     }
     tasks
 }
