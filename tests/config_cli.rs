@@ -398,3 +398,39 @@ fn a_mistyped_command_is_answered_with_the_one_meant() {
         text(&out.stderr)
     );
 }
+
+/// `check-config … | head`: a reader that stops early is not a failure (it panicked on the
+/// broken pipe before).
+#[test]
+fn check_config_into_a_pipe_closed_early_exits_0() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    // Far more output than a pipe holds (64 KiB), so the writer meets the closed pipe.
+    let mut config = String::from("[gpu]\ntelemetry = \"static\"\nmemory_total = \"80GiB\"\n");
+    for i in 0..600 {
+        config += &format!(
+            "\n[[profiles]]\nname = \"p{i}\"\nkv_bytes_per_token = \"1KiB\"\nmax_context_tokens = 1000\n"
+        );
+    }
+    let path = tmp.path().join("governor.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kanban-governor"))
+        .env_clear()
+        .env("HOME", tmp.path())
+        .args(["check-config", "--file-only", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -38,7 +38,7 @@ pub struct CheckConfigArgs {
 /// Only when stdout cannot be serialized to (never for these plain types).
 pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     if args.reference {
-        print!("{}", config::reference_markdown());
+        out(&config::reference_markdown());
         return Ok(ExitCode::SUCCESS);
     }
     let env = config::process_env;
@@ -57,21 +57,21 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     match loaded {
         Ok(cfg) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&cfg)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&cfg)?));
             } else {
-                print!("{}", cfg.to_toml_annotated());
-                println!(
-                    "\n# OK: {} pool(s), {} profile(s).",
+                out(&format!(
+                    "{}\n# OK: {} pool(s), {} profile(s).\n",
+                    cfg.to_toml_annotated(),
                     cfg.pools.len(),
                     cfg.profiles.len()
-                );
+                ));
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
             if args.json {
                 let problems = serde_json::json!({ "problems": err.problems });
-                println!("{}", serde_json::to_string_pretty(&problems)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&problems)?));
             }
             for p in &err.problems {
                 eprintln!("error: {p}");
@@ -83,4 +83,11 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// Write to stdout; a closed stdout (piped into `head`) is the reader's choice, not a failure.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
 }
