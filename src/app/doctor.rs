@@ -275,9 +275,10 @@ pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<
     let mut checks = Vec::new();
     let bin = check_hermes_bin(inputs, env, &mut checks);
     checks.push(check_version(bin.as_deref(), inputs.max_semantics));
+    let hermes = hermes_command(bin.as_deref());
     let root = match hh::read_kanban_root(&hermes_env) {
         Ok(root) => {
-            checks.push(check_hermes_home(&inputs.hermes_home, &root));
+            checks.push(check_hermes_home(&inputs.hermes_home, &root, &hermes));
             Some(root)
         }
         Err(e) => {
@@ -291,10 +292,9 @@ pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<
     };
     if let Some(root) = &root {
         checks.push(check_gateway(&hermes_env, &inputs.hermes_home, root));
-        let hermes = hermes_command(bin.as_deref());
         checks.extend(check_board(&hermes_env, inputs, root, &hermes));
         match hh::read_hermes_root(&hermes_env) {
-            Ok(hermes_root) => checks.extend(check_profiles(inputs, &hermes_root)),
+            Ok(hermes_root) => checks.extend(check_profiles(inputs, &hermes_root, &hermes)),
             Err(e) => checks.push(Check::fail(
                 "profiles",
                 e.to_string(),
@@ -448,7 +448,7 @@ fn check_version(bin: Option<&Path>, assume: Option<MaxSemantics>) -> Check {
 }
 
 /// `hermes_home`: the directory exists; says which kanban root it gives.
-fn check_hermes_home(home: &Path, root: &Path) -> Check {
+fn check_hermes_home(home: &Path, root: &Path, hermes: &str) -> Check {
     if home.is_dir() {
         let root_note = if root == home {
             String::new()
@@ -464,7 +464,7 @@ fn check_hermes_home(home: &Path, root: &Path) -> Check {
             "hermes_home",
             format!("HERMES_HOME = {} does not exist", home.display()),
             format!(
-                "run `HERMES_HOME={} hermes kanban init`, or set hermes.home to the Hermes home of the governed board",
+                "run `HERMES_HOME={} {hermes} kanban init`, or set hermes.home to the Hermes home of the governed board",
                 home.display()
             ),
         )
@@ -749,7 +749,7 @@ fn check_hermes_caps(home: &Path) -> Vec<Check> {
 
 /// `profile:<name>`: each governed profile is a Hermes profile and its lane is not. `root` is
 /// the Hermes root (profiles), not the kanban root.
-fn check_profiles(inputs: &Inputs, root: &Path) -> Vec<Check> {
+fn check_profiles(inputs: &Inputs, root: &Path, hermes: &str) -> Vec<Check> {
     if inputs.profiles.is_empty() {
         return vec![Check::warn(
             "profiles",
@@ -774,7 +774,7 @@ fn check_profiles(inputs: &Inputs, root: &Path) -> Vec<Check> {
                         hh::profile_dir(root, &p.name).display()
                     ),
                     format!(
-                        "run `HERMES_HOME={} hermes profile create {} --no-alias`, or fix the profile name",
+                        "run `HERMES_HOME={} {hermes} profile create {} --no-alias`, or fix the profile name",
                         inputs.hermes_home.display(),
                         p.name
                     ),

@@ -161,7 +161,7 @@ fn profiles_must_exist_and_lanes_must_not() {
     std::fs::create_dir_all(root.join("profiles/reviewer")).unwrap();
     let mut i = inputs(root);
     assert_eq!(
-        find(&check_profiles(&i, root), "profiles").status,
+        find(&check_profiles(&i, root, "hermes"), "profiles").status,
         Status::Warn
     );
     i.profiles = vec![
@@ -178,7 +178,7 @@ fn profiles_must_exist_and_lanes_must_not() {
             lane: "reviewer".into(),
         },
     ];
-    let checks = check_profiles(&i, root);
+    let checks = check_profiles(&i, root, "/opt/hermes/bin/hermes");
     assert_eq!(find(&checks, "profile:coder").status, Status::Ok);
     let ghost = find(&checks, "profile:ghost");
     assert_eq!(ghost.status, Status::Fail);
@@ -187,7 +187,8 @@ fn profiles_must_exist_and_lanes_must_not() {
             .fix
             .as_deref()
             .unwrap()
-            .contains("hermes profile create ghost --no-alias")
+            .contains("/opt/hermes/bin/hermes profile create ghost --no-alias"),
+        "the fix names the hermes doctor found: {ghost:?}"
     );
     let d = find(&checks, "profile:default");
     assert_eq!(d.status, Status::Fail);
