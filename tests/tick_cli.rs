@@ -347,3 +347,41 @@ fn status_shows_running_and_waiting_per_profile_with_reasons_and_runs_no_hermes(
     assert!(rig.calls().is_empty());
     assert!(!rig.state_dir().exists(), "status wrote the state dir");
 }
+
+/// Issue 15: tasks Hermes blocked (its workers kept dying, or a worker asked for a human) show
+/// in `status` with Hermes's reason; before, a board of such tasks read "0 running 0 waiting".
+#[test]
+fn status_shows_tasks_hermes_blocked_with_its_reason() {
+    let rig = Rig::new();
+    rig.board(&[
+        ("t_dead", "coder", "blocked"),
+        ("t_quiet", "coder", "blocked"),
+        ("t_wait", "coder@gpu", "ready"),
+    ]);
+    let conn = rusqlite::Connection::open(rig.db()).unwrap();
+    conn.execute_batch(
+        "INSERT INTO task_events(task_id, kind, payload, created_at) VALUES
+           ('t_dead', 'blocked', '{\"reason\": \"old reason\", \"kind\": \"worker\"}', 1),
+           ('t_dead', 'gave_up', '{\"reason\": \"worker crashed 2 times\"}', 2);
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    drop(conn);
+    let bin = rig.fake_hermes(VERSION);
+    let cfg = rig.config(&bin, "");
+    let out = rig.run(&cfg, &["status"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("blocked by Hermes (2)"), "{t}");
+    assert!(t.contains("t_dead (coder): worker crashed 2 times"), "{t}");
+    assert!(t.contains("t_quiet (coder): no reason recorded"), "{t}");
+    let out = rig.run(&cfg, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["blocked"][0]["id"], "t_dead");
+    assert_eq!(v["blocked"][0]["reason"], "worker crashed 2 times");
+    assert!(
+        rig.calls().iter().all(|c| !c.contains("kanban")),
+        "{:?}",
+        rig.calls()
+    );
+}

@@ -557,6 +557,64 @@ impl SqliteBoard {
     }
 }
 
+/// A task Hermes holds as `blocked`, with the reason of its latest block.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BlockedTask {
+    /// Task id.
+    pub id: String,
+    /// Its assignee.
+    pub assignee: Option<String>,
+    /// Why, as Hermes recorded it (`task_events` `blocked`/`gave_up` payload's `reason`),
+    /// when it did.
+    pub reason: Option<String>,
+}
+
+fn read_blocked(conn: &Connection) -> rusqlite::Result<Vec<BlockedTask>> {
+    let mut stmt = conn.prepare(
+        "SELECT t.id, t.assignee,
+                (SELECT e.payload FROM task_events e
+                  WHERE e.task_id = t.id AND e.kind IN ('blocked', 'gave_up')
+                  ORDER BY e.id DESC LIMIT 1)
+           FROM tasks t WHERE t.status = 'blocked'
+          ORDER BY t.priority DESC, t.created_at, t.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let payload: Option<String> = r.get(2)?;
+        Ok(BlockedTask {
+            id: r.get(0)?,
+            assignee: r.get(1)?,
+            reason: payload.and_then(|p| {
+                serde_json::from_str::<serde_json::Value>(&p)
+                    .ok()?
+                    .get("reason")?
+                    .as_str()
+                    .map(str::to_owned)
+            }),
+        })
+    })?;
+    rows.collect()
+}
+
+impl SqliteBoard {
+    /// The tasks Hermes holds as `blocked` (its workers kept failing, or a worker or person
+    /// blocked them), with the reason of each one's latest block, for `status`.
+    ///
+    /// # Errors
+    ///
+    /// As a board read.
+    pub fn blocked(&mut self) -> Result<Vec<BlockedTask>, BoardError> {
+        if self.leave_no_files {
+            self.check_present()?;
+            return quiet_read(&self.path, read_blocked);
+        }
+        let conn = self.connection()?;
+        read_blocked(conn).map_err(|e| {
+            self.conn = None;
+            self.classify(e)
+        })
+    }
+}
+
 impl TaskBoard for SqliteBoard {
     fn read_board(&mut self, tracked: &[TaskId]) -> Result<BoardSnapshot, PortError> {
         Ok(self.read_snapshot(tracked)?)

@@ -61,6 +61,9 @@ pub struct StatusReport {
     pub pools: Vec<PoolBudget>,
     /// Per profile, declared vs learned footprint (context per request).
     pub footprints: Vec<ProfileLearning>,
+    /// Tasks Hermes holds as blocked, with its reason: they neither run nor wait, so without
+    /// this a board whose workers all died reads "0 running, 0 waiting".
+    pub blocked: Vec<crate::adapters::board_sqlite::BlockedTask>,
     /// The raw observation.
     pub observed: Observed,
     /// The raw decision.
@@ -118,6 +121,7 @@ fn report(
         waiting,
         pools: decision.pools.clone(),
         footprints: learning::report(policy, state),
+        blocked: Vec::new(),
         observed,
         decision,
     }
@@ -179,6 +183,22 @@ fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
         let profile = w.profile.as_deref().unwrap_or("-");
         writeln!(out, "  {} ({profile}): {}", w.id, w.reason)?;
     }
+    if !r.blocked.is_empty() {
+        writeln!(
+            out,
+            "blocked by Hermes ({}): they neither run nor wait; fix the cause, then `hermes kanban unblock <id>`",
+            r.blocked.len()
+        )?;
+        for b in &r.blocked {
+            writeln!(
+                out,
+                "  {} ({}): {}",
+                b.id,
+                b.assignee.as_deref().unwrap_or("-"),
+                b.reason.as_deref().unwrap_or("no reason recorded")
+            )?;
+        }
+    }
     for e in &r.observed.telemetry_errors {
         writeln!(out, "  error: {e}")?;
     }
@@ -210,7 +230,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         ..TickOptions::default()
     };
     let observed = observe(&setup.policy, &mut ports, &mut state, &opts).map_err(port_error)?;
-    let r = report(&setup.policy, observed, &state);
+    let mut r = report(&setup.policy, observed, &state);
+    r.blocked = board.blocked().map_err(anyhow::Error::new)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let _ = if args.json {
