@@ -594,25 +594,23 @@ pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
                     _ => Some((c, o)),
                 })
         };
-        let (chosen, note) = match pick(true) {
-            Some(p) => (p, "best feasible of sweep"),
-            None => (
-                // `caps_sweep` tries every scale of a non-empty list, so there is a run.
-                pick(false).expect("the caps sweep has at least one run"),
-                "best of sweep, none feasible",
-            ),
-        };
-        let (caps, o) = chosen;
-        hermes_rows.push(Outcome {
-            strategy: format!(
-                "{} ({note})",
-                Strategy::HermesProfileCaps(caps.clone()).label()
-            ),
-            ..o.clone()
-        });
-        if has(StrategyName::HermesGuard) {
-            let guard = [Strategy::HermesGuard(Some(caps.clone()))];
-            hermes_rows.extend(run_all(plan, &guard, &mut |d| progress(done + d)));
+        // `caps_sweep` tries every scale of a non-empty list, so there is always a run; were
+        // there none, the row would be missing, not wrong.
+        let chosen = pick(true)
+            .map(|p| (p, "best feasible of sweep"))
+            .or_else(|| pick(false).map(|p| (p, "best of sweep, none feasible")));
+        if let Some(((caps, o), note)) = chosen {
+            hermes_rows.push(Outcome {
+                strategy: format!(
+                    "{} ({note})",
+                    Strategy::HermesProfileCaps(caps.clone()).label()
+                ),
+                ..o.clone()
+            });
+            if has(StrategyName::HermesGuard) {
+                let guard = [Strategy::HermesGuard(Some(caps.clone()))];
+                hermes_rows.extend(run_all(plan, &guard, &mut |d| progress(done + d)));
+            }
         }
     }
 
