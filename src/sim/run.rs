@@ -814,7 +814,9 @@ impl<'a> Run<'a> {
             Strategy::Governor | Strategy::GovernorDeclared => Some(1),
             _ => None,
         };
-        let room: Option<Vec<bool>> = match self.strategy {
+        // Running tasks per profile, where a strategy caps profiles (counted once, used for the
+        // room check and the choice below).
+        let per_running: Option<Vec<u32>> = match self.strategy {
             Strategy::ProfilePools(caps)
             | Strategy::HermesProfileCaps(caps)
             | Strategy::HermesGuard(Some(caps)) => {
@@ -822,8 +824,17 @@ impl<'a> Run<'a> {
                 for &i in &running {
                     per[self.specs[i].profile] += 1;
                 }
-                Some(per.iter().zip(caps).map(|(n, c)| n < c).collect())
+                Some(per)
             }
+            _ => None,
+        };
+        let room: Option<Vec<bool>> = match (self.strategy, &per_running) {
+            (
+                Strategy::ProfilePools(caps)
+                | Strategy::HermesProfileCaps(caps)
+                | Strategy::HermesGuard(Some(caps)),
+                Some(per),
+            ) => Some(per.iter().zip(caps).map(|(n, c)| n < c).collect()),
             _ => None,
         };
         if room.as_ref().is_some_and(|r| !r.contains(&true)) {
@@ -847,10 +858,7 @@ impl<'a> Run<'a> {
             Strategy::ProfilePools(caps)
             | Strategy::HermesProfileCaps(caps)
             | Strategy::HermesGuard(Some(caps)) => {
-                let mut per: Vec<u32> = vec![0; caps.len()];
-                for &i in &running {
-                    per[self.specs[i].profile] += 1;
-                }
+                let mut per = per_running.unwrap_or_else(|| vec![0; caps.len()]);
                 let mut out = Vec::new();
                 for i in ready {
                     let p = self.specs[i].profile;
