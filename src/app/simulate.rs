@@ -326,7 +326,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             args.seed,
             plan.params.horizon / 60.0,
         );
-        let _ = write!(out, "{}", sim::report::table(&rows));
+        let ctx = sim::report::Context {
+            kv_pool_tokens: h.regime.kv_pool_tokens(),
+            ceiling: plan.setup.ceiling,
+            horizon_s: plan.params.horizon,
+        };
+        let _ = write!(out, "{}", sim::report::table(&rows, &ctx));
     }
     if let Some(dir) = &args.plot {
         let files = sim::plot::write_all(dir, &rows, plan.setup.ceiling)

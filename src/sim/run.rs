@@ -225,6 +225,8 @@ pub struct Outcome {
     pub gpu: [u64; 3],
     /// Highest KV tokens held.
     pub kv_peak: u64,
+    /// KV tokens held by the engine: mean, p99, max over the samples.
+    pub kv: [u64; 3],
     /// Share of samples with the engine idle while ready tasks waited.
     pub idle_with_work: f64,
     /// When the last task finished, if every task did.
@@ -280,6 +282,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Mean, p99 and max of samples (zeros when there are none).
+fn mean_p99_max(mut v: Vec<u64>) -> [u64; 3] {
+    if v.is_empty() {
+        return [0; 3];
+    }
+    v.sort_unstable();
+    let mean = (v.iter().map(|&m| u128::from(m)).sum::<u128>() / v.len() as u128) as u64;
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    [mean, q(0.99), q(1.0)]
 }
 
 /// The simulation of one strategy.
@@ -1020,20 +1033,8 @@ impl<'a> Run<'a> {
     fn outcome(self) -> Outcome {
         let mut ttft = self.ttfts;
         ttft.sort_by(f64::total_cmp);
-        let mut mem: Vec<u64> = self.series.iter().map(|p| p.gpu_used).collect();
-        mem.sort_unstable();
-        let mean = if mem.is_empty() {
-            0
-        } else {
-            (mem.iter().map(|&m| m as u128).sum::<u128>() / mem.len() as u128) as u64
-        };
-        let q = |p: f64| {
-            if mem.is_empty() {
-                0
-            } else {
-                mem[((mem.len() - 1) as f64 * p).round() as usize]
-            }
-        };
+        let gpu = mean_p99_max(self.series.iter().map(|p| p.gpu_used).collect());
+        let kv = mean_p99_max(self.series.iter().map(|p| p.kv_used).collect());
         let completed = self.tasks.iter().filter(|t| t.st == St::Done).count();
         let blocked = self.tasks.iter().filter(|t| t.st == St::Blocked).count();
         let span = self.params.horizon.min(self.now.max(1.0));
@@ -1054,8 +1055,9 @@ impl<'a> Run<'a> {
                 percentile(&ttft, 0.95),
                 percentile(&ttft, 0.99),
             ],
-            gpu: [mean, q(0.99), q(1.0)],
-            kv_peak: self.series.iter().map(|p| p.kv_used).max().unwrap_or(0),
+            gpu,
+            kv_peak: kv[2],
+            kv,
             idle_with_work: if self.series.is_empty() {
                 0.0
             } else {

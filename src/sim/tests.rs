@@ -41,7 +41,7 @@ fn the_same_seed_gives_the_same_table() {
         ),
         &mut |_| {},
     );
-    assert_eq!(report::table(&a), report::table(&b));
+    assert_eq!(report::csv(&a), report::csv(&b));
     let c = simulate(
         &default_plan(
             4,
@@ -50,7 +50,7 @@ fn the_same_seed_gives_the_same_table() {
         ),
         &mut |_| {},
     );
-    assert_ne!(report::table(&a), report::table(&c));
+    assert_ne!(report::csv(&a), report::csv(&c));
 }
 
 #[test]
