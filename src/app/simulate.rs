@@ -303,6 +303,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let ctx = sim::report::Context {
+        kv_pool_tokens: plan.setup.host.regime.kv_pool_tokens(),
+        ceiling: plan.setup.ceiling,
+        horizon_s: plan.params.horizon,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
@@ -338,15 +343,10 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             args.seed,
             plan.params.horizon / 60.0,
         );
-        let ctx = sim::report::Context {
-            kv_pool_tokens: h.regime.kv_pool_tokens(),
-            ceiling: plan.setup.ceiling,
-            horizon_s: plan.params.horizon,
-        };
         let _ = write!(out, "{}", sim::report::table(&rows, &ctx));
     }
     if let Some(dir) = &args.plot {
-        let files = sim::plot::write_all(dir, &rows, plan.setup.ceiling)
+        let files = sim::plot::write_all(dir, &rows, &ctx)
             .map_err(|e| anyhow::anyhow!("writing plots into {}: {e}", dir.display()))?;
         for f in files {
             eprintln!("wrote {}", f.display());
