@@ -126,6 +126,10 @@ fn plots_are_svg_files() {
         );
         assert!(svg.contains("kanban-governor"), "{name} has no legend");
         assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(
+            svg.contains(r#"class="axis-label""#),
+            "{name} has no axis label"
+        );
     }
 }
 

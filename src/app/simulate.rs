@@ -306,6 +306,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let ctx = sim::report::Context {
         kv_pool_tokens: plan.setup.host.regime.kv_pool_tokens(),
         ceiling: plan.setup.ceiling,
+        gpu_total_bytes: plan.setup.host.total,
         horizon_s: plan.params.horizon,
     };
     let stdout = std::io::stdout();

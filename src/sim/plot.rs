@@ -486,6 +486,12 @@ pub fn memory_figure(rows: &[Outcome], ctx: &Context) -> Figure {
     match ctx.ceiling {
         Ceiling::Bytes(b) => {
             levels.push((
+                ctx.gpu_total_bytes as f64 / GIB,
+                "#444444",
+                false,
+                format!("GPU, {} GiB", fixed(ctx.gpu_total_bytes as f64 / GIB, 0.1)),
+            ));
+            levels.push((
                 b as f64 / GIB,
                 "#000000",
                 true,
@@ -917,4 +923,345 @@ pub fn write_all(dir: &Path, rows: &[Outcome], ctx: &Context) -> std::io::Result
         out.push(path);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks what an XML parser would: one root, tags closed in order, attributes quoted,
+    /// `<` never in text and `&` only as an entity. Names the first fault.
+    fn well_formed(xml: &str) -> Result<(), String> {
+        let entity_ok = |t: &str| {
+            t.match_indices('&').all(|(i, _)| {
+                let rest = &t[i + 1..];
+                ["amp;", "lt;", "gt;", "quot;", "apos;"]
+                    .iter()
+                    .any(|e| rest.starts_with(e))
+            })
+        };
+        let mut stack: Vec<&str> = Vec::new();
+        let mut roots = 0;
+        let mut rest = xml.trim();
+        while !rest.is_empty() {
+            let Some(open) = rest.find('<') else {
+                return if stack.is_empty() {
+                    Err(format!("text after the root: {rest:?}"))
+                } else {
+                    Err("unclosed elements at the end".into())
+                };
+            };
+            let text = &rest[..open];
+            if !entity_ok(text) || (stack.is_empty() && !text.trim().is_empty()) {
+                return Err(format!("bad text {text:?}"));
+            }
+            let close = rest[open..].find('>').ok_or("a tag never closes")? + open;
+            let tag = &rest[open + 1..close];
+            rest = &rest[close + 1..];
+            if let Some(name) = tag.strip_prefix('/') {
+                if stack.pop() != Some(name.trim()) {
+                    return Err(format!("</{name}> closes nothing open"));
+                }
+                continue;
+            }
+            let self_closing = tag.ends_with('/');
+            let body = tag.trim_end_matches('/');
+            let name = body.split_whitespace().next().ok_or("an empty tag")?;
+            // Attributes: name="value" pairs, values without < and with entities only.
+            let mut attrs = body[name.len()..].trim();
+            while !attrs.is_empty() {
+                let eq = attrs
+                    .find("=\"")
+                    .ok_or(format!("unquoted attribute in <{tag}>"))?;
+                let end = attrs[eq + 2..]
+                    .find('"')
+                    .ok_or(format!("an attribute never ends in <{tag}>"))?
+                    + eq
+                    + 2;
+                let value = &attrs[eq + 2..end];
+                if value.contains('<') || !entity_ok(value) || attrs[..eq].contains(' ') {
+                    return Err(format!("bad attribute in <{tag}>"));
+                }
+                attrs = attrs[end + 1..].trim_start();
+            }
+            if stack.is_empty() {
+                roots += 1;
+            }
+            if !self_closing {
+                stack.push(name);
+            }
+        }
+        match (roots, stack.is_empty()) {
+            (1, true) => Ok(()),
+            (n, _) => Err(format!("{n} roots, {} open", stack.len())),
+        }
+    }
+
+    #[test]
+    fn the_checker_refuses_what_a_parser_refuses() {
+        assert!(well_formed(r#"<svg a="1"><g><text>a &amp; b</text></g><rect/></svg>"#).is_ok());
+        for bad in [
+            "<svg><g></svg>",
+            "<svg a=1></svg>",
+            "<svg><text>a & b</text></svg>",
+            "<svg/><svg/>",
+            "<svg><text>1 < 2</text></svg>",
+        ] {
+            assert!(well_formed(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn outcome(name: &str, ttft: [f64; 3], kv: impl Fn(f64) -> u64, hours: f64) -> Outcome {
+        let series = (0..(hours * 3600.0) as usize)
+            .map(|s| Point {
+                t: s as f64,
+                gpu_used: 72 << 30,
+                kv_used: kv(s as f64),
+                running: (s % 17) as u32,
+                waiting: 0,
+            })
+            .collect();
+        Outcome {
+            strategy: name.into(),
+            tasks: 10,
+            completed: 10,
+            blocked: 0,
+            tasks_per_hour: 5.0,
+            calls: 100,
+            timeouts: 0,
+            ooms: 0,
+            overflows: 0,
+            preemptions: 0,
+            offloads: 0,
+            ttft,
+            gpu: [72 << 30; 3],
+            kv_peak: 0,
+            kv: [0; 3],
+            idle_with_work: 0.0,
+            makespan: None,
+            series,
+        }
+    }
+
+    /// Fourteen rows as the default table has them, the governor's in the middle.
+    fn rows(hours: f64) -> Vec<Outcome> {
+        (0..14)
+            .map(|i| {
+                let name = match i {
+                    4 => "kanban-governor".to_owned(),
+                    5 => "kanban-governor, declared footprints".to_owned(),
+                    6 => "Hermes >=0.20 guard, caps 12/3/51 & more".to_owned(),
+                    _ => format!("strategy {i}"),
+                };
+                let top = 30_000.0 * f64::from(i + 1);
+                outcome(
+                    &name,
+                    [0.2 * f64::from(i + 1), 3.0, 120.0],
+                    move |t| (top * (t / 600.0).sin().abs()) as u64,
+                    hours,
+                )
+            })
+            .collect()
+    }
+
+    fn ctx(hours: f64) -> Context {
+        Context {
+            kv_pool_tokens: Some(442_368),
+            ceiling: Ceiling::KvTokens(420_249),
+            gpu_total_bytes: 80 << 30,
+            horizon_s: hours * 3600.0,
+        }
+    }
+
+    fn figures(hours: f64) -> Vec<Figure> {
+        let r = rows(hours);
+        let c = ctx(hours);
+        let per_request = Context {
+            kv_pool_tokens: None,
+            ceiling: Ceiling::Bytes(70 << 30),
+            ..c
+        };
+        vec![
+            memory_figure(&r, &c),
+            memory_figure(&r, &per_request),
+            running_figure(&r, c.horizon_s),
+            ttft_figure(&r),
+        ]
+    }
+
+    #[test]
+    fn every_plot_is_well_formed_xml_and_escapes_names() {
+        for f in figures(2.0) {
+            let svg = f.svg();
+            well_formed(&svg).unwrap_or_else(|e| panic!("{}: {e}", f.title));
+            assert!(svg.contains("&gt;=0.20 guard, caps 12/3/51 &amp; more"));
+        }
+    }
+
+    #[test]
+    fn every_panel_labels_both_axes_and_the_svg_draws_the_x_label() {
+        for f in figures(2.0) {
+            for p in &f.panels {
+                assert!(
+                    !p.x.label.is_empty() && !p.y.label.is_empty(),
+                    "{}",
+                    f.title
+                );
+                assert!(p.x.ticks.len() >= 3 && p.y.ticks.len() >= 3, "{}", f.title);
+            }
+            let svg = f.svg();
+            let drawn = svg.matches(r#"class="axis-label""#).count();
+            let y_drawn = f.panels.iter().filter(|p| !p.y.categories).count();
+            assert_eq!(drawn, f.panels.len() + y_drawn, "{}", f.title);
+        }
+        // Small multiples: a panel per strategy, each titled with it.
+        let f = &figures(2.0)[0];
+        assert_eq!(f.panels.len(), 14);
+        assert!(f.panels.iter().all(|p| !p.title.is_empty()));
+    }
+
+    #[test]
+    fn the_legend_stays_out_of_every_data_area_and_holds_its_entries() {
+        for f in figures(2.0) {
+            for p in &f.panels {
+                assert!(!f.legend.overlaps(&p.area), "{}: {:?}", f.title, p.area);
+                // Nor over the panel's title, drawn in the 26 px above its area.
+                let title = Rect {
+                    y: p.area.y - 26.0,
+                    h: 26.0,
+                    ..p.area
+                };
+                assert!(
+                    p.title.is_empty() || !f.legend.overlaps(&title),
+                    "{}",
+                    f.title
+                );
+                assert!(p.area.right() <= f.width && p.area.bottom() <= f.height);
+            }
+            let text: f64 = f
+                .entries
+                .iter()
+                .map(|(_, t)| 30.0 + t.chars().count() as f64 * 6.5 + 24.0)
+                .sum();
+            assert!(text + 10.0 <= f.legend.w, "{}: legend overflows", f.title);
+        }
+        let a = Rect {
+            x: 0.0,
+            y: 0.0,
+            w: 10.0,
+            h: 10.0,
+        };
+        assert!(a.overlaps(&Rect { x: 9.0, ..a }));
+        assert!(!a.overlaps(&Rect { y: 10.0, ..a }));
+    }
+
+    /// Short, exact labels: digits, at most two decimals, a k or M suffix.
+    fn tidy(label: &str) -> bool {
+        let digits = label.trim_end_matches(['k', 'M']);
+        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        label.len() <= 6
+            && !whole.is_empty()
+            && whole.chars().all(|c| c.is_ascii_digit())
+            && frac.len() <= 2
+            && frac.chars().all(|c| c.is_ascii_digit())
+    }
+
+    #[test]
+    fn tick_labels_are_short_numbers_without_float_noise() {
+        for hours in [2.0, 25.0] {
+            for f in figures(hours) {
+                for p in &f.panels {
+                    for axis in [&p.x, &p.y] {
+                        if axis.categories {
+                            continue;
+                        }
+                        for (_, label) in &axis.ticks {
+                            assert!(tidy(label), "{}: {label:?}", f.title);
+                        }
+                    }
+                }
+            }
+        }
+        let labels = |a: Axis| a.ticks.into_iter().map(|t| t.1).collect::<Vec<_>>();
+        assert_eq!(
+            labels(value_axis("KV tokens", 450_000.0, Unit::Tokens)),
+            ["0", "100k", "200k", "300k", "400k", "500k"]
+        );
+        assert_eq!(
+            labels(value_axis("GiB", 0.3, Unit::Plain)),
+            ["0.0", "0.1", "0.2", "0.3"]
+        );
+        assert_eq!(
+            labels(time_axis(7200.0)),
+            ["0", "15", "30", "45", "60", "75", "90", "105", "120"]
+        );
+        assert_eq!(time_axis(7200.0).label, "simulated time (min)");
+        let day = time_axis(25.0 * 3600.0);
+        assert_eq!(day.label, "simulated time (h)");
+        assert_eq!(labels(day), ["0", "4", "8", "12", "16", "20", "24"]);
+        assert_eq!(fixed(0.1 + 0.2, 0.1), "0.3");
+        assert_eq!(fixed(-0.0001, 1.0), "0");
+    }
+
+    #[test]
+    fn ttft_is_on_a_log_axis_of_decades() {
+        let f = ttft_figure(&rows(0.1));
+        let p = &f.panels[0];
+        assert_eq!(p.x.scale, Scale::Log);
+        assert_eq!(p.x.label, "time to first token (s, log scale)");
+        let values: Vec<f64> = p.x.ticks.iter().map(|t| t.0).collect();
+        assert_eq!(values, [0.1, 1.0, 10.0, 100.0, 1000.0]);
+        // Decades are evenly spaced, so 10 sits midway between 1 and 100.
+        let (one, ten, hundred) = (p.px(1.0), p.px(10.0), p.px(100.0));
+        assert!((ten - one - (hundred - ten)).abs() < 1e-9);
+        assert!(ten - one > 50.0);
+        // Every strategy is a row, the governor's on top and in bold.
+        assert_eq!(p.y.ticks.len(), 14);
+        assert_eq!(p.y.ticks[0].1, "kanban-governor");
+        assert!(p.py(p.y.ticks[0].0) < p.py(p.y.ticks[13].0));
+        assert!(
+            f.svg()
+                .contains(r#"font-weight="bold" text-anchor="end">kanban-governor<"#)
+        );
+    }
+
+    #[test]
+    fn the_governor_comes_first_in_a_colour_no_other_row_has() {
+        let r = rows(0.1);
+        let s = styled(&r);
+        assert_eq!(s[0].o.strategy, "kanban-governor");
+        assert!(s[0].governor && s[1].governor && !s[2].governor);
+        let colors: Vec<&str> = s.iter().map(|x| x.color).collect();
+        let mut unique = colors.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), colors.len(), "a colour repeats: {colors:?}");
+        let f = memory_figure(&r, &ctx(0.1));
+        assert!(f.panels[0].highlight && !f.panels[2].highlight);
+        assert_eq!(f.panels[0].title, "kanban-governor");
+    }
+
+    #[test]
+    fn the_pool_and_the_ceiling_are_lines_and_peaks_survive_thinning() {
+        let r = rows(25.0);
+        let f = memory_figure(&r, &ctx(25.0));
+        let levels: Vec<f64> = f.panels[0]
+            .shapes
+            .iter()
+            .filter_map(|s| match s {
+                Shape::Level { y, .. } => Some(*y),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(levels, [442_368.0, 420_249.0]);
+        for (p, o) in f.panels.iter().zip(styled(&r)) {
+            let Some(Shape::Line { points, .. }) = p.shapes.last() else {
+                panic!("no line in {}", p.title);
+            };
+            assert!(points.len() <= MAX_POINTS, "{}", points.len());
+            let peak = o.o.series.iter().map(|q| q.kv_used).max().unwrap();
+            let drawn = points.iter().map(|q| q.1).fold(0.0, f64::max);
+            assert_eq!(drawn, peak as f64, "{}", p.title);
+        }
+    }
 }

@@ -15,6 +15,8 @@ pub struct Context {
     pub kv_pool_tokens: Option<u64>,
     /// The governor's ceiling.
     pub ceiling: Ceiling,
+    /// GPU memory, bytes.
+    pub gpu_total_bytes: u64,
     /// When the runs stop, seconds.
     pub horizon_s: f64,
 }
@@ -57,7 +59,7 @@ fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -255,6 +257,7 @@ mod tests {
     const POOL: Context = Context {
         kv_pool_tokens: Some(442_368),
         ceiling: Ceiling::KvTokens(420_249),
+        gpu_total_bytes: 80 << 30,
         horizon_s: 7200.0,
     };
 
