@@ -49,6 +49,18 @@ fn the_default_run_prints_every_strategy_row() {
         assert!(text.contains(row), "no {row:?} row in:\n{text}");
     }
     assert!(text.contains("TTFT p50"), "{text}");
+    // vLLM reserves its memory at start: the KV pool is the column, GPU bytes a footnote.
+    assert!(text.contains("peak / pool (tok)"), "{text}");
+    assert!(text.contains("GPU memory is not a column"), "{text}");
+    assert!(
+        text.contains("makespan: simulated time until the last task"),
+        "{text}"
+    );
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        !err.contains("simulating"),
+        "a progress bar off a terminal: {err}"
+    );
 }
 
 #[test]
@@ -114,6 +126,10 @@ fn plots_are_svg_files() {
         );
         assert!(svg.contains("kanban-governor"), "{name} has no legend");
         assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(
+            svg.contains(r#"class="axis-label""#),
+            "{name} has no axis label"
+        );
     }
 }
 

@@ -254,6 +254,16 @@ pub fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
     })
 }
 
+/// What the progress bar covers: `21 runs × 2 h`, `3 runs × 45 min`.
+fn runs_span(runs: usize, horizon_s: f64) -> String {
+    let span = if horizon_s >= 7200.0 {
+        format!("{:.0} h", horizon_s / 3600.0)
+    } else {
+        format!("{:.0} min", horizon_s / 60.0)
+    };
+    format!("{runs} runs × {span}")
+}
+
 /// Run the command.
 ///
 /// # Errors
@@ -269,28 +279,36 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             ))
         })?;
     }
-    let total = sim::run_count(&plan);
+    // The bar counts simulated seconds summed over runs, so it moves while one long run is
+    // under way and its ETA means something; a terminal only, never in piped output.
     let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(total as u64);
+        let b = indicatif::ProgressBar::new(sim::simulated_seconds(&plan).ceil() as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
-                "simulating {bar:30} {pos}/{len} runs {elapsed}",
+                "simulating {bar:30} {percent:>3}% of {msg} simulated, {elapsed} elapsed, ETA {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        b.set_message(runs_span(sim::run_count(&plan), plan.params.horizon));
         b.enable_steady_tick(Duration::from_millis(200));
         Some(b)
     } else {
         None
     };
-    let rows = sim::simulate(&plan, &mut |done| {
+    let rows = sim::simulate(&plan, &mut |seconds| {
         if let Some(b) = &bar {
-            b.set_position(done as u64);
+            b.set_position(seconds as u64);
         }
     });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let ctx = sim::report::Context {
+        kv_pool_tokens: plan.setup.host.regime.kv_pool_tokens(),
+        ceiling: plan.setup.ceiling,
+        gpu_total_bytes: plan.setup.host.total,
+        horizon_s: plan.params.horizon,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
@@ -326,10 +344,10 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             args.seed,
             plan.params.horizon / 60.0,
         );
-        let _ = write!(out, "{}", sim::report::table(&rows));
+        let _ = write!(out, "{}", sim::report::table(&rows, &ctx));
     }
     if let Some(dir) = &args.plot {
-        let files = sim::plot::write_all(dir, &rows, plan.setup.ceiling)
+        let files = sim::plot::write_all(dir, &rows, &ctx)
             .map_err(|e| anyhow::anyhow!("writing plots into {}: {e}", dir.display()))?;
         for f in files {
             eprintln!("wrote {}", f.display());

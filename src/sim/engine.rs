@@ -49,6 +49,19 @@ pub enum Regime {
     },
 }
 
+impl Regime {
+    /// Tokens the engine's KV pool or slots hold (`None`: allocated per request, no pool).
+    pub fn kv_pool_tokens(&self) -> Option<u64> {
+        match *self {
+            Regime::Paged {
+                capacity_tokens, ..
+            } => Some(capacity_tokens),
+            Regime::Slots { slots, slot_ctx } => Some(slots as u64 * slot_ctx),
+            Regime::PerRequest { .. } => None,
+        }
+    }
+}
+
 /// Effective hardware speed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hardware {

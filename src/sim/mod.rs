@@ -24,6 +24,7 @@ use crate::governor::{KvPlacement, Policy};
 use engine::{Hardware, Regime, Speed};
 use peers::HostMemory;
 use run::{Host, Outcome, Params, Run, Strategy};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use workload::{ProfileShape, TaskSpec};
 
 const GIB: u64 = 1 << 30;
@@ -510,8 +511,18 @@ pub fn run_count(plan: &Plan) -> usize {
         + usize::from(reference)
 }
 
+/// Simulated seconds all of [`simulate`]'s runs cover together (each runs to the horizon, or is
+/// counted up to it when its work is done early): what its progress reaches at the end.
+pub fn simulated_seconds(plan: &Plan) -> f64 {
+    (run_count(plan) as u64 * plan.params.horizon_ms()) as f64 / 1000.0
+}
+
 /// Run one strategy.
 pub fn run_one(plan: &Plan, s: &Strategy) -> Outcome {
+    run_one_reporting(plan, s, &AtomicU64::new(0))
+}
+
+fn run_one_reporting(plan: &Plan, s: &Strategy, done_ms: &AtomicU64) -> Outcome {
     Run::new(
         &plan.tasks,
         &plan.setup.host,
@@ -519,7 +530,7 @@ pub fn run_one(plan: &Plan, s: &Strategy) -> Outcome {
         &plan.setup.policy,
         s,
     )
-    .run()
+    .run_reporting(done_ms)
 }
 
 /// Whether a run meets the bar the governor is held to: no OOM or CPU offload, under 2 % of
@@ -541,7 +552,8 @@ fn hindsight_key(o: &Outcome) -> (usize, std::cmp::Reverse<u64>, std::cmp::Rever
     )
 }
 
-/// Every row of the plan; `progress(done)` after each run. Of the hindsight sweep, the best
+/// Every row of the plan; `progress(seconds)` now and then with the simulated seconds the runs
+/// have covered so far, summed over runs (it ends at [`simulated_seconds`]). Of the hindsight sweep, the best
 /// cap (most tasks done, then fewest timeouts, then shortest makespan, then lowest cap)
 /// becomes the row "oracle: best static cap N", and the best cap that is [`feasible`] the row
 /// "oracle: best feasible static cap N" (unbounded dispatch is run for its preemptions when
@@ -550,7 +562,8 @@ fn hindsight_key(o: &Outcome) -> (usize, std::cmp::Reverse<u64>, std::cmp::Rever
 /// and Hermes's guard runs once more over them. The runs are independent, so they share the
 /// machine's cores; each is deterministic, and the rows come in plan order whichever finishes
 /// first (the two best-static-cap rows last).
-pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
+pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(f64)) -> Vec<Outcome> {
+    let done_ms = AtomicU64::new(0);
     let has = |n| plan.strategies.contains(&n);
     let oracle = has(StrategyName::Oracle);
     let caps_row = has(StrategyName::HermesCaps);
@@ -572,8 +585,7 @@ pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
         Vec::new()
     };
     jobs.extend(caps_tried.iter().cloned().map(Strategy::HermesProfileCaps));
-    let mut outcomes = run_all(plan, &jobs, &mut |d| progress(d));
-    let done = jobs.len();
+    let mut outcomes = run_all(plan, &jobs, &done_ms, progress);
     let caps_runs = outcomes.split_off(caps_at);
     let sweep = outcomes.split_off(sweep_at);
     let unbounded = unbounded_at
@@ -609,7 +621,7 @@ pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
             });
             if has(StrategyName::HermesGuard) {
                 let guard = [Strategy::HermesGuard(Some(caps.clone()))];
-                hermes_rows.extend(run_all(plan, &guard, &mut |d| progress(done + d)));
+                hermes_rows.extend(run_all(plan, &guard, &done_ms, progress));
             }
         }
     }
@@ -654,9 +666,15 @@ pub fn simulate(plan: &Plan, progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
     rows
 }
 
-/// Run `jobs` on as many threads as the machine has cores; outcomes in job order.
-fn run_all(plan: &Plan, jobs: &[Strategy], progress: &mut dyn FnMut(usize)) -> Vec<Outcome> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+/// Run `jobs` on as many threads as the machine has cores; outcomes in job order. The runs add
+/// their simulated milliseconds to `done_ms`; `progress` hears the sum every
+/// [`PROGRESS_POLL`] and after each run.
+fn run_all(
+    plan: &Plan,
+    jobs: &[Strategy],
+    done_ms: &AtomicU64,
+    progress: &mut dyn FnMut(f64),
+) -> Vec<Outcome> {
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .clamp(1, jobs.len().max(1));
@@ -671,20 +689,28 @@ fn run_all(plan: &Plan, jobs: &[Strategy], progress: &mut dyn FnMut(usize)) -> V
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
-                    if tx.send((i, run_one(plan, job))).is_err() {
+                    if tx.send((i, run_one_reporting(plan, job, done_ms))).is_err() {
                         break;
                     }
                 }
             });
         }
         drop(tx);
-        for (done, (i, o)) in rx.iter().enumerate() {
-            out[i] = Some(o);
-            progress(done + 1);
+        let seconds = || done_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        loop {
+            match rx.recv_timeout(PROGRESS_POLL) {
+                Ok((i, o)) => out[i] = Some(o),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            progress(seconds());
         }
     });
     out.into_iter().flatten().collect()
 }
+
+/// How often a progress bar hears how far the runs are (wall time; the runs never wait on it).
+const PROGRESS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Another tenant that grabs `fraction` of the GPU for five minutes every fifteen.
 pub fn noisy_neighbour(host: &mut Host, fraction: f64, horizon: f64) {

@@ -18,6 +18,7 @@ use crate::governor::{
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A dispatch strategy.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +167,13 @@ pub struct Params {
     pub sample_every: f64,
 }
 
+impl Params {
+    /// The horizon in whole milliseconds, the unit progress is counted in.
+    pub fn horizon_ms(&self) -> u64 {
+        (self.horizon * 1000.0) as u64
+    }
+}
+
 impl Default for Params {
     fn default() -> Params {
         Params {
@@ -225,6 +233,8 @@ pub struct Outcome {
     pub gpu: [u64; 3],
     /// Highest KV tokens held.
     pub kv_peak: u64,
+    /// KV tokens held by the engine: mean, p99, max over the samples.
+    pub kv: [u64; 3],
     /// Share of samples with the engine idle while ready tasks waited.
     pub idle_with_work: f64,
     /// When the last task finished, if every task did.
@@ -280,6 +290,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// How often (simulated milliseconds) a run reports its progress.
+const PROGRESS_EVERY_MS: u64 = 60_000;
+
+/// Mean, p99 and max of samples (zeros when there are none).
+fn mean_p99_max(mut v: Vec<u64>) -> [u64; 3] {
+    if v.is_empty() {
+        return [0; 3];
+    }
+    v.sort_unstable();
+    let mean = (v.iter().map(|&m| u128::from(m)).sum::<u128>() / v.len() as u128) as u64;
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    [mean, q(0.99), q(1.0)]
 }
 
 /// The simulation of one strategy.
@@ -489,10 +513,24 @@ impl<'a> Run<'a> {
     }
 
     /// Run to the horizon (or until every task is done or blocked).
-    pub fn run(mut self) -> Outcome {
+    pub fn run(self) -> Outcome {
+        self.run_reporting(&AtomicU64::new(0))
+    }
+
+    /// [`Run::run`], adding the simulated milliseconds it has covered to `done_ms` as it goes
+    /// (about every simulated minute), and the rest up to the horizon when it ends, so that a
+    /// progress bar over many runs sums to runs × horizon. It changes nothing in the run.
+    pub fn run_reporting(mut self, done_ms: &AtomicU64) -> Outcome {
+        let horizon_ms = self.params.horizon_ms();
+        let mut reported_ms = 0u64;
         let mut events = Vec::new();
         let mut open = self.specs.len();
         while self.now < self.params.horizon && open > 0 {
+            let now_ms = ((self.now * 1000.0) as u64).min(horizon_ms);
+            if now_ms >= reported_ms + PROGRESS_EVERY_MS {
+                done_ms.fetch_add(now_ms - reported_ms, Ordering::Relaxed);
+                reported_ms = now_ms;
+            }
             let next = self
                 .heap
                 .peek()
@@ -519,6 +557,7 @@ impl<'a> Run<'a> {
             self.now = self.now.max(t as f64 / 1e6);
             open -= self.on_event(ev);
         }
+        done_ms.fetch_add(horizon_ms - reported_ms, Ordering::Relaxed);
         self.outcome()
     }
 
@@ -1020,20 +1059,8 @@ impl<'a> Run<'a> {
     fn outcome(self) -> Outcome {
         let mut ttft = self.ttfts;
         ttft.sort_by(f64::total_cmp);
-        let mut mem: Vec<u64> = self.series.iter().map(|p| p.gpu_used).collect();
-        mem.sort_unstable();
-        let mean = if mem.is_empty() {
-            0
-        } else {
-            (mem.iter().map(|&m| m as u128).sum::<u128>() / mem.len() as u128) as u64
-        };
-        let q = |p: f64| {
-            if mem.is_empty() {
-                0
-            } else {
-                mem[((mem.len() - 1) as f64 * p).round() as usize]
-            }
-        };
+        let gpu = mean_p99_max(self.series.iter().map(|p| p.gpu_used).collect());
+        let kv = mean_p99_max(self.series.iter().map(|p| p.kv_used).collect());
         let completed = self.tasks.iter().filter(|t| t.st == St::Done).count();
         let blocked = self.tasks.iter().filter(|t| t.st == St::Blocked).count();
         let span = self.params.horizon.min(self.now.max(1.0));
@@ -1054,8 +1081,9 @@ impl<'a> Run<'a> {
                 percentile(&ttft, 0.95),
                 percentile(&ttft, 0.99),
             ],
-            gpu: [mean, q(0.99), q(1.0)],
-            kv_peak: self.series.iter().map(|p| p.kv_used).max().unwrap_or(0),
+            gpu,
+            kv_peak: kv[2],
+            kv,
             idle_with_work: if self.series.is_empty() {
                 0.0
             } else {

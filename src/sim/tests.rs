@@ -41,7 +41,7 @@ fn the_same_seed_gives_the_same_table() {
         ),
         &mut |_| {},
     );
-    assert_eq!(report::table(&a), report::table(&b));
+    assert_eq!(report::csv(&a), report::csv(&b));
     let c = simulate(
         &default_plan(
             4,
@@ -50,7 +50,7 @@ fn the_same_seed_gives_the_same_table() {
         ),
         &mut |_| {},
     );
-    assert_ne!(report::table(&a), report::table(&c));
+    assert_ne!(report::csv(&a), report::csv(&c));
 }
 
 #[test]
@@ -221,12 +221,28 @@ fn rows_run_in_parallel_come_in_plan_order_as_if_run_one_by_one() {
         ],
         0.25,
     );
-    let mut seen = Vec::new();
-    let rows = simulate(&plan, &mut |done| seen.push(done));
+    let rows = simulate(&plan, &mut |_| {});
     let one_by_one: Vec<Outcome> = strategies(&plan)
         .iter()
         .map(|s| run_one(&plan, s))
         .collect();
     assert_eq!(rows, one_by_one);
-    assert_eq!(seen, vec![1, 2, 3]);
+}
+
+/// The progress bar's count: simulated seconds, never going back, ending at runs × horizon,
+/// with the hindsight sweeps and the guard's extra run counted.
+#[test]
+fn progress_counts_simulated_seconds_up_to_every_run_times_the_horizon() {
+    for strategies in [
+        vec![StrategyName::Governor, StrategyName::LiveCap],
+        vec![StrategyName::HermesGuard, StrategyName::HermesCaps],
+    ] {
+        let plan = default_plan(2, strategies, 0.05);
+        let mut seen = Vec::new();
+        simulate(&plan, &mut |s| seen.push(s));
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        let total = simulated_seconds(&plan);
+        assert_eq!(seen.last().copied(), Some(total));
+        assert_eq!(total, run_count(&plan) as f64 * 360.0, "{seen:?}");
+    }
 }
