@@ -213,38 +213,26 @@ impl PlanProfile {
         if let Some(wc) = self.declared {
             return wc;
         }
-        let tokens = self
-            .max_context
-            .saturating_mul(u64::from(self.requests_per_task));
-        WorstCase {
-            kv_bytes: Bytes(self.kv_bytes_per_token.saturating_mul(tokens)),
-            extra_bytes: Bytes(self.extra_bytes),
-            kv_tokens: tokens,
-            slots: self.requests_per_task,
-            request_tokens: self.max_context,
-        }
+        WorstCase::of_requests(
+            Bytes(self.kv_bytes_per_token.saturating_mul(self.max_context)),
+            self.max_context,
+            self.requests_per_task,
+            Bytes(self.extra_bytes),
+        )
     }
 
-    /// The worst case charged on `engine`: per request the model's KV for
-    /// `max_context` tokens (windowed where the engine honours sliding windows), times
-    /// `requests_per_task`, plus `extra_bytes`. The same rule as the config's.
+    /// The worst case charged on `engine`, by the config's rule
+    /// ([`crate::config::worst_case_on`]).
     fn charged_on(&self, engine: Engine) -> WorstCase {
-        let per_request = match self.model {
-            Some(m) => m.kv_bytes_for_context(
-                self.max_context,
-                self.kv_dtype,
-                engine.honours_sliding_window(),
-            ),
-            None => self.kv_bytes_per_token.saturating_mul(self.max_context),
-        };
-        let rpt = u64::from(self.requests_per_task);
-        WorstCase {
-            kv_bytes: Bytes(per_request.saturating_mul(rpt)),
-            extra_bytes: Bytes(self.extra_bytes),
-            kv_tokens: self.max_context.saturating_mul(rpt),
-            slots: self.requests_per_task,
-            request_tokens: self.max_context,
-        }
+        crate::config::worst_case_on(
+            engine,
+            self.model,
+            self.kv_bytes_per_token,
+            self.kv_dtype,
+            self.max_context,
+            self.requests_per_task,
+            Bytes(self.extra_bytes),
+        )
     }
 
     fn policy(&self) -> ProfilePolicy {

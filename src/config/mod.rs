@@ -611,6 +611,27 @@ impl ProfileConfig {
     }
 }
 
+/// A profile's worst case on `engine`: each of `requests` requests holds the KV of
+/// `max_context` tokens (the catalog `model`'s, windowed where the engine honours sliding
+/// windows; else `kv_bytes_per_token` each), plus `extra` outside the engine
+/// ([`crate::governor::WorstCase::of_requests`]). Config validation, `plan` and `simulate`
+/// charge profiles by it.
+pub fn worst_case_on(
+    engine: EngineKind,
+    model: Option<&crate::catalog::ModelSpec>,
+    kv_bytes_per_token: u64,
+    kv_dtype: KvDtype,
+    max_context: u64,
+    requests: u32,
+    extra: Bytes,
+) -> crate::governor::WorstCase {
+    let per_request = match model {
+        Some(m) => m.kv_bytes_for_context(max_context, kv_dtype, engine.honours_sliding_window()),
+        None => kv_bytes_per_token.saturating_mul(max_context),
+    };
+    crate::governor::WorstCase::of_requests(Bytes(per_request), max_context, requests, extra)
+}
+
 impl EngineConfig {
     /// The catalog model the engine serves, when configured.
     pub fn spec(&self) -> Option<&'static crate::catalog::ModelSpec> {
