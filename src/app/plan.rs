@@ -899,9 +899,9 @@ fn backlog(budget_bytes: u64, budget_tokens: Option<u64>, wc: &WorstCase) -> u64
     n.saturating_add(1).min(MAX_TASKS)
 }
 
-/// vLLM's default `--gpu-memory-utilization` (ENGINES.md §2.1), used to estimate an engine
-/// pool that a config does not size.
-const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
+/// vLLM's default `--gpu-memory-utilization`, used to estimate an engine pool that a config
+/// does not size.
+use crate::config::VLLM_DEFAULT_UTILIZATION;
 
 fn plan(input: &PlanInput) -> PlanReport {
     let models = distinct_models(&input.profiles);

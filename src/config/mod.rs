@@ -36,7 +36,7 @@
 
 mod keys;
 mod raw;
-mod render;
+pub(crate) mod render;
 #[cfg(test)]
 mod tests;
 pub mod units;
@@ -58,6 +58,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
+/// vLLM's default `--gpu-memory-utilization` (ENGINES.md §2.1): what `plan` and `simulate`
+/// assume an engine pool fills when nothing sizes it.
+pub const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
 /// Default `headroom`: the fraction of capacity the governor may fill. 0.85 follows the
 /// article's `--gpu-memory-utilization 0.85` (DESIGN §3).
 pub const DEFAULT_HEADROOM: f64 = 0.85;
@@ -935,6 +938,24 @@ pub fn load_str(
 ) -> Result<Config, ConfigError> {
     let file = raw::FileText::new(origin.to_path_buf(), toml.to_owned());
     validate::load_from(Some(file), args, env, &NoFiles)
+}
+
+/// Check a config built in code as a written one is checked: written back as TOML
+/// ([`render`], whose output reads back to the same config) and validated as if read from
+/// `origin`, so a built config passes exactly the checks a file does (the cross-key ones too:
+/// a baseline below memory_total, guarantees that fit together).
+///
+/// # Errors
+///
+/// Every problem validation finds, as [`load_str`].
+pub fn validated(cfg: &Config, origin: &Path) -> Result<Config, ConfigError> {
+    let env = |_: &str| None;
+    load_str(
+        &render::to_toml(cfg, false),
+        origin,
+        &ConfigArgs::default(),
+        &env,
+    )
 }
 
 /// The embedded default config: one 80GiB GPU under vLLM serving Llama-3.1-8B with static

@@ -8,7 +8,7 @@ use super::raw::{self, FileText, Opt, RawConfig, RawEngine, RawGpu, RawProfile};
 use super::units::{format_size, parse_duration, parse_size, show};
 use super::*;
 use crate::catalog::{self, KvDtype, ModelSpec};
-use crate::governor::admission::{Infeasible, KnownGpu, feasible};
+use crate::governor::admission::{Infeasible, KnownGpu, feasible, longest_feasible};
 use std::collections::HashMap;
 use toml::Spanned;
 
@@ -1354,15 +1354,7 @@ fn profile(
                     .err()
                     .is_none_or(|why| !why.iter().any(bytes_too_many))
             };
-            let (mut lo, mut hi) = (0u64, max_context);
-            while lo < hi {
-                let mid = lo + (hi - lo).div_ceil(2);
-                if fits(mid) {
-                    lo = mid;
-                } else {
-                    hi = mid - 1;
-                }
-            }
+            let lo = longest_feasible(max_context, fits);
             let fix = if lo == 0 {
                 "not even one token fits: lower extra_bytes or baseline, or use a larger GPU"
                     .to_owned()

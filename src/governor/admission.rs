@@ -301,6 +301,22 @@ pub fn feasible(
     Ceilings::configured(pool, gpu).feasible(pool.kv_placement, wc)
 }
 
+/// The largest `t` in `0..=max` with `fits(t)`, for a `fits` that holds up to some point and
+/// not beyond (a worst case grows with its context): the longest context that can ever fit,
+/// by bisection. 0 when not even one fits.
+pub fn longest_feasible(max: u64, fits: impl Fn(u64) -> bool) -> u64 {
+    let (mut lo, mut hi) = (0u64, max);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
 /// What a single task must fit in a pool whatever else runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ceilings {
