@@ -586,17 +586,25 @@ fn scale(value: u128, fraction: f64) -> u128 {
 mod tests {
     use super::*;
 
+    /// The decision tests' 24 GiB pool (headroom 0.85, reserve 1 GiB) with KV kept at `placement`.
     fn pool(placement: KvPlacement) -> PoolPolicy {
         PoolPolicy {
-            name: "default".into(),
             kv_placement: placement,
-            headroom: 0.85,
-            reserve: Bytes::gib(1),
-            kv_capacity_tokens: None,
-            slots: None,
-            slot_context_tokens: None,
-            max_staleness: Millis::secs(5),
-            needs_engine: false,
+            ..crate::governor::tests::gpu_pool()
+        }
+    }
+
+    /// A 24 GiB GPU with 10 GiB used, sampled at 0.
+    fn used_10_of_24_gib() -> PoolObservation {
+        PoolObservation {
+            gpu: Some(GpuSample {
+                at: Millis(0),
+                total: Bytes::gib(24),
+                used: Bytes::gib(10),
+                free: Bytes::gib(14),
+            }),
+            baseline: None,
+            engine: None,
         }
     }
 
@@ -702,16 +710,7 @@ mod tests {
 
     #[test]
     fn gpu_bytes_ceiling_is_headroom_times_total_minus_reserve() {
-        let obs = PoolObservation {
-            gpu: Some(GpuSample {
-                at: Millis(0),
-                total: Bytes::gib(24),
-                used: Bytes::gib(10),
-                free: Bytes::gib(14),
-            }),
-            baseline: None,
-            engine: None,
-        };
+        let obs = used_10_of_24_gib();
         let l = PoolLedger::new(&pool(KvPlacement::GpuBytes), Some(&obs), Millis(0));
         // 0.85 × 24 GiB − 1 GiB = 19.4 GiB
         let expected = (24u128 * (1 << 30)) * 850_000 / 1_000_000 - (1 << 30);
@@ -720,16 +719,7 @@ mod tests {
 
     #[test]
     fn stale_sample_makes_the_pool_hold() {
-        let obs = PoolObservation {
-            gpu: Some(GpuSample {
-                at: Millis(0),
-                total: Bytes::gib(24),
-                used: Bytes::gib(10),
-                free: Bytes::gib(14),
-            }),
-            baseline: None,
-            engine: None,
-        };
+        let obs = used_10_of_24_gib();
         let l = PoolLedger::new(&pool(KvPlacement::GpuBytes), Some(&obs), Millis(5_001));
         assert_eq!(l.stale(), Some("GPU sample 5001ms old (max_staleness 5s)"));
     }
