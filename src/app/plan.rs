@@ -1838,4 +1838,76 @@ mod tests {
         let reason = r.profiles[0].never_fits.as_deref().unwrap();
         assert!(reason.contains("slot's context of 8192"), "{reason}");
     }
+
+    mod never_fits_agreement {
+        //! Issue 12: `plan` (asking `decide`) and config validation (asking
+        //! `governor::admission::feasible`) agree on "this profile can never fit" for random
+        //! hosts and profiles (`config::tests::never_fits_agreement` holds validation to
+        //! `decide` on engine pools).
+        use super::*;
+        use crate::config::{ConfigArgs, load_str};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            #[test]
+            fn plan_from_flags_and_validation_of_the_same_host_agree(
+                gpu_gib in 4u64..200,
+                // What the GPU holds with no task, as a share of it (below it: validation
+                // refuses a baseline at or above memory_total, plan does not ask).
+                baseline_share in 0.0f64..0.95,
+                // Many digits past the sixth: where float and integer headroom part ways.
+                headroom in 0.05f64..=1.0,
+                reserve_mib in 0u64..4096,
+                bpt in 1u64..600_000,
+                ctx in 1u64..300_000,
+                requests in 1u32..4,
+                extra_mib in 0u64..8192,
+            ) {
+                let gpu = gpu_gib << 30;
+                let baseline = (gpu as f64 * baseline_share) as u64;
+                let mut a = args();
+                a.engine = Some(Engine::Openai);
+                a.gpu_memory = Some(format!("{gpu}B"));
+                a.headroom = Some(headroom);
+                a.reserve = Some(format!("{reserve_mib}MiB"));
+                a.weight_memory = Some(format!("{baseline}B"));
+                a.overhead = Some("0B".into());
+                a.kv_bytes_per_token = Some(bpt);
+                a.max_context = Some(ctx);
+                a.requests_per_task = Some(requests);
+                a.extra_bytes = Some(format!("{extra_mib}MiB"));
+                let r = plan(&input_from_args(&a).unwrap());
+                prop_assert_eq!(r.baseline_bytes, baseline);
+                let plan_says_never = !r.never_fit.is_empty();
+
+                let text = format!(
+                    "[hermes]\nhome = \"/t/hh\"\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"{gpu}B\"\nbaseline = \"{baseline}B\"\nheadroom = {headroom:?}\nreserve = \"{reserve_mib}MiB\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"\n\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"{bpt}B\"\nmax_context_tokens = {ctx}\nrequests_per_task = {requests}\nextra_bytes = \"{extra_mib}MiB\"\n"
+                );
+                let validated = load_str(
+                    &text,
+                    std::path::Path::new("/t/governor.toml"),
+                    &ConfigArgs::default(),
+                    &|_| None,
+                );
+                let validation_says_never = match &validated {
+                    Ok(_) => false,
+                    Err(e) => {
+                        prop_assert!(
+                            e.problems.iter().all(|p| p.detail.contains("never")),
+                            "{}: {}", text, e
+                        );
+                        true
+                    }
+                };
+                prop_assert_eq!(
+                    plan_says_never,
+                    validation_says_never,
+                    "{}plan: {:?}",
+                    text,
+                    r.never_fit
+                );
+            }
+        }
+    }
 }
