@@ -465,14 +465,7 @@ fn inputs_from_config(args: &PlanFlags, path: &std::path::Path) -> anyhow::Resul
     };
     let mut inputs = Vec::new();
     for pool in &cfg.pools {
-        use crate::config::EngineKind;
-        let engine = match pool.engine.kind {
-            EngineKind::Vllm => Engine::Vllm,
-            EngineKind::Sglang => Engine::Sglang,
-            EngineKind::Llamacpp => Engine::Llamacpp,
-            EngineKind::Ollama => Engine::Ollama,
-            EngineKind::Openai => Engine::Openai,
-        };
+        let engine = pool.engine.kind;
         let gpu_memory = gpu_memory_flag
             .or(pool.gpu.memory_total.map(Bytes::get))
             .ok_or_else(|| {
