@@ -11,13 +11,13 @@
 //! Side effects: whatever those Hermes commands write to the board. Workers that
 //! `dispatch` spawns run in their own session (HERMES.md §4) and survive a timeout kill.
 
-use crate::adapters::hermes_home;
+use crate::adapters::{child, hermes_home};
 use crate::governor::TaskId;
 use crate::ports::{DispatchOutcome, Dispatcher, MaxSemantics, PortError, Spawned};
-use std::io::Read;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Default time one Hermes call may take. `dispatch` with 4 spawns takes about 1 s on two
@@ -160,14 +160,6 @@ pub struct CliDispatcher {
     semantics: Option<MaxSemantics>,
 }
 
-/// What one finished process returned.
-struct Finished {
-    code: Option<i32>,
-    signal: Option<i32>,
-    stdout: Captured,
-    stderr: Captured,
-}
-
 impl CliDispatcher {
     /// Check the binary path (absolute, an executable file) without running anything.
     ///
@@ -205,11 +197,12 @@ impl CliDispatcher {
                 });
             }
         }
+        let (code, signal) = (f.status.code(), f.status.signal());
         let (stdout, stderr) = (f.stdout.text, f.stderr.text);
-        if f.code == Some(0) {
+        if code == Some(0) {
             return Ok(stdout);
         }
-        let code = match (f.code, f.signal) {
+        let code = match (code, signal) {
             (Some(c), _) => c.to_string(),
             (None, Some(s)) => format!("signal {s}"),
             (None, None) => "abnormally".into(),
@@ -233,18 +226,9 @@ impl CliDispatcher {
         })
     }
 
-    fn run(&self, label: &str, argv: &[String]) -> Result<Finished, DispatchError> {
-        use std::os::unix::process::{CommandExt, ExitStatusExt};
-        let io = |source| DispatchError::Io {
-            path: self.cfg.bin.clone(),
-            source,
-        };
+    fn run(&self, label: &str, argv: &[String]) -> Result<child::Finished, DispatchError> {
         let mut cmd = Command::new(&self.cfg.bin);
-        cmd.args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        cmd.args(argv);
         if let Some(home) = &self.cfg.home {
             cmd.env("HERMES_HOME", home);
         }
@@ -252,107 +236,30 @@ impl CliDispatcher {
             cmd.env(k, v);
         }
         tracing::debug!(bin = %self.cfg.bin.display(), args = ?argv, "Running Hermes.");
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                DispatchError::BinNotRunnable {
-                    path: self.cfg.bin.clone(),
-                    detail: e.to_string(),
-                }
-            }
-            _ => io(e),
-        })?;
-        let out = reader(child.stdout.take());
-        let err = reader(child.stderr.take());
-        let pgid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
-        let started = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().map_err(io)? {
-                break s;
-            }
-            if started.elapsed() >= self.cfg.timeout {
-                if let Some(pgid) = pgid {
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM);
-                    let term_at = Instant::now();
-                    while term_at.elapsed() < KILL_GRACE {
-                        if child.try_wait().map_err(io)?.is_some() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
+        match child::run(&mut cmd, self.cfg.timeout, KILL_GRACE, MAX_OUTPUT_BYTES) {
+            Ok(child::Ran::Finished(f)) => Ok(f),
+            Ok(child::Ran::TimedOut) => Err(DispatchError::Timeout {
+                command: label.to_owned(),
+                timeout: self.cfg.timeout,
+            }),
+            Err(child::RunError::Spawn(e)) => Err(match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                    DispatchError::BinNotRunnable {
+                        path: self.cfg.bin.clone(),
+                        detail: e.to_string(),
                     }
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
                 }
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(DispatchError::Timeout {
-                    command: label.to_owned(),
-                    timeout: self.cfg.timeout,
-                });
-            }
-            // Polling keeps this std-only and blocking (the daemon calls it on
-            // spawn_blocking); 20 ms is noise next to a 0.3 s Python start.
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Ok(Finished {
-            code: status.code(),
-            signal: status.signal(),
-            stdout: collect(out),
-            stderr: collect(err),
-        })
-    }
-}
-
-/// A pipe read to its end, of which at most a limit was kept.
-#[derive(Debug, Default)]
-pub(crate) struct Captured {
-    /// What was kept, lossy UTF-8.
-    pub text: String,
-    /// Bytes read past the limit and dropped.
-    pub dropped: u64,
-}
-
-/// Read `pipe` to its end, keeping its first `limit` bytes. The rest is read and dropped
-/// rather than left in the pipe: a child blocked on a full pipe would only end at its
-/// timeout, and killing it mid-call could leave a half-done board change.
-pub(crate) fn read_capped(mut pipe: impl Read, limit: usize) -> Captured {
-    let mut kept = Vec::new();
-    let mut dropped = 0u64;
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        match pipe.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                let take = n.min(limit.saturating_sub(kept.len()));
-                kept.extend_from_slice(&chunk[..take]);
-                dropped += (n - take) as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+                _ => DispatchError::Io {
+                    path: self.cfg.bin.clone(),
+                    source: e,
+                },
+            }),
+            Err(child::RunError::Wait(e)) => Err(DispatchError::Io {
+                path: self.cfg.bin.clone(),
+                source: e,
+            }),
         }
     }
-    Captured {
-        text: String::from_utf8_lossy(&kept).into_owned(),
-        dropped,
-    }
-}
-
-type Collected = std::sync::mpsc::Receiver<Captured>;
-
-/// Read a pipe to its end on a thread, keeping at most [`MAX_OUTPUT_BYTES`].
-fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> Option<Collected> {
-    let pipe = pipe?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(read_capped(pipe, MAX_OUTPUT_BYTES));
-    });
-    Some(rx)
-}
-
-/// What the reader got. Bounded: a grandchild that inherited the pipe must not hang us.
-fn collect(rx: Option<Collected>) -> Captured {
-    rx.and_then(|rx| rx.recv_timeout(KILL_GRACE).ok())
-        .unwrap_or_default()
 }
 
 /// The binary must be an absolute path to an existing file.
@@ -541,6 +448,7 @@ impl Dispatcher for CliDispatcher {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
 
     /// A fake `hermes`: records its argv (one line per call) and its HERMES_HOME, then runs
     /// `body`.
@@ -743,6 +651,8 @@ mod tests {
 
     #[test]
     fn a_capped_read_keeps_the_limit_and_drains_the_rest() {
+        use crate::adapters::child::read_capped;
+        use std::io::Read as _;
         let c = read_capped(std::io::repeat(b'x').take(300_000_000), MAX_OUTPUT_BYTES);
         assert_eq!(c.text.len(), MAX_OUTPUT_BYTES);
         assert_eq!(c.dropped, 300_000_000 - MAX_OUTPUT_BYTES as u64);

@@ -24,14 +24,15 @@
 //! opened only read-only ([`probe_board`]).
 
 use crate::adapters::board_sqlite::{self, BoardError, JournalMode};
+use crate::adapters::child;
 use crate::adapters::dispatch_cli::MAX_OUTPUT_BYTES;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 use thiserror::Error;
 
 /// The board Hermes uses when nothing selects another (`DEFAULT_BOARD`).
@@ -969,50 +970,20 @@ pub fn run_with_timeout(
     envs: &[(&str, &str)],
     timeout: Duration,
 ) -> std::io::Result<Option<ChildOutput>> {
-    use std::os::unix::process::CommandExt as _;
     let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn()?;
-    // Readers on their own threads, so a chatty child cannot fill a pipe and stall; each
-    // keeps at most MAX_OUTPUT_BYTES and drops the rest.
-    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            pipe.map(|p| crate::adapters::dispatch_cli::read_capped(p, MAX_OUTPUT_BYTES).text)
-                .unwrap_or_default()
-        })
-    };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let Some(status) = status else {
-        if let Some(pgid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        return Ok(None);
-    };
-    Ok(Some(ChildOutput {
-        code: status.code(),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }))
+    match child::run(&mut cmd, timeout, Duration::ZERO, MAX_OUTPUT_BYTES) {
+        Ok(child::Ran::Finished(f)) => Ok(Some(ChildOutput {
+            code: f.status.code(),
+            stdout: f.stdout.text,
+            stderr: f.stderr.text,
+        })),
+        Ok(child::Ran::TimedOut) => Ok(None),
+        Err(child::RunError::Spawn(e) | child::RunError::Wait(e)) => Err(e),
+    }
 }
 
 /// The installed Hermes version: from the package beside `bin` when possible (no process),
@@ -1259,19 +1230,7 @@ pub fn parse_proc_stat_start_time(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether `pid` is a live process (`kill(pid, 0)`: alive, or alive but another user's).
-pub fn pid_alive(pid: u32) -> bool {
-    let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(p) {
-        Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
-    }
-}
+pub use crate::adapters::child::pid_alive;
 
 /// Whether the gateway a pid file describes is alive: the pid is alive and, when the file has
 /// a start time and `/proc/<pid>/stat` is readable, that start time matches (so a reused pid

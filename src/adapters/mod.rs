@@ -2,6 +2,7 @@
 //! here, so the rest of the crate sees only domain types through [`crate::ports`].
 
 pub mod board_sqlite;
+pub mod child;
 pub mod dispatch_cli;
 pub mod engine;
 pub mod hermes_home;

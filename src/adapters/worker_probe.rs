@@ -45,13 +45,10 @@ fn live_start_time(pid: u32) -> Option<u64> {
 
 /// Whether process `pid` is gone or a zombie.
 pub fn process_is_gone(pid: u32) -> bool {
-    let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
+    let Some(signalled) = crate::adapters::child::signal_zero(pid) else {
         return false;
     };
-    match rustix::process::test_kill_process(p) {
+    match signalled {
         Err(rustix::io::Errno::SRCH) => true,
         // EPERM: it exists, owned by someone else.
         Err(_) => false,

@@ -213,38 +213,26 @@ impl PlanProfile {
         if let Some(wc) = self.declared {
             return wc;
         }
-        let tokens = self
-            .max_context
-            .saturating_mul(u64::from(self.requests_per_task));
-        WorstCase {
-            kv_bytes: Bytes(self.kv_bytes_per_token.saturating_mul(tokens)),
-            extra_bytes: Bytes(self.extra_bytes),
-            kv_tokens: tokens,
-            slots: self.requests_per_task,
-            request_tokens: self.max_context,
-        }
+        WorstCase::of_requests(
+            Bytes(self.kv_bytes_per_token.saturating_mul(self.max_context)),
+            self.max_context,
+            self.requests_per_task,
+            Bytes(self.extra_bytes),
+        )
     }
 
-    /// The worst case charged on `engine`: per request the model's KV for
-    /// `max_context` tokens (windowed where the engine honours sliding windows), times
-    /// `requests_per_task`, plus `extra_bytes`. The same rule as the config's.
+    /// The worst case charged on `engine`, by the config's rule
+    /// ([`crate::config::worst_case_on`]).
     fn charged_on(&self, engine: Engine) -> WorstCase {
-        let per_request = match self.model {
-            Some(m) => m.kv_bytes_for_context(
-                self.max_context,
-                self.kv_dtype,
-                engine.honours_sliding_window(),
-            ),
-            None => self.kv_bytes_per_token.saturating_mul(self.max_context),
-        };
-        let rpt = u64::from(self.requests_per_task);
-        WorstCase {
-            kv_bytes: Bytes(per_request.saturating_mul(rpt)),
-            extra_bytes: Bytes(self.extra_bytes),
-            kv_tokens: self.max_context.saturating_mul(rpt),
-            slots: self.requests_per_task,
-            request_tokens: self.max_context,
-        }
+        crate::config::worst_case_on(
+            engine,
+            self.model,
+            self.kv_bytes_per_token,
+            self.kv_dtype,
+            self.max_context,
+            self.requests_per_task,
+            Bytes(self.extra_bytes),
+        )
     }
 
     fn policy(&self) -> ProfilePolicy {
@@ -477,14 +465,7 @@ fn inputs_from_config(args: &PlanFlags, path: &std::path::Path) -> anyhow::Resul
     };
     let mut inputs = Vec::new();
     for pool in &cfg.pools {
-        use crate::config::EngineKind;
-        let engine = match pool.engine.kind {
-            EngineKind::Vllm => Engine::Vllm,
-            EngineKind::Sglang => Engine::Sglang,
-            EngineKind::Llamacpp => Engine::Llamacpp,
-            EngineKind::Ollama => Engine::Ollama,
-            EngineKind::Openai => Engine::Openai,
-        };
+        let engine = pool.engine.kind;
         let gpu_memory = gpu_memory_flag
             .or(pool.gpu.memory_total.map(Bytes::get))
             .ok_or_else(|| {
@@ -911,9 +892,9 @@ fn backlog(budget_bytes: u64, budget_tokens: Option<u64>, wc: &WorstCase) -> u64
     n.saturating_add(1).min(MAX_TASKS)
 }
 
-/// vLLM's default `--gpu-memory-utilization` (ENGINES.md §2.1), used to estimate an engine
-/// pool that a config does not size.
-const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
+/// vLLM's default `--gpu-memory-utilization`, used to estimate an engine pool that a config
+/// does not size.
+use crate::config::VLLM_DEFAULT_UTILIZATION;
 
 fn plan(input: &PlanInput) -> PlanReport {
     let models = distinct_models(&input.profiles);
@@ -1849,5 +1830,77 @@ mod tests {
         let r = plan(&input_from_args(&a).unwrap());
         let reason = r.profiles[0].never_fits.as_deref().unwrap();
         assert!(reason.contains("slot's context of 8192"), "{reason}");
+    }
+
+    mod never_fits_agreement {
+        //! Issue 12: `plan` (asking `decide`) and config validation (asking
+        //! `governor::admission::feasible`) agree on "this profile can never fit" for random
+        //! hosts and profiles (`config::tests::never_fits_agreement` holds validation to
+        //! `decide` on engine pools).
+        use super::*;
+        use crate::config::{ConfigArgs, load_str};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            #[test]
+            fn plan_from_flags_and_validation_of_the_same_host_agree(
+                gpu_gib in 4u64..200,
+                // What the GPU holds with no task, as a share of it (below it: validation
+                // refuses a baseline at or above memory_total, plan does not ask).
+                baseline_share in 0.0f64..0.95,
+                // Many digits past the sixth: where float and integer headroom part ways.
+                headroom in 0.05f64..=1.0,
+                reserve_mib in 0u64..4096,
+                bpt in 1u64..600_000,
+                ctx in 1u64..300_000,
+                requests in 1u32..4,
+                extra_mib in 0u64..8192,
+            ) {
+                let gpu = gpu_gib << 30;
+                let baseline = (gpu as f64 * baseline_share) as u64;
+                let mut a = args();
+                a.engine = Some(Engine::Openai);
+                a.gpu_memory = Some(format!("{gpu}B"));
+                a.headroom = Some(headroom);
+                a.reserve = Some(format!("{reserve_mib}MiB"));
+                a.weight_memory = Some(format!("{baseline}B"));
+                a.overhead = Some("0B".into());
+                a.kv_bytes_per_token = Some(bpt);
+                a.max_context = Some(ctx);
+                a.requests_per_task = Some(requests);
+                a.extra_bytes = Some(format!("{extra_mib}MiB"));
+                let r = plan(&input_from_args(&a).unwrap());
+                prop_assert_eq!(r.baseline_bytes, baseline);
+                let plan_says_never = !r.never_fit.is_empty();
+
+                let text = format!(
+                    "[hermes]\nhome = \"/t/hh\"\n\n[gpu]\ntelemetry = \"static\"\nmemory_total = \"{gpu}B\"\nbaseline = \"{baseline}B\"\nheadroom = {headroom:?}\nreserve = \"{reserve_mib}MiB\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"\n\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"{bpt}B\"\nmax_context_tokens = {ctx}\nrequests_per_task = {requests}\nextra_bytes = \"{extra_mib}MiB\"\n"
+                );
+                let validated = load_str(
+                    &text,
+                    std::path::Path::new("/t/governor.toml"),
+                    &ConfigArgs::default(),
+                    &|_| None,
+                );
+                let validation_says_never = match &validated {
+                    Ok(_) => false,
+                    Err(e) => {
+                        prop_assert!(
+                            e.problems.iter().all(|p| p.detail.contains("never")),
+                            "{}: {}", text, e
+                        );
+                        true
+                    }
+                };
+                prop_assert_eq!(
+                    plan_says_never,
+                    validation_says_never,
+                    "{}plan: {:?}",
+                    text,
+                    r.never_fit
+                );
+            }
+        }
     }
 }

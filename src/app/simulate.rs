@@ -112,20 +112,6 @@ fn host_given(args: &SimulateArgs) -> bool {
         || args.model.is_some()
 }
 
-fn config_from_text(text: &str) -> anyhow::Result<config::Config> {
-    config::load_str(
-        text,
-        std::path::Path::new("/<simulate flags>/governor.toml"),
-        &ConfigArgs::default(),
-        &|_| None,
-    )
-    .map_err(|e| {
-        usage(format!(
-            "--gpu-memory/--engine/--model make no valid host: {e}; try another combination or write a config"
-        ))
-    })
-}
-
 /// The host and policy: the flags' host, else the scenario's own host where it has one
 /// (unified-memory: a GB10-like host; outside-client: a 24 GiB GPU under a 3-slot
 /// llama-server), else the embedded default. Hermes-sized raises every profile to 64k.
@@ -137,17 +123,16 @@ fn load_setup(args: &SimulateArgs) -> anyhow::Result<sim::Setup> {
     };
     let mut setup = match scenario {
         Some(Scenario::UnifiedMemory) if !host_given(args) => {
-            let text = sim::unified_config_toml().map_err(|e| usage(e.0))?;
-            let cfg = config_from_text(&text)?;
+            let cfg = sim::unified_config().map_err(|e| usage(e.0))?;
             let mut s =
                 sim::setup_measured(&cfg, Some(sim::unified_measured())).map_err(|e| usage(e.0))?;
             s.host.speed = sim::gb10_speed(s.host.kv_bytes_per_token).map_err(|e| usage(e.0))?;
             s
         }
         Some(Scenario::OutsideClient) if !host_given(args) => {
-            let text = sim::config_toml(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b")
+            let cfg = sim::host_config(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b")
                 .map_err(|e| usage(e.0))?;
-            sim::setup(&config_from_text(&text)?).map_err(|e| usage(e.0))?
+            sim::setup(&cfg).map_err(|e| usage(e.0))?
         }
         Some(Scenario::HermesSized) => {
             let mut cfg = load_config(args)?;
@@ -201,8 +186,7 @@ fn load_config(args: &SimulateArgs) -> anyhow::Result<config::Config> {
         _ => EngineKind::Vllm,
     };
     let model = args.model.as_deref().unwrap_or("llama-3.1-8b");
-    let text = sim::config_toml(gpu, kind, model).map_err(|e| usage(e.0))?;
-    config_from_text(&text)
+    sim::host_config(gpu, kind, model).map_err(|e| usage(e.0))
 }
 
 /// Build the plan the flags describe.

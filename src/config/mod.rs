@@ -36,7 +36,7 @@
 
 mod keys;
 mod raw;
-mod render;
+pub(crate) mod render;
 #[cfg(test)]
 mod tests;
 pub mod units;
@@ -58,6 +58,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
+/// vLLM's default `--gpu-memory-utilization` (ENGINES.md §2.1): what `plan` and `simulate`
+/// assume an engine pool fills when nothing sizes it.
+pub const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
 /// Default `headroom`: the fraction of capacity the governor may fill. 0.85 follows the
 /// article's `--gpu-memory-utilization 0.85` (DESIGN §3).
 pub const DEFAULT_HEADROOM: f64 = 0.85;
@@ -611,6 +614,27 @@ impl ProfileConfig {
     }
 }
 
+/// A profile's worst case on `engine`: each of `requests` requests holds the KV of
+/// `max_context` tokens (the catalog `model`'s, windowed where the engine honours sliding
+/// windows; else `kv_bytes_per_token` each), plus `extra` outside the engine
+/// ([`crate::governor::WorstCase::of_requests`]). Config validation, `plan` and `simulate`
+/// charge profiles by it.
+pub fn worst_case_on(
+    engine: EngineKind,
+    model: Option<&crate::catalog::ModelSpec>,
+    kv_bytes_per_token: u64,
+    kv_dtype: KvDtype,
+    max_context: u64,
+    requests: u32,
+    extra: Bytes,
+) -> crate::governor::WorstCase {
+    let per_request = match model {
+        Some(m) => m.kv_bytes_for_context(max_context, kv_dtype, engine.honours_sliding_window()),
+        None => kv_bytes_per_token.saturating_mul(max_context),
+    };
+    crate::governor::WorstCase::of_requests(Bytes(per_request), max_context, requests, extra)
+}
+
 impl EngineConfig {
     /// The catalog model the engine serves, when configured.
     pub fn spec(&self) -> Option<&'static crate::catalog::ModelSpec> {
@@ -914,6 +938,24 @@ pub fn load_str(
 ) -> Result<Config, ConfigError> {
     let file = raw::FileText::new(origin.to_path_buf(), toml.to_owned());
     validate::load_from(Some(file), args, env, &NoFiles)
+}
+
+/// Check a config built in code as a written one is checked: written back as TOML
+/// ([`render`], whose output reads back to the same config) and validated as if read from
+/// `origin`, so a built config passes exactly the checks a file does (the cross-key ones too:
+/// a baseline below memory_total, guarantees that fit together).
+///
+/// # Errors
+///
+/// Every problem validation finds, as [`load_str`].
+pub fn validated(cfg: &Config, origin: &Path) -> Result<Config, ConfigError> {
+    let env = |_: &str| None;
+    load_str(
+        &render::to_toml(cfg, false),
+        origin,
+        &ConfigArgs::default(),
+        &env,
+    )
 }
 
 /// The embedded default config: one 80GiB GPU under vLLM serving Llama-3.1-8B with static

@@ -8,7 +8,7 @@ use super::raw::{self, FileText, Opt, RawConfig, RawEngine, RawGpu, RawProfile};
 use super::units::{format_size, parse_duration, parse_size, show};
 use super::*;
 use crate::catalog::{self, KvDtype, ModelSpec};
-use crate::governor::admission::{Ceilings, Charge, Infeasible, apply_headroom};
+use crate::governor::admission::{Infeasible, KnownGpu, feasible, longest_feasible};
 use std::collections::HashMap;
 use toml::Spanned;
 
@@ -1211,22 +1211,19 @@ fn profile(
             );
         }
     }
-    let honour = pool.engine.kind.honours_sliding_window();
-    let per_request = |tokens: u64| -> u64 {
-        match (spec, direct) {
-            (Some(s), _) => s.kv_bytes_for_context(tokens, kv_dtype, honour),
-            (None, Some(bpt)) => bpt.saturating_mul(tokens),
-            (None, None) => 0,
-        }
-    };
     let rpt = u64::from(requests);
-    let declared = WorstCase {
-        kv_bytes: Bytes(per_request(max_context).saturating_mul(rpt)),
-        extra_bytes,
-        kv_tokens: max_context.saturating_mul(rpt),
-        slots: requests,
-        request_tokens: max_context,
+    let worst_case = |tokens: u64| {
+        super::worst_case_on(
+            pool.engine.kind,
+            spec,
+            direct.unwrap_or(0),
+            kv_dtype,
+            tokens,
+            requests,
+            extra_bytes,
+        )
     };
+    let declared = worst_case(max_context);
     let ctx_src = v.src(&key("max_context_tokens"), &source);
     let never = |v: &mut V, detail: String| {
         v.err(ctx_src.clone(), key("max_context_tokens"), detail);
@@ -1245,16 +1242,29 @@ fn profile(
             );
         }
     }
-    // Against the configured capacities, by the decision's own rule (the same ceilings and
-    // integer arithmetic `decide` applies, so the two cannot disagree).
+    // Against the configured capacities and GPU, by the decision's own rule (the same
+    // ceilings and integer arithmetic `decide` applies, so the two cannot disagree).
+    let engine_pool = pool.engine.kind.kv_placement() == KvPlacement::EnginePool;
     let pool_policy = pool.policy();
-    let charge = Charge::alone(
-        pool_policy.kv_placement,
-        &declared,
-        pool_policy.slots.is_some(),
-    );
-    for why in Ceilings::configured(&pool_policy).violations(&charge, &declared) {
-        match why {
+    let gpu = pool.gpu.memory_total.map(|total| KnownGpu {
+        total,
+        baseline: pool.gpu.baseline.unwrap_or(Bytes(0)),
+    });
+    // A per-request engine charges KV + extra against `headroom × total − reserve` above the
+    // baseline. An engine with a preallocated pool charges only extra in GPU bytes (its KV
+    // pool is inside the baseline) and KV in tokens; without a known token capacity,
+    // `headroom × total − reserve` still bounds any KV pool this GPU can hold.
+    let bytes_too_many = |why: &Infeasible| {
+        matches!(
+            (engine_pool, why),
+            (false, Infeasible::Bytes { .. }) | (true, Infeasible::KvPoolBytes { .. })
+        )
+    };
+    let violations = feasible(&pool_policy, gpu, &declared)
+        .err()
+        .unwrap_or_default();
+    for why in &violations {
+        match *why {
             Infeasible::SlotContext { have: sct, .. } => never(
                 v,
                 format!(
@@ -1284,25 +1294,14 @@ fn profile(
                     ceiling / rpt
                 ),
             ),
-            // No bytes ceiling without the GPU: checked below against memory_total.
-            Infeasible::Bytes { .. } => {}
+            // Bytes against the GPU: below, once the other ceilings are named.
+            Infeasible::Bytes { .. } | Infeasible::KvPoolBytes { .. } => {}
         }
     }
-    if let Some(total) = pool.gpu.memory_total {
-        // Mirror decide(): a per-request engine charges KV + extra against
-        // `headroom × total − reserve` above the baseline. An engine with a preallocated pool
-        // charges only extra in GPU bytes (its KV pool is inside the baseline) and KV in
-        // tokens; without a known token capacity, `headroom × total − reserve` still bounds
-        // any KV pool this GPU can hold.
-        let ceiling =
-            Bytes(apply_headroom(total.get(), pool.gpu.headroom)).saturating_sub(pool.gpu.reserve);
-        let baseline = pool.gpu.baseline.unwrap_or(Bytes(0));
-        let engine_pool = pool.engine.kind.kv_placement() == KvPlacement::EnginePool;
-        if engine_pool {
-            let room = total
-                .saturating_sub(pool.gpu.reserve)
-                .saturating_sub(baseline);
-            if extra_bytes > room {
+    if let Some(gpu) = gpu {
+        let (total, baseline) = (gpu.total, gpu.baseline);
+        for why in &violations {
+            if let (true, Infeasible::Bytes { ceiling: room, .. }) = (engine_pool, why) {
                 let src = v.src(&key("extra_bytes"), &source);
                 v.err(
                     src,
@@ -1319,10 +1318,9 @@ fn profile(
                 );
             }
         }
-        let (room, need_extra, room_why) = if engine_pool {
+        let (need_extra, room_why) = if engine_pool {
             (
-                ceiling,
-                0,
+                Bytes(0),
                 format!(
                     "headroom {} × memory_total {} − reserve {}",
                     pool.gpu.headroom,
@@ -1332,8 +1330,7 @@ fn profile(
             )
         } else {
             (
-                ceiling.saturating_sub(baseline),
-                extra_bytes.get(),
+                extra_bytes,
                 format!(
                     "headroom {} × memory_total {} − reserve {} − baseline {}",
                     pool.gpu.headroom,
@@ -1343,25 +1340,21 @@ fn profile(
                 ),
             )
         };
-        let need = declared.kv_bytes.get().saturating_add(need_extra);
-        let check_bytes = !engine_pool || pool.engine.kv_capacity_tokens.is_none();
-        if check_bytes && need > room.get() {
+        let too_many = violations.iter().find(|w| bytes_too_many(w));
+        let room = match too_many {
+            Some(Infeasible::Bytes { ceiling, .. } | Infeasible::KvPoolBytes { ceiling, .. }) => {
+                Some(*ceiling)
+            }
+            _ => None,
+        };
+        if let Some(room) = room {
             // The longest context that would fit, by bisection (KV grows with tokens).
             let fits = |t: u64| {
-                per_request(t)
-                    .saturating_mul(rpt)
-                    .saturating_add(need_extra)
-                    <= room.get()
+                feasible(&pool_policy, Some(gpu), &worst_case(t))
+                    .err()
+                    .is_none_or(|why| !why.iter().any(bytes_too_many))
             };
-            let (mut lo, mut hi) = (0u64, max_context);
-            while lo < hi {
-                let mid = lo + (hi - lo).div_ceil(2);
-                if fits(mid) {
-                    lo = mid;
-                } else {
-                    hi = mid - 1;
-                }
-            }
+            let lo = longest_feasible(max_context, fits);
             let fix = if lo == 0 {
                 "not even one token fits: lower extra_bytes or baseline, or use a larger GPU"
                     .to_owned()
@@ -1374,9 +1367,9 @@ fn profile(
                 v,
                 format!(
                     "a task's worst case is {} ({} KV for {requests} request(s) × {max_context} tokens + {} extra) but pool \"{}\" has {room} under the ceiling ({room_why}), so it could never start; {fix}",
-                    Bytes(need),
+                    declared.kv_bytes.saturating_add(need_extra),
                     declared.kv_bytes,
-                    Bytes(need_extra),
+                    need_extra,
                     pool.name,
                 ),
             );

@@ -213,27 +213,14 @@ impl PoolLedger {
     /// The charge of a task with worst case `wc` in this pool, pooled statistically by its
     /// `spread` where the pool is an engine's KV pool (module doc).
     pub fn charge_of(&self, wc: &WorstCase, spread: Option<&Spread>) -> Charge {
-        let kv_tokens = match self.placement {
-            KvPlacement::EnginePool => u128::from(wc.kv_tokens),
-            KvPlacement::GpuBytes => 0,
-        };
-        let (kv_mean, kv_var) = match (self.placement, spread) {
-            (KvPlacement::EnginePool, Some(s)) => (
-                u128::from(s.mean_kv_tokens).min(kv_tokens),
-                u128::from(s.sd_kv_tokens).pow(2),
-            ),
-            _ => (kv_tokens, 0),
-        };
-        Charge {
-            kv_mean,
-            kv_var,
-            bytes: u128::from(wc.gpu_bytes(self.placement).get()),
-            kv_tokens,
-            slots: if self.slots.is_some() {
-                u128::from(wc.slots)
-            } else {
-                0
+        let alone = Charge::alone(self.placement, wc, self.slots.is_some());
+        match (self.placement, spread) {
+            (KvPlacement::EnginePool, Some(s)) => Charge {
+                kv_mean: u128::from(s.mean_kv_tokens).min(alone.kv_tokens),
+                kv_var: u128::from(s.sd_kv_tokens).pow(2),
+                ..alone
             },
+            _ => alone,
         }
     }
 
@@ -267,13 +254,17 @@ impl PoolLedger {
     pub fn never_fits(&self, wc: &WorstCase) -> Option<String> {
         // Only what no change on the host can fix counts here: the baseline (weights, other
         // tenants) may shrink, so a task blocked by it is VramHeadroom, not NeverFits.
-        Ceilings {
+        let ceilings = Ceilings {
             bytes: self.ceiling_bytes,
+            kv_pool_bytes: None,
             kv_tokens: self.ceiling_kv_tokens,
             slots: self.slots,
             slot_context_tokens: self.slot_context_tokens,
-        }
-        .never_fits(&self.charge_of(wc, None), wc)
+        };
+        ceilings
+            .feasible(self.placement, wc)
+            .err()
+            .and_then(|why| why.first().map(ToString::to_string))
     }
 }
 
@@ -284,13 +275,56 @@ pub fn apply_headroom(value: u64, headroom: f64) -> u64 {
     clamp_u64(scale(u128::from(value), headroom))
 }
 
-/// What a single task must fit in a pool whatever else runs: the one rule for "can it ever
-/// fit" ([`PoolLedger::never_fits`] in the decision; config validation asks the same of the
-/// configured capacities).
+/// A GPU whose size and idle use are known without telemetry (config `memory_total` and
+/// `baseline`): what "can it ever fit" is asked against before the governor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownGpu {
+    /// Its memory.
+    pub total: Bytes,
+    /// What it holds with no task (weights, the engine's pool, other tenants).
+    pub baseline: Bytes,
+}
+
+/// Can a task with worst case `wc` ever fit `pool` (on `gpu`, when its size is known without
+/// telemetry)? The one rule for "can it ever fit": config validation, `plan` and `simulate`
+/// ask it of the configured capacities, and `decide` asks [`Ceilings::feasible`] of the
+/// ceilings it measured ([`PoolLedger::never_fits`]).
+///
+/// # Errors
+///
+/// Every ceiling the task exceeds even alone, in [`Ceilings::feasible`]'s order.
+pub fn feasible(
+    pool: &PoolPolicy,
+    gpu: Option<KnownGpu>,
+    wc: &WorstCase,
+) -> Result<(), Vec<Infeasible>> {
+    Ceilings::configured(pool, gpu).feasible(pool.kv_placement, wc)
+}
+
+/// The largest `t` in `0..=max` with `fits(t)`, for a `fits` that holds up to some point and
+/// not beyond (a worst case grows with its context): the longest context that can ever fit,
+/// by bisection. 0 when not even one fits.
+pub fn longest_feasible(max: u64, fits: impl Fn(u64) -> bool) -> u64 {
+    let (mut lo, mut hi) = (0u64, max);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+/// What a single task must fit in a pool whatever else runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ceilings {
-    /// GPU bytes ceiling.
+    /// GPU bytes ceiling (what the task is charged in GPU bytes must fit under it).
     pub bytes: Option<u128>,
+    /// The most bytes any engine KV pool on this GPU can hold, for an engine pool whose size
+    /// in tokens is unknown: a task's KV bytes must fit under it.
+    pub kv_pool_bytes: Option<u128>,
     /// KV tokens ceiling (`headroom × kv_capacity_tokens`).
     pub kv_tokens: Option<u128>,
     /// Engine slots.
@@ -300,12 +334,36 @@ pub struct Ceilings {
 }
 
 impl Ceilings {
-    /// The ceilings of `pool` from its configured capacities alone (no telemetry): the KV
-    /// ceiling is `headroom × kv_capacity_tokens`; no bytes ceiling (that needs the GPU).
-    pub fn configured(pool: &PoolPolicy) -> Ceilings {
+    /// The ceilings of `pool` from its configured capacities alone: the KV ceiling is
+    /// `headroom × kv_capacity_tokens`. With a known GPU the bytes ceiling is what a task may
+    /// take above the baseline: `headroom × total − reserve − baseline` where KV is charged in
+    /// GPU bytes, `total − reserve − baseline` beside an engine's KV pool (the pool is inside
+    /// the baseline); and an engine pool of unknown size holds at most `headroom × total −
+    /// reserve`.
+    pub fn configured(pool: &PoolPolicy, gpu: Option<KnownGpu>) -> Ceilings {
+        let engine_pool = pool.kv_placement == KvPlacement::EnginePool;
+        let reserve = u128::from(pool.reserve.get());
+        let bytes_of = |g: KnownGpu| {
+            let total = u128::from(g.total.get());
+            let under_headroom = scale(total, pool.headroom).saturating_sub(reserve);
+            let beside_pool = total.saturating_sub(reserve);
+            (under_headroom, beside_pool, u128::from(g.baseline.get()))
+        };
         Ceilings {
-            bytes: None,
-            kv_tokens: (pool.kv_placement == KvPlacement::EnginePool)
+            bytes: gpu
+                .map(bytes_of)
+                .map(|(under_headroom, beside_pool, baseline)| {
+                    let room = if engine_pool {
+                        beside_pool
+                    } else {
+                        under_headroom
+                    };
+                    room.saturating_sub(baseline)
+                }),
+            kv_pool_bytes: gpu
+                .filter(|_| engine_pool && pool.kv_capacity_tokens.is_none())
+                .map(|g| bytes_of(g).0),
+            kv_tokens: engine_pool
                 .then_some(pool.kv_capacity_tokens)
                 .flatten()
                 .map(|c| scale(u128::from(c), pool.headroom)),
@@ -314,15 +372,15 @@ impl Ceilings {
         }
     }
 
-    /// Why a task charged `c` (worst case `wc`) can never fit under these ceilings, if so
-    /// (the first reason).
-    pub fn never_fits(&self, c: &Charge, wc: &WorstCase) -> Option<String> {
-        self.violations(c, wc).first().map(ToString::to_string)
-    }
-
-    /// Every ceiling a task charged `c` (worst case `wc`) exceeds even alone, in a fixed order
-    /// (bytes, KV tokens, slots, slot context).
-    pub fn violations(&self, c: &Charge, wc: &WorstCase) -> Vec<Infeasible> {
+    /// Whether a task with worst case `wc`, charged alone where `placement` keeps its KV
+    /// ([`Charge::alone`]), fits under these ceilings.
+    ///
+    /// # Errors
+    ///
+    /// Every ceiling it exceeds, in a fixed order (bytes, KV tokens, slots, slot context,
+    /// KV pool bytes).
+    pub fn feasible(&self, placement: KvPlacement, wc: &WorstCase) -> Result<(), Vec<Infeasible>> {
+        let c = Charge::alone(placement, wc, self.slots.is_some());
         let mut out = Vec::new();
         if let Some(ceiling) = self.bytes
             && c.bytes > ceiling
@@ -356,7 +414,15 @@ impl Ceilings {
                 have: ctx,
             });
         }
-        out
+        if let Some(ceiling) = self.kv_pool_bytes
+            && u128::from(wc.kv_bytes.get()) > ceiling
+        {
+            out.push(Infeasible::KvPoolBytes {
+                need: wc.kv_bytes,
+                ceiling: Bytes(clamp_u64(ceiling)),
+            });
+        }
+        if out.is_empty() { Ok(()) } else { Err(out) }
     }
 }
 
@@ -402,6 +468,14 @@ pub enum Infeasible {
         /// Slots the engine has.
         have: u64,
     },
+    /// Its KV bytes exceed any KV pool an engine can hold on this GPU (`headroom × total −
+    /// reserve`), where the pool's size in tokens is not configured.
+    KvPoolBytes {
+        /// Its KV worst case.
+        need: Bytes,
+        /// The most any pool holds.
+        ceiling: Bytes,
+    },
     /// One request's context exceeds a slot's.
     SlotContext {
         /// Its largest request's context.
@@ -425,6 +499,10 @@ impl std::fmt::Display for Infeasible {
             Infeasible::Slots { need, have } => {
                 write!(f, "it needs {need} slots and the engine has {have}")
             }
+            Infeasible::KvPoolBytes { need, ceiling } => write!(
+                f,
+                "its worst case of {need} of KV exceeds the {ceiling} any engine KV pool can hold on this GPU"
+            ),
             Infeasible::SlotContext { need, have } => write!(
                 f,
                 "one request of {need} context tokens exceeds a slot's context of {have} tokens"
@@ -508,18 +586,78 @@ fn scale(value: u128, fraction: f64) -> u128 {
 mod tests {
     use super::*;
 
+    /// The decision tests' 24 GiB pool (headroom 0.85, reserve 1 GiB) with KV kept at `placement`.
     fn pool(placement: KvPlacement) -> PoolPolicy {
         PoolPolicy {
-            name: "default".into(),
             kv_placement: placement,
-            headroom: 0.85,
-            reserve: Bytes::gib(1),
-            kv_capacity_tokens: None,
-            slots: None,
-            slot_context_tokens: None,
-            max_staleness: Millis::secs(5),
-            needs_engine: false,
+            ..crate::governor::tests::gpu_pool()
         }
+    }
+
+    /// A 24 GiB GPU with 10 GiB used, sampled at 0.
+    fn used_10_of_24_gib() -> PoolObservation {
+        PoolObservation {
+            gpu: Some(GpuSample {
+                at: Millis(0),
+                total: Bytes::gib(24),
+                used: Bytes::gib(10),
+                free: Bytes::gib(14),
+            }),
+            baseline: None,
+            engine: None,
+        }
+    }
+
+    #[test]
+    fn a_known_gpu_bounds_what_one_task_may_take_above_its_baseline() {
+        let gpu = Some(KnownGpu {
+            total: Bytes::gib(24),
+            baseline: Bytes::gib(10),
+        });
+        // 0.85 × 24 GiB − 1 GiB − 10 GiB = 9.4 GiB for KV + extra on a per-request engine.
+        let room = (24u128 << 30) * 850_000 / 1_000_000 - (11 << 30);
+        let wc = |kv: u64, extra: u64| WorstCase::of_requests(Bytes(kv), 1000, 1, Bytes(extra));
+        let per_request = pool(KvPlacement::GpuBytes);
+        let fits = u64::try_from(room).unwrap() - 1;
+        assert_eq!(feasible(&per_request, gpu, &wc(fits, 1)), Ok(()));
+        assert_eq!(
+            feasible(&per_request, gpu, &wc(fits, 2)),
+            Err(vec![Infeasible::Bytes {
+                need: Bytes(fits + 2),
+                ceiling: Bytes(u64::try_from(room).unwrap()),
+            }])
+        );
+        // Beside an engine's pool only extra counts in bytes, against total − reserve −
+        // baseline (13 GiB); a pool of unknown size holds at most 0.85 × 24 GiB − 1 GiB.
+        let engine_pool = pool(KvPlacement::EnginePool);
+        let big_kv = u64::try_from(room).unwrap() + (10 << 30);
+        // At both bounds exactly it fits; a byte more over each, and it does not.
+        assert_eq!(feasible(&engine_pool, gpu, &wc(big_kv, 13 << 30)), Ok(()));
+        assert_eq!(
+            feasible(&engine_pool, gpu, &wc(big_kv + 1, (13 << 30) + 1)),
+            Err(vec![
+                Infeasible::Bytes {
+                    need: Bytes((13 << 30) + 1),
+                    ceiling: Bytes(13 << 30),
+                },
+                Infeasible::KvPoolBytes {
+                    need: Bytes(big_kv + 1),
+                    ceiling: Bytes(big_kv),
+                },
+            ])
+        );
+        // With the pool's size configured, its tokens bound the KV instead.
+        let sized = PoolPolicy {
+            kv_capacity_tokens: Some(1000),
+            ..engine_pool
+        };
+        assert_eq!(
+            feasible(&sized, gpu, &wc(big_kv + 1, 0)),
+            Err(vec![Infeasible::KvTokens {
+                need: 1000,
+                ceiling: 850,
+            }])
+        );
     }
 
     #[test]
@@ -572,16 +710,7 @@ mod tests {
 
     #[test]
     fn gpu_bytes_ceiling_is_headroom_times_total_minus_reserve() {
-        let obs = PoolObservation {
-            gpu: Some(GpuSample {
-                at: Millis(0),
-                total: Bytes::gib(24),
-                used: Bytes::gib(10),
-                free: Bytes::gib(14),
-            }),
-            baseline: None,
-            engine: None,
-        };
+        let obs = used_10_of_24_gib();
         let l = PoolLedger::new(&pool(KvPlacement::GpuBytes), Some(&obs), Millis(0));
         // 0.85 × 24 GiB − 1 GiB = 19.4 GiB
         let expected = (24u128 * (1 << 30)) * 850_000 / 1_000_000 - (1 << 30);
@@ -590,16 +719,7 @@ mod tests {
 
     #[test]
     fn stale_sample_makes_the_pool_hold() {
-        let obs = PoolObservation {
-            gpu: Some(GpuSample {
-                at: Millis(0),
-                total: Bytes::gib(24),
-                used: Bytes::gib(10),
-                free: Bytes::gib(14),
-            }),
-            baseline: None,
-            engine: None,
-        };
+        let obs = used_10_of_24_gib();
         let l = PoolLedger::new(&pool(KvPlacement::GpuBytes), Some(&obs), Millis(5_001));
         assert_eq!(l.stale(), Some("GPU sample 5001ms old (max_staleness 5s)"));
     }

@@ -8,7 +8,7 @@ const GIB: u64 = 1 << 30;
 
 /// A 24 GiB GPU whose KV lives in GPU bytes, headroom 0.85, reserve 1 GiB:
 /// ceiling = 0.85 × 24 GiB − 1 GiB = 19.4 GiB (20_830_591_467 bytes... computed in `ceiling`).
-fn gpu_pool() -> PoolPolicy {
+pub(crate) fn gpu_pool() -> PoolPolicy {
     PoolPolicy {
         name: "default".into(),
         kv_placement: KvPlacement::GpuBytes,

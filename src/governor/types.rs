@@ -182,6 +182,26 @@ pub struct WorstCase {
 }
 
 impl WorstCase {
+    /// What a profile costs: `requests` requests of up to `request_tokens` context tokens
+    /// each, every one holding `kv_per_request` of KV, plus `extra` outside the engine. The
+    /// one rule config validation, `plan` and `simulate` charge a profile by (the KV per
+    /// request is the model's, windowed where the engine honours sliding windows).
+    pub fn of_requests(
+        kv_per_request: Bytes,
+        request_tokens: u64,
+        requests: u32,
+        extra: Bytes,
+    ) -> WorstCase {
+        let n = u64::from(requests);
+        WorstCase {
+            kv_bytes: Bytes(kv_per_request.get().saturating_mul(n)),
+            extra_bytes: extra,
+            kv_tokens: request_tokens.saturating_mul(n),
+            slots: requests,
+            request_tokens,
+        }
+    }
+
     /// The bytes this task is charged against GPU memory under `placement`.
     pub fn gpu_bytes(&self, placement: KvPlacement) -> Bytes {
         match placement {

@@ -19,8 +19,13 @@ pub mod run;
 pub mod workload;
 
 use crate::catalog::{self, WeightFormat};
-use crate::config::{Config, EngineKind};
-use crate::governor::{KvPlacement, Policy};
+use crate::config::{
+    self, Config, DEFAULT_HEADROOM, DEFAULT_MAX_STALENESS, DEFAULT_POOL, DEFAULT_RESERVE,
+    EngineConfig, EngineKind, GpuConfig, GpuSelector, PoolConfig, ProfileConfig, Source, Telemetry,
+    VLLM_DEFAULT_UTILIZATION,
+};
+use crate::governor::admission::{self, KnownGpu, apply_headroom, longest_feasible};
+use crate::governor::{Bytes, FootprintMode, KvPlacement, Policy, ProfileId};
 use engine::{Hardware, Regime, Speed};
 use peers::HostMemory;
 use run::{Host, Outcome, Params, Run, Strategy};
@@ -150,7 +155,7 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
         .map(|(_, b)| b)
         .or(pool.gpu.baseline.map(|b| b.get()))
         .unwrap_or(match regime {
-            Regime::Paged { .. } => (total as f64 * 0.9) as u64,
+            Regime::Paged { .. } => (total as f64 * VLLM_DEFAULT_UTILIZATION) as u64,
             Regime::Slots { slots, slot_ctx } => {
                 weight_bytes + slots as u64 * slot_ctx * kvbpt + GIB
             }
@@ -165,8 +170,8 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
             Regime::Paged {
                 capacity_tokens, ..
             },
-        ) => Ceiling::KvTokens((capacity_tokens as f64 * pp.headroom) as u64),
-        _ => Ceiling::Bytes(((total as f64 * pp.headroom) as u64).saturating_sub(pp.reserve.get())),
+        ) => Ceiling::KvTokens(apply_headroom(capacity_tokens, pp.headroom)),
+        _ => Ceiling::Bytes(apply_headroom(total, pp.headroom).saturating_sub(pp.reserve.get())),
     };
     let min_ctx = profiles_of_pool
         .iter()
@@ -209,13 +214,29 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
 /// profiles (coder 32k, researcher 2 × 64k, triage 8k) on that host, with the engine sized as
 /// its defaults would size it (vLLM/SGLang: 90 % of the GPU minus weights and 3 GiB of
 /// activations as KV pool; llama.cpp: 32k-token slots in 90 % of the GPU; Ollama/OpenAI:
-/// KV allocated per request), each profile's context capped at what the engine can hold.
+/// KV allocated per request), each profile's context capped at what the engine can hold
+/// ([`crate::governor::admission::feasible`], the rule config validation applies).
 ///
 /// # Errors
 ///
 /// The model is not in the catalog, or its weights leave no room for KV.
-pub fn config_toml(gpu_bytes: u64, kind: EngineKind, model: &str) -> Result<String, SetupError> {
-    host_config_toml(gpu_bytes, kind, model, 0.9, false)
+pub fn host_config(gpu_bytes: u64, kind: EngineKind, model: &str) -> Result<Config, SetupError> {
+    checked(build_host_config(
+        gpu_bytes,
+        kind,
+        model,
+        VLLM_DEFAULT_UTILIZATION,
+        false,
+    )?)
+}
+
+/// `cfg` as config validation sees it: a built host passes the checks a written one does.
+fn checked(cfg: Config) -> Result<Config, SetupError> {
+    config::validated(&cfg, std::path::Path::new("/<simulate flags>/governor.toml")).map_err(|e| {
+        SetupError(format!(
+            "--gpu-memory/--engine/--model make no valid host: {e}; try another combination or write a config"
+        ))
+    })
 }
 
 /// The `outside-client` scenario's memory service (vectorize-io/hindsight #1721: 32
@@ -237,21 +258,21 @@ pub const UNIFIED_VLLM_UTILIZATION: f64 = 0.87;
 /// chosen so that `MemAvailable` idles at 4 %, as #90713 reports (1 − 0.87 − 0.09).
 pub const UNIFIED_OS_SHARE: f64 = 0.09;
 
-/// The `unified-memory` scenario's host as a config: [`config_toml`]'s profiles on a GB10-like
+/// The `unified-memory` scenario's host as a config: [`host_config`]'s profiles on a GB10-like
 /// 128 GiB unified memory, vLLM at 0.87 of it, `telemetry = "host"` (so no `memory_total`:
 /// the telemetry measures it; pass [`unified_measured`] to [`setup_measured`]).
 ///
 /// # Errors
 ///
-/// As [`config_toml`].
-pub fn unified_config_toml() -> Result<String, SetupError> {
-    host_config_toml(
+/// As [`host_config`].
+pub fn unified_config() -> Result<Config, SetupError> {
+    checked(build_host_config(
         UNIFIED_MEMORY_BYTES,
         EngineKind::Vllm,
         "llama-3.1-8b",
         UNIFIED_VLLM_UTILIZATION,
         true,
-    )
+    )?)
 }
 
 /// What host telemetry measures on the `unified-memory` host with no request: its total, and
@@ -296,15 +317,16 @@ pub fn gb10_speed(kv_bytes_per_token: u64) -> Result<Speed, SetupError> {
     ))
 }
 
-fn host_config_toml(
+fn build_host_config(
     gpu_bytes: u64,
     kind: EngineKind,
     model: &str,
     utilization: f64,
     host_telemetry: bool,
-) -> Result<String, SetupError> {
+) -> Result<Config, SetupError> {
     let spec = catalog::lookup(model).map_err(|e| SetupError(format!("--model: {e}")))?;
-    let kvbpt = spec.kv_bytes_per_token(catalog::KvDtype::default());
+    let kv_dtype = catalog::KvDtype::default();
+    let kvbpt = spec.kv_bytes_per_token(kv_dtype);
     let weights = spec.weight_bytes(weights_of(kind));
     let usable = (gpu_bytes as f64 * utilization) as u64;
     let room = usable.saturating_sub(weights + 3 * GIB);
@@ -317,54 +339,105 @@ fn host_config_toml(
     }
     let model_max = u64::from(spec.max_context);
     let mut ctx_cap = model_max;
-    let mut engine = format!("kind = \"{}\"\nmodel = \"{}\"\n", kind.name(), spec.name);
+    let mut engine = EngineConfig {
+        kind,
+        url: kind.default_url().unwrap_or_default().to_owned(),
+        model: Some(spec.name.to_owned()),
+        kv_capacity_tokens: None,
+        slots: None,
+        slot_context_tokens: None,
+        max_staleness: DEFAULT_MAX_STALENESS,
+    };
     let mut baseline = weights + GIB;
     let mut slots = u64::MAX;
     match kind {
         EngineKind::Vllm | EngineKind::Sglang => {
-            engine += &format!("kv_capacity_tokens = {}\n", room / kvbpt);
+            engine.kv_capacity_tokens = Some(room / kvbpt);
             baseline = usable;
         }
         EngineKind::Llamacpp => {
             let slot_ctx = 32768.min(model_max);
             slots = (room / (slot_ctx * kvbpt)).clamp(1, 16);
-            engine += &format!("slots = {slots}\nslot_context_tokens = {slot_ctx}\n");
+            // `clamp(1, 16)`: always a u32.
+            engine.slots = Some(u32::try_from(slots).unwrap_or(16));
+            engine.slot_context_tokens = Some(slot_ctx);
             ctx_cap = slot_ctx;
             baseline = weights + GIB + slots * slot_ctx * kvbpt;
         }
         EngineKind::Ollama | EngineKind::Openai => {
-            engine += "url = \"http://127.0.0.1:11434\"\n";
+            engine.url = "http://127.0.0.1:11434".to_owned();
         }
     }
-    // What one task may hold under the default headroom 0.85 and 1 GiB reserve, so every
-    // profile can start (config validation checks the same).
-    let allowed = match kind {
-        EngineKind::Vllm | EngineKind::Sglang => (room / kvbpt) * 85 / 100,
-        EngineKind::Llamacpp => u64::MAX,
-        EngineKind::Ollama | EngineKind::Openai => {
-            ((gpu_bytes as f64 * 0.85) as u64).saturating_sub(GIB + baseline) / kvbpt
+    let gpu = GpuConfig {
+        devices: vec![GpuSelector::Index(0)],
+        telemetry: if host_telemetry {
+            Telemetry::Host
+        } else {
+            Telemetry::Static
+        },
+        memory_total: (!host_telemetry).then_some(Bytes(gpu_bytes)),
+        baseline: (!host_telemetry).then_some(Bytes(baseline)),
+        headroom: DEFAULT_HEADROOM,
+        reserve: DEFAULT_RESERVE,
+    };
+    let pool = PoolConfig {
+        name: DEFAULT_POOL.to_owned(),
+        gpu,
+        engine,
+    };
+    // Each profile's context: the longest, up to what it asks, that one of its tasks can
+    // ever fit in (the rule validation applies), in steps of 256 tokens.
+    let pool_policy = pool.policy();
+    let known_gpu = pool.gpu.memory_total.map(|total| KnownGpu {
+        total,
+        baseline: pool.gpu.baseline.unwrap_or(Bytes(0)),
+    });
+    let worst_case = |tokens: u64, requests: u32| {
+        config::worst_case_on(kind, Some(spec), 0, kv_dtype, tokens, requests, Bytes(0))
+    };
+    let profile = |name: &str, wanted: u64, requests: u32, max_parallel, guaranteed| {
+        let ctx = longest_feasible(wanted.min(ctx_cap), |t| {
+            admission::feasible(&pool_policy, known_gpu, &worst_case(t, requests)).is_ok()
+        }) / 256
+            * 256;
+        if ctx == 0 {
+            return Err(SetupError(format!(
+                "--model {model}: profile {name} cannot fit 256 tokens of context on a {:.0} GiB {kind} host; give a larger --gpu-memory or a smaller model",
+                gpu_bytes as f64 / GIB as f64
+            )));
         }
+        Ok(ProfileConfig {
+            name: ProfileId::from(name),
+            lane: format!("{name}@gpu"),
+            model: Some(spec.name.to_owned()),
+            kv_bytes_per_token: None,
+            kv_dtype,
+            max_context_tokens: ctx,
+            requests_per_task: requests,
+            max_parallel,
+            guaranteed,
+            extra_bytes: Bytes(0),
+            footprint: FootprintMode::Max,
+            pool: DEFAULT_POOL.to_owned(),
+            declared: worst_case(ctx, requests),
+            source: Source::Default,
+        })
     };
-    let ctx = |c: u64, rpt: u64| c.min(ctx_cap).min(allowed / rpt) / 256 * 256;
     let researcher_rpt = if slots >= 2 { 2 } else { 1 };
-    let gpu = if host_telemetry {
-        "telemetry = \"host\"\n".to_owned()
-    } else {
-        format!(
-            "telemetry = \"static\"\nmemory_total = \"{gpu_bytes}B\"\nbaseline = \"{baseline}B\"\n"
-        )
-    };
-    Ok(format!(
-        "[hermes]\nhome = \"/nonexistent/hermes\"\n\n[gpu]\n{gpu}headroom = 0.85\nreserve = \"1GiB\"\n\n[engine]\n{engine}\n[dispatch]\ninterval = \"5s\"\nmax_wait = \"10m\"\nstate_dir = \"/nonexistent/hermes/governor\"\n\n\
-         [[profiles]]\nname = \"coder\"\nmodel = \"{m}\"\nmax_context_tokens = {c1}\nmax_parallel = 8\n\n\
-         [[profiles]]\nname = \"researcher\"\nmodel = \"{m}\"\nmax_context_tokens = {c2}\nrequests_per_task = {researcher_rpt}\nmax_parallel = 2\n\n\
-         [[profiles]]\nname = \"triage\"\nmodel = \"{m}\"\nmax_context_tokens = {c3}\nguaranteed = {g}\n",
-        m = spec.name,
-        c1 = ctx(32768, 1),
-        c2 = ctx(65536, researcher_rpt),
-        c3 = ctx(8192, 1),
-        g = if slots >= 3 { 2 } else { 0 },
-    ))
+    let profiles = vec![
+        profile("coder", 32768, 1, Some(8), 0)?,
+        profile("researcher", 65536, researcher_rpt, Some(2), 0)?,
+        profile("triage", 8192, 1, None, if slots >= 3 { 2 } else { 0 })?,
+    ];
+    // The rest (Hermes home, dispatch interval 5s, max_wait 10m, state dir) as the embedded
+    // default has it.
+    Ok(Config {
+        path: None,
+        pools: vec![pool],
+        profiles,
+        sources: Default::default(),
+        ..config::embedded_default()
+    })
 }
 
 /// Which rows to compute.

@@ -68,20 +68,52 @@ fn the_embedded_default_host_is_vllm_with_its_configured_pool() {
     assert_eq!(s.ceiling, Ceiling::KvTokens(420_249));
 }
 
+/// A config the simulator builds is the one validation builds from it: validated, it has the
+/// same pools, profiles and policy (so validation only checks it).
+fn assert_valid(cfg: &Config, what: &str) {
+    let text = crate::config::render::to_toml(cfg, false);
+    let back = crate::config::validated(cfg, std::path::Path::new("/x/governor.toml"))
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
+    assert_eq!(back.pools, cfg.pools, "{what}\n{text}");
+    assert_eq!(back.policy(), cfg.policy(), "{what}\n{text}");
+    let fields = |c: &Config| -> Vec<String> {
+        c.profiles
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap())
+            .collect()
+    };
+    assert_eq!(fields(&back), fields(cfg), "{what}\n{text}");
+}
+
 #[test]
 fn flags_make_a_valid_config_for_every_engine() {
     for kind in EngineKind::ALL {
-        let text = config_toml(24 << 30, kind, "llama-3.1-8b").unwrap();
-        let cfg = crate::config::load_str(
-            &text,
-            std::path::Path::new("/x/governor.toml"),
-            &crate::config::ConfigArgs::default(),
-            &|_| None,
-        )
-        .unwrap_or_else(|e| panic!("{kind}: {e}\n{text}"));
-        setup(&cfg).unwrap();
+        for gib in [24u64, 48, 80] {
+            let cfg = build_host_config(
+                gib << 30,
+                kind,
+                "llama-3.1-8b",
+                VLLM_DEFAULT_UTILIZATION,
+                false,
+            )
+            .unwrap();
+            assert_valid(&cfg, &format!("{kind} on {gib} GiB"));
+            setup(&host_config(gib << 30, kind, "llama-3.1-8b").unwrap()).unwrap();
+        }
     }
-    let e = config_toml(8 << 30, EngineKind::Vllm, "qwen2.5-32b-instruct").unwrap_err();
+    let unified = build_host_config(
+        UNIFIED_MEMORY_BYTES,
+        EngineKind::Vllm,
+        "llama-3.1-8b",
+        UNIFIED_VLLM_UTILIZATION,
+        true,
+    )
+    .unwrap();
+    assert_valid(&unified, "unified-memory");
+    // Validation still has the last word: a baseline above the GPU is refused.
+    let e = host_config(24 << 30, EngineKind::Llamacpp, "gemma-3-27b").unwrap_err();
+    assert!(e.0.contains("gpu.baseline"), "{e}");
+    let e = host_config(8 << 30, EngineKind::Vllm, "qwen2.5-32b-instruct").unwrap_err();
     assert!(e.0.contains("--gpu-memory"), "{e}");
 }
 
@@ -185,14 +217,7 @@ fn feasible_means_the_governors_own_bar() {
 fn the_governor_runs_tasks_on_a_llamacpp_host() {
     // The llama.cpp adapter reports the slots' n_ctx summed as the KV capacity; the simulated
     // engine must too, or its KV pool has no known capacity and the governor holds everything.
-    let text = config_toml(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b").unwrap();
-    let cfg = crate::config::load_str(
-        &text,
-        std::path::Path::new("/x/governor.toml"),
-        &crate::config::ConfigArgs::default(),
-        &|_| None,
-    )
-    .unwrap();
+    let cfg = host_config(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b").unwrap();
     let setup = setup(&cfg).unwrap();
     let tasks = workload::scenario(workload::Scenario::Burst, &setup.profiles, 600.0, 1);
     let plan = Plan {

@@ -3,6 +3,7 @@
 
 use super::*;
 use std::collections::HashMap;
+use std::time::Instant;
 
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let map: HashMap<String, String> = pairs
