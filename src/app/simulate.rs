@@ -11,7 +11,7 @@ use crate::sim::{
     workload::{self, Scenario},
 };
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -142,6 +142,18 @@ fn load_setup(args: &SimulateArgs) -> anyhow::Result<sim::Setup> {
                     .max_context_tokens
                     .max(workload::HERMES_MIN_CONTEXT_TOKENS);
             }
+            // Validated again, so every profile's declared worst case (what the governor
+            // charges) is that of its raised context, and one that no longer fits is refused.
+            let cfg = config::validated(
+                &cfg,
+                Path::new("/<simulate --scenario hermes-sized>/governor.toml"),
+            )
+            .map_err(|e| {
+                usage(format!(
+                    "--scenario hermes-sized raises every profile to {} tokens of context: {e}",
+                    workload::HERMES_MIN_CONTEXT_TOKENS
+                ))
+            })?;
             let mut s = sim::setup(&cfg).map_err(|e| usage(e.0))?;
             // Which profiles are interactive stays as configured (all at 64k would make
             // every profile "the smallest context").
@@ -338,4 +350,49 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn args(argv: &[&str]) -> SimulateArgs {
+        let mut all = vec!["simulate"];
+        all.extend_from_slice(argv);
+        Cli::try_parse_from(all).expect("the test's flags parse").args
+    }
+
+    #[test]
+    fn hermes_sized_charges_the_governor_the_worst_case_of_the_raised_context() {
+        let plain = load_setup(&args(&[])).expect("the default scenario loads");
+        let sized = load_setup(&args(&["--scenario", "hermes-sized"])).expect("hermes-sized loads");
+        let min = workload::HERMES_MIN_CONTEXT_TOKENS;
+        let mut raised = 0;
+        for (p, before) in sized.policy.profiles.iter().zip(&plain.policy.profiles) {
+            assert!(
+                p.declared.request_tokens >= min,
+                "{}: charged as if its requests held {} tokens, but hermes-sized runs them up to {min}",
+                p.id,
+                p.declared.request_tokens
+            );
+            assert_eq!(
+                p.declared.kv_tokens,
+                p.declared.request_tokens * u64::from(p.declared.slots),
+                "{}",
+                p.id
+            );
+            if before.declared.request_tokens < min {
+                assert!(p.declared.kv_bytes > before.declared.kv_bytes, "{}", p.id);
+                raised += 1;
+            }
+        }
+        assert!(raised > 0, "the default config has a profile under 64k to raise");
+    }
 }
