@@ -24,7 +24,8 @@
 //! - **Proxy**: with `[proxy] listen` (or `--proxy-listen`), the OpenAI-compatible
 //!   pass-through ([`crate::adapters::proxy`]) on its own thread and runtime, so nothing on the
 //!   decision side can stall the agents' calls; it counts into the [`ProxyStats`] that
-//!   `/metrics` and `/status` show. On a signal it drains for up to `proxy.drain` after the
+//!   `/metrics` and `/status` show, and each tick hands footprint learning every task's
+//!   peak from it ([`learning`]; any engine kind, no `/slots` needed). On a signal it drains for up to `proxy.drain` after the
 //!   tick loop stopped.
 //!
 //! Exit codes: 0 after a signal, 1 runtime failure (state unreadable, another governor holds
@@ -50,7 +51,7 @@ use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick}
 use crate::config::ConfigArgs;
 use crate::error::UsageError;
 use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit};
-use crate::governor::{Bytes, Millis, Policy};
+use crate::governor::{Bytes, Millis, Policy, TaskId};
 use crate::ports::{
     Clock, EngineReading, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard,
     TaskStatus,
@@ -59,7 +60,7 @@ use anyhow::Context;
 use metrics::Metrics;
 use serde::Serialize;
 use sources::{EngineView, PoolView, SampledPool, lock};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -124,6 +125,26 @@ struct Ticker {
     in_use_after_tick: u32,
     /// Per pool, the engine reading last fed to the limit.
     last_engine: Vec<Option<EngineReading>>,
+    /// What the pass-through counts, when it serves: footprint learning takes each task's
+    /// peak from it.
+    proxy: Option<Arc<ProxyStats>>,
+}
+
+/// Per task id the pass-through saw, its final peak and requests in flight, for learning.
+fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
+    stats
+        .snapshot()
+        .tasks
+        .into_iter()
+        .map(|(id, t)| {
+            let peak = learning::MeasuredPeak {
+                tokens: t.final_peak_tokens,
+                exact: t.final_peak_exact,
+            };
+            let in_flight = t.in_flight;
+            (TaskId::from(id), learning::ProxyTask { peak, in_flight })
+        })
+        .collect()
 }
 
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
@@ -225,6 +246,7 @@ impl Ticker {
             dry_run: false,
             dual_dispatcher: self.setup.dual_dispatcher(),
             latency_limit,
+            proxy: self.proxy.as_deref().map(proxy_tasks),
         };
         let mut report = run_tick(&self.policy, &mut ports, &mut self.state, &opts)?;
         if let Err(e) = self.store.save(&self.state) {
@@ -409,7 +431,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .any(|p| p.engine.is_some())
         .then(|| latency_limit(&setup, state.latency_limit.as_ref()));
-    let ticker = Ticker {
+    let mut ticker = Ticker {
         policy: policy.clone(),
         board: SqliteBoard::new(&board_path),
         dispatcher,
@@ -421,6 +443,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         in_use_after_tick: 0,
         last_engine: vec![None; pools.len()],
         setup: setup.clone(),
+        proxy: None,
     };
     let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -438,6 +461,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(l) => Some(start_proxy(l, &setup.config, metrics.proxy_stats())?),
         None => None,
     };
+    ticker.proxy = proxy.as_ref().map(|_| metrics.proxy_stats());
     let daemon = Daemon {
         policy,
         pools: pools.clone(),
