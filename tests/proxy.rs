@@ -527,3 +527,18 @@ fn an_unknown_profile_gets_404_naming_the_governed_ones() {
         assert!(!snap.profiles.contains_key("codr"));
     });
 }
+
+#[test]
+fn an_empty_answer_is_counted_by_its_status_not_as_a_client_that_went_away() {
+    rt().block_on(async {
+        let (up, _s) = engine(Script::json("404 Not Found", "")).await;
+        let (px, stats) = start_proxy(up, 1 << 20).await;
+        let through = fetch(px, "/p/coder/v1/props", b"").await;
+        assert_eq!((through.status, through.body.len()), (404, 0));
+        let snap = stats.snapshot();
+        let requests = &snap.profiles["coder"].requests;
+        assert_eq!(requests.get(&Outcome::Http4xx), Some(&1), "{requests:?}");
+        assert_eq!(requests.get(&Outcome::ClientGone), None, "{requests:?}");
+        assert_eq!(snap.profiles["coder"].in_flight, 0);
+    });
+}

@@ -440,7 +440,7 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
     } else {
         Outcome::Ok
     };
-    let tap = Tap {
+    let mut tap = Tap {
         inner: incoming,
         reader,
         flight,
@@ -450,6 +450,10 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
         outcome,
         done: false,
     };
+    // An empty answer (a 404, a 204) is never polled: it ended already.
+    if tap.inner.is_end_stream() {
+        tap.finish();
+    }
     Response::from_parts(rparts, tap.boxed_unsync())
 }
 
