@@ -536,6 +536,12 @@ impl Body for Tap {
                     }
                     this.reader.feed(data);
                     this.flight.generated(this.reader.generated_so_far());
+                    // Counted at `[DONE]`: a client that closes on reading it has its whole
+                    // answer (the engine connection is given back only at the body's end).
+                    if this.reader.saw_done() {
+                        let (usage, generated) = this.reader.finish();
+                        this.flight.end(this.outcome, usage, generated);
+                    }
                 }
                 // A body of known length is not polled past its last byte: it ends here.
                 if this.inner.is_end_stream() {
