@@ -835,11 +835,11 @@ impl Daemon {
                 break;
             }
             // A worker that outlives its task exits about a second later without touching
-            // the board: look again soon rather than a whole interval later.
-            let finishing = lock(&self.ticks)
-                .last_tick
-                .as_ref()
-                .is_some_and(|r| !r.observed.finishing.is_empty());
+            // the board, and a done task's last call through the proxy ends without touching
+            // it either: look again soon rather than a whole interval later.
+            let finishing = lock(&self.ticks).last_tick.as_ref().is_some_and(|r| {
+                !r.observed.finishing.is_empty() || !r.observed.peaks_pending.is_empty()
+            });
             let recheck = async {
                 if finishing {
                     tokio::time::sleep(FINISHING_RECHECK).await;

@@ -67,6 +67,8 @@ pub struct Followed {
     pub learned: Vec<PeakSample>,
     /// Tasks that finished `done` whose proxy peak was an estimate: not learned.
     pub estimated: Vec<PeakSample>,
+    /// Tasks `done` whose peak the proxy is still measuring (a last call may come).
+    pub pending: Vec<TaskId>,
 }
 
 /// What one profile learned, for `status`.
@@ -126,6 +128,7 @@ pub fn follow(
             && p.proxy.is_some()
             && (evidence.finishing.contains(&id) || now.is_some_and(|t| t.in_flight > 0))
         {
+            out.pending.push(id);
             continue;
         }
         let Some(p) = state.task_peaks.remove(&id) else {
@@ -488,11 +491,15 @@ mod tests {
         let finishing = BTreeSet::from([TaskId::from("t1")]);
         let r2 = running(&[("t2", "writer")]);
         let got = follow(&p, &mut s, &t1_done, &r2, seen(&m, &finishing));
-        assert_eq!(got, Followed::default());
+        let waiting = Followed {
+            pending: vec![TaskId::from("t1")],
+            ..Followed::default()
+        };
+        assert_eq!(got, waiting);
         // The worker exited but its last call is still in flight: not yet either.
         let m = proxy(&[("t1", 2000, true, 1), ("t2", 500, true, 1)]);
         let got = follow(&p, &mut s, &t1_done, &r2, seen(&m, &NONE));
-        assert_eq!(got, Followed::default());
+        assert_eq!(got, waiting);
         // The last call ended, the largest of the task.
         let m = proxy(&[("t1", 2600, true, 0), ("t2", 500, true, 1)]);
         let got = follow(&p, &mut s, &t1_done, &r2, seen(&m, &NONE));

@@ -285,6 +285,7 @@ fn observe_snapshot(
             "Not learning a finished task's peak: the proxy estimated it from bytes (its engine sent no usage, or a request was cut off).");
     }
     let peaks = followed.learned;
+    let peaks_pending = followed.pending;
     for p in &peaks {
         let declared = policy
             .profiles
@@ -355,6 +356,7 @@ fn observe_snapshot(
         data_version: snap.data_version,
         busy_context,
         peaks,
+        peaks_pending,
         settled,
     }
 }
