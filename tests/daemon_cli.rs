@@ -51,6 +51,23 @@ fn nvml_telemetry_without_the_library_exits_2_naming_static_and_replay() {
 }
 
 #[test]
+fn a_proxy_latency_signal_without_the_proxy_exits_2_naming_both_fixes() {
+    let h = Hermes::with_base_url(&[], "http://127.0.0.1:1/v1");
+    let latency = "[latency]\nsignal = \"proxy\"\n";
+    let cfg = DaemonConfig::with_latency(&h.bin, h.path(), "5s", STATIC_GPU, latency, &[]);
+    let out = cfg.command(&[], &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("latency.signal = \"proxy\""), "{stderr}");
+    assert!(
+        stderr.contains("proxy.listen") && stderr.contains("--proxy-listen"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("latency.signal = \"engine\""), "{stderr}");
+    assert!(out.stdout.is_empty(), "it served nothing");
+}
+
+#[test]
 fn a_zero_sample_period_exits_2_naming_the_flag() {
     let home = tempfile::tempdir().unwrap();
     let cfg = DaemonConfig::new(&hermes_bin(), home.path(), "5s", STATIC_GPU, &[]);

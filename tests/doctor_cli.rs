@@ -433,3 +433,59 @@ fn doctor_checks_telemetry_engine_and_kv_capacity_live_and_passing_means_tick_wo
         String::from_utf8_lossy(&tick.stderr)
     );
 }
+
+#[test]
+fn with_the_proxy_on_a_profile_not_pointed_at_it_fails_and_the_printed_fix_run_as_is_makes_it_pass()
+{
+    let home = Home::new();
+    home.hermes(&["kanban", "init"]);
+    home.hermes(&["profile", "create", "coder", "--no-alias", "--no-skills"]);
+    home.governor_config(&format!(
+        "{NO_GPU}\n[proxy]\nlisten = \"127.0.0.1:9478\"\n\n[[profiles]]\nname = \"coder\"\nkv_bytes_per_token = \"128KiB\"\nmax_context_tokens = 8192\n"
+    ));
+    let check = |want: &str| {
+        let out = home.doctor(&[]);
+        let report = stdout(&out);
+        let l = line(&report, "proxy_base_url:coder").to_owned();
+        assert!(l.starts_with(want), "{report}");
+        (out.status.code(), l)
+    };
+
+    // A fresh profile has no base_url: the check fails and names the command.
+    let (code, l) = check("fail ");
+    assert_eq!(code, Some(1), "{l}");
+    let command = format!(
+        "{} -p coder config set model.base_url http://127.0.0.1:9478/p/coder/v1",
+        hermes_bin().display()
+    );
+    assert!(l.contains(&command), "{l}");
+    // The fix, run by a shell exactly as printed, with the real Hermes CLI.
+    let fix = l
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `command` in {l}"));
+    let out = home
+        .command(Path::new("/bin/sh"))
+        .env_remove("HERMES_HOME")
+        .args(["-c", fix])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{fix}: {out:?}");
+    let (code, l) = check("ok ");
+    assert_eq!(code, Some(0), "{l}");
+
+    // Pointed straight at the engine again: it fails again.
+    home.hermes(&[
+        "-p",
+        "coder",
+        "config",
+        "set",
+        "model.base_url",
+        "http://127.0.0.1:8000/v1",
+    ]);
+    let (_, l) = check("fail ");
+    assert!(
+        l.contains("http://127.0.0.1:8000/v1") && l.contains(&command),
+        "{l}"
+    );
+}

@@ -527,3 +527,58 @@ fn an_unknown_profile_gets_404_naming_the_governed_ones() {
         assert!(!snap.profiles.contains_key("codr"));
     });
 }
+
+#[test]
+fn an_empty_answer_is_counted_by_its_status_not_as_a_client_that_went_away() {
+    rt().block_on(async {
+        let (up, _s) = engine(Script::json("404 Not Found", "")).await;
+        let (px, stats) = start_proxy(up, 1 << 20).await;
+        let through = fetch(px, "/p/coder/v1/props", b"").await;
+        assert_eq!((through.status, through.body.len()), (404, 0));
+        let snap = stats.snapshot();
+        let requests = &snap.profiles["coder"].requests;
+        assert_eq!(requests.get(&Outcome::Http4xx), Some(&1), "{requests:?}");
+        assert_eq!(requests.get(&Outcome::ClientGone), None, "{requests:?}");
+        assert_eq!(snap.profiles["coder"].in_flight, 0);
+    });
+}
+
+#[test]
+fn a_client_that_closes_on_done_before_the_body_ends_has_its_answer_counted_exactly() {
+    rt().block_on(async {
+        let answer = b"data: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":700,\"completion_tokens\":64}}\n\ndata: [DONE]\n\n".to_vec();
+        // The engine keeps the body open after `[DONE]` until the proxy closes it.
+        let (up, mut seen) = engine(Script::sse(
+            vec![(answer.clone(), Duration::ZERO)],
+            End::AwaitClose,
+        ))
+        .await;
+        let (px, stats) = start_proxy(up, 1 << 20).await;
+        let (resp, sender) = send(px, "/p/coder/v1/chat/completions", CHAT.as_bytes()).await;
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while !got.ends_with(b"data: [DONE]\n\n") {
+            let f = tokio::time::timeout(DEADLINE, body.frame())
+                .await
+                .expect("the answer stalled before [DONE]")
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(f.data_ref().unwrap());
+        }
+        // The OpenAI SDK stops at `[DONE]` and closes.
+        drop(body);
+        drop(sender);
+        let s = tokio::time::timeout(DEADLINE, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.closed, Some(true));
+        let snap = stats.snapshot();
+        let requests = &snap.profiles["coder"].requests;
+        assert_eq!(requests.get(&Outcome::Ok), Some(&1), "{requests:?}");
+        assert_eq!(requests.get(&Outcome::ClientGone), None, "{requests:?}");
+        let t = &snap.tasks["t_0badcafe"];
+        assert_eq!((t.final_peak_tokens, t.final_peak_exact), (764, true));
+        assert_eq!(t.in_flight, 0);
+    });
+}

@@ -440,7 +440,7 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
     } else {
         Outcome::Ok
     };
-    let tap = Tap {
+    let mut tap = Tap {
         inner: incoming,
         reader,
         flight,
@@ -450,6 +450,10 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
         outcome,
         done: false,
     };
+    // An empty answer (a 404, a 204) is never polled: it ended already.
+    if tap.inner.is_end_stream() {
+        tap.finish();
+    }
     Response::from_parts(rparts, tap.boxed_unsync())
 }
 
@@ -532,6 +536,12 @@ impl Body for Tap {
                     }
                     this.reader.feed(data);
                     this.flight.generated(this.reader.generated_so_far());
+                    // Counted at `[DONE]`: a client that closes on reading it has its whole
+                    // answer (the engine connection is given back only at the body's end).
+                    if this.reader.saw_done() {
+                        let (usage, generated) = this.reader.finish();
+                        this.flight.end(this.outcome, usage, generated);
+                    }
                 }
                 // A body of known length is not polled past its last byte: it ends here.
                 if this.inner.is_end_stream() {

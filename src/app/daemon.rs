@@ -24,7 +24,8 @@
 //! - **Proxy**: with `[proxy] listen` (or `--proxy-listen`), the OpenAI-compatible
 //!   pass-through ([`crate::adapters::proxy`]) on its own thread and runtime, so nothing on the
 //!   decision side can stall the agents' calls; it counts into the [`ProxyStats`] that
-//!   `/metrics` and `/status` show. On a signal it drains for up to `proxy.drain` after the
+//!   `/metrics` and `/status` show, and each tick hands footprint learning every task's
+//!   peak from it ([`learning`]; any engine kind, no `/slots` needed). On a signal it drains for up to `proxy.drain` after the
 //!   tick loop stopped.
 //!
 //! Exit codes: 0 after a signal, 1 runtime failure (state unreadable, another governor holds
@@ -47,10 +48,10 @@ use crate::app::once::{LOCK_FILE_NAME, Lock, holder_pids, take_lock};
 use crate::app::setup::{self, Setup};
 use crate::app::state::GovernorState;
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
-use crate::config::ConfigArgs;
+use crate::config::{ConfigArgs, LatencySignal};
 use crate::error::UsageError;
 use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit};
-use crate::governor::{Bytes, Millis, Policy};
+use crate::governor::{Bytes, Millis, Policy, TaskId};
 use crate::ports::{
     Clock, EngineReading, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard,
     TaskStatus,
@@ -59,7 +60,7 @@ use anyhow::Context;
 use metrics::Metrics;
 use serde::Serialize;
 use sources::{EngineView, PoolView, SampledPool, lock};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -124,6 +125,73 @@ struct Ticker {
     in_use_after_tick: u32,
     /// Per pool, the engine reading last fed to the limit.
     last_engine: Vec<Option<EngineReading>>,
+    /// What the pass-through counts, when it serves: footprint learning takes each task's
+    /// peak from it.
+    proxy: Option<Arc<ProxyStats>>,
+    /// With `latency.signal = "proxy"`: the limit is fed from the pass-through's counts.
+    proxy_signal: bool,
+    /// The pass-through's counts at the last latency sample.
+    last_proxy: Option<latency::ProxyLatency>,
+}
+
+/// The pass-through's counts for the latency limit: TTFT over every profile, and answers the
+/// engine failed.
+fn proxy_latency(stats: &ProxyStats, at: Millis) -> latency::ProxyLatency {
+    use crate::adapters::proxy::stats::Outcome;
+    let snap = stats.snapshot();
+    let mut per_bucket: Vec<(f64, u64)> = Vec::new();
+    let mut failed = 0;
+    for p in snap.profiles.values() {
+        for (i, (bound, n)) in p.ttft.buckets().into_iter().enumerate() {
+            let bound = if bound == f64::MAX {
+                f64::INFINITY
+            } else {
+                bound
+            };
+            match per_bucket.get_mut(i) {
+                Some(b) => b.1 += n,
+                None => per_bucket.push((bound, n)),
+            }
+        }
+        failed += [
+            Outcome::Http5xx,
+            Outcome::Unreachable,
+            Outcome::UpstreamReset,
+        ]
+        .iter()
+        .filter_map(|o| p.requests.get(o))
+        .sum::<u64>();
+    }
+    let mut total = 0;
+    let ttft_buckets = per_bucket
+        .into_iter()
+        .map(|(b, n)| {
+            total += n;
+            (b, total)
+        })
+        .collect();
+    latency::ProxyLatency {
+        at,
+        ttft_buckets,
+        failed,
+    }
+}
+
+/// Per task id the pass-through saw, its final peak and requests in flight, for learning.
+fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
+    stats
+        .snapshot()
+        .tasks
+        .into_iter()
+        .map(|(id, t)| {
+            let peak = learning::MeasuredPeak {
+                tokens: t.final_peak_tokens,
+                exact: t.final_peak_exact,
+            };
+            let in_flight = t.in_flight;
+            (TaskId::from(id), learning::ProxyTask { peak, in_flight })
+        })
+        .collect()
 }
 
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
@@ -149,7 +217,9 @@ impl Ticker {
     /// limit now in force.
     fn feed_limit(&mut self) -> Option<u32> {
         let in_flight = self.in_use().max(self.in_use_after_tick);
-        let limit = self.limit.as_mut()?;
+        self.limit.as_ref()?;
+        let mut samples = Vec::new();
+        let mut engine_dropped = false;
         for (i, (view, _)) in self.views.iter().enumerate() {
             let Some(cur) = view.latest_engine() else {
                 continue;
@@ -158,24 +228,39 @@ impl Ticker {
             if prev.is_some_and(|p| p.sample.at >= cur.sample.at) {
                 continue;
             }
-            let sample = latency::sample_of(prev, &cur, in_flight);
-            tracing::debug!(?sample, "Latency sample.");
-            if let Some(s) = sample {
-                let before = limit.limit();
-                limit.on_sample(s);
-                if limit.limit() != before {
-                    tracing::info!(
-                        from = before,
-                        to = limit.limit(),
-                        change = ?limit.last_change().map(|(_, c)| c),
-                        sample = ?s.outcome,
-                        in_flight,
-                        "The latency limit moved."
-                    );
-                }
+            if self.proxy_signal {
+                engine_dropped |= latency::engine_dropped(prev, Some(&cur));
+            } else {
+                samples.extend(latency::sample_of(prev, &cur, in_flight));
             }
             if let Some(slot) = self.last_engine.get_mut(i) {
                 *slot = Some(cur);
+            }
+        }
+        if let Some(stats) = self.proxy.as_deref().filter(|_| self.proxy_signal) {
+            let cur = proxy_latency(stats, SystemClock.now());
+            samples.extend(latency::proxy_sample(
+                self.last_proxy.as_ref(),
+                &cur,
+                engine_dropped,
+                in_flight,
+            ));
+            self.last_proxy = Some(cur);
+        }
+        let limit = self.limit.as_mut()?;
+        for s in samples {
+            tracing::debug!(sample = ?s, "Latency sample.");
+            let before = limit.limit();
+            limit.on_sample(s);
+            if limit.limit() != before {
+                tracing::info!(
+                    from = before,
+                    to = limit.limit(),
+                    change = ?limit.last_change().map(|(_, c)| c),
+                    sample = ?s.outcome,
+                    in_flight,
+                    "The latency limit moved."
+                );
             }
         }
         self.state.latency_limit = Some(limit.clone());
@@ -225,6 +310,7 @@ impl Ticker {
             dry_run: false,
             dual_dispatcher: self.setup.dual_dispatcher(),
             latency_limit,
+            proxy: self.proxy.as_deref().map(proxy_tasks),
         };
         let mut report = run_tick(&self.policy, &mut ports, &mut self.state, &opts)?;
         if let Err(e) = self.store.save(&self.state) {
@@ -373,7 +459,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let setup = setup::load(&args.config)?;
     check_listen(args.listen, setup.config.http.public).map_err(usage)?;
     let policy = setup.policy.clone();
-    let pools = sources::build(&setup.config)?;
+    let proxy_on = args.proxy_listen.or(setup.config.proxy.listen).is_some();
+    let proxy_signal = setup.config.latency.signal == LatencySignal::Proxy;
+    if proxy_signal && !proxy_on {
+        return Err(usage(
+            "latency.signal = \"proxy\" needs the pass-through: set proxy.listen (or run --proxy-listen 127.0.0.1:9478), or set latency.signal = \"engine\"".to_owned(),
+        ));
+    }
+    // The agents' own requests are the latency signal: no probe adds load.
+    let pools = sources::build(&setup.config, !proxy_signal)?;
     let board_path = setup.board_path()?;
     let dispatcher = setup.dispatcher()?;
     let state_dir = setup.state_dir.clone();
@@ -405,11 +499,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let views = pools.iter().map(|p| (p.view(), p.baseline)).collect();
     // No engine, no latency signal: a limit that never hears a sample would stay at its lower
     // bound forever, so memory alone governs.
-    let limit = pools
-        .iter()
-        .any(|p| p.engine.is_some())
+    let limit = (proxy_signal || pools.iter().any(|p| p.engine.is_some()))
         .then(|| latency_limit(&setup, state.latency_limit.as_ref()));
-    let ticker = Ticker {
+    let mut ticker = Ticker {
         policy: policy.clone(),
         board: SqliteBoard::new(&board_path),
         dispatcher,
@@ -421,6 +513,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         in_use_after_tick: 0,
         last_engine: vec![None; pools.len()],
         setup: setup.clone(),
+        proxy: None,
+        proxy_signal,
+        last_proxy: None,
     };
     let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -438,6 +533,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(l) => Some(start_proxy(l, &setup.config, metrics.proxy_stats())?),
         None => None,
     };
+    ticker.proxy = proxy.as_ref().map(|_| metrics.proxy_stats());
     let daemon = Daemon {
         policy,
         pools: pools.clone(),
@@ -811,11 +907,11 @@ impl Daemon {
                 break;
             }
             // A worker that outlives its task exits about a second later without touching
-            // the board: look again soon rather than a whole interval later.
-            let finishing = lock(&self.ticks)
-                .last_tick
-                .as_ref()
-                .is_some_and(|r| !r.observed.finishing.is_empty());
+            // the board, and a done task's last call through the proxy ends without touching
+            // it either: look again soon rather than a whole interval later.
+            let finishing = lock(&self.ticks).last_tick.as_ref().is_some_and(|r| {
+                !r.observed.finishing.is_empty() || !r.observed.peaks_pending.is_empty()
+            });
             let recheck = async {
                 if finishing {
                     tokio::time::sleep(FINISHING_RECHECK).await;

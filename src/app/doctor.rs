@@ -7,8 +7,9 @@
 //! present and readable read-only in either journal mode (WAL, or the rollback journal of
 //! Hermes >= 0.20 on older SQLite), its fixes naming the Hermes binary found; no corrupt-board
 //! quarantine copies; no `kanban.max_in_progress` beside the governor's `--max`
-//! (hermes-agent#63466); every governed profile a Hermes profile and every lane not one; the
-//! state dir writable; who holds the governor lock.
+//! (hermes-agent#63466); every governed profile a Hermes profile and every lane not one; with
+//! `proxy.listen` set, every governed profile's `model.base_url` pointing at the pass-through
+//! (`http://<listen>/p/<profile>/v1`); the state dir writable; who holds the governor lock.
 //!
 //! Side effects: reads only. It opens the board `mode=ro` and creates no file beside it (a WAL
 //! board is read under a brief read lock, `board_sqlite::quiet_read`), reads `/proc/locks` and
@@ -146,6 +147,8 @@ pub struct Inputs {
     pub profiles: Vec<ProfileRef>,
     /// `hermes.max_semantics`, when the config says which `--max` meaning to assume.
     pub max_semantics: Option<MaxSemantics>,
+    /// `proxy.listen`: where `run` serves the pass-through, when it does.
+    pub proxy_listen: Option<std::net::SocketAddr>,
 }
 
 /// Run the command.
@@ -253,6 +256,7 @@ pub fn inputs_from_args(
             })
             .collect(),
         max_semantics,
+        proxy_listen: cfg.proxy.listen,
     })
 }
 
@@ -294,7 +298,12 @@ pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<
         checks.push(check_gateway(&hermes_env, &inputs.hermes_home, root));
         checks.extend(check_board(&hermes_env, inputs, root, &hermes));
         match hh::read_hermes_root(&hermes_env) {
-            Ok(hermes_root) => checks.extend(check_profiles(inputs, &hermes_root, &hermes)),
+            Ok(hermes_root) => {
+                checks.extend(check_profiles(inputs, &hermes_root, &hermes));
+                if let Some(listen) = inputs.proxy_listen {
+                    checks.extend(check_proxy_base_urls(inputs, &hermes_root, &hermes, listen));
+                }
+            }
             Err(e) => checks.push(Check::fail(
                 "profiles",
                 e.to_string(),
@@ -793,6 +802,84 @@ fn check_profiles(inputs: &Inputs, root: &Path, hermes: &str) -> Vec<Check> {
                     name,
                     format!("Hermes profile exists; lane {} is not a profile", p.lane),
                 )
+            }
+        })
+        .collect()
+}
+
+/// The base URL a profile's Hermes model needs to go through the pass-through at `listen`
+/// (an unspecified address such as `0.0.0.0` is reached on loopback from this host).
+pub fn proxy_base_url(listen: std::net::SocketAddr, profile: &str) -> String {
+    let host = if listen.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    format!("http://{host}/p/{profile}/v1")
+}
+
+/// Whether `url` reaches the pass-through at `listen` as `profile`: `http://`, the listen
+/// address (`localhost` for a loopback one, any host for an unspecified one), its port, and
+/// the path `/p/<profile>/v1` (a trailing `/` allowed).
+fn goes_through_proxy(url: &str, listen: std::net::SocketAddr, profile: &str) -> bool {
+    let Some(rest) = url.trim().strip_prefix("http://") else {
+        return false;
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if path.trim_end_matches('/') != format!("/p/{profile}/v1") {
+        return false;
+    }
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    if port.parse::<u16>().ok() != Some(listen.port()) {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = listen.ip();
+    ip.is_unspecified()
+        || host.parse::<std::net::IpAddr>().is_ok_and(|h| h == ip)
+        || (ip.is_loopback() && host.eq_ignore_ascii_case("localhost"))
+}
+
+/// `proxy_base_url:<profile>` (with `proxy.listen` set): every governed profile's Hermes model
+/// goes through the pass-through, or the governor learns nothing from its requests.
+fn check_proxy_base_urls(
+    inputs: &Inputs,
+    root: &Path,
+    hermes: &str,
+    listen: std::net::SocketAddr,
+) -> Vec<Check> {
+    inputs
+        .profiles
+        .iter()
+        .filter(|p| hh::profile_exists(root, &p.name))
+        .map(|p| {
+            let name = format!("proxy_base_url:{}", p.name);
+            let want = proxy_base_url(listen, &p.name);
+            let fix = format!(
+                "run `HERMES_HOME={} {hermes} -p {} config set model.base_url {want}`",
+                sh_quote(&inputs.hermes_home.display().to_string()),
+                p.name
+            );
+            match hh::read_profile_base_url(root, &p.name) {
+                Err(e) => Check::fail(name, e.to_string(), fix),
+                Ok((_, Some(url))) if goes_through_proxy(&url, listen, &p.name) => Check::ok(
+                    name,
+                    format!("model.base_url = {url}: its requests go through the proxy"),
+                ),
+                Ok((path, url)) => {
+                    let is = url.map_or_else(|| "unset".to_owned(), |u| format!("{u:?}"));
+                    Check::fail(
+                        name,
+                        format!(
+                            "{}'s model.base_url is {is} in {}, not the proxy's {want}: its requests bypass the proxy, so the governor cannot learn its footprint from them",
+                            p.name,
+                            path.display()
+                        ),
+                        fix,
+                    )
+                }
             }
         })
         .collect()

@@ -1,20 +1,34 @@
 //! Footprint learning in the real tick (DESIGN §4): what each profile's tasks really reach.
 //!
-//! The engine says how much context the requests in progress hold now (llama.cpp `/slots`:
-//! prompt + generated tokens of each busy slot; [`crate::ports::EngineReading::busy_context_max`]).
-//! That is per request, not per task, so a reading is only *attributed* while every task
-//! running on the board belongs to one governed profile: then the largest request in
-//! progress is one of that profile's. Each running task keeps the largest attributed reading
-//! seen during its run; a task that ever ran beside another profile's (or an ungoverned) task,
-//! or through a tick with no engine reading, is *tainted* and teaches nothing (its peak may
-//! have been missed). A clean task that ends `done` adds its peak to its profile's
-//! [`PeakStats`], whose upper estimate becomes the profile's learned worst case
-//! ([`learned_worst_case`]).
+//! Two sources, per task:
 //!
-//! Readings come once per tick, so a peak between ticks can be missed: the estimate leans
-//! low when ticks are sparse (cron). The default `footprint = "max"` never charges less than
-//! the declaration; `"learned"` trusts the estimate, which is never below the largest peak
-//! seen plus a margin.
+//! - **The pass-through** (`[proxy] listen`, any engine kind): the proxy attributes every
+//!   request to its task and measures each task's peak as the largest sum of the final sizes
+//!   (prompt + generated) of its requests in flight together
+//!   ([`crate::adapters::proxy::stats`]). A task the proxy saw teaches that peak, whatever
+//!   else ran beside it. It is taken once the task is `done`, its worker has exited (its last
+//!   call comes after `done`) and none of its requests is in flight. Only an **exact** peak
+//!   teaches, one where every request in the sum had its size from the engine's `usage`
+//!   (Hermes asks for it in streams, and vLLM, SGLang and llama.cpp send it). An estimated
+//!   one (bytes / 4: the engine sent no `usage`, or a request was cut off) teaches nothing:
+//!   the rule errs high on JSON and English but low on scripts with more tokens than bytes
+//!   / 4, and a footprint learned low would overcommit the engine, so such a profile stays on
+//!   its declaration (fail closed). The tick reports those tasks.
+//! - **The engine's `/slots`** (llama.cpp only), for tasks the proxy never saw: the engine
+//!   says how much context the requests in progress hold now
+//!   ([`crate::ports::EngineReading::busy_context_max`]). That is per request, not per task,
+//!   so a reading is only *attributed* while every task running on the board belongs to one
+//!   governed profile: then the largest request in progress is one of that profile's. Each
+//!   running task keeps the largest attributed reading seen during its run; a task that ever
+//!   ran beside another profile's (or an ungoverned) task, or through a tick with no engine
+//!   reading, is *tainted* and teaches nothing (its peak may have been missed). Readings
+//!   come once per tick, so a peak between ticks can be missed: the estimate leans low when
+//!   ticks are sparse (cron).
+//!
+//! A task that ends `done` adds its peak to its profile's [`PeakStats`], whose upper estimate
+//! becomes the profile's learned worst case ([`learned_worst_case`]). The default
+//! `footprint = "max"` never charges less than the declaration; `"learned"` trusts the
+//! estimate, which is never below the largest peak seen plus a margin.
 //!
 //! Pure: state and observations in, state out.
 
@@ -22,8 +36,40 @@ use crate::app::state::GovernorState;
 use crate::governor::learned::{PeakStats, learned_spread, learned_worst_case};
 use crate::governor::{Policy, RunningTask, Spread, TaskId, WorstCase};
 use crate::ports::{BoardSnapshot, TaskStatus};
-pub use crate::record::{PeakSample, TaskPeak};
+pub use crate::record::{MeasuredPeak, PeakSample, TaskPeak};
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A task as the pass-through sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyTask {
+    /// Its peak so far (requests that ended).
+    pub peak: MeasuredPeak,
+    /// Its requests in flight now: its peak may still grow.
+    pub in_flight: u32,
+}
+
+/// What one observation shows of the tasks' context.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The engines' largest request in progress (llama.cpp `/slots`); `None`: no reading.
+    pub busy_context: Option<u64>,
+    /// With the pass-through on: per task id it saw, the task now (`None`: no proxy).
+    pub proxy: Option<&'a BTreeMap<TaskId, ProxyTask>>,
+    /// Tasks no longer running whose local worker is still alive (its last call may come).
+    pub finishing: &'a BTreeSet<TaskId>,
+}
+
+/// What one observation taught.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// Peaks of tasks that finished `done`, added to `state.footprints`.
+    pub learned: Vec<PeakSample>,
+    /// Tasks that finished `done` whose proxy peak was an estimate: not learned.
+    pub estimated: Vec<PeakSample>,
+    /// Tasks `done` whose peak the proxy is still measuring (a last call may come).
+    pub pending: Vec<TaskId>,
+}
 
 /// What one profile learned, for `status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,22 +92,22 @@ pub struct ProfileLearning {
 }
 
 /// Follow the running tasks through one observation; returns the peaks of tasks that
-/// finished cleanly (already added to `state.footprints`).
+/// finished (those learned are already added to `state.footprints`).
 ///
-/// `running` is every task running on the board (governed or not), `busy_context` the
-/// engine's largest request in progress (`None`: no engine reading this tick).
+/// `running` is every task running on the board (governed or not).
 pub fn follow(
     policy: &Policy,
     state: &mut GovernorState,
     snap: &BoardSnapshot,
     running: &[RunningTask],
-    busy_context: Option<u64>,
-) -> Vec<PeakSample> {
+    evidence: Evidence<'_>,
+) -> Followed {
     let profile_of = |assignee: &str| policy.profiles.iter().find(|p| p.id.as_str() == assignee);
-    let mut finished = Vec::new();
+    let proxy_now = |id: &TaskId| evidence.proxy.and_then(|m| m.get(id));
+    let mut out = Followed::default();
     // Tasks that left `running`: done teaches, anything else (blocked, reclaimed, archived)
     // is forgotten.
-    let running_ids: std::collections::BTreeSet<&TaskId> = running.iter().map(|r| &r.id).collect();
+    let running_ids: BTreeSet<&TaskId> = running.iter().map(|r| &r.id).collect();
     let ended: Vec<TaskId> = state
         .task_peaks
         .keys()
@@ -69,25 +115,54 @@ pub fn follow(
         .cloned()
         .collect();
     for id in ended {
+        let done = snap.task(&id).is_some_and(|t| t.status == TaskStatus::Done);
+        let Some(p) = state.task_peaks.get_mut(&id) else {
+            continue;
+        };
+        let now = proxy_now(&id);
+        if let Some(t) = now {
+            raise(&mut p.proxy, t.peak);
+        }
+        // The proxy saw it: its worker's last call (after `done`) may still come or run.
+        if done
+            && p.proxy.is_some()
+            && (evidence.finishing.contains(&id) || now.is_some_and(|t| t.in_flight > 0))
+        {
+            out.pending.push(id);
+            continue;
+        }
         let Some(p) = state.task_peaks.remove(&id) else {
             continue;
         };
-        let done = snap.task(&id).is_some_and(|t| t.status == TaskStatus::Done);
-        if done && !p.tainted && p.tokens > 0 {
+        if !done {
+            continue;
+        }
+        let (tokens, exact) = match p.proxy {
+            Some(m) => (m.tokens, m.exact),
+            None => (p.tokens, !p.tainted),
+        };
+        if tokens == 0 {
+            continue;
+        }
+        let sample = PeakSample {
+            task: id,
+            profile: p.profile,
+            tokens,
+        };
+        if exact {
             state
                 .footprints
-                .entry(p.profile.clone())
+                .entry(sample.profile.clone())
                 .or_default()
-                .observe(p.tokens);
-            finished.push(PeakSample {
-                task: id,
-                profile: p.profile,
-                tokens: p.tokens,
-            });
+                .observe(tokens);
+            out.learned.push(sample);
+        } else if p.proxy.is_some() {
+            out.estimated.push(sample);
         }
     }
 
     // One governed profile alone on the board: the engine's largest request is its.
+    let busy_context = evidence.busy_context;
     let first = running.first().and_then(|r| profile_of(&r.assignee));
     let alone = first.filter(|p| running.iter().all(|r| r.assignee == p.id.as_str()));
     let clean = busy_context.is_some() && alone.is_some();
@@ -102,13 +177,25 @@ pub fn follow(
                 profile: profile.id.clone(),
                 tokens: 0,
                 tainted: false,
+                proxy: None,
             });
+        if let Some(t) = proxy_now(&r.id) {
+            raise(&mut entry.proxy, t.peak);
+        }
         match busy_context {
             Some(c) if clean => entry.tokens = entry.tokens.max(c),
             _ => entry.tainted = true,
         }
     }
-    finished
+    out
+}
+
+/// Keep the larger of what was seen and what the proxy shows now (the proxy may have
+/// forgotten an idle task; its peak only grows).
+fn raise(seen: &mut Option<MeasuredPeak>, now: MeasuredPeak) {
+    if seen.is_none_or(|s| now.tokens > s.tokens || (now.tokens == s.tokens && now.exact)) {
+        *seen = Some(now);
+    }
 }
 
 /// Per profile (in [`Policy::profiles`] order), the learned worst case, once enough samples
@@ -195,6 +282,17 @@ mod tests {
             .collect()
     }
 
+    static NONE: BTreeSet<TaskId> = BTreeSet::new();
+
+    /// `/slots` evidence only (no proxy, no finishing worker).
+    fn slots(busy_context: Option<u64>) -> Evidence<'static> {
+        Evidence {
+            busy_context,
+            proxy: None,
+            finishing: &NONE,
+        }
+    }
+
     fn snap(list: &[(&str, TaskStatus)]) -> BoardSnapshot {
         BoardSnapshot {
             tasks: list
@@ -220,12 +318,22 @@ mod tests {
         let mut s = GovernorState::default();
         let empty = snap(&[]);
         let r = running(&[("t1", "coder")]);
-        assert!(follow(&p, &mut s, &empty, &r, Some(900)).is_empty());
-        follow(&p, &mut s, &empty, &r, Some(2500));
-        follow(&p, &mut s, &empty, &r, Some(40));
-        let got = follow(&p, &mut s, &snap(&[("t1", TaskStatus::Done)]), &[], Some(0));
+        assert!(
+            follow(&p, &mut s, &empty, &r, slots(Some(900)))
+                .learned
+                .is_empty()
+        );
+        follow(&p, &mut s, &empty, &r, slots(Some(2500)));
+        follow(&p, &mut s, &empty, &r, slots(Some(40)));
+        let got = follow(
+            &p,
+            &mut s,
+            &snap(&[("t1", TaskStatus::Done)]),
+            &[],
+            slots(Some(0)),
+        );
         assert_eq!(
-            got,
+            got.learned,
             vec![PeakSample {
                 task: TaskId::from("t1"),
                 profile: ProfileId::from("coder"),
@@ -241,21 +349,37 @@ mod tests {
         let p = policy();
         let mut s = GovernorState::default();
         let empty = snap(&[]);
-        follow(&p, &mut s, &empty, &running(&[("t1", "coder")]), Some(900));
+        follow(
+            &p,
+            &mut s,
+            &empty,
+            &running(&[("t1", "coder")]),
+            slots(Some(900)),
+        );
         follow(
             &p,
             &mut s,
             &empty,
             &running(&[("t1", "coder"), ("t2", "writer")]),
-            Some(3000),
+            slots(Some(3000)),
         );
-        follow(&p, &mut s, &empty, &running(&[("t3", "coder")]), None);
+        follow(
+            &p,
+            &mut s,
+            &empty,
+            &running(&[("t3", "coder")]),
+            slots(None),
+        );
         let done = snap(&[
             ("t1", TaskStatus::Done),
             ("t2", TaskStatus::Done),
             ("t3", TaskStatus::Done),
         ]);
-        assert!(follow(&p, &mut s, &done, &[], Some(0)).is_empty());
+        assert!(
+            follow(&p, &mut s, &done, &[], slots(Some(0)))
+                .learned
+                .is_empty()
+        );
         assert!(s.footprints.is_empty());
     }
 
@@ -264,7 +388,7 @@ mod tests {
         let p = policy();
         let mut s = GovernorState::default();
         let r = running(&[("t1", "coder"), ("x", "someone-else")]);
-        follow(&p, &mut s, &snap(&[]), &r, Some(100));
+        follow(&p, &mut s, &snap(&[]), &r, slots(Some(100)));
         assert!(s.task_peaks[&TaskId::from("t1")].tainted);
         assert!(!s.task_peaks.contains_key(&TaskId::from("x")));
     }
@@ -278,10 +402,14 @@ mod tests {
             &mut s,
             &snap(&[]),
             &running(&[("t1", "coder")]),
-            Some(700),
+            slots(Some(700)),
         );
         let blocked = snap(&[("t1", TaskStatus::Blocked)]);
-        assert!(follow(&p, &mut s, &blocked, &[], Some(0)).is_empty());
+        assert!(
+            follow(&p, &mut s, &blocked, &[], slots(Some(0)))
+                .learned
+                .is_empty()
+        );
         assert!(s.task_peaks.is_empty() && s.footprints.is_empty());
     }
 
@@ -299,9 +427,15 @@ mod tests {
                 &mut s,
                 &snap(&[]),
                 &running(&[(&id, "coder")]),
-                Some(peak),
+                slots(Some(peak)),
             );
-            follow(&p, &mut s, &snap(&[(&id, TaskStatus::Done)]), &[], None);
+            follow(
+                &p,
+                &mut s,
+                &snap(&[(&id, TaskStatus::Done)]),
+                &[],
+                slots(None),
+            );
         }
         let l = learned(&p, &s);
         let coder = l[0].expect("eight samples are enough");
@@ -312,5 +446,111 @@ mod tests {
         assert!(r[0].exceeds_declaration, "{r:?}");
         assert_eq!(r[0].samples, 8);
         assert!(!r[1].exceeds_declaration);
+    }
+
+    fn proxy(list: &[(&str, u64, bool, u32)]) -> BTreeMap<TaskId, ProxyTask> {
+        list.iter()
+            .map(|(id, tokens, exact, in_flight)| {
+                let peak = MeasuredPeak {
+                    tokens: *tokens,
+                    exact: *exact,
+                };
+                let t = ProxyTask {
+                    peak,
+                    in_flight: *in_flight,
+                };
+                (TaskId::from(*id), t)
+            })
+            .collect()
+    }
+
+    fn seen<'a>(
+        proxy: &'a BTreeMap<TaskId, ProxyTask>,
+        finishing: &'a BTreeSet<TaskId>,
+    ) -> Evidence<'a> {
+        Evidence {
+            busy_context: None,
+            proxy: Some(proxy),
+            finishing,
+        }
+    }
+
+    #[test]
+    fn with_the_proxy_a_task_beside_another_profile_teaches_its_exact_peak_after_its_last_call() {
+        let p = policy();
+        let mut s = GovernorState::default();
+        let both = running(&[("t1", "coder"), ("t2", "writer")]);
+        let m = proxy(&[("t1", 1000, true, 1), ("t2", 500, true, 1)]);
+        // No `/slots` (a vLLM engine) and two profiles at once: the proxy still attributes.
+        follow(&p, &mut s, &snap(&[]), &both, seen(&m, &NONE));
+        assert!(!s.task_peaks.is_empty());
+
+        // t1 is done but its worker lives (its last call may come): not yet.
+        let t1_done = snap(&[("t1", TaskStatus::Done)]);
+        let m = proxy(&[("t1", 2000, true, 0), ("t2", 500, true, 1)]);
+        let finishing = BTreeSet::from([TaskId::from("t1")]);
+        let r2 = running(&[("t2", "writer")]);
+        let got = follow(&p, &mut s, &t1_done, &r2, seen(&m, &finishing));
+        let waiting = Followed {
+            pending: vec![TaskId::from("t1")],
+            ..Followed::default()
+        };
+        assert_eq!(got, waiting);
+        // The worker exited but its last call is still in flight: not yet either.
+        let m = proxy(&[("t1", 2000, true, 1), ("t2", 500, true, 1)]);
+        let got = follow(&p, &mut s, &t1_done, &r2, seen(&m, &NONE));
+        assert_eq!(got, waiting);
+        // The last call ended, the largest of the task.
+        let m = proxy(&[("t1", 2600, true, 0), ("t2", 500, true, 1)]);
+        let got = follow(&p, &mut s, &t1_done, &r2, seen(&m, &NONE));
+        let coder = ProfileId::from("coder");
+        let sample = |task: &str, profile: &ProfileId, tokens| PeakSample {
+            task: TaskId::from(task),
+            profile: profile.clone(),
+            tokens,
+        };
+        assert_eq!(got.learned, vec![sample("t1", &coder, 2600)]);
+        assert_eq!(s.footprints[&coder].max, 2600);
+
+        // t2's peak is an estimate (its engine sent no usage): reported, not learned.
+        let m = proxy(&[("t2", 900, false, 0)]);
+        let done = snap(&[("t1", TaskStatus::Done), ("t2", TaskStatus::Done)]);
+        let got = follow(&p, &mut s, &done, &[], seen(&m, &NONE));
+        let writer = ProfileId::from("writer");
+        assert_eq!(got.learned, vec![]);
+        assert_eq!(got.estimated, vec![sample("t2", &writer, 900)]);
+        assert!(!s.footprints.contains_key(&writer));
+        assert!(s.task_peaks.is_empty());
+    }
+
+    #[test]
+    fn a_task_the_proxy_forgot_keeps_its_peak_and_one_it_never_saw_learns_from_slots() {
+        let p = policy();
+        let mut s = GovernorState::default();
+        let m = proxy(&[("t1", 1500, true, 0)]);
+        follow(
+            &p,
+            &mut s,
+            &snap(&[]),
+            &running(&[("t1", "coder")]),
+            seen(&m, &NONE),
+        );
+        let empty = BTreeMap::new();
+        let done = snap(&[("t1", TaskStatus::Done)]);
+        let got = follow(&p, &mut s, &done, &[], seen(&empty, &NONE));
+        assert_eq!(got.learned.len(), 1);
+        assert_eq!(got.learned[0].tokens, 1500);
+
+        // The proxy is on but t2's profile does not go through it: `/slots` alone teaches.
+        let e = Evidence {
+            busy_context: Some(700),
+            proxy: Some(&empty),
+            finishing: &NONE,
+        };
+        follow(&p, &mut s, &snap(&[]), &running(&[("t2", "coder")]), e);
+        let done = snap(&[("t2", TaskStatus::Done)]);
+        let got = follow(&p, &mut s, &done, &[], seen(&empty, &NONE));
+        assert_eq!(got.learned[0].tokens, 700);
+        assert_eq!(s.footprints[&ProfileId::from("coder")].n, 2);
     }
 }

@@ -73,6 +73,9 @@ pub struct TickOptions {
     pub dual_dispatcher: Option<String>,
     /// The latency limit in force, if any (daemon).
     pub latency_limit: Option<u32>,
+    /// With the pass-through on (daemon): per task id it saw, the task now; footprint
+    /// learning takes these peaks ([`learning`]).
+    pub proxy: Option<BTreeMap<TaskId, learning::ProxyTask>>,
 }
 
 pub use crate::record::report::{Observed, TickReport};
@@ -269,7 +272,20 @@ fn observe_snapshot(
             _ => {}
         }
     }
-    let peaks = learning::follow(policy, state, snap, &running, busy_context);
+    let finishing = finishing_workers(&running, workers, state, now);
+    let finishing_ids: BTreeSet<TaskId> = finishing.iter().map(|(id, _)| id.clone()).collect();
+    let evidence = learning::Evidence {
+        busy_context,
+        proxy: opts.proxy.as_ref(),
+        finishing: &finishing_ids,
+    };
+    let followed = learning::follow(policy, state, snap, &running, evidence);
+    for p in &followed.estimated {
+        tracing::info!(task = %p.task, profile = %p.profile, peak_tokens = p.tokens,
+            "Not learning a finished task's peak: the proxy estimated it from bytes (its engine sent no usage, or a request was cut off).");
+    }
+    let peaks = followed.learned;
+    let peaks_pending = followed.pending;
     for p in &peaks {
         let declared = policy
             .profiles
@@ -285,7 +301,6 @@ fn observe_snapshot(
                 "Learned a finished task's peak context.");
         }
     }
-    let finishing = finishing_workers(&running, workers, state, now);
     for (id, w) in &finishing {
         governed_running = true;
         running.push(RunningTask {
@@ -341,6 +356,7 @@ fn observe_snapshot(
         data_version: snap.data_version,
         busy_context,
         peaks,
+        peaks_pending,
         settled,
     }
 }

@@ -509,6 +509,9 @@ pub enum LatencySignal {
     Engine,
     /// A probe request with `max_tokens = 1`.
     Probe,
+    /// The time to first byte of the agents' own requests through the pass-through
+    /// (`[proxy]`); no probe is sent.
+    Proxy,
 }
 
 /// `[latency]`.

@@ -115,6 +115,7 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
     let signal = match l.signal {
         super::LatencySignal::Engine => "engine",
         super::LatencySignal::Probe => "probe",
+        super::LatencySignal::Proxy => "proxy",
     };
     o.kv("signal", q(signal), &lk("signal"));
     o.kv("min_limit", l.min_limit.to_string(), &lk("min_limit"));

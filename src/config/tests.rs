@@ -1035,6 +1035,29 @@ fn the_proxy_is_off_by_default_with_its_bounds_and_renders_back() {
 }
 
 #[test]
+fn the_latency_signal_is_the_proxys_when_it_listens_unless_the_config_says_otherwise() {
+    assert_eq!(load_ok(ONE_PROFILE).latency.signal, LatencySignal::Engine);
+    let on = format!("{ONE_PROFILE}\n[proxy]\nlisten = \"127.0.0.1:9478\"\n");
+    let c = load_ok(&on);
+    assert_eq!(c.latency.signal, LatencySignal::Proxy);
+    assert!(
+        c.to_toml().contains("signal = \"proxy\""),
+        "{}",
+        c.to_toml()
+    );
+    assert_eq!(load_ok(&c.to_toml()).latency.signal, LatencySignal::Proxy);
+    let c = load_ok(&format!("{on}[latency]\nsignal = \"engine\"\n"));
+    assert_eq!(c.latency.signal, LatencySignal::Engine);
+    let c = load_ok(&format!("{ONE_PROFILE}\n[latency]\nsignal = \"proxy\"\n"));
+    assert_eq!(c.latency.signal, LatencySignal::Proxy);
+    let e = load_err(&format!("{ONE_PROFILE}\n[latency]\nsignal = \"proxies\"\n"));
+    assert!(
+        problem(&e, "latency.signal").detail.contains("proxy"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_public_proxy_address_needs_proxy_public_and_bad_values_name_their_key() {
     let e = load_err(&format!(
         "{ONE_PROFILE}\n[proxy]\nlisten = \"0.0.0.0:9478\"\n"

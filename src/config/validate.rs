@@ -460,17 +460,17 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     let ttft_slo = v
         .get(file, "latency.ttft_slo", &rl.ttft_slo, positive_duration)
         .unwrap_or(DEFAULT_TTFT_SLO);
-    let signal = v
-        .get(file, "latency.signal", &rl.signal, |s: &String| {
-            choice(
-                s,
-                &[
-                    ("engine", LatencySignal::Engine),
-                    ("probe", LatencySignal::Probe),
-                ],
-            )
-        })
-        .unwrap_or(LatencySignal::Engine);
+    // Its default depends on `proxy.listen`, read below.
+    let signal = v.get(file, "latency.signal", &rl.signal, |s: &String| {
+        choice(
+            s,
+            &[
+                ("engine", LatencySignal::Engine),
+                ("probe", LatencySignal::Probe),
+                ("proxy", LatencySignal::Proxy),
+            ],
+        )
+    });
     let min_limit = v
         .get(file, "latency.min_limit", &rl.min_limit, u32_at_least(1))
         .unwrap_or(DEFAULT_MIN_LIMIT);
@@ -538,6 +538,12 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     let proxy_drain = v
         .get(file, "proxy.drain", &rp.drain, parse_duration)
         .unwrap_or(DEFAULT_PROXY_DRAIN);
+    // The agents' own calls when they pass through the proxy; else the engine's histogram.
+    let signal = signal.unwrap_or(if proxy_listen.is_some() {
+        LatencySignal::Proxy
+    } else {
+        LatencySignal::Engine
+    });
 
     // [dispatch]
     let rd = raw.dispatch.unwrap_or_default();

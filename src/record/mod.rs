@@ -20,6 +20,21 @@ pub struct TaskPeak {
     pub tokens: u64,
     /// It ran beside another profile's task, or through a tick without an engine reading.
     pub tainted: bool,
+    /// The pass-through's measure of it, once a request of it went through
+    /// (`[proxy] listen`); when present it is what the task teaches, not `tokens`.
+    #[serde(default)]
+    pub proxy: Option<MeasuredPeak>,
+}
+
+/// A task's peak as the pass-through measured it: the largest sum of the final sizes
+/// (prompt + generated) of its requests in flight together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeasuredPeak {
+    /// Tokens.
+    pub tokens: u64,
+    /// Every request in that sum had its size from the engine's `usage` (else some were
+    /// estimated from bytes).
+    pub exact: bool,
 }
 
 /// A finished task's peak, added to its profile's statistics this tick.

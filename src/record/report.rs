@@ -33,6 +33,10 @@ pub struct Observed {
     /// Tasks that finished cleanly this tick and taught their profile a peak.
     #[serde(default)]
     pub peaks: Vec<PeakSample>,
+    /// Tasks done whose peak the proxy is still measuring (their worker's last call may come
+    /// or is in flight); they teach once it ended.
+    #[serde(default)]
+    pub peaks_pending: Vec<TaskId>,
     /// Releases that left the in-flight set this tick without a dispatch seeing them start,
     /// with their outcome for the journal: `spawned` (found running: a dispatch whose output
     /// could not be read, or another dispatcher), or `gone` (moved off the profile, done,

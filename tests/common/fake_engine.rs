@@ -13,6 +13,9 @@
 //! - Its memory use (weights + KV in use × bytes per token) is published to the fake NVML
 //!   library by rewriting the `FAKE_NVML_STATE` file (atomically) on every change, with any
 //!   extra lines a test adds (`error memory_info 15`, ...).
+//! - With [`FakeEngine::send_usage`], a stream asked for `stream_options.include_usage` ends
+//!   with a `usage` chunk (as vLLM, SGLang and llama.cpp send): `prompt_tokens` and
+//!   `completion_tokens` are the tokens it held; each is kept in [`EngineStats::usage`].
 //! - Knobs: the first-turn delay, a delay before answering `/metrics` (stale metrics), and
 //!   [`FakeEngine::stop`]/[`FakeEngine::restart`] (the engine going away and coming back on
 //!   the same port).
@@ -55,6 +58,9 @@ pub struct EngineStats {
     pub ttft_counts: Vec<u64>,
     /// Sum of TTFTs in seconds ×1000.
     pub ttft_sum_ms: u64,
+    /// Per `usage` sent: the task its first user message names (`work kanban task <id>`),
+    /// and `prompt_tokens + completion_tokens`.
+    pub usage: Vec<(Option<String>, u64)>,
 }
 
 /// How the engine is set up.
@@ -79,6 +85,7 @@ struct Inner {
     stats: Mutex<EngineStats>,
     delay_ms: AtomicU64,
     metrics_delay_ms: AtomicU64,
+    send_usage: AtomicBool,
     nvml_extra: Mutex<String>,
 }
 
@@ -97,6 +104,7 @@ impl FakeEngine {
         let inner = Arc::new(Inner {
             delay_ms: AtomicU64::new(spec.first_turn_delay.as_millis() as u64),
             metrics_delay_ms: AtomicU64::new(0),
+            send_usage: AtomicBool::new(false),
             stats: Mutex::new(EngineStats {
                 ttft_counts: vec![0; TTFT_BOUNDS.len() + 1],
                 ..EngineStats::default()
@@ -153,6 +161,11 @@ impl FakeEngine {
         self.inner
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// End streams that ask for it (`stream_options.include_usage`) with a `usage` chunk.
+    pub fn send_usage(&self) {
+        self.inner.send_usage.store(true, Ordering::SeqCst);
     }
 
     /// Delay every `/metrics` answer by `d` (its readers see stale metrics meanwhile).
@@ -336,7 +349,7 @@ fn serve(conn: TcpStream, inner: &Inner) -> std::io::Result<()> {
     }
     inner.publish();
     let started = Instant::now();
-    let result = answer(&mut conn, &body, inner, started);
+    let result = answer(&mut conn, &body, inner, started, tokens);
     {
         let mut s = inner.stats.lock().unwrap();
         s.in_use_tokens -= tokens;
@@ -352,6 +365,7 @@ fn answer(
     body: &[u8],
     inner: &Inner,
     started: Instant,
+    tokens: u64,
 ) -> std::io::Result<()> {
     let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let offers_complete = req["tools"].as_array().is_some_and(|tools| {
@@ -395,6 +409,23 @@ fn answer(
             serde_json::Value::Null,
         );
         sse += &chunk(serde_json::json!({}), "stop".into());
+    }
+    if inner.send_usage.load(Ordering::SeqCst) && req["stream_options"]["include_usage"] == true {
+        let c = serde_json::json!({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+            "model": "fake-model", "choices": [],
+            "usage": {"prompt_tokens": tokens - GENERATED_TOKENS,
+                "completion_tokens": GENERATED_TOKENS, "total_tokens": tokens},
+        });
+        sse += &format!("data: {c}\n\n");
+        let task = req["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .and_then(|t| t.split("work kanban task ").nth(1))
+            .and_then(|t| t.split_whitespace().next())
+            .map(str::to_owned);
+        inner.stats.lock().unwrap().usage.push((task, tokens));
     }
     sse += "data: [DONE]\n\n";
     {

@@ -956,3 +956,31 @@ fn probe_board_reads_journal_mode_and_counts_read_only() {
     .unwrap();
     assert!(probe_board(&dir.path().join("junk.db")).is_err());
 }
+
+#[test]
+fn a_profiles_model_base_url_is_read_as_hermes_config_set_writes_it() {
+    let set = "model:\n  base_url: http://127.0.0.1:9478/p/coder/v1\n  default: m\n";
+    assert_eq!(
+        parse_model_base_url(set).unwrap().as_deref(),
+        Some("http://127.0.0.1:9478/p/coder/v1")
+    );
+    for unset in [
+        "",
+        "# x\n",
+        "model: gpt-4\n",
+        "model:\n  default: m\n",
+        "kanban: {}\n",
+    ] {
+        assert_eq!(parse_model_base_url(unset).unwrap(), None, "{unset:?}");
+    }
+    assert!(parse_model_base_url("model: [\n").is_err());
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = profile_dir(root.path(), "coder");
+    assert_eq!(read_profile_base_url(root.path(), "coder").unwrap().1, None);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.yaml"), set).unwrap();
+    let (path, url) = read_profile_base_url(root.path(), "Coder").unwrap();
+    assert_eq!(path, dir.join("config.yaml"));
+    assert_eq!(url.as_deref(), Some("http://127.0.0.1:9478/p/coder/v1"));
+}

@@ -199,6 +199,9 @@ pub struct AnswerReader {
     usage: Option<Tokens>,
     /// Every byte of the answer, for the estimate when nothing else can be read.
     total_bytes: usize,
+    /// In SSE mode: the `data: [DONE]` event passed (the answer is complete; what follows
+    /// is the end of the HTTP body).
+    done: bool,
 }
 
 impl AnswerReader {
@@ -213,7 +216,14 @@ impl AnswerReader {
             generated_bytes: 0,
             usage: None,
             total_bytes: 0,
+            done: false,
         }
+    }
+
+    /// The stream's `data: [DONE]` passed: its tokens are all known. A client may close its
+    /// connection as soon as it reads it (the OpenAI SDK does), before the body's end.
+    pub fn saw_done(&self) -> bool {
+        self.done
     }
 
     /// The next bytes of the answer.
@@ -255,7 +265,11 @@ impl AnswerReader {
             return;
         };
         let data = data.trim_ascii();
-        if data.is_empty() || data == b"[DONE]" {
+        if data == b"[DONE]" {
+            self.done = true;
+            return;
+        }
+        if data.is_empty() {
             return;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {

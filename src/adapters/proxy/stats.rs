@@ -1,5 +1,5 @@
-//! What the pass-through has seen, shared with the daemon (`/metrics`, `/status`) and, next,
-//! with footprint learning: per profile, requests by outcome, tokens, TTFT and requests in
+//! What the pass-through has seen, shared with the daemon (`/metrics`, `/status`) and with
+//! footprint learning ([`crate::app::learning`]): per profile, requests by outcome, tokens, TTFT and requests in
 //! flight; per task, requests in flight and its peak.
 //!
 //! **A task's peak** is the largest value, at any moment, of the sum over its requests in
@@ -8,6 +8,17 @@
 //! it streams, both replaced by the engine's `usage` when the answer ends with one. The
 //! estimate errs high (JSON overhead counts as prompt), so the peak may be set by it;
 //! `peak_exact` says whether every request in the sum was exact at the moment of the peak.
+//!
+//! **A task's final peak** is what footprint learning takes: the largest sum of the *final*
+//! sizes (prompt + generated at the request's end: the engine's `usage`, else the estimate) of
+//! requests in flight together. A request's size only grows while it runs, and whatever is in
+//! flight at a moment was in flight at the last request start before it, so the largest sum
+//! over the sets in flight at each request start bounds the real peak from above and is
+//! reached when every member held its final size at once. Each start opens such a set; its
+//! sum is known when its last member ends, and `final_peak_exact` says whether every member
+//! reported `usage`. The in-flight estimate, which errs high, never enters it. Open sets with
+//! the same members still in flight get the same sizes added from then on, so only the
+//! larger is kept: a task holds at most one open set per request in flight.
 //!
 //! One std mutex: every update is a few map operations, never held across an `.await`, and a
 //! poisoned lock is taken anyway (a panic in one connection must not stop the others from
@@ -151,11 +162,82 @@ pub struct TaskStats {
     pub peak_tokens: u64,
     /// Whether every request in the sum was exact (engine `usage`) at the peak.
     pub peak_exact: bool,
+    /// The largest sum of final request sizes over requests in flight together (see the
+    /// module doc), counted as their requests end; what footprint learning takes.
+    pub final_peak_tokens: u64,
+    /// Whether every request in the sum that set `final_peak_tokens` reported `usage`.
+    pub final_peak_exact: bool,
     /// Requests in flight whose size is an estimate now.
     #[serde(skip)]
     estimated_now: u32,
     #[serde(skip)]
     last_seen: Option<Instant>,
+    /// The sequence number of its next request.
+    #[serde(skip)]
+    next_seq: u64,
+    /// Sets of requests in flight together whose sum is not known yet, oldest first.
+    #[serde(skip)]
+    open: Vec<OpenSet>,
+}
+
+/// The requests in flight at one request start (sequence number `seq`): the task's requests
+/// with a sequence number up to `seq` that had not ended then.
+#[derive(Debug, Clone)]
+struct OpenSet {
+    seq: u64,
+    /// Members still in flight.
+    pending: u32,
+    /// Final sizes of the members that ended.
+    tokens: u64,
+    /// Every member that ended reported `usage`.
+    exact: bool,
+}
+
+impl TaskStats {
+    /// A request starts: a new set of everything in flight now (counted already).
+    fn open_set(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.open.push(OpenSet {
+            seq,
+            pending: self.in_flight,
+            tokens: 0,
+            exact: true,
+        });
+        seq
+    }
+
+    /// The request `seq` ended at `size` tokens (`exact`: from the engine's `usage`).
+    fn close_member(&mut self, seq: u64, size: u64, exact: bool) {
+        for set in self.open.iter_mut().filter(|s| s.seq >= seq) {
+            set.tokens += size;
+            set.pending = set.pending.saturating_sub(1);
+            set.exact &= exact;
+        }
+        let mut kept: Vec<OpenSet> = Vec::with_capacity(self.open.len());
+        for set in self.open.drain(..) {
+            if set.pending == 0 {
+                if set.tokens > self.final_peak_tokens
+                    || (set.tokens == self.final_peak_tokens && set.exact)
+                {
+                    self.final_peak_tokens = set.tokens;
+                    self.final_peak_exact = set.exact;
+                }
+                continue;
+            }
+            // Same count in flight, same members in flight (the oldest ones still running):
+            // the same sizes are added to both from now on, so the larger alone matters.
+            match kept.last_mut() {
+                Some(last) if last.pending == set.pending => {
+                    if set.tokens > last.tokens || (set.tokens == last.tokens && set.exact) {
+                        *last = set;
+                    }
+                }
+                _ => kept.push(set),
+            }
+        }
+        self.open = kept;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +300,7 @@ impl ProxyStats {
     ) -> Flight {
         let mut g = self.lock();
         g.profiles.entry(profile.to_owned()).or_default().in_flight += 1;
+        let mut seq = 0;
         if let Some(t) = &task {
             if !g.tasks.contains_key(t) {
                 evict(&mut g.tasks);
@@ -229,8 +312,12 @@ impl ProxyStats {
                 tokens_now: 0,
                 peak_tokens: 0,
                 peak_exact: false,
+                final_peak_tokens: 0,
+                final_peak_exact: false,
                 estimated_now: 0,
                 last_seen: None,
+                next_seq: 0,
+                open: Vec::new(),
             });
             ts.profile = profile.to_owned();
             ts.in_flight += 1;
@@ -239,11 +326,13 @@ impl ProxyStats {
             ts.last_seen = Some(Instant::now());
             ts.tokens_now += prompt_estimate;
             raise_peak(ts);
+            seq = ts.open_set();
         }
         drop(g);
         Flight {
             stats: self.clone(),
             profile: profile.to_owned(),
+            seq,
             task,
             prompt_estimate,
             generated_so_far: 0,
@@ -286,6 +375,8 @@ fn evict(tasks: &mut HashMap<String, TaskStats>) {
 pub struct Flight {
     stats: Arc<ProxyStats>,
     profile: String,
+    /// Its sequence number among its task's requests.
+    seq: u64,
     task: Option<String>,
     prompt_estimate: u64,
     generated_so_far: u64,
@@ -356,10 +447,11 @@ impl Flight {
         let p = g.profiles.entry(self.profile.clone()).or_default();
         p.in_flight = p.in_flight.saturating_sub(1);
         *p.requests.entry(self.outcome).or_insert(0) += 1;
-        match self.usage {
+        let size = match self.usage {
             Some(u) => {
                 p.prompt_tokens += u.prompt;
                 p.generated_tokens += u.generated;
+                u.prompt + u.generated
             }
             None => {
                 let generated = self.generated_estimate.max(self.generated_so_far);
@@ -367,8 +459,9 @@ impl Flight {
                 p.generated_tokens += generated;
                 p.prompt_tokens_estimated += self.prompt_estimate;
                 p.generated_tokens_estimated += generated;
+                self.prompt_estimate + generated
             }
-        }
+        };
         if let Some(task) = &self.task
             && let Some(ts) = g.tasks.get_mut(task)
         {
@@ -379,6 +472,7 @@ impl Flight {
             if !self.exact {
                 ts.estimated_now = ts.estimated_now.saturating_sub(1);
             }
+            ts.close_member(self.seq, size, self.usage.is_some());
             ts.last_seen = Some(Instant::now());
         }
     }
@@ -429,6 +523,8 @@ mod tests {
         let snap = s.snapshot();
         let t = &snap.tasks["t_1"];
         assert_eq!((t.tokens_now, t.peak_tokens, t.requests), (0, 1300, 2));
+        // The final sizes of the two, in flight together: 220 + 1200, every one exact.
+        assert_eq!((t.final_peak_tokens, t.final_peak_exact), (1420, true));
         let p = &snap.profiles["coder"];
         assert_eq!((p.prompt_tokens, p.generated_tokens), (1080, 340));
         assert_eq!((p.prompt_tokens_estimated, p.in_flight), (0, 0));
@@ -454,6 +550,57 @@ mod tests {
         let p = &s.snapshot().profiles["coder"];
         assert_eq!(p.requests[&Outcome::ClientGone], 1);
         assert_eq!(p.prompt_tokens_estimated, 40);
+    }
+
+    fn usage(prompt: u64, generated: u64) -> Option<Tokens> {
+        Some(Tokens { prompt, generated })
+    }
+
+    #[test]
+    fn the_final_peak_is_the_largest_sum_of_final_sizes_in_flight_together_with_one_open_set_per_request()
+     {
+        let s = Arc::new(ProxyStats::default());
+        let t = || Some("t_3".to_owned());
+        // A long call; beside it, one after the other, B (small) then C (larger), then D
+        // alone after A ended. The estimates (bytes / 4) are far above the real sizes.
+        let mut a = s.begin("coder", t(), 9000);
+        for (est, (p, g)) in [(5000, (100, 10)), (5000, (700, 50))] {
+            let mut b = s.begin("coder", t(), est);
+            b.end(Outcome::Ok, usage(p, g), g);
+            drop(b);
+            let g = s.lock();
+            assert!(g.tasks["t_3"].open.len() <= 2, "{:?}", g.tasks["t_3"].open);
+        }
+        a.end(Outcome::Ok, usage(3000, 200), 200);
+        drop(a);
+        let mut d = s.begin("coder", t(), 9000);
+        d.end(Outcome::Ok, usage(3500, 100), 100);
+        drop(d);
+        let snap = s.snapshot();
+        let ts = &snap.tasks["t_3"];
+        // A + C = 3200 + 750; D alone 3600; the live peak counted the estimates.
+        assert_eq!((ts.final_peak_tokens, ts.final_peak_exact), (3950, true));
+        assert_eq!(ts.peak_tokens, 14_000);
+        assert!(s.lock().tasks["t_3"].open.is_empty());
+    }
+
+    #[test]
+    fn a_request_without_usage_makes_its_final_peak_an_estimate() {
+        let s = Arc::new(ProxyStats::default());
+        let mut a = s.begin("coder", Some("t_4".into()), 400);
+        let mut b = s.begin("coder", Some("t_4".into()), 40);
+        b.generated(20);
+        b.end(Outcome::Ok, None, 25);
+        drop(b);
+        a.end(Outcome::Ok, usage(300, 30), 30);
+        drop(a);
+        let t = &s.snapshot().tasks["t_4"];
+        assert_eq!((t.final_peak_tokens, t.final_peak_exact), (395, false));
+        // A client that went away: its estimate, not exact either.
+        let c = s.begin("coder", Some("t_5".into()), 1000);
+        drop(c);
+        let t = &s.snapshot().tasks["t_5"];
+        assert_eq!((t.final_peak_tokens, t.final_peak_exact), (1000, false));
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn report(at: u64) -> TickReport {
             data_version: 0,
             busy_context: None,
             peaks: vec![],
+            peaks_pending: vec![],
             settled: vec![],
         },
         decision: Decision {

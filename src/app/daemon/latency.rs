@@ -7,6 +7,11 @@
 //!   TTFT histogram over the requests since the previous reading;
 //! - nothing when the reading says nothing about latency (no probe, no new requests).
 //!
+//! With `latency.signal = "proxy"`, [`proxy_sample`] instead: the agents' own requests through
+//! the pass-through, between two of its counts ([`ProxyLatency`]), give the TTFT (the p95 of
+//! their time to first byte), and a 5xx answer among them, or an engine preemption or
+//! offload, a drop. No probe is sent.
+//!
 //! Pure: the caller passes the previous reading and the running count.
 
 use super::metrics::window_quantile;
@@ -43,6 +48,53 @@ pub fn sample_of(
     };
     Some(Sample {
         at: cur.sample.at,
+        in_flight,
+        outcome,
+    })
+}
+
+/// What the pass-through has counted so far (cumulative), for the latency limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyLatency {
+    /// When it was read.
+    pub at: Millis,
+    /// Time to first byte of 2xx answers, all profiles together: `(upper bound seconds,
+    /// cumulative count)`, ascending, the last bound `+Inf`.
+    pub ttft_buckets: Vec<(f64, u64)>,
+    /// Answers the engine gave as 5xx, or could not give (unreachable, reset mid-answer).
+    pub failed: u64,
+}
+
+/// Whether the engine preempted since `prev` or runs part of the model on the CPU now.
+pub fn engine_dropped(prev: Option<&EngineReading>, cur: Option<&EngineReading>) -> bool {
+    let Some(cur) = cur else { return false };
+    let preempted = matches!(
+        (prev.and_then(|p| p.preemptions_total), cur.preemptions_total),
+        (Some(a), Some(b)) if b > a
+    );
+    preempted || cur.offloaded
+}
+
+/// The sample the proxy's counts `cur` give, `prev` being the counts at the previous sample
+/// (`None` at the first: nothing to compare with yet); `engine_dropped`: an engine preempted
+/// or offloaded since ([`engine_dropped`]).
+pub fn proxy_sample(
+    prev: Option<&ProxyLatency>,
+    cur: &ProxyLatency,
+    engine_dropped: bool,
+    in_flight: u32,
+) -> Option<Sample> {
+    let prev = prev?;
+    let outcome = if cur.failed > prev.failed || engine_dropped {
+        Outcome::Dropped
+    } else {
+        let q = window_quantile(&prev.ttft_buckets, &cur.ttft_buckets, TTFT_QUANTILE)?;
+        Outcome::Completed {
+            ttft: Millis((q * 1000.0).round() as u64),
+        }
+    };
+    Some(Sample {
+        at: cur.at,
         in_flight,
         outcome,
     })
@@ -107,5 +159,67 @@ mod tests {
         // No new requests, no probe: nothing learned.
         assert_eq!(sample_of(Some(&h1), &h1, 2), None);
         assert_eq!(sample_of(None, &h1, 2), None);
+    }
+
+    fn counts(at: u64, under_half_second: u64, total: u64, failed: u64) -> ProxyLatency {
+        ProxyLatency {
+            at: Millis(at),
+            ttft_buckets: vec![
+                (0.5, under_half_second),
+                (2.5, total),
+                (f64::INFINITY, total),
+            ],
+            failed,
+        }
+    }
+
+    #[test]
+    fn the_proxys_own_requests_give_the_ttft_and_a_failed_answer_or_a_preemption_a_drop() {
+        let a = counts(0, 10, 10, 0);
+        // The first counts only set the start of the window.
+        assert_eq!(proxy_sample(None, &a, false, 2), None);
+        // 20 new answers, 2 of them slower than 0.5 s: p95 is in the 2.5 s bucket.
+        let b = counts(1_000, 28, 30, 0);
+        let s = proxy_sample(Some(&a), &b, false, 4).unwrap();
+        assert_eq!(
+            (s.at, s.in_flight, s.outcome),
+            (
+                Millis(1_000),
+                4,
+                Outcome::Completed {
+                    ttft: Millis(2_500)
+                }
+            )
+        );
+        // All fast: 0.5 s.
+        let c = counts(2_000, 48, 50, 0);
+        assert_eq!(
+            proxy_sample(Some(&b), &c, false, 4).unwrap().outcome,
+            Outcome::Completed { ttft: Millis(500) }
+        );
+        // Nothing new: nothing learned.
+        assert_eq!(proxy_sample(Some(&c), &c, false, 4), None);
+        // A 5xx since: a drop, even with no new TTFT.
+        let d = counts(3_000, 48, 50, 1);
+        assert_eq!(
+            proxy_sample(Some(&c), &d, false, 4).unwrap().outcome,
+            Outcome::Dropped
+        );
+        // The engine preempted since its last reading: a drop.
+        let mut e0 = reading(0);
+        e0.preemptions_total = Some(1);
+        let mut e1 = reading(1_000);
+        e1.preemptions_total = Some(2);
+        let e = counts(4_000, 60, 60, 1);
+        assert!(engine_dropped(Some(&e0), Some(&e1)));
+        assert!(!engine_dropped(Some(&e1), Some(&e1)) && !engine_dropped(None, None));
+        assert_eq!(
+            proxy_sample(Some(&d), &e, true, 4).unwrap().outcome,
+            Outcome::Dropped
+        );
+        assert_eq!(
+            proxy_sample(Some(&d), &e, false, 4).unwrap().outcome,
+            Outcome::Completed { ttft: Millis(500) }
+        );
     }
 }

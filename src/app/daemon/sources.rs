@@ -267,10 +267,12 @@ fn millis(d: std::time::Duration) -> Millis {
 /// Which engine a pool reads is [`crate::app::setup::engine_source`]'s rule, the same as
 /// `tick`'s: every pool reads its engine unless the config says `engine.url = "none"`.
 ///
+/// With `probe = false` no latency probe is sent (the latency signal is the pass-through's).
+///
 /// # Errors
 ///
 /// A [`UsageError`] naming the pool and the fix.
-pub fn build(cfg: &Config) -> Result<Vec<SampledPool>, UsageError> {
+pub fn build(cfg: &Config, probe: bool) -> Result<Vec<SampledPool>, UsageError> {
     cfg.pools
         .iter()
         .map(|p| {
@@ -288,7 +290,10 @@ pub fn build(cfg: &Config) -> Result<Vec<SampledPool>, UsageError> {
                 Telemetry::Static => "static",
                 Telemetry::Replay(_) => "replay",
             };
-            let engine = crate::app::setup::engine_source(p, true);
+            let mut engine = crate::app::setup::engine_source(p, true);
+            if let Some(e) = engine.as_mut().filter(|_| !probe) {
+                e.probe = None;
+            }
             let t = telemetry::build_pool(&p.name, &gpu, engine.as_ref())?;
             // A replay that recorded the engine replays it (build_pool ignores `engine` then).
             let label = match (&p.gpu.telemetry, &engine) {

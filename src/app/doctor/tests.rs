@@ -21,6 +21,7 @@ fn inputs(home: &Path) -> Inputs {
         state_dir: home.join("state"),
         profiles: vec![],
         max_semantics: None,
+        proxy_listen: None,
     }
 }
 
@@ -474,4 +475,72 @@ fn systemd_units_run_as_the_owner_of_the_hermes_home_not_as_whoever_runs_doctor(
     }
     // No home yet: $USER.
     assert_eq!(super::unit_user(&d.path().join("none"), &root), "root");
+}
+
+#[test]
+fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for p in ["coder", "writer"] {
+        std::fs::create_dir_all(root.join("profiles").join(p)).unwrap();
+    }
+    let listen: std::net::SocketAddr = "127.0.0.1:9478".parse().unwrap();
+    let mut i = inputs(root);
+    i.proxy_listen = Some(listen);
+    i.profiles = ["coder", "writer"]
+        .iter()
+        .map(|p| ProfileRef {
+            name: (*p).to_owned(),
+            lane: format!("{p}@gpu"),
+        })
+        .collect();
+    std::fs::write(
+        root.join("profiles/coder/config.yaml"),
+        "model:\n  base_url: http://127.0.0.1:9478/p/coder/v1/\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("profiles/writer/config.yaml"),
+        "model:\n  base_url: http://127.0.0.1:8000/v1\n",
+    )
+    .unwrap();
+    let checks = check_proxy_base_urls(&i, root, "/opt/h/bin/hermes", listen);
+    assert_eq!(find(&checks, "proxy_base_url:coder").status, Status::Ok);
+    let w = find(&checks, "proxy_base_url:writer");
+    assert_eq!(w.status, Status::Fail);
+    assert!(w.detail.contains("http://127.0.0.1:8000/v1"), "{w:?}");
+    let fix = w.fix.as_deref().unwrap();
+    assert!(
+        fix.contains("/opt/h/bin/hermes -p writer config set model.base_url http://127.0.0.1:9478/p/writer/v1"),
+        "{fix}"
+    );
+    assert!(
+        fix.contains(&format!("HERMES_HOME={}", root.display())),
+        "{fix}"
+    );
+
+    // Another port, another profile's path, or https are not the proxy.
+    for url in [
+        "http://127.0.0.1:9479/p/coder/v1",
+        "http://127.0.0.1:9478/p/writer/v1",
+        "https://127.0.0.1:9478/p/coder/v1",
+        "http://10.0.0.1:9478/p/coder/v1",
+    ] {
+        assert!(!goes_through_proxy(url, listen, "coder"), "{url}");
+    }
+    assert!(goes_through_proxy(
+        "http://localhost:9478/p/coder/v1",
+        listen,
+        "coder"
+    ));
+    let any: std::net::SocketAddr = "0.0.0.0:9478".parse().unwrap();
+    assert!(goes_through_proxy(
+        "http://10.0.0.1:9478/p/coder/v1",
+        any,
+        "coder"
+    ));
+    assert_eq!(
+        proxy_base_url(any, "coder"),
+        "http://127.0.0.1:9478/p/coder/v1"
+    );
 }

@@ -1,0 +1,196 @@
+//! Footprint learning through the pass-through, end to end: real Hermes workers (hermes-agent
+//! 0.19.0) of two profiles, pointed at `run`'s proxy with the real `hermes config set`, call a
+//! fake *vLLM* engine (tests/common/fake_engine.rs) that shows no request's context (no
+//! `/slots`, only `/metrics`) and ends each stream with the `usage` Hermes asks for. The
+//! tasks run side by side, both profiles at once, yet each teaches its profile exactly the
+//! tokens the engine reported for it, and `status` (the daemon's and the CLI's) shows the
+//! learned footprint.
+//!
+//! Every wait polls with a deadline.
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/fake_engine.rs"]
+mod fake_engine;
+
+use common::{Hermes, governor_bin, wait_for};
+use daemon::{Daemon, DaemonConfig};
+use fake_engine::{EngineSpec, FakeEngine, fake_nvml_lib};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const GIB: u64 = 1 << 30;
+/// KV bytes per token of the fake model.
+const BYTES_PER_TOKEN: u64 = 128 * 1024;
+/// Each profile's declared worst case per task, in tokens (above any one Hermes request).
+const DECLARED_TOKENS: u64 = 24_576;
+/// Tasks of `coder`: enough for a learned worst case (`MIN_SAMPLES`).
+const CODER_TASKS: usize = 8;
+/// Tasks of `writer`, running beside coder's.
+const WRITER_TASKS: usize = 2;
+
+/// The proxy's address from the daemon's first line (`...; proxy http://<addr>/p/<profile>/v1`).
+fn proxy_addr(line: &str) -> SocketAddr {
+    line.split("proxy http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no proxy address in {line:?}"))
+}
+
+#[test]
+fn tasks_through_the_proxy_teach_their_profiles_the_tokens_a_vllm_engine_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = FakeEngine::start(EngineSpec {
+        capacity_tokens: 6 * DECLARED_TOKENS,
+        bytes_per_token: BYTES_PER_TOKEN,
+        weights_bytes: 16 * GIB,
+        total_bytes: 40 * GIB,
+        first_turn_delay: Duration::from_millis(500),
+        nvml_state: Some(dir.path().join("nvml.state")),
+    });
+    e.send_usage();
+    // Profiles first pointed straight at the engine, as a user has them before the proxy.
+    let h = Hermes::with_base_url(&["coder", "writer"], &e.base_url());
+    let gpu_engine = format!(
+        "[gpu]\ntelemetry = \"nvml\"\nheadroom = 1.0\nreserve = \"512MiB\"\n\n[engine]\nkind = \"vllm\"\nurl = {:?}\nmax_staleness = \"5s\"",
+        e.url()
+    );
+    let cfg = DaemonConfig::new(
+        &h.bin,
+        h.path(),
+        "30s",
+        &gpu_engine,
+        &[
+            ("coder", "128KiB", DECLARED_TOKENS),
+            ("writer", "128KiB", DECLARED_TOKENS),
+        ],
+    );
+    let env = [
+        (
+            "KANBAN_GOVERNOR_NVML_LIB".to_owned(),
+            fake_nvml_lib().display().to_string(),
+        ),
+        (
+            "FAKE_NVML_STATE".to_owned(),
+            dir.path().join("nvml.state").display().to_string(),
+        ),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut d = Daemon::start(cfg.command(&["--proxy-listen", "127.0.0.1:0"], &env_ref));
+    let proxy = proxy_addr(&d.line);
+    for p in ["coder", "writer"] {
+        let url = format!("http://{proxy}/p/{p}/v1");
+        h.run(&["-p", p, "config", "set", "model.base_url", &url]);
+    }
+    let mut ids: Vec<(String, &str)> = Vec::new();
+    for i in 0..CODER_TASKS.max(WRITER_TASKS) {
+        if i < CODER_TASKS {
+            ids.push((h.create(&format!("code {i}"), "coder", 0, &[]), "coder"));
+        }
+        if i < WRITER_TASKS {
+            ids.push((h.create(&format!("write {i}"), "writer", 0, &[]), "writer"));
+        }
+    }
+
+    let mut both_at_once = false;
+    wait_for(Duration::from_secs(400), "every task done", || {
+        let tasks = h.tasks();
+        let running = |who: &str| {
+            tasks
+                .iter()
+                .any(|t| t.status == "running" && t.assignee.as_deref() == Some(who))
+        };
+        both_at_once |= running("coder") && running("writer");
+        tasks.iter().all(|t| t.status == "done").then_some(())
+    });
+    // Each task's last call comes after `done`; its peak is learned once its worker exits.
+    let learned_all = |s: &serde_json::Value| {
+        let f = s["footprints"].as_array().unwrap();
+        let samples: u64 = f.iter().filter_map(|p| p["samples"].as_u64()).sum();
+        samples == ids.len() as u64
+    };
+    let started = std::time::Instant::now();
+    let status = loop {
+        let s = d.status();
+        if learned_all(&s) {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not every finished task was learned: {s:#}\nlog:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stats = e.stats();
+    assert_eq!(stats.overflows, 0, "{stats:?}");
+
+    // What the engine reported, per task: its largest request (Hermes 0.19 sends a task's
+    // requests one after another), and per profile the largest and the mean of those.
+    let mut per_task: BTreeMap<String, u64> = BTreeMap::new();
+    for (task, tokens) in &stats.usage {
+        let task = task.clone().expect("every request names its task");
+        let peak = per_task.entry(task).or_insert(0);
+        *peak = (*peak).max(*tokens);
+    }
+    assert_eq!(per_task.len(), ids.len(), "{per_task:?}");
+    for profile in ["coder", "writer"] {
+        let peaks: Vec<u64> = ids
+            .iter()
+            .filter(|(_, p)| *p == profile)
+            .map(|(id, _)| per_task[id])
+            .collect();
+        let max = *peaks.iter().max().unwrap();
+        let mean = peaks.iter().sum::<u64>() as f64 / peaks.len() as f64;
+        let f = status["footprints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["profile"] == profile)
+            .unwrap();
+        assert_eq!(f["samples"], peaks.len() as u64, "{f}");
+        assert_eq!(f["max_tokens"], max, "{profile}: {f}\nengine: {per_task:?}");
+        let learned_mean = f["mean_tokens"].as_f64().unwrap();
+        assert!(
+            (learned_mean - mean).abs() < 1e-6,
+            "{profile}: {f} vs {mean}"
+        );
+    }
+    let coder = &status["footprints"][0];
+    assert_eq!(coder["profile"], "coder");
+    let learned = coder["learned_tokens"].as_u64().expect("8 samples learn");
+    assert!(learned >= coder["max_tokens"].as_u64().unwrap(), "{coder}");
+    assert!(
+        both_at_once,
+        "the two profiles never ran at once; the test proves nothing about attribution"
+    );
+    // The proxy attributed every chat request to its task, and no answer was cut off.
+    let tasks = status["proxy"]["tasks"].as_object().unwrap();
+    let attributed: u64 = tasks.values().filter_map(|t| t["requests"].as_u64()).sum();
+    assert_eq!(attributed, stats.usage.len() as u64, "{}", status["proxy"]);
+    for p in ["coder", "writer"] {
+        let r = &status["proxy"]["profiles"][p]["requests"];
+        assert!(r["client_gone"].is_null(), "{p}: {}", status["proxy"]);
+    }
+
+    d.signal(rustix::process::Signal::TERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
+
+    // The CLI `status` reads the saved state: the same learned footprint.
+    let out = std::process::Command::new(governor_bin())
+        .args(["status", "--json", "--config"])
+        .arg(&cfg.path)
+        .envs(env.iter().cloned())
+        .env_remove("HERMES_KANBAN_DB")
+        .env_remove("HERMES_KANBAN_BOARD")
+        .env_remove("KANBAN_GOVERNOR_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["footprints"][0]["learned_tokens"], learned, "{v}");
+    assert_eq!(v["footprints"][0]["samples"], CODER_TASKS as u64, "{v}");
+}
