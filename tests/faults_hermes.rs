@@ -4,16 +4,34 @@
 //! garbage, a `dispatch` that starts workers and prints garbage. After every tick the
 //! invariants hold: no task started twice, the charged pool under its ceiling, the state
 //! database intact, and every release either in flight or with an outcome in the journal.
+//!
+//! The same wrapper can stop inside `assign` or `dispatch` until the test lets it go, so `run`
+//! can be killed with SIGKILL in the middle of a Hermes call: the wrapper writes its argv to
+//! the `started` FIFO and reads `run` (make the real call) or `drop` (make none) from the `go`
+//! FIFO, then writes its exit status to `done`. Every wait is on one of those events, bounded
+//! by a deadline; nothing sleeps to let something happen.
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 
 use common::{FakeModel, Governor, Hermes};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
 use std::time::Duration;
+
+/// Generous for any step on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A `hermes` that runs the real one, except where `<dir>/mode` says to inject a fault.
 fn faulty_hermes(dir: &Path, real: &Path) -> PathBuf {
+    for f in ["started", "go"] {
+        let st = Command::new("mkfifo").arg(dir.join(f)).status().unwrap();
+        assert!(st.success());
+    }
+    let d = dir.display();
     let real = real.display();
     let mode = dir.join("mode");
     let mode = mode.display();
@@ -21,6 +39,13 @@ fn faulty_hermes(dir: &Path, real: &Path) -> PathBuf {
         r#"#!/bin/sh
 mode=$(cat '{mode}' 2>/dev/null)
 case "$mode:$*" in
+  block-assign:*"kanban assign "*|block-dispatch:*"kanban dispatch "*)
+    echo "$*" > '{d}/started'
+    read go < '{d}/go'
+    rc=1
+    if [ "$go" = run ]; then '{real}' "$@" >/dev/null 2>&1; rc=$?; fi
+    echo $rc > '{d}/done.tmp' && mv '{d}/done.tmp' '{d}/done'
+    exit $rc ;;
   noop-assign:*"kanban assign "*) exit 0 ;;
   fail-after-assign:*"kanban assign "*)
     '{real}' "$@" >/dev/null 2>&1
@@ -226,4 +251,172 @@ fn hermes_faults_never_start_a_task_twice_and_every_release_gets_an_outcome() {
     let r = rig.tick();
     assert_eq!(strings(&r, "spawned"), std::slice::from_ref(&t4), "{r}");
     assert_eq!(rig.runs(&t4), 1);
+}
+
+/// Run `f` on a thread and wait up to [`DEADLINE`] for it (a FIFO open blocks until the other
+/// end opens it).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("timed out after {DEADLINE:?} waiting for {what}: {e}"))
+}
+
+/// Tasks started more than once, and how many runs the board has in all.
+fn runs_on_board(hermes: &Hermes) -> (Vec<(String, i64)>, i64) {
+    let board = rusqlite::Connection::open_with_flags(
+        format!("file:{}?mode=ro", hermes.db().display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    board.busy_timeout(Duration::from_secs(5)).unwrap();
+    let twice = board
+        .prepare("SELECT task_id, COUNT(*) FROM task_runs GROUP BY task_id HAVING COUNT(*) > 1")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let all = board
+        .query_row("SELECT COUNT(*) FROM task_runs", [], |r| r.get(0))
+        .unwrap();
+    (twice, all)
+}
+
+/// The journal's releases, oldest first: (task, outcome).
+fn journal(state_dir: &Path) -> Vec<(String, Option<String>)> {
+    let state = rusqlite::Connection::open_with_flags(
+        format!("file:{}?mode=ro", state_dir.join("state.sqlite3").display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    state.busy_timeout(Duration::from_secs(5)).unwrap();
+    state
+        .prepare("SELECT task, outcome FROM releases ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// `run` killed with SIGKILL while `hermes kanban assign` (a release) or `hermes kanban
+/// dispatch` is in progress, the call then completing or never happening, and `run` started
+/// again on the same state and board. 20 GiB with a 4 GiB baseline: two 8 GiB tasks fit, the
+/// third must wait. While the second daemon settles and after it stops: no task started
+/// twice, never more than two started, every tick's projection under the ceiling, the state
+/// intact, and every release journaled with an outcome (each task that started among them, as
+/// `spawned`), nothing left in flight.
+#[test]
+fn kill_9_of_run_mid_assign_or_mid_dispatch_starts_nothing_twice_and_journals_every_release() {
+    let model = FakeModel::start(Duration::from_secs(600));
+    for (call, go) in [
+        ("assign", "run"),
+        ("assign", "drop"),
+        ("dispatch", "run"),
+        ("dispatch", "drop"),
+    ] {
+        let case = format!("kill -9 mid-{call}, the call then {go}");
+        let hermes = Hermes::new(&["coder"], &model);
+        let dir = tempfile::tempdir().unwrap();
+        let bin = faulty_hermes(dir.path(), &hermes.bin);
+        let cfg = daemon::DaemonConfig::new(
+            &bin,
+            hermes.path(),
+            "5s",
+            "[gpu]\ntelemetry = \"static\"\nmemory_total = \"20GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"",
+            &[("coder", "128KiB", 65536)],
+        );
+        for t in ["one", "two", "three"] {
+            hermes.create(t, "coder@gpu", 0, &[]);
+        }
+
+        std::fs::write(dir.path().join("mode"), format!("block-{call}")).unwrap();
+        let mut first = daemon::Daemon::start(cfg.command(&[], &[]));
+        let started = dir.path().join("started");
+        let argv = within("the wrapper to block", move || {
+            std::fs::read_to_string(started).unwrap()
+        });
+        assert!(argv.contains(&format!("kanban {call} ")), "{case}: {argv}");
+        first.child.kill().unwrap();
+        first.child.wait().unwrap();
+        std::fs::write(dir.path().join("mode"), "").unwrap();
+        let go_fifo = dir.path().join("go");
+        within("the wrapper to read go", move || {
+            std::fs::write(go_fifo, format!("{go}\n")).unwrap()
+        });
+        let done = dir.path().join("done");
+        common::wait_for(DEADLINE, "the wrapped call to end", || {
+            std::fs::read_to_string(&done).ok()
+        });
+
+        let mut second = daemon::Daemon::start(cfg.command(&[], &[]));
+        common::wait_for(
+            DEADLINE,
+            &format!("{case}: two tasks running and nothing in flight"),
+            || {
+                let (twice, all) = runs_on_board(&hermes);
+                assert!(twice.is_empty(), "{case}: started twice: {twice:?}");
+                assert!(all <= 2, "{case}: {all} tasks started, two fit");
+                let status = second.status();
+                let tick = &status["last_tick"];
+                for pool in tick["decision"]["pools"].as_array().into_iter().flatten() {
+                    if let (Some(p), Some(c)) = (
+                        pool["projected_after_bytes"].as_u64(),
+                        pool["ceiling_bytes"].as_u64(),
+                    ) {
+                        assert!(p <= c, "{case}: over the ceiling: {pool}");
+                    }
+                }
+                let running = hermes
+                    .tasks()
+                    .iter()
+                    .filter(|t| t.status == "running")
+                    .count();
+                let in_flight = tick["in_flight"].as_array().map(Vec::len);
+                (running == 2 && in_flight == Some(0)).then_some(())
+            },
+        );
+        second.signal(rustix::process::Signal::TERM);
+        assert_eq!(
+            second.wait_exit(DEADLINE),
+            Some(0),
+            "{case}: {}",
+            second.log()
+        );
+
+        let (twice, all) = runs_on_board(&hermes);
+        assert!(twice.is_empty(), "{case}: started twice: {twice:?}");
+        assert_eq!(all, 2, "{case}");
+        let state = rusqlite::Connection::open_with_flags(
+            cfg.state_dir.join("state.sqlite3"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let ok: String = state
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok", "{case}");
+        let journal = journal(&cfg.state_dir);
+        assert!(
+            journal.iter().all(|(_, outcome)| outcome.is_some()),
+            "{case}: a release without an outcome: {journal:?}"
+        );
+        for t in hermes.tasks().iter().filter(|t| t.status == "running") {
+            assert!(
+                journal
+                    .iter()
+                    .any(|(id, o)| *id == t.id && o.as_deref() == Some("spawned")),
+                "{case}: {} runs but its release is not journaled as spawned: {journal:?}",
+                t.id
+            );
+        }
+        assert_eq!(
+            common::saved_state(&cfg.state_dir)["in_flight"],
+            serde_json::json!({}),
+            "{case}"
+        );
+    }
 }

@@ -46,7 +46,7 @@ use crate::app::learning::{self, ProfileLearning};
 use crate::app::once::{LOCK_FILE_NAME, Lock, holder_pids, take_lock};
 use crate::app::setup::{self, Setup};
 use crate::app::state::GovernorState;
-use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
+use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick_saving};
 use crate::config::ConfigArgs;
 use crate::error::UsageError;
 use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit};
@@ -124,6 +124,9 @@ struct Ticker {
     in_use_after_tick: u32,
     /// Per pool, the engine reading last fed to the limit.
     last_engine: Vec<Option<EngineReading>>,
+    /// No tick has run yet in this process: the first dispatches what is in flight at once
+    /// (the process before may have died before its dispatch ran).
+    first_tick: bool,
 }
 
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
@@ -225,8 +228,16 @@ impl Ticker {
             dry_run: false,
             dual_dispatcher: self.setup.dual_dispatcher(),
             latency_limit,
+            redispatch: self.first_tick,
         };
-        let mut report = run_tick(&self.policy, &mut ports, &mut self.state, &opts)?;
+        let mut report = run_tick_saving(
+            &self.policy,
+            &mut ports,
+            &mut self.state,
+            &mut self.store,
+            &opts,
+        )?;
+        self.first_tick = false;
         if let Err(e) = self.store.save(&self.state) {
             tracing::error!(error = %e, "Saving the governor state failed.");
             report.errors.push(format!("saving state: {e}"));
@@ -421,6 +432,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         in_use_after_tick: 0,
         last_engine: vec![None; pools.len()],
         setup: setup.clone(),
+        first_tick: true,
     };
     let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
     let rt = tokio::runtime::Builder::new_current_thread()
