@@ -5,9 +5,11 @@
 //!   one transaction. A file written by a newer kanban-governor is refused, not guessed at.
 //! - **The state** (in-flight releases, first-seen times, baseline, counters, the latency
 //!   limit, footprint statistics) is one row of JSON, replaced atomically with each save: a
-//!   crash leaves the old or the new state, never half of one.
+//!   crash leaves the old or the new state, never half of one. A tick's releases are saved
+//!   ahead ([`StateStore::save_before_releasing`]): state, settled outcomes and release rows
+//!   in one transaction before the first Hermes call, so a kill mid-call loses none.
 //! - **The journal** ([`StateStore::journal`]): releases and their outcomes (spawned, leaked,
-//!   reclaimed, blocked, done), decisions with reasons (a held task's reason is written when
+//!   reclaimed, blocked, done, gone, withdrawn, failed), decisions with reasons (a held task's reason is written when
 //!   it changes, not every tick), and the footprint samples learning used. Bounded: rows older
 //!   than [`RETENTION`] and beyond [`MAX_ROWS`] per table are pruned (at most hourly).
 //! - **Durability**: WAL, `synchronous = FULL`, a 5 s busy timeout (`tick` and `run` never
