@@ -564,6 +564,37 @@ fn released_but_unspawned_tasks_stay_charged_and_are_never_released_twice() {
 }
 
 #[test]
+fn a_daemons_first_tick_dispatches_what_is_in_flight_at_once_as_a_new_decision() {
+    // A process killed before its dispatch ran left t_a and t_b in flight, assigned.
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
+        task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
+    ]);
+    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.tick();
+    rig.calls();
+    rig.hermes.0.borrow_mut().fail_dispatch = false;
+    // An ordinary tick waits REDISPATCH_AFTER; a first tick does not, and still starts
+    // only the releases (t_c does not fit beside them).
+    rig.tick();
+    assert!(rig.calls().is_empty());
+    let r = rig.tick_with(&TickOptions {
+        redispatch: true,
+        ..TickOptions::default()
+    });
+    assert!(r.released.is_empty());
+    assert_eq!(rig.calls(), ["dispatch --max 2"]);
+    assert_eq!(ids(&r.spawned), ["t_a", "t_b"]);
+    // Nothing in flight: a first tick dispatches nothing.
+    let r = rig.tick_with(&TickOptions {
+        redispatch: true,
+        ..TickOptions::default()
+    });
+    assert!(r.spawned.is_empty() && rig.calls().is_empty(), "{r:?}");
+}
+
+#[test]
 fn a_task_put_on_the_profile_during_a_release_is_parked_before_dispatch_so_hermes_starts_only_the_release()
  {
     // t_user has a higher priority: were it on `big` at dispatch, Hermes would start it
