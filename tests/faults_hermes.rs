@@ -38,6 +38,7 @@ fn faulty_hermes(dir: &Path, real: &Path) -> PathBuf {
     let script = format!(
         r#"#!/bin/sh
 mode=$(cat '{mode}' 2>/dev/null)
+echo "$*" >> '{d}/calls.log'
 case "$mode:$*" in
   block-assign:*"kanban assign "*|block-dispatch:*"kanban dispatch "*)
     echo "$*" > '{d}/started'
@@ -418,5 +419,174 @@ fn kill_9_of_run_mid_assign_or_mid_dispatch_starts_nothing_twice_and_journals_ev
             serde_json::json!({}),
             "{case}"
         );
+    }
+}
+
+/// Hermes calls that write the board (`assign`, `dispatch`) made through the wrapper so far.
+fn writes(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("kanban assign ") || l.contains("kanban dispatch "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The invariants once everything has settled: no task started twice, `started` in all,
+/// the state intact, every release journaled with an outcome, nothing in flight.
+fn settled_invariants(case: &str, hermes: &Hermes, state_dir: &Path, started: i64) {
+    let (twice, all) = runs_on_board(hermes);
+    assert!(twice.is_empty(), "{case}: started twice: {twice:?}");
+    assert_eq!(all, started, "{case}");
+    let state = rusqlite::Connection::open_with_flags(
+        state_dir.join("state.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let ok: String = state
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok", "{case}");
+    let journal = journal(state_dir);
+    assert!(
+        journal.iter().all(|(_, outcome)| outcome.is_some()),
+        "{case}: a release without an outcome: {journal:?}"
+    );
+    for t in hermes.tasks().iter().filter(|t| t.status == "running") {
+        assert!(
+            journal
+                .iter()
+                .any(|(id, o)| *id == t.id && o.as_deref() == Some("spawned")),
+            "{case}: {} runs but its release is not journaled as spawned: {journal:?}",
+            t.id
+        );
+    }
+    assert_eq!(
+        common::saved_state(state_dir)["in_flight"],
+        serde_json::json!({}),
+        "{case}"
+    );
+}
+
+/// A `tick` started while another `tick`, or `run`, is in the middle of a release (its
+/// `assign` held open by the wrapper) or idle: it exits 0 naming the governor that holds the
+/// lock and calls no Hermes command; the first one finishes its tick. Two 8 GiB tasks of
+/// three fit; afterwards the invariants hold.
+#[test]
+fn two_ticks_at_once_or_a_tick_beside_run_take_turns_and_nothing_starts_twice() {
+    let model = FakeModel::start(Duration::from_secs(600));
+    for first in ["tick", "run"] {
+        let case = format!("a tick beside {first}");
+        let hermes = Hermes::new(&["coder"], &model);
+        let dir = tempfile::tempdir().unwrap();
+        let bin = faulty_hermes(dir.path(), &hermes.bin);
+        let cfg = daemon::DaemonConfig::new(
+            &bin,
+            hermes.path(),
+            "5s",
+            "[gpu]\ntelemetry = \"static\"\nmemory_total = \"20GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"",
+            &[("coder", "128KiB", 65536)],
+        );
+        for t in ["one", "two", "three"] {
+            hermes.create(t, "coder@gpu", 0, &[]);
+        }
+        let tick = |args: &[&str]| {
+            Command::new(common::governor_bin())
+                .arg("tick")
+                .arg("--config")
+                .arg(&cfg.path)
+                .args(args)
+                .env_remove("HERMES_KANBAN_DB")
+                .env_remove("HERMES_KANBAN_BOARD")
+                .env_remove("KANBAN_GOVERNOR_CONFIG")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+
+        std::fs::write(dir.path().join("mode"), "block-assign").unwrap();
+        let (mut holder, mut daemon) = (None, None);
+        let pid = if first == "tick" {
+            let c = tick(&["--json"]);
+            let pid = c.id();
+            holder = Some(c);
+            pid
+        } else {
+            let d = daemon::Daemon::start(cfg.command(&[], &[]));
+            let pid = d.child.id();
+            daemon = Some(d);
+            pid
+        };
+        let started = dir.path().join("started");
+        let argv = within("the wrapper to block", move || {
+            std::fs::read_to_string(started).unwrap()
+        });
+        assert!(argv.contains("kanban assign "), "{case}: {argv}");
+
+        let out = tick(&["--json"]).wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{case}: {text}");
+        assert!(
+            text.contains(&format!("another kanban-governor (pid {pid})")),
+            "{case}: {text}"
+        );
+        assert_eq!(
+            writes(dir.path()).len(),
+            1,
+            "{case}: {:?}",
+            writes(dir.path())
+        );
+
+        std::fs::write(dir.path().join("mode"), "").unwrap();
+        let go_fifo = dir.path().join("go");
+        within("the wrapper to read go", move || {
+            std::fs::write(go_fifo, "run\n").unwrap()
+        });
+        if let Some(c) = holder {
+            let out = within("the first tick to exit", move || {
+                c.wait_with_output().unwrap()
+            });
+            assert_eq!(out.status.code(), Some(0), "{case}: {out:?}");
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(strings(&report, "spawned").len(), 2, "{case}: {report}");
+        }
+        if let Some(mut d) = daemon {
+            common::wait_for(
+                DEADLINE,
+                &format!("{case}: two running, none in flight"),
+                || {
+                    let tick = d.status()["last_tick"].clone();
+                    let running = hermes
+                        .tasks()
+                        .iter()
+                        .filter(|t| t.status == "running")
+                        .count();
+                    (running == 2 && tick["in_flight"].as_array().map(Vec::len) == Some(0))
+                        .then_some(())
+                },
+            );
+            // Beside an idle daemon too.
+            let calls = writes(dir.path()).len();
+            let out = tick(&[]).wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{case}: {out:?}");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains(&format!("another kanban-governor (pid {pid})")),
+                "{case}: {text}"
+            );
+            assert_eq!(writes(dir.path()).len(), calls, "{case}");
+            d.signal(rustix::process::Signal::TERM);
+            assert_eq!(d.wait_exit(DEADLINE), Some(0), "{case}: {}", d.log());
+        }
+        settled_invariants(&case, &hermes, &cfg.state_dir, 2);
     }
 }
