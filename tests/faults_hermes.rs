@@ -320,38 +320,11 @@ fn kill_9_of_run_mid_assign_or_mid_dispatch_starts_nothing_twice_and_journals_ev
         ("dispatch", "drop"),
     ] {
         let case = format!("kill -9 mid-{call}, the call then {go}");
-        let hermes = Hermes::new(&["coder"], &model);
-        let dir = tempfile::tempdir().unwrap();
-        let bin = faulty_hermes(dir.path(), &hermes.bin);
-        let cfg = daemon::DaemonConfig::new(
-            &bin,
-            hermes.path(),
-            "5s",
-            "[gpu]\ntelemetry = \"static\"\nmemory_total = \"20GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"",
-            &[("coder", "128KiB", 65536)],
-        );
-        for t in ["one", "two", "three"] {
-            hermes.create(t, "coder@gpu", 0, &[]);
-        }
+        let (hermes, dir, cfg) = three_tasks_two_fit(&model);
 
         std::fs::write(dir.path().join("mode"), format!("block-{call}")).unwrap();
         let mut first = daemon::Daemon::start(cfg.command(&[], &[]));
-        let started = dir.path().join("started");
-        let argv = within("the wrapper to block", move || {
-            std::fs::read_to_string(started).unwrap()
-        });
-        assert!(argv.contains(&format!("kanban {call} ")), "{case}: {argv}");
-        first.child.kill().unwrap();
-        first.child.wait().unwrap();
-        std::fs::write(dir.path().join("mode"), "").unwrap();
-        let go_fifo = dir.path().join("go");
-        within("the wrapper to read go", move || {
-            std::fs::write(go_fifo, format!("{go}\n")).unwrap()
-        });
-        let done = dir.path().join("done");
-        common::wait_for(DEADLINE, "the wrapped call to end", || {
-            std::fs::read_to_string(&done).ok()
-        });
+        kill_mid_call(&case, dir.path(), call, go, &mut first.child);
 
         let mut second = daemon::Daemon::start(cfg.command(&[], &[]));
         common::wait_for(
@@ -388,37 +361,105 @@ fn kill_9_of_run_mid_assign_or_mid_dispatch_starts_nothing_twice_and_journals_ev
             second.log()
         );
 
-        let (twice, all) = runs_on_board(&hermes);
-        assert!(twice.is_empty(), "{case}: started twice: {twice:?}");
-        assert_eq!(all, 2, "{case}");
-        let state = rusqlite::Connection::open_with_flags(
-            cfg.state_dir.join("state.sqlite3"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        let ok: String = state
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok", "{case}");
-        let journal = journal(&cfg.state_dir);
-        assert!(
-            journal.iter().all(|(_, outcome)| outcome.is_some()),
-            "{case}: a release without an outcome: {journal:?}"
-        );
-        for t in hermes.tasks().iter().filter(|t| t.status == "running") {
-            assert!(
-                journal
-                    .iter()
-                    .any(|(id, o)| *id == t.id && o.as_deref() == Some("spawned")),
-                "{case}: {} runs but its release is not journaled as spawned: {journal:?}",
-                t.id
+        settled_invariants(&case, &hermes, &cfg.state_dir, 2);
+    }
+}
+
+/// A board with three 8 GiB tasks in lane `coder@gpu`, of which two fit (20 GiB, 4 GiB
+/// baseline), the wrapper around the real `hermes`, and a config for both `tick` and `run`.
+fn three_tasks_two_fit(model: &FakeModel) -> (Hermes, tempfile::TempDir, daemon::DaemonConfig) {
+    let hermes = Hermes::new(&["coder"], model);
+    let dir = tempfile::tempdir().unwrap();
+    let bin = faulty_hermes(dir.path(), &hermes.bin);
+    let cfg = daemon::DaemonConfig::new(
+        &bin,
+        hermes.path(),
+        "5s",
+        "[gpu]\ntelemetry = \"static\"\nmemory_total = \"20GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"",
+        &[("coder", "128KiB", 65536)],
+    );
+    for t in ["one", "two", "three"] {
+        hermes.create(t, "coder@gpu", 0, &[]);
+    }
+    (hermes, dir, cfg)
+}
+
+/// Once the wrapper blocks inside `call`: SIGKILL `governor`, then let the wrapper `go` (`run`
+/// the real call or `drop` it) with no fault injected from then on, and wait until it ended.
+fn kill_mid_call(case: &str, dir: &Path, call: &str, go: &str, governor: &mut std::process::Child) {
+    let started = dir.join("started");
+    let argv = within("the wrapper to block", move || {
+        std::fs::read_to_string(started).unwrap()
+    });
+    assert!(argv.contains(&format!("kanban {call} ")), "{case}: {argv}");
+    governor.kill().unwrap();
+    governor.wait().unwrap();
+    std::fs::write(dir.join("mode"), "").unwrap();
+    let go_fifo = dir.join("go");
+    let go = format!("{go}\n");
+    within("the wrapper to read go", move || {
+        std::fs::write(go_fifo, go).unwrap()
+    });
+    let done = dir.join("done");
+    common::wait_for(DEADLINE, "the wrapped call to end", || {
+        std::fs::read_to_string(&done).ok()
+    });
+}
+
+/// A cron `tick` killed with SIGKILL while its `assign` or `dispatch` is in progress, the call
+/// then completing, and ticks run again on the same state and board until it settles: the
+/// same invariants as for `run`, checked after every tick.
+#[test]
+fn kill_9_of_tick_mid_assign_or_mid_dispatch_starts_nothing_twice_and_journals_every_release() {
+    let model = FakeModel::start(Duration::from_secs(600));
+    for call in ["assign", "dispatch"] {
+        let case = format!("tick killed mid-{call}");
+        let (hermes, dir, cfg) = three_tasks_two_fit(&model);
+        std::fs::write(dir.path().join("mode"), format!("block-{call}")).unwrap();
+        let tick = || {
+            Command::new(common::governor_bin())
+                .args(["tick", "--json", "--config"])
+                .arg(&cfg.path)
+                .env_remove("HERMES_KANBAN_DB")
+                .env_remove("HERMES_KANBAN_BOARD")
+                .env_remove("KANBAN_GOVERNOR_CONFIG")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut first = tick();
+        kill_mid_call(&case, dir.path(), call, "run", &mut first);
+        common::wait_for(DEADLINE, &format!("{case}: settled"), || {
+            let out = tick().wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{case}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
             );
-        }
-        assert_eq!(
-            common::saved_state(&cfg.state_dir)["in_flight"],
-            serde_json::json!({}),
-            "{case}"
-        );
+            let report: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{case}: {e}: {text}"));
+            let (twice, all) = runs_on_board(&hermes);
+            assert!(twice.is_empty(), "{case}: started twice: {twice:?}");
+            assert!(all <= 2, "{case}: {all} tasks started, two fit");
+            for pool in report["decision"]["pools"].as_array().unwrap() {
+                if let (Some(p), Some(c)) = (
+                    pool["projected_after_bytes"].as_u64(),
+                    pool["ceiling_bytes"].as_u64(),
+                ) {
+                    assert!(p <= c, "{case}: over the ceiling: {pool}");
+                }
+            }
+            let running = hermes
+                .tasks()
+                .iter()
+                .filter(|t| t.status == "running")
+                .count();
+            (running == 2 && strings(&report, "in_flight").is_empty()).then_some(())
+        });
+        settled_invariants(&case, &hermes, &cfg.state_dir, 2);
     }
 }
 
@@ -477,19 +518,7 @@ fn two_ticks_at_once_or_a_tick_beside_run_take_turns_and_nothing_starts_twice() 
     let model = FakeModel::start(Duration::from_secs(600));
     for first in ["tick", "run"] {
         let case = format!("a tick beside {first}");
-        let hermes = Hermes::new(&["coder"], &model);
-        let dir = tempfile::tempdir().unwrap();
-        let bin = faulty_hermes(dir.path(), &hermes.bin);
-        let cfg = daemon::DaemonConfig::new(
-            &bin,
-            hermes.path(),
-            "5s",
-            "[gpu]\ntelemetry = \"static\"\nmemory_total = \"20GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"openai\"\nurl = \"none\"",
-            &[("coder", "128KiB", 65536)],
-        );
-        for t in ["one", "two", "three"] {
-            hermes.create(t, "coder@gpu", 0, &[]);
-        }
+        let (hermes, dir, cfg) = three_tasks_two_fit(&model);
         let tick = |args: &[&str]| {
             Command::new(common::governor_bin())
                 .arg("tick")
