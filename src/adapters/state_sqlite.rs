@@ -9,9 +9,10 @@
 //!   ahead ([`StateStore::save_before_releasing`]): state, settled outcomes and release rows
 //!   in one transaction before the first Hermes call, so a kill mid-call loses none.
 //! - **The journal** ([`StateStore::journal`]): releases and their outcomes (spawned, leaked,
-//!   reclaimed, blocked, done, gone, withdrawn, failed), decisions with reasons (a held task's reason is written when
-//!   it changes, not every tick), and the footprint samples learning used. Bounded: rows older
-//!   than [`RETENTION`] and beyond [`MAX_ROWS`] per table are pruned (at most hourly).
+//!   reclaimed, blocked, done, gone, withdrawn, failed), decisions with reasons (a held
+//!   task's reason is written when it changes, not every tick), and the footprint samples
+//!   learning used. Bounded: rows older than [`RETENTION`] and beyond [`MAX_ROWS`] per table
+//!   are pruned (at most hourly).
 //! - **Durability**: WAL, `synchronous = FULL`, a 5 s busy timeout (`tick` and `run` never
 //!   write at once: both hold `tick.lock`; `status` only reads).
 //! - **Upgrade**: a `state.json` left by an earlier version is imported on first open and
