@@ -313,6 +313,26 @@ pub trait StateStore {
         let _ = report;
         Ok(())
     }
+
+    /// Make this tick's releases durable before Hermes is asked to act on them
+    /// (write-ahead): `state` already holds `releasing` in flight. A store that keeps a
+    /// journal also records there, at once, the outcomes `report` settled and one row per
+    /// release, and its [`StateStore::journal`] of the same tick writes neither again. A
+    /// process killed in the middle of `assign` or `dispatch` then leaves the releases in
+    /// flight and journaled, for the next tick to settle (`spawned`, `gone`).
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be written: the caller releases nothing (fail closed).
+    fn save_before_releasing(
+        &mut self,
+        state: &crate::record::state::GovernorState,
+        report: &crate::record::report::TickReport,
+        releasing: &[TaskId],
+    ) -> Result<(), PortError> {
+        let _ = (report, releasing);
+        self.save(state)
+    }
 }
 
 pub use crate::record::WorkerProcess;

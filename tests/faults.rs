@@ -1,12 +1,16 @@
 //! The fault suite, engine side: the real `tick` binary against a board with Hermes's schema,
 //! a fake `hermes` that records its argv and an engine that is down, comes back, or is
 //! declared absent. After every case: nothing was released while the engine could not be
-//! seen, and the board is as it was.
+//! seen, and the board is as it was. And the whole `run` process out of file descriptors
+//! (its `RLIMIT_NOFILE` lowered while it runs): it holds, does not spin, and recovers.
 //!
 //! Other faults have their tests beside the code they exercise (see README, "What it
 //! survives"): the dispatch re-check in `src/app/tick/tests.rs`, the HTTP server, state files,
 //! locks and signals in their own targets.
 
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/fake_engine.rs"]
 mod fake_engine;
 
@@ -345,4 +349,150 @@ fn a_board_locked_by_a_writer_or_of_an_unknown_schema_holds_and_writes_nothing()
         before,
         "the board is unchanged"
     );
+}
+
+/// GET `path` from `addr`, tolerating a server that does not answer (connect refused, no
+/// response within 5 s): the status, or `None`.
+fn try_get(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Lines of `log` after the first `from` bytes that contain `what`.
+fn lines_with(log: &str, from: usize, what: &str) -> usize {
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
+}
+
+/// The whole `run` process out of file descriptors: its soft `RLIMIT_NOFILE` (started at 128)
+/// lowered to 3 while it runs, so every new descriptor fails with EMFILE however many it
+/// closes (engine reads, `/metrics` accepts, Hermes calls); then raised again. Meanwhile:
+/// held connections to `/metrics` wait in its backlog. It holds (no Hermes call, every tick
+/// says telemetry is unavailable), it does not spin (the failing accept is logged once and
+/// retried with a back-off: at most one attempt per 100 ms), and once descriptors are back
+/// `/status` answers and releases resume.
+#[test]
+fn fd_exhaustion_of_run_holds_without_spinning_and_recovers_when_descriptors_are_back() {
+    const NOFILE: u64 = 128;
+    let rig = Rig::new();
+    let engine = FakeEngine::start(vllm(65_536));
+    let cfg = daemon::DaemonConfig::new(
+        &rig.bin(),
+        &rig.home(),
+        "1s",
+        &format!(
+            "[gpu]\ntelemetry = \"static\"\nmemory_total = \"24GiB\"\nbaseline = \"4GiB\"\nheadroom = 1.0\nreserve = \"0B\"\n\n[engine]\nkind = \"vllm\"\nurl = {:?}",
+            engine.url()
+        ),
+        &[("coder", "128KiB", 8192)],
+    );
+    let mut cmd = cfg.command(&["--sample-every", "200ms"], &[]);
+    let limit = |n: u64| rustix::process::Rlimit {
+        current: Some(n),
+        maximum: Some(NOFILE),
+    };
+    // SAFETY: setrlimit is a single system call, safe between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit(NOFILE))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut d = daemon::Daemon::start(cmd);
+    let pid = rustix::process::Pid::from_raw(d.child.id() as i32).unwrap();
+    // Working: the fake `hermes` leaves the task in its lane, so every tick releases it again.
+    common::wait_for(Duration::from_secs(120), "a release", || {
+        (!rig.writes().is_empty()).then_some(())
+    });
+
+    let exhausted_at = std::time::Instant::now();
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, limit(3)).unwrap();
+    // Connections that it cannot accept wait in its backlog.
+    let held: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(d.addr).unwrap())
+        .collect();
+    common::wait_for(
+        Duration::from_secs(120),
+        "the failed accept in the log",
+        || {
+            d.log()
+                .contains("Accepting a /metrics connection failed")
+                .then_some(())
+        },
+    );
+    // Every tick from the next one on holds (one line per tick names the engine's error):
+    // wait for one, then three more, and no Hermes call may have been made in between.
+    const HELD: &str = "Holding: telemetry unavailable. error=pool default: engine:";
+    let from = d.log().len();
+    common::wait_for(Duration::from_secs(120), "a held tick", || {
+        (lines_with(&d.log(), from, HELD) >= 1).then_some(())
+    });
+    let (from, writes) = (d.log().len(), rig.writes().len());
+    common::wait_for(Duration::from_secs(120), "three more held ticks", || {
+        (lines_with(&d.log(), from, HELD) >= 3).then_some(())
+    });
+    assert_eq!(
+        rig.writes().len(),
+        writes,
+        "a Hermes call while out of descriptors: {}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("Too many open files"),
+        "the errors name the cause: {log}"
+    );
+    let minutes = exhausted_at.elapsed().as_secs() / 60;
+    let accept_lines = lines_with(&log, 0, "Accepting a /metrics connection failed");
+    assert!(
+        (1..=1 + minutes as usize).contains(&accept_lines),
+        "{accept_lines} accept-failure lines in {minutes} min: {log}"
+    );
+
+    // Descriptors back: the backlog is served, /status answers, releases resume.
+    drop(held);
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, limit(NOFILE)).unwrap();
+    common::wait_for(Duration::from_secs(120), "/status to answer", || {
+        (try_get(d.addr, "/status") == Some(200)).then_some(())
+    });
+    common::wait_for(Duration::from_secs(120), "releases to resume", || {
+        (rig.writes().len() > writes).then_some(())
+    });
+    let elapsed_ms = exhausted_at.elapsed().as_millis() as f64;
+    let metrics = d.metrics();
+    let accept_errors = daemon::metric(&metrics, "kanban_governor_http_accept_errors_total", "")
+        .unwrap_or_else(|| panic!("no accept-error counter: {metrics}"));
+    assert!(
+        accept_errors >= 1.0 && accept_errors <= 1.0 + elapsed_ms / 100.0,
+        "{accept_errors} failed accepts in {elapsed_ms} ms: it spun"
+    );
+    d.signal(rustix::process::Signal::TERM);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        d.log()
+    );
+    let state = rusqlite::Connection::open_with_flags(
+        cfg.state_dir.join("state.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let ok: String = state
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
 }

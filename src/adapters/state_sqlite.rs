@@ -5,11 +5,14 @@
 //!   one transaction. A file written by a newer kanban-governor is refused, not guessed at.
 //! - **The state** (in-flight releases, first-seen times, baseline, counters, the latency
 //!   limit, footprint statistics) is one row of JSON, replaced atomically with each save: a
-//!   crash leaves the old or the new state, never half of one.
+//!   crash leaves the old or the new state, never half of one. A tick's releases are saved
+//!   ahead ([`StateStore::save_before_releasing`]): state, settled outcomes and release rows
+//!   in one transaction before the first Hermes call, so a kill mid-call loses none.
 //! - **The journal** ([`StateStore::journal`]): releases and their outcomes (spawned, leaked,
-//!   reclaimed, blocked, done), decisions with reasons (a held task's reason is written when
-//!   it changes, not every tick), and the footprint samples learning used. Bounded: rows older
-//!   than [`RETENTION`] and beyond [`MAX_ROWS`] per table are pruned (at most hourly).
+//!   reclaimed, blocked, done, gone, withdrawn, failed), decisions with reasons (a held
+//!   task's reason is written when it changes, not every tick), and the footprint samples
+//!   learning used. Bounded: rows older than [`RETENTION`] and beyond [`MAX_ROWS`] per table
+//!   are pruned (at most hourly).
 //! - **Durability**: WAL, `synchronous = FULL`, a 5 s busy timeout (`tick` and `run` never
 //!   write at once: both hold `tick.lock`; `status` only reads).
 //! - **Upgrade**: a `state.json` left by an earlier version is imported on first open and
@@ -197,6 +200,9 @@ pub struct SqliteState {
     /// The reason last journaled per held task (a reason is written when it changes).
     last_reason: HashMap<TaskId, String>,
     last_prune: Option<Millis>,
+    /// The tick (its time) whose settled outcomes and releases were journaled ahead, by
+    /// [`StateStore::save_before_releasing`], and those releases.
+    ahead: Option<(Millis, Vec<TaskId>)>,
 }
 
 impl SqliteState {
@@ -234,6 +240,7 @@ impl SqliteState {
             conn,
             last_reason: HashMap::new(),
             last_prune: None,
+            ahead: None,
         };
         s.conn
             .busy_timeout(BUSY_TIMEOUT)
@@ -309,6 +316,7 @@ impl SqliteState {
             conn,
             last_reason: HashMap::new(),
             last_prune: None,
+            ahead: None,
         };
         s.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| s.err(e))?;
         let found = s.user_version()?;
@@ -434,27 +442,82 @@ impl SqliteState {
             .map_err(|e| self.err(e))
     }
 
+    /// Write-ahead: the state (with `releasing` in flight), the outcomes settled so far and
+    /// one decision and release row per release, in one transaction.
+    fn write_ahead(
+        &mut self,
+        state: &GovernorState,
+        r: &TickReport,
+        releasing: &[TaskId],
+    ) -> Result<(), StateDbError> {
+        let json = serde_json::to_string(state).map_err(|e| StateDbError::Invalid {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })?;
+        let at = ms(r.at);
+        let write = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO governor_state (id, version, saved_at_ms, json) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET version = ?1, saved_at_ms = ?2, json = ?3",
+                params![i64::from(state.version), at, json],
+            )?;
+            {
+                let mut outcome = tx.prepare_cached(OUTCOME)?;
+                for (id, what) in &r.observed.settled {
+                    outcome.execute(params![id.0, what, at])?;
+                }
+                let mut decision = tx.prepare_cached(DECISION)?;
+                let mut release = tx.prepare_cached(RELEASE)?;
+                for rel in r
+                    .decision
+                    .release
+                    .iter()
+                    .filter(|x| releasing.contains(&x.id))
+                {
+                    decision.execute(params![
+                        at,
+                        rel.id.0,
+                        rel.profile.0,
+                        "release",
+                        "fits in every pool"
+                    ])?;
+                    release.execute(params![rel.id.0, rel.profile.0, at])?;
+                }
+            }
+            tx.commit()
+        };
+        write(&mut self.conn).map_err(|e| self.err(e))?;
+        for id in releasing {
+            self.last_reason.remove(id);
+        }
+        self.ahead = Some((r.at, releasing.to_vec()));
+        Ok(())
+    }
+
     fn write_journal(&mut self, r: &TickReport) -> rusqlite::Result<()> {
         let at = ms(r.at);
+        // What `write_ahead` already wrote for this tick is not written again.
+        let ahead = self.ahead.take().filter(|(t, _)| *t == r.at);
         let tx = self.conn.transaction()?;
         {
-            let mut decision = tx.prepare_cached(
-                "INSERT INTO decisions (at_ms, task, profile, verdict, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut release = tx.prepare_cached(
-                "INSERT INTO releases (task, profile, released_at_ms) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut outcome = tx.prepare_cached(
-                "UPDATE releases SET outcome = ?2, outcome_at_ms = ?3
-                 WHERE id = (SELECT MAX(id) FROM releases WHERE task = ?1)",
-            )?;
+            let mut decision = tx.prepare_cached(DECISION)?;
+            let mut release = tx.prepare_cached(RELEASE)?;
+            let mut outcome = tx.prepare_cached(OUTCOME)?;
             // Releases that settled since the last tick first: a task released again this tick
             // gets a new row, and the outcome belongs to the old one.
-            for (id, what) in &r.observed.settled {
-                outcome.execute(params![id.0, what, at])?;
+            if let Some((_, releasing)) = &ahead {
+                // A release journaled ahead whose `assign` failed: nothing is in flight.
+                for id in releasing.iter().filter(|id| !r.released.contains(id)) {
+                    outcome.execute(params![id.0, "failed", at])?;
+                }
+            } else {
+                for (id, what) in &r.observed.settled {
+                    outcome.execute(params![id.0, what, at])?;
+                }
             }
             for rel in &r.decision.release {
-                if !r.released.contains(&rel.id) {
+                if !r.released.contains(&rel.id) || ahead.is_some() {
                     continue;
                 }
                 decision.execute(params![
@@ -537,6 +600,12 @@ impl SqliteState {
     }
 }
 
+const DECISION: &str =
+    "INSERT INTO decisions (at_ms, task, profile, verdict, detail) VALUES (?1, ?2, ?3, ?4, ?5)";
+const RELEASE: &str = "INSERT INTO releases (task, profile, released_at_ms) VALUES (?1, ?2, ?3)";
+const OUTCOME: &str = "UPDATE releases SET outcome = ?2, outcome_at_ms = ?3
+                 WHERE id = (SELECT MAX(id) FROM releases WHERE task = ?1)";
+
 /// One migration in one transaction: the schema change and the version it reaches.
 fn migrate_step(conn: &mut Connection, sql: &str, version: i64) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
@@ -561,6 +630,15 @@ impl StateStore for SqliteState {
 
     fn journal(&mut self, report: &TickReport) -> Result<(), PortError> {
         self.write_journal(report).map_err(|e| self.err(e).into())
+    }
+
+    fn save_before_releasing(
+        &mut self,
+        state: &GovernorState,
+        report: &TickReport,
+        releasing: &[TaskId],
+    ) -> Result<(), PortError> {
+        Ok(self.write_ahead(state, report, releasing)?)
     }
 }
 

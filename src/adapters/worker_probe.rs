@@ -33,7 +33,21 @@ impl LocalWorkerProbe {
 
 /// `/proc/<pid>/stat` of a live (not zombie) process: its start time, field 22.
 fn live_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(std::fs::read_to_string(format!("/proc/{pid}/stat"))).ok()?
+}
+
+/// The start time in a `/proc/<pid>/stat` read: `Ok(Some(start))` for a live process,
+/// `Ok(None)` for one that is gone (no such file) or a zombie, `Err` when the file could not
+/// be read for another reason (out of file descriptors, say): nothing is known.
+fn stat_start_time(read: std::io::Result<String>) -> std::io::Result<Option<u64>> {
+    match read {
+        Ok(stat) => Ok(parse_start_time(&stat)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
     // Fields after the command (which may hold spaces and parentheses): state is field 3,
     // start time field 22.
     let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
@@ -85,7 +99,23 @@ impl WorkerProbe for LocalWorkerProbe {
     }
 
     fn is_alive(&self, worker: &WorkerProcess) -> bool {
-        live_start_time(worker.pid) == Some(worker.start)
+        let read = std::fs::read_to_string(format!("/proc/{}/stat", worker.pid));
+        alive_given(stat_start_time(read), worker, process_is_gone)
+    }
+}
+
+/// Whether `worker` is alive given what its `/proc` stat read gave. A read that failed for
+/// another reason than the process being gone (EMFILE) proves nothing: it is alive unless
+/// `gone` (a signal-0 test, which needs no file descriptor) says otherwise, so its memory
+/// stays charged (fail closed).
+fn alive_given(
+    start: std::io::Result<Option<u64>>,
+    worker: &WorkerProcess,
+    gone: impl Fn(u32) -> bool,
+) -> bool {
+    match start {
+        Ok(start) => start == Some(worker.start),
+        Err(_) => !gone(worker.pid),
     }
 }
 
@@ -148,6 +178,32 @@ mod tests {
         child.wait().unwrap();
         assert!(!probe.is_alive(&w));
         assert_eq!(probe.worker(&running(pid, "host-a:1")), None);
+    }
+
+    #[test]
+    fn a_worker_whose_proc_entry_cannot_be_read_stays_alive_unless_signal_0_says_gone() {
+        let w = WorkerProcess {
+            pid: 4242,
+            start: 77,
+        };
+        let emfile = || Err(std::io::Error::from_raw_os_error(24));
+        let gone = |_| true;
+        let there = |_| false;
+        // Out of descriptors: nothing known; alive (still charged) unless it is gone.
+        assert!(alive_given(stat_start_time(emfile()), &w, there));
+        assert!(!alive_given(stat_start_time(emfile()), &w, gone));
+        // No such entry: gone, whatever signal 0 would say.
+        let missing = || Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(!alive_given(stat_start_time(missing()), &w, there));
+        // Read: the start time decides.
+        let stat = |start: u64| {
+            Ok(format!(
+                "4242 (python3 x) S {} {start} 0",
+                "1 ".repeat(18).trim_end()
+            ))
+        };
+        assert!(alive_given(stat_start_time(stat(77)), &w, gone));
+        assert!(!alive_given(stat_start_time(stat(78)), &w, there));
     }
 
     #[test]

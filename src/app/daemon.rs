@@ -47,7 +47,7 @@ use crate::app::learning::{self, ProfileLearning};
 use crate::app::once::{LOCK_FILE_NAME, Lock, holder_pids, take_lock};
 use crate::app::setup::{self, Setup};
 use crate::app::state::GovernorState;
-use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick};
+use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick_saving};
 use crate::config::{ConfigArgs, LatencySignal};
 use crate::error::UsageError;
 use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit};
@@ -132,6 +132,9 @@ struct Ticker {
     proxy_signal: bool,
     /// The pass-through's counts at the last latency sample.
     last_proxy: Option<latency::ProxyLatency>,
+    /// No tick has run yet in this process: the first dispatches what is in flight at once
+    /// (the process before may have died before its dispatch ran).
+    first_tick: bool,
 }
 
 /// The pass-through's counts for the latency limit: TTFT over every profile, and answers the
@@ -311,8 +314,16 @@ impl Ticker {
             dual_dispatcher: self.setup.dual_dispatcher(),
             latency_limit,
             proxy: self.proxy.as_deref().map(proxy_tasks),
+            redispatch: self.first_tick,
         };
-        let mut report = run_tick(&self.policy, &mut ports, &mut self.state, &opts)?;
+        let mut report = run_tick_saving(
+            &self.policy,
+            &mut ports,
+            &mut self.state,
+            &mut self.store,
+            &opts,
+        )?;
+        self.first_tick = false;
         if let Err(e) = self.store.save(&self.state) {
             tracing::error!(error = %e, "Saving the governor state failed.");
             report.errors.push(format!("saving state: {e}"));
@@ -516,6 +527,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         proxy: None,
         proxy_signal,
         last_proxy: None,
+        first_tick: true,
     };
     let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
     let rt = tokio::runtime::Builder::new_current_thread()

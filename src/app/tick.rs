@@ -76,6 +76,10 @@ pub struct TickOptions {
     /// With the pass-through on (daemon): per task id it saw, the task now; footprint
     /// learning takes these peaks ([`learning`]).
     pub proxy: Option<BTreeMap<TaskId, learning::ProxyTask>>,
+    /// Dispatch what is in flight whatever its age (the daemon's first tick: a process killed
+    /// mid-call may have left releases whose dispatch never ran). The board is read again
+    /// first, as for any re-dispatch.
+    pub redispatch: bool,
 }
 
 pub use crate::record::report::{Observed, TickReport};
@@ -468,15 +472,37 @@ pub fn run_tick(
 ) -> Result<TickReport, PortError> {
     if opts.dry_run {
         let mut scratch = state.clone();
-        return run_tick_inner(policy, ports, &mut scratch, opts);
+        return run_tick_inner(policy, ports, &mut scratch, None, opts);
     }
-    run_tick_inner(policy, ports, state, opts)
+    run_tick_inner(policy, ports, state, None, opts)
+}
+
+/// [`run_tick`] with write-ahead: `state`, with this tick's releases in flight, is saved to
+/// `store` (and the releases journaled there) before the first `assign`, so a process killed
+/// in the middle of a Hermes call leaves them for the next tick to settle. If that save fails
+/// nothing is released. Saving `state` after the tick is still the caller's job.
+///
+/// # Errors
+///
+/// As [`run_tick`].
+pub fn run_tick_saving(
+    policy: &Policy,
+    ports: &mut TickPorts<'_>,
+    state: &mut GovernorState,
+    store: &mut dyn StateStore,
+    opts: &TickOptions,
+) -> Result<TickReport, PortError> {
+    if opts.dry_run {
+        return run_tick(policy, ports, state, opts);
+    }
+    run_tick_inner(policy, ports, state, Some(store), opts)
 }
 
 fn run_tick_inner(
     policy: &Policy,
     ports: &mut TickPorts<'_>,
     state: &mut GovernorState,
+    store: Option<&mut dyn StateStore>,
     opts: &TickOptions,
 ) -> Result<TickReport, PortError> {
     let observed = observe(policy, ports, state, opts)?;
@@ -510,13 +536,14 @@ fn run_tick_inner(
         .iter()
         .map(|r| r.id.clone())
         .collect();
-    let pending_old = state
-        .in_flight
-        .values()
-        .any(|f| now.since(f.released_at) >= REDISPATCH_AFTER)
-        && state
-            .last_dispatch
-            .is_none_or(|at| now.since(at) >= REDISPATCH_AFTER);
+    let pending_old = (opts.redispatch && !state.in_flight.is_empty())
+        || state
+            .in_flight
+            .values()
+            .any(|f| now.since(f.released_at) >= REDISPATCH_AFTER)
+            && state
+                .last_dispatch
+                .is_none_or(|at| now.since(at) >= REDISPATCH_AFTER);
     let will_dispatch = !releasing.is_empty() || pending_old;
     // Learn what `--max` means before writing anything: an unknown Hermes must not be left
     // with tasks released and no dispatch.
@@ -613,26 +640,17 @@ fn run_tick_inner(
         adopted.push(id.clone());
     }
 
-    // 3. Release: assign to the profile (a task already on its profile needs nothing).
-    let mut released = Vec::new();
-    for r in &report.decision.release {
-        let w = report
-            .observed
-            .observation
-            .waiting
-            .iter()
-            .find(|w| w.id == r.id);
-        let on_profile = w.is_some_and(|w| w.assignee == r.profile.as_str());
-        if report.observed.dead.contains(&r.id) && !reclaimed_set.contains(&r.id) {
-            continue;
-        }
-        if !opts.dry_run {
-            if !on_profile && let Err(e) = ports.dispatcher.assign(&r.id, &r.profile.0) {
-                hermes_error(format!("releasing {} to {}", r.id, r.profile), e, state);
-                continue;
-            }
-            tracing::info!(task = %r.id, profile = %r.profile, "Released task.");
-            state.counters.released += 1;
+    // 3. Release: assign to the profile (a task already on its profile needs nothing). Each
+    // release is in flight, and saved so (write-ahead), before Hermes is asked to act on it.
+    let mut to_release: Vec<&crate::governor::Release> = report
+        .decision
+        .release
+        .iter()
+        .filter(|r| !report.observed.dead.contains(&r.id) || reclaimed_set.contains(&r.id))
+        .collect();
+    let mut ahead_error = None;
+    if !opts.dry_run && !to_release.is_empty() {
+        for r in &to_release {
             state.in_flight.insert(
                 r.id.clone(),
                 InFlight {
@@ -640,6 +658,38 @@ fn run_tick_inner(
                     released_at: now,
                 },
             );
+        }
+        if let Some(store) = store {
+            let ids: Vec<TaskId> = to_release.iter().map(|r| r.id.clone()).collect();
+            if let Err(e) = store.save_before_releasing(state, &report, &ids) {
+                tracing::error!(error = %e, "Saving the releases before making them failed; nothing is released.");
+                for id in &ids {
+                    state.in_flight.remove(id);
+                }
+                to_release.clear();
+                ahead_error = Some(format!(
+                    "saving the state before releasing (nothing released): {e}"
+                ));
+            }
+        }
+    }
+    let mut released = Vec::new();
+    for r in to_release {
+        let w = report
+            .observed
+            .observation
+            .waiting
+            .iter()
+            .find(|w| w.id == r.id);
+        let on_profile = w.is_some_and(|w| w.assignee == r.profile.as_str());
+        if !opts.dry_run {
+            if !on_profile && let Err(e) = ports.dispatcher.assign(&r.id, &r.profile.0) {
+                state.in_flight.remove(&r.id);
+                hermes_error(format!("releasing {} to {}", r.id, r.profile), e, state);
+                continue;
+            }
+            tracing::info!(task = %r.id, profile = %r.profile, "Released task.");
+            state.counters.released += 1;
         }
         released.push(r.id.clone());
     }
@@ -726,6 +776,7 @@ fn run_tick_inner(
         report.in_flight = state.in_flight.keys().cloned().collect();
     }
     report.errors = errors;
+    report.errors.extend(ahead_error);
     report.reclaimed = reclaimed;
     report.blocked = blocked;
     report.adopted = adopted;
@@ -910,7 +961,7 @@ pub fn run_tick_with_store(
     opts: &TickOptions,
 ) -> Result<TickReport, PortError> {
     let mut state = store.load()?;
-    let mut report = run_tick(policy, ports, &mut state, opts)?;
+    let mut report = run_tick_saving(policy, ports, &mut state, store, opts)?;
     if !opts.dry_run {
         store.save(&state)?;
         journal(store, &mut report);

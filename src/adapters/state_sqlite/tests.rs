@@ -276,3 +276,54 @@ fn old_journal_rows_are_pruned() {
         "t_new"
     );
 }
+
+#[test]
+fn releases_journaled_ahead_are_not_written_again_and_a_failed_assign_is_their_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteState::open(dir.path()).unwrap();
+    let release = |id: &str| Release {
+        id: TaskId::from(id),
+        profile: ProfileId::from("coder"),
+        charged: WorstCase::default(),
+    };
+    // t_a was released before and is settled `gone` this tick, then released again.
+    let mut r = report(100);
+    r.decision.release = vec![release("t_a")];
+    r.released = vec![TaskId::from("t_a")];
+    s.journal(&r).unwrap();
+    let mut r = report(200);
+    r.observed.settled = vec![(TaskId::from("t_a"), "gone".to_owned())];
+    r.decision.release = vec![release("t_a"), release("t_b")];
+    let mut state = GovernorState::default();
+    state.counters.ticks = 7;
+    let ids = [TaskId::from("t_a"), TaskId::from("t_b")];
+    s.save_before_releasing(&state, &r, &ids).unwrap();
+    // Written at once: the state, the old row's outcome, one new row per release.
+    assert_eq!(s.load().unwrap().counters.ticks, 7);
+    let rows = |s: &SqliteState| -> Vec<(String, Option<String>)> {
+        s.conn
+            .prepare("SELECT task, outcome FROM releases ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let open = |id: &str| (id.to_owned(), None);
+    let with = |id: &str, o: &str| (id.to_owned(), Some(o.to_owned()));
+    assert_eq!(rows(&s), [with("t_a", "gone"), open("t_a"), open("t_b")]);
+    // The tick ends: t_b's assign failed. Nothing is written twice.
+    r.released = vec![TaskId::from("t_a")];
+    s.journal(&r).unwrap();
+    assert_eq!(
+        rows(&s),
+        [with("t_a", "gone"), open("t_a"), with("t_b", "failed")]
+    );
+    assert_eq!(
+        count(
+            &s,
+            "SELECT COUNT(*) FROM decisions WHERE verdict = 'release'"
+        ),
+        3
+    );
+}

@@ -317,6 +317,26 @@ impl Rig {
         self.tick_with(&TickOptions::default())
     }
 
+    /// A tick with write-ahead to `store` ([`run_tick_saving`]).
+    fn tick_saving(&mut self, store: &mut AheadStore) -> TickReport {
+        let mut board = self.hermes.clone();
+        let mut dispatcher = self.hermes.clone();
+        let probe = self.hermes.clone();
+        let mut ports = TickPorts {
+            clock: &self.clock,
+            pools: vec![PoolSource {
+                gpu: &mut self.gpu,
+                engine: None,
+                baseline: None,
+            }],
+            board: &mut board,
+            dispatcher: &mut dispatcher,
+            workers: Some(&probe),
+        };
+        let opts = TickOptions::default();
+        run_tick_saving(&self.policy, &mut ports, &mut self.state, store, &opts).unwrap()
+    }
+
     fn calls(&self) -> Vec<String> {
         std::mem::take(&mut self.hermes.0.borrow_mut().calls)
     }
@@ -329,6 +349,88 @@ impl Rig {
             .unwrap()
             .status = status;
     }
+}
+
+/// A store that records what it was asked to save before releasing, and the Hermes calls
+/// made by then; it can fail.
+struct AheadStore {
+    hermes: FakeHermes,
+    fail: bool,
+    /// (Hermes calls so far, tasks in flight in the state saved, tasks being released).
+    saved: Vec<(Vec<String>, Vec<TaskId>, Vec<TaskId>)>,
+}
+
+impl StateStore for AheadStore {
+    fn load(&mut self) -> Result<GovernorState, PortError> {
+        Ok(GovernorState::default())
+    }
+    fn save(&mut self, _state: &GovernorState) -> Result<(), PortError> {
+        Ok(())
+    }
+    fn save_before_releasing(
+        &mut self,
+        state: &GovernorState,
+        _report: &TickReport,
+        releasing: &[TaskId],
+    ) -> Result<(), PortError> {
+        if self.fail {
+            return Err("disk full".into());
+        }
+        self.saved.push((
+            self.hermes.0.borrow().calls.clone(),
+            state.in_flight.keys().cloned().collect(),
+            releasing.to_vec(),
+        ));
+        Ok(())
+    }
+}
+
+#[test]
+fn releases_are_saved_in_flight_before_hermes_is_asked_and_none_is_made_if_that_save_fails() {
+    let tasks = vec![
+        task("t_b1", "big@gpu", TaskStatus::Ready, 5, 1),
+        task("t_s1", "small@gpu", TaskStatus::Ready, 0, 2),
+    ];
+    let mut rig = Rig::new(tasks.clone());
+    let mut store = AheadStore {
+        hermes: rig.hermes.clone(),
+        fail: false,
+        saved: Vec::new(),
+    };
+    let r = rig.tick_saving(&mut store);
+    assert_eq!(ids(&r.released), ["t_b1", "t_s1"]);
+    assert_eq!(
+        store.saved,
+        [(
+            Vec::<String>::new(),
+            vec![TaskId::from("t_b1"), TaskId::from("t_s1")],
+            vec![TaskId::from("t_b1"), TaskId::from("t_s1")]
+        )],
+        "saved once, both in flight, before any Hermes call"
+    );
+    assert_eq!(
+        rig.calls(),
+        ["assign t_b1 big", "assign t_s1 small", "dispatch --max 2"]
+    );
+
+    // The store cannot be written: nothing is released, no Hermes call, an error says why.
+    let mut rig = Rig::new(tasks);
+    let mut store = AheadStore {
+        hermes: rig.hermes.clone(),
+        fail: true,
+        saved: Vec::new(),
+    };
+    let r = rig.tick_saving(&mut store);
+    assert!(r.released.is_empty() && r.spawned.is_empty(), "{r:?}");
+    assert!(rig.calls().is_empty());
+    assert!(rig.state.in_flight.is_empty());
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("nothing released") && e.contains("disk full")),
+        "{:?}",
+        r.errors
+    );
 }
 
 fn ids(v: &[TaskId]) -> Vec<&str> {
@@ -459,6 +561,37 @@ fn released_but_unspawned_tasks_stay_charged_and_are_never_released_twice() {
     assert_eq!(rig.calls(), ["dispatch --max 2"]);
     assert_eq!(ids(&r.spawned), ["t_a", "t_b"]);
     assert!(r.leaks.is_empty());
+}
+
+#[test]
+fn a_daemons_first_tick_dispatches_what_is_in_flight_at_once_as_a_new_decision() {
+    // A process killed before its dispatch ran left t_a and t_b in flight, assigned.
+    let mut rig = Rig::new(vec![
+        task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
+        task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
+        task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
+    ]);
+    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.tick();
+    rig.calls();
+    rig.hermes.0.borrow_mut().fail_dispatch = false;
+    // An ordinary tick waits REDISPATCH_AFTER; a first tick does not, and still starts
+    // only the releases (t_c does not fit beside them).
+    rig.tick();
+    assert!(rig.calls().is_empty());
+    let r = rig.tick_with(&TickOptions {
+        redispatch: true,
+        ..TickOptions::default()
+    });
+    assert!(r.released.is_empty());
+    assert_eq!(rig.calls(), ["dispatch --max 2"]);
+    assert_eq!(ids(&r.spawned), ["t_a", "t_b"]);
+    // Nothing in flight: a first tick dispatches nothing.
+    let r = rig.tick_with(&TickOptions {
+        redispatch: true,
+        ..TickOptions::default()
+    });
+    assert!(r.spawned.is_empty() && rig.calls().is_empty(), "{r:?}");
 }
 
 #[test]
