@@ -366,7 +366,9 @@ mod tests {
     fn args(argv: &[&str]) -> SimulateArgs {
         let mut all = vec!["simulate"];
         all.extend_from_slice(argv);
-        Cli::try_parse_from(all).expect("the test's flags parse").args
+        Cli::try_parse_from(all)
+            .expect("the test's flags parse")
+            .args
     }
 
     #[test]
@@ -393,6 +395,9 @@ mod tests {
                 raised += 1;
             }
         }
-        assert!(raised > 0, "the default config has a profile under 64k to raise");
+        assert!(
+            raised > 0,
+            "the default config has a profile under 64k to raise"
+        );
     }
 }
