@@ -94,6 +94,11 @@ pub struct ProfileLearning {
 /// Follow the running tasks through one observation; returns the peaks of tasks that
 /// finished (those learned are already added to `state.footprints`).
 ///
+/// A [`PeakSample`] carries the task's peak as measured (a proxy peak is the whole task's);
+/// `state.footprints` keeps peaks per request, so a proxy peak is divided by the profile's
+/// `requests_per_task` there (rounded up), and the worst case learned from them multiplies
+/// it back: a task is charged about its measured total.
+///
 /// `running` is every task running on the board (governed or not).
 pub fn follow(
     policy: &Policy,
@@ -150,11 +155,22 @@ pub fn follow(
             tokens,
         };
         if exact {
+            // The stats keep peaks per request (what `/slots` shows, and what the worst case
+            // multiplies by `requests_per_task`); a proxy peak is the whole task's, the sum
+            // over its requests in flight together, so it is shared out over them.
+            let per_request = match p.proxy {
+                Some(_) => {
+                    let requests = profile_of(sample.profile.as_str())
+                        .map_or(1, |q| u64::from(q.declared.slots.max(1)));
+                    tokens.div_ceil(requests)
+                }
+                None => tokens,
+            };
             state
                 .footprints
                 .entry(sample.profile.clone())
                 .or_default()
-                .observe(tokens);
+                .observe(per_request);
             out.learned.push(sample);
         } else if p.proxy.is_some() {
             out.estimated.push(sample);
@@ -521,6 +537,37 @@ mod tests {
         assert_eq!(got.estimated, vec![sample("t2", &writer, 900)]);
         assert!(!s.footprints.contains_key(&writer));
         assert!(s.task_peaks.is_empty());
+    }
+
+    #[test]
+    fn a_proxy_peak_is_the_whole_tasks_so_a_two_request_profile_is_charged_it_once() {
+        let mut p = policy();
+        p.profiles[0].declared = WorstCase {
+            kv_bytes: Bytes(2 * 4096 * 1000),
+            extra_bytes: Bytes(0),
+            kv_tokens: 2 * 4096,
+            slots: 2,
+            request_tokens: 4096,
+        };
+        let mut s = GovernorState::default();
+        for i in 0..8 {
+            let id = format!("t{i}");
+            // Two sub-agent calls of 3,000 tokens in flight together: 6,000 for the task.
+            let m = proxy(&[(id.as_str(), 6000, true, 0)]);
+            let r = running(&[(id.as_str(), "coder")]);
+            follow(&p, &mut s, &snap(&[]), &r, seen(&m, &NONE));
+            let done = snap(&[(id.as_str(), TaskStatus::Done)]);
+            let got = follow(&p, &mut s, &done, &[], seen(&m, &NONE));
+            assert_eq!(got.learned[0].tokens, 6000, "the sample is the task's peak");
+        }
+        let coder = ProfileId::from("coder");
+        assert_eq!(s.footprints[&coder].max, 3000, "kept per request");
+        let wc = learned(&p, &s)[0].expect("eight samples are enough");
+        assert!(
+            (6000..2 * 4096).contains(&wc.kv_tokens),
+            "charged about the task's 6,000 tokens, not twice them: {wc:?}"
+        );
+        assert!(!report(&p, &s)[0].exceeds_declaration);
     }
 
     #[test]
