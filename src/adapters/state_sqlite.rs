@@ -475,14 +475,7 @@ impl SqliteState {
                     .iter()
                     .filter(|x| releasing.contains(&x.id))
                 {
-                    decision.execute(params![
-                        at,
-                        rel.id.0,
-                        rel.profile.0,
-                        "release",
-                        "fits in every pool"
-                    ])?;
-                    release.execute(params![rel.id.0, rel.profile.0, at])?;
+                    journal_release(&mut decision, &mut release, at, rel)?;
                 }
             }
             tx.commit()
@@ -520,14 +513,7 @@ impl SqliteState {
                 if !r.released.contains(&rel.id) || ahead.is_some() {
                     continue;
                 }
-                decision.execute(params![
-                    at,
-                    rel.id.0,
-                    rel.profile.0,
-                    "release",
-                    "fits in every pool"
-                ])?;
-                release.execute(params![rel.id.0, rel.profile.0, at])?;
+                journal_release(&mut decision, &mut release, at, rel)?;
                 self.last_reason.remove(&rel.id);
             }
             // The reason last written for a task: remembered, or (first tick of a `tick`
@@ -598,6 +584,24 @@ impl SqliteState {
         }
         tx.commit()
     }
+}
+
+/// One release's decision row and release row.
+fn journal_release(
+    decision: &mut rusqlite::CachedStatement<'_>,
+    release: &mut rusqlite::CachedStatement<'_>,
+    at: i64,
+    rel: &crate::governor::Release,
+) -> rusqlite::Result<()> {
+    decision.execute(params![
+        at,
+        rel.id.0,
+        rel.profile.0,
+        "release",
+        "fits in every pool"
+    ])?;
+    release.execute(params![rel.id.0, rel.profile.0, at])?;
+    Ok(())
 }
 
 const DECISION: &str =
