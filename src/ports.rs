@@ -93,6 +93,9 @@ pub struct EngineReading {
     /// The HTTP status of a probe the engine refused (429, 5xx): an overload signal. `None`
     /// when no probe was sent or it succeeded.
     pub probe_status: Option<u16>,
+    /// The probe got no first token within this long (the engine's HTTP timeout): an
+    /// overload signal, as a refusal is. `None` when no probe was sent or it was answered.
+    pub probe_timed_out: Option<Millis>,
     /// The engine runs part of a model on the CPU (Ollama `size_vram < size`).
     pub offloaded: bool,
     /// The largest context (tokens) any request reached, if exposed (llama.cpp

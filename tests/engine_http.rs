@@ -407,6 +407,56 @@ fn a_refused_probe_is_reported_as_its_status() {
 }
 
 #[test]
+fn a_probe_with_no_first_token_within_the_timeout_is_an_overload_signal_not_a_failed_read() {
+    let role = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n";
+    let token = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    // The engine takes the request and starts the stream, but its first token comes long
+    // after the client's timeout (every slot busy); its status endpoints answer at once.
+    let slow_token = Route {
+        status: 200,
+        chunks: vec![
+            (Duration::ZERO, role.into()),
+            (Duration::from_secs(5), token.into()),
+        ],
+    };
+    let models = ok(r#"{"data":[{"id":"m"}]}"#.into());
+    let s = Server::start(HashMap::from([
+        ("/v1/chat/completions", slow_token.clone()),
+        ("/v1/models", models),
+        ("/metrics", ok("vllm:num_requests_running 4\n".into())),
+    ]));
+    let timeout = Duration::from_millis(300);
+    for kind in [EngineKind::Openai, EngineKind::Vllm] {
+        let mut e = HttpEngine::new(kind, &s.addr, timeout, Some(ProbeConfig::default())).unwrap();
+        let r = e.read_engine(Millis(0)).unwrap();
+        assert_eq!(r.probe_timed_out, Some(Millis(300)), "{kind:?}: {r:?}");
+        assert_eq!((r.probe_ttft, r.probe_status), (None, None), "{kind:?}");
+    }
+    // A server that answers nothing in time at all (hung: the kernel still accepts the
+    // connection) is not there: the read fails and the pool holds.
+    let hung = Route {
+        status: 200,
+        chunks: vec![(Duration::from_secs(5), "{}".into())],
+    };
+    let s = Server::start(HashMap::from([
+        ("/v1/chat/completions", slow_token),
+        ("/v1/models", hung),
+    ]));
+    let mut e = HttpEngine::new(
+        EngineKind::Openai,
+        &s.addr,
+        timeout,
+        Some(ProbeConfig {
+            model: Some("m".into()),
+            ..ProbeConfig::default()
+        }),
+    )
+    .unwrap();
+    let err = e.read_engine(Millis(0)).unwrap_err();
+    assert!(err.to_string().contains("/v1/models"), "{err}");
+}
+
+#[test]
 fn the_blocking_client_works_inside_spawn_blocking() {
     let s = Server::start(HashMap::from([("/metrics", ok("x 1\n".into()))]));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -477,8 +527,11 @@ fn a_probe_without_a_model_asks_the_engine_which_it_serves() {
     )
     .unwrap();
     assert!(o.read_engine(Millis(0)).unwrap().probe_ttft.is_some());
-    let last = s.requests.lock().unwrap().last().unwrap().1.clone();
+    // (The probe first, then the status it reports: `/api/ps` before and after it.)
+    let reqs = s.requests.lock().unwrap().clone();
+    let last = &reqs.iter().rev().find(|r| r.0.contains("chat")).unwrap().1;
     assert!(last.contains("\"model\":\"qwen2.5:32b\""), "{last}");
+    assert!(reqs.last().unwrap().0.contains("/api/ps"), "{reqs:?}");
 }
 
 #[test]

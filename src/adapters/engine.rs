@@ -377,6 +377,17 @@ impl ProbeConfig {
     }
 }
 
+/// What one latency probe gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeResult {
+    /// The first token after this long.
+    Answered(Millis),
+    /// Refused with this status (429, 5xx).
+    Refused(u16),
+    /// No first token within this long (the HTTP timeout).
+    TimedOut(Millis),
+}
+
 /// An engine read over HTTP.
 #[derive(Debug)]
 pub struct HttpEngine {
@@ -539,25 +550,31 @@ impl HttpEngine {
 
     /// One reading, as [`EngineTelemetry::read_engine`], with the concrete error.
     ///
+    /// The latency probe, if any, runs first: under load it takes seconds, and the status read
+    /// after it is then as fresh as the reading is when it is recorded (a slow engine is a
+    /// latency signal, not stale telemetry).
+    ///
     /// # Errors
     ///
-    /// The engine's status endpoint could not be read or parsed. A failed probe is not an
-    /// error when it got an HTTP status (it is reported in `probe_status`).
+    /// The engine's status endpoint could not be read or parsed. A probe the engine refused
+    /// (429/5xx) or did not start answering within the timeout is not an error: it is reported
+    /// in `probe_status` or `probe_timed_out`.
     pub fn read(&self, now: Millis) -> Result<EngineReading, EngineError> {
-        let mut ollama_models = Vec::new();
+        let probe = self.run_probe()?;
         let mut reading = match self.kind {
             EngineKind::Vllm => parse_vllm_metrics(&self.read_metrics()?, now),
             EngineKind::Sglang => parse_sglang_metrics(&self.read_metrics()?, now),
             EngineKind::Llamacpp => self.read_llamacpp(now)?,
-            EngineKind::Ollama => {
-                ollama_models = self.read_ollama_models()?;
-                ollama_reading(&ollama_models, now)
-            }
+            EngineKind::Ollama => ollama_reading(&self.read_ollama_models()?, now),
             EngineKind::Openai => {
                 // Nothing to measure, but the engine must answer: a pool whose engine is down
-                // holds (the released work would only fail against it). With a probe, the
-                // probe is that check.
-                if self.probe.is_none() {
+                // holds (the released work would only fail against it). A probe the engine
+                // answered (even with a refusal) is that check; without one, or when it timed
+                // out (a hung server still accepts connections), `/v1/models` is.
+                if !matches!(
+                    probe,
+                    Some(ProbeResult::Answered(_) | ProbeResult::Refused(_))
+                ) {
                     self.get("/v1/models")?;
                 }
                 EngineReading {
@@ -569,8 +586,19 @@ impl HttpEngine {
                 }
             }
         };
+        match probe {
+            Some(ProbeResult::Answered(ttft)) => reading.probe_ttft = Some(ttft),
+            Some(ProbeResult::Refused(status)) => reading.probe_status = Some(status),
+            Some(ProbeResult::TimedOut(after)) => reading.probe_timed_out = Some(after),
+            None => {}
+        }
+        Ok(reading)
+    }
+
+    /// Send the configured probe, if any (`None`: no probe, or Ollama has no model loaded).
+    fn run_probe(&self) -> Result<Option<ProbeResult>, EngineError> {
         let Some(configured) = &self.probe else {
-            return Ok(reading);
+            return Ok(None);
         };
         let mut probe = configured.clone();
         if probe.model.is_none() {
@@ -579,28 +607,32 @@ impl HttpEngine {
                 EngineKind::Llamacpp => None,
                 // Probe a model that is loaded; with none loaded there is no load to measure,
                 // and a probe would make Ollama load one.
-                EngineKind::Ollama => match ollama_models.first() {
+                EngineKind::Ollama => match self.read_ollama_models()?.first() {
                     Some(m) => Some(m.name.clone()),
-                    None => return Ok(reading),
+                    None => return Ok(None),
                 },
                 // Without a model list, send none: an engine that needs one says so (4xx).
                 _ => self.served_model().ok(),
             };
         }
         match self.probe_ttft(&probe) {
-            Ok(t) => {
-                reading.probe_ttft = Some(Millis(
-                    u64::try_from(t.first_token.as_millis()).unwrap_or(u64::MAX),
-                ));
-            }
+            Ok(t) => Ok(Some(ProbeResult::Answered(Millis(
+                u64::try_from(t.first_token.as_millis()).unwrap_or(u64::MAX),
+            )))),
             // 429 and 5xx are the engine refusing work: an overload signal, not a failed read.
             Err(EngineError::Http { source, .. })
                 if source.status().is_some_and(|s| s == 429 || s >= 500) =>
             {
-                reading.probe_status = source.status();
+                Ok(source.status().map(ProbeResult::Refused))
             }
+            // No first token within the timeout: overload too (the status read that follows
+            // says whether the engine is there at all).
+            Err(EngineError::Http {
+                source: HttpError::Timeout { after, .. },
+                ..
+            }) => Ok(Some(ProbeResult::TimedOut(Millis::from_duration(after)))),
             Err(EngineError::Http { source, .. }) if source.status().is_some() => {
-                return Err(EngineError::Json {
+                Err(EngineError::Json {
                     kind: self.kind.name(),
                     url: http::join(&self.base_url, &probe.path),
                     message: format!(
@@ -609,11 +641,10 @@ impl HttpEngine {
                         probe.body(),
                         probe.path
                     ),
-                });
+                })
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        Ok(reading)
     }
 
     /// The first model `/v1/models` lists (cached after the first success).

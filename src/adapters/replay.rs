@@ -108,6 +108,8 @@ pub struct ReplayEngine {
     pub probe_ttft_ms: Option<u64>,
     /// Probe HTTP status (429, 5xx).
     pub probe_status: Option<u16>,
+    /// The probe got no first token within this many ms (the engine's timeout).
+    pub probe_timed_out_ms: Option<u64>,
     /// CPU offload.
     pub offloaded: bool,
     /// Peak context, tokens.
@@ -172,6 +174,7 @@ impl ReplayEngine {
             kv_usage_fraction: self.kv_usage_fraction,
             probe_ttft: self.probe_ttft_ms.map(Millis),
             probe_status: self.probe_status,
+            probe_timed_out: self.probe_timed_out_ms.map(Millis),
             offloaded: self.offloaded,
             peak_context_tokens: self.peak_context_tokens,
             busy_context_max: self.busy_context_max,

@@ -660,7 +660,7 @@ async fn sample_round(pools: &Arc<Vec<SampledPool>>) {
             handles.push(tokio::task::spawn_blocking(move || {
                 let pool = &p[i];
                 if let (Some(src), Some(into)) = (&pool.engine_source, &pool.engine) {
-                    sources::sample_engine(src, into, SystemClock.now());
+                    sources::sample_engine(src, into, &SystemClock);
                 }
             }));
         }
@@ -694,7 +694,7 @@ async fn sampler(
             let now = SystemClock.now();
             if engine {
                 if let (Some(src), Some(into)) = (&pool.engine_source, &pool.engine) {
-                    sources::sample_engine(src, into, now);
+                    sources::sample_engine(src, into, &SystemClock);
                     return lock(into).failing().map(str::to_owned);
                 }
                 None

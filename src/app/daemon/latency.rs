@@ -2,7 +2,8 @@
 //! ([`crate::governor::limit`]). Each new engine reading becomes at most one [`Sample`]:
 //!
 //! - [`Outcome::Dropped`] (back off hard) when the engine preempted since the previous
-//!   reading, refused the probe (429/5xx) or runs part of the model on the CPU;
+//!   reading, refused the probe (429/5xx) or gave it no first token within its timeout, or
+//!   runs part of the model on the CPU;
 //! - [`Outcome::Completed`] with the TTFT otherwise: the probe's, or the p95 of the engine's
 //!   TTFT histogram over the requests since the previous reading;
 //! - nothing when the reading says nothing about latency (no probe, no new requests).
@@ -34,7 +35,8 @@ pub fn sample_of(
     );
     let refused = cur
         .probe_status
-        .is_some_and(|s| s == 429 || (500..600).contains(&s));
+        .is_some_and(|s| s == 429 || (500..600).contains(&s))
+        || cur.probe_timed_out.is_some();
     let outcome = if preempted || refused || cur.offloaded {
         Outcome::Dropped
     } else if let Some(ttft) = cur.probe_ttft {

@@ -11,7 +11,7 @@ use crate::adapters::telemetry::{self, PoolTelemetry};
 use crate::config::{self, Config, Telemetry};
 use crate::error::UsageError;
 use crate::governor::{Bytes, GpuSample, Millis};
-use crate::ports::{EngineReading, EngineTelemetry, GpuTelemetry, PortError};
+use crate::ports::{Clock, EngineReading, EngineTelemetry, GpuTelemetry, PortError};
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -159,14 +159,23 @@ pub fn sample_gpu(
     lock(into).record(now, r);
 }
 
-/// Read the engine source once (blocking) and record the result.
+/// Read the engine source once (blocking) and record the result, stamped when the read
+/// ended: a latency probe can take seconds under load (the status read comes after it), and a
+/// slow engine is a latency signal, not stale telemetry.
 pub fn sample_engine(
     source: &Mutex<Box<dyn EngineTelemetry + Send>>,
     into: &Mutex<SourceState<EngineReading>>,
-    now: Millis,
+    clock: &dyn Clock,
 ) {
-    let r = lock(source).read_engine(now).map_err(|e| e.to_string());
-    lock(into).record(now, r);
+    let r = lock(source)
+        .read_engine(clock.now())
+        .map_err(|e| e.to_string());
+    let done = clock.now();
+    let r = r.map(|mut reading| {
+        reading.sample.at = reading.sample.at.max(done);
+        reading
+    });
+    lock(into).record(done, r);
 }
 
 /// What the tick sees of one pool: the latest samples, or an error that makes it hold.
@@ -348,6 +357,50 @@ mod tests {
         assert_eq!(lock(&gpu).down_since, None);
         assert_eq!(lock(&gpu).errors, 2);
         assert_eq!(lock(&gpu).reads, 4);
+    }
+
+    #[test]
+    fn a_read_slower_than_max_staleness_is_recorded_when_it_ends_so_the_pool_still_sees() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        /// A clock the engine read moves on.
+        struct Manual(Arc<AtomicU64>);
+        impl Clock for Manual {
+            fn now(&self) -> Millis {
+                Millis(self.0.load(Ordering::SeqCst))
+            }
+        }
+        /// An engine whose read (a probe under load) takes 20 s.
+        struct Slow(Arc<AtomicU64>);
+        impl EngineTelemetry for Slow {
+            fn read_engine(&mut self, now: Millis) -> Result<EngineReading, PortError> {
+                self.0.fetch_add(20_000, Ordering::SeqCst);
+                let mut r = EngineReading::default();
+                r.sample.at = now;
+                r.probe_ttft = Some(Millis(20_000));
+                Ok(r)
+            }
+        }
+        let t = Arc::new(AtomicU64::new(1_000));
+        let source: Mutex<Box<dyn EngineTelemetry + Send>> = Mutex::new(Box::new(Slow(t.clone())));
+        let engine = shared::<EngineReading>();
+        let gpu = shared::<GpuSample>();
+        let g = GpuSample {
+            at: Millis(21_000),
+            total: Bytes::gib(24),
+            used: Bytes::gib(4),
+            free: Bytes::gib(20),
+        };
+        lock(&gpu).record(Millis(21_000), Ok(g));
+        let view = PoolView {
+            gpu,
+            engine: Some(engine.clone()),
+            max_staleness: Millis::secs(5),
+        };
+        sample_engine(&source, &engine, &Manual(t));
+        assert_eq!(lock(&engine).age(Millis(21_000)), Some(Millis(0)));
+        let latest = lock(&engine).last_ok.clone().unwrap().1;
+        assert_eq!(latest.sample.at, Millis(21_000));
+        assert_eq!(view.blind(Millis(21_000)), None);
     }
 
     #[test]
