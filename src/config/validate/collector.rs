@@ -1,11 +1,11 @@
 //! Where validation records what it finds: each problem, and where each value came from
 //! (file line, env var or flag).
 
-use crate::config::raw::{FileText, Opt};
+use crate::config::raw::{FileText, SpannedOption};
 use crate::config::*;
 
 /// A value given by env or flag, with where it came from.
-pub(super) struct Over {
+pub(super) struct Override {
     value: String,
     source: Source,
 }
@@ -16,16 +16,16 @@ pub(super) fn over(
     flag_name: &str,
     env: &dyn Fn(&str) -> Option<String>,
     var: &str,
-) -> Option<Over> {
+) -> Option<Override> {
     if let Some(value) = flag {
-        return Some(Over {
+        return Some(Override {
             value,
             source: Source::Flag {
                 flag: flag_name.to_owned(),
             },
         });
     }
-    env(var).filter(|v| !v.is_empty()).map(|value| Over {
+    env(var).filter(|v| !v.is_empty()).map(|value| Override {
         value,
         source: Source::Env {
             var: var.to_owned(),
@@ -34,12 +34,12 @@ pub(super) fn over(
 }
 
 /// The problem and source collector.
-pub(super) struct V {
+pub(super) struct Collector {
     pub(super) problems: Vec<Problem>,
     pub(super) sources: BTreeMap<String, Source>,
 }
 
-impl V {
+impl Collector {
     pub(super) fn err(
         &mut self,
         source: Source,
@@ -67,7 +67,7 @@ impl V {
         &mut self,
         f: &FileText,
         key: &str,
-        raw: &Opt<T>,
+        raw: &SpannedOption<T>,
         parse: impl FnOnce(&T) -> Result<U, String>,
     ) -> Option<U> {
         let s = raw.as_ref()?;
@@ -88,7 +88,7 @@ impl V {
     pub(super) fn over<U>(
         &mut self,
         key: &str,
-        o: &Option<Over>,
+        o: &Option<Override>,
         parse: impl FnOnce(&str) -> Result<U, String>,
     ) -> Option<U> {
         let o = o.as_ref()?;

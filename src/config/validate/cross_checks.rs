@@ -1,7 +1,7 @@
 //! Checks across profiles: duplicate names and lanes, lanes that are Hermes profiles, and
 //! guarantees that must fit their pool together.
 
-use super::collector::V;
+use super::collector::Collector;
 use crate::config::*;
 use std::collections::HashMap;
 
@@ -15,7 +15,7 @@ pub(super) struct Ident {
 
 /// Duplicate profiles and lanes, lanes that are profiles (governed or Hermes's own).
 pub(super) fn check_names_and_lanes(
-    v: &mut V,
+    v: &mut Collector,
     profiles: &[Ident],
     home: &Path,
     hermes_profiles: &BTreeSet<String>,
@@ -82,7 +82,7 @@ pub(super) fn check_names_and_lanes(
 
 /// The room all `guaranteed` tasks of a pool's profiles keep must fit the pool, or the
 /// guarantee is a promise the governor cannot keep.
-pub(super) fn check_guaranteed(v: &mut V, pool: &PoolConfig, profiles: &[ProfileConfig]) {
+pub(super) fn check_guaranteed(v: &mut Collector, pool: &PoolConfig, profiles: &[ProfileConfig]) {
     let mine: Vec<&ProfileConfig> = profiles
         .iter()
         .filter(|p| p.pool == pool.name && p.guaranteed > 0)

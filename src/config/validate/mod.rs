@@ -20,7 +20,7 @@ mod parsers;
 mod pool;
 mod profile;
 
-use collector::{V, over};
+use collector::{Collector, over};
 use cross_checks::{check_guaranteed, check_names_and_lanes};
 use parsers::{abs_path, choice, parse_headroom_str, positive_duration, tilde, u32_at_least};
 use pool::pool;
@@ -145,7 +145,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         env,
         files,
     } = inp;
-    let mut v = V {
+    let mut v = Collector {
         problems,
         sources: BTreeMap::new(),
     };

@@ -1,6 +1,6 @@
 //! One capacity pool from its `gpu` and `engine` tables.
 
-use super::collector::V;
+use super::collector::Collector;
 use super::parsers::{
     choice, headroom, int_at_least, lookup_model, positive_duration, u32_at_least,
 };
@@ -20,7 +20,7 @@ fn selectors(
 
 /// One pool from its `gpu` and `engine` tables.
 pub(super) fn pool(
-    v: &mut V,
+    v: &mut Collector,
     f: &FileText,
     name: &str,
     prefix: &str,

@@ -1,6 +1,6 @@
 //! One profile from its table, and whether a task of it can ever fit its pool.
 
-use super::collector::V;
+use super::collector::Collector;
 use super::cross_checks::Ident;
 use super::is_slug;
 use super::parsers::{choice, int_at_least, kv_dtype, lookup_model, u32_at_least};
@@ -19,7 +19,7 @@ use toml::Spanned;
 /// Then, for a profile complete enough to charge: the model its pool serves, and whether a
 /// task of it can ever fit (the model's context window, the pool's capacities and GPU).
 pub(super) fn profile(
-    v: &mut V,
+    v: &mut Collector,
     f: &FileText,
     fallback_key: &str,
     p: Spanned<RawProfile>,
@@ -100,12 +100,12 @@ impl ProfileKeys<'_> {
     }
 
     /// Where `field` was set, else the profile's table.
-    fn src(&self, v: &V, field: &str) -> Source {
+    fn src(&self, v: &Collector, field: &str) -> Source {
         v.src(&self.key(field), self.source)
     }
 
     /// A task of this profile can never start: filed under `max_context_tokens`.
-    fn never(&self, v: &mut V, detail: String) {
+    fn never(&self, v: &mut Collector, detail: String) {
         let src = self.src(v, "max_context_tokens");
         v.err(src, self.key("max_context_tokens"), detail);
     }
@@ -114,7 +114,7 @@ impl ProfileKeys<'_> {
 /// The profile's name, checked as a Hermes profile name; `None` (a problem recorded) when it
 /// is missing or invalid. Its source moves from the fallback key to `profiles[<name>].name`.
 fn read_name(
-    v: &mut V,
+    v: &mut Collector,
     f: &FileText,
     fallback_key: &str,
     p: &RawProfile,
@@ -146,7 +146,7 @@ fn read_name(
 }
 
 /// The lane (the assignee held tasks wait under), `<name>@gpu` by default.
-fn read_lane(v: &mut V, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) -> String {
+fn read_lane(v: &mut Collector, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) -> String {
     let key = |field: &str| keys.key(field);
     let name = keys.name;
     v
@@ -168,7 +168,7 @@ fn read_lane(v: &mut V, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) ->
 /// The pool's name (`default` when unset) and the pool, `None` (a problem recorded) when no
 /// such pool is declared.
 fn find_pool<'p>(
-    v: &mut V,
+    v: &mut Collector,
     f: &FileText,
     p: &RawProfile,
     pools: &'p [PoolConfig],
@@ -209,7 +209,7 @@ struct KvSource {
     ok: bool,
 }
 
-fn read_kv(v: &mut V, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) -> KvSource {
+fn read_kv(v: &mut Collector, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) -> KvSource {
     let key = |field: &str| keys.key(field);
     let source = keys.source;
     let spec = v.get(f, &key("model"), &p.model, |s: &String| lookup_model(s));
@@ -280,7 +280,7 @@ struct Limits {
     footprint: FootprintMode,
 }
 
-fn read_limits(v: &mut V, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) -> Limits {
+fn read_limits(v: &mut Collector, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) -> Limits {
     let key = |field: &str| keys.key(field);
     let source = keys.source;
     let max_context = v.get(
@@ -345,7 +345,7 @@ fn read_limits(v: &mut V, f: &FileText, p: &RawProfile, keys: &ProfileKeys<'_>) 
 
 /// A pool whose engine serves one model takes only profiles of that model.
 fn check_served_model(
-    v: &mut V,
+    v: &mut Collector,
     keys: &ProfileKeys<'_>,
     spec: Option<&'static ModelSpec>,
     pool: &PoolConfig,
@@ -398,12 +398,12 @@ impl Charge<'_> {
 
 /// Can a single task ever fit? Not when its context is beyond the model's window.
 fn check_context_window(
-    v: &mut V,
+    v: &mut Collector,
     keys: &ProfileKeys<'_>,
     spec: Option<&'static ModelSpec>,
     max_context: u64,
 ) {
-    let never = |v: &mut V, detail: String| keys.never(v, detail);
+    let never = |v: &mut Collector, detail: String| keys.never(v, detail);
     if let Some(s) = spec {
         let model_max = u64::from(s.max_context);
         if max_context > model_max {
@@ -430,7 +430,7 @@ fn bytes_too_many(engine_pool: bool, why: &Infeasible) -> bool {
 /// Against the pool's slots, slot context and KV tokens, then its GPU bytes: could a task
 /// ever start?
 fn check_pool_capacity(
-    v: &mut V,
+    v: &mut Collector,
     keys: &ProfileKeys<'_>,
     charge: &Charge<'_>,
     max_context: u64,
@@ -438,7 +438,7 @@ fn check_pool_capacity(
 ) {
     let key = |field: &str| keys.key(field);
     let source = keys.source;
-    let never = |v: &mut V, detail: String| keys.never(v, detail);
+    let never = |v: &mut Collector, detail: String| keys.never(v, detail);
     let Charge { pool, requests, .. } = *charge;
     let rpt = u64::from(requests);
     // Against the configured capacities and GPU, by the decision's own rule (the same
@@ -494,7 +494,7 @@ fn check_pool_capacity(
 /// Bytes against the GPU, once the other ceilings are named: what overflows and the longest
 /// context that would fit.
 fn check_gpu_bytes(
-    v: &mut V,
+    v: &mut Collector,
     keys: &ProfileKeys<'_>,
     charge: &Charge<'_>,
     max_context: u64,
@@ -504,7 +504,7 @@ fn check_gpu_bytes(
 ) {
     let key = |field: &str| keys.key(field);
     let source = keys.source;
-    let never = |v: &mut V, detail: String| keys.never(v, detail);
+    let never = |v: &mut Collector, detail: String| keys.never(v, detail);
     let Charge {
         pool,
         requests,
