@@ -400,21 +400,21 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-const B: u64 = 1_000_000_000;
-const M: u64 = 1_000_000;
+const BILLION: u64 = 1_000_000_000;
+const MILLION: u64 = 1_000_000;
 
 // `ENGINES.md` §3 config sources, spelled out once (macros so `concat!` can use them).
-macro_rules! src_a {
+macro_rules! mlc_llm_source {
     () => {
         "mlc-ai/mlc-llm python/mlc_llm/model/model_preset.py (verbatim HF config.json)"
     };
 }
-macro_rules! src_b {
+macro_rules! llm_prof_source {
     () => {
         "citsjtu2020/LLM-Prof sglang/Model_Config.md (HF config.json)"
     };
 }
-macro_rules! src_c {
+macro_rules! qwen_cards_source {
     () => {
         "Qwen model cards (ZHUI/paddlenlp_model_readme Qwen/Qwen2.5-*/index.md)"
     };
@@ -438,13 +438,13 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 8_030 * M,
+        params: 8_030 * MILLION,
         max_context: 131_072,
         source: concat!(
             "shape: ",
-            src_a!(),
+            mlc_llm_source!(),
             " and ",
-            src_b!(),
+            llm_prof_source!(),
             " agree (verified); params 8.03B and context 131072: model card / config.json"
         ),
     },
@@ -460,9 +460,13 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 70_600 * M,
+        params: 70_600 * MILLION,
         max_context: 131_072,
-        source: concat!("shape: ", src_a!(), " (verified); params 70.6B: model card"),
+        source: concat!(
+            "shape: ",
+            mlc_llm_source!(),
+            " (verified); params 70.6B: model card"
+        ),
     },
     ModelSpec {
         name: "llama-3.3-70b",
@@ -476,7 +480,7 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 70_600 * M,
+        params: 70_600 * MILLION,
         max_context: 131_072,
         source: "shape: same architecture as Llama-3.1-70B (Meta model card; not separately verified); params 70.6B: model card",
     },
@@ -492,13 +496,13 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 3_210 * M,
+        params: 3_210 * MILLION,
         max_context: 131_072,
         source: concat!(
             "shape: ",
-            src_a!(),
+            mlc_llm_source!(),
             " and ",
-            src_b!(),
+            llm_prof_source!(),
             " agree (verified); params 3.21B: model card"
         ),
     },
@@ -513,11 +517,11 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 4,
         head_dim: 128,
         attention: Attention::Full,
-        params: 7_620 * M,
+        params: 7_620 * MILLION,
         max_context: 32_768,
         source: concat!(
             "shape: ",
-            src_b!(),
+            llm_prof_source!(),
             " (verified); params 7.62B: model card; context 32768 = config.json (131072 only with YaRN rope_scaling)"
         ),
     },
@@ -532,7 +536,7 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 4,
         head_dim: 128,
         attention: Attention::Full,
-        params: 7_620 * M,
+        params: 7_620 * MILLION,
         max_context: 32_768,
         source: "shape: same as Qwen2.5-7B (Qwen2.5-Coder model card: 28 layers, 28 Q / 4 KV heads; not separately verified); params 7.62B; context 32768 = config.json (YaRN for more)",
     },
@@ -547,13 +551,13 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 14_700 * M,
+        params: 14_700 * MILLION,
         max_context: 32_768,
         source: concat!(
             "shape: ",
-            src_b!(),
+            llm_prof_source!(),
             " and ",
-            src_c!(),
+            qwen_cards_source!(),
             " agree (verified); params 14.7B; context 32768 = config.json (YaRN for more)"
         ),
     },
@@ -568,13 +572,13 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 32_500 * M,
+        params: 32_500 * MILLION,
         max_context: 32_768,
         source: concat!(
             "shape: ",
-            src_b!(),
+            llm_prof_source!(),
             " and ",
-            src_c!(),
+            qwen_cards_source!(),
             " agree (verified); params 32.5B: model card; context 32768 = config.json (YaRN for more)"
         ),
     },
@@ -590,7 +594,7 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 32_500 * M,
+        params: 32_500 * MILLION,
         max_context: 32_768,
         source: "shape: same as Qwen2.5-32B (Qwen2.5-Coder-32B model card: 64 layers, 40 Q / 8 KV heads; not separately verified against config.json); params 32.5B; context 32768 = config.json (YaRN for more)",
     },
@@ -605,11 +609,11 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 72_700 * M,
+        params: 72_700 * MILLION,
         max_context: 32_768,
         source: concat!(
             "shape: ",
-            src_c!(),
+            qwen_cards_source!(),
             " (80 layers, 64 Q / 8 KV heads; model card, not config.json); params 72.7B; context 32768 = config.json (YaRN for more)"
         ),
     },
@@ -620,13 +624,13 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 8_200 * M,
+        params: 8_200 * MILLION,
         max_context: 40_960,
         source: concat!(
             "shape: ",
-            src_a!(),
+            mlc_llm_source!(),
             " and ",
-            src_b!(),
+            llm_prof_source!(),
             " agree, and a verbatim copy of Qwen/Qwen3-8B config.json confirms 36 layers, 8 KV \
              heads, head_dim 128, max_position_embeddings 40960 (verified); params 8.2B: model \
              card (Ollama lists 8.19B); context 40960 = config.json max_position_embeddings"
@@ -639,11 +643,11 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 32_800 * M,
+        params: 32_800 * MILLION,
         max_context: 40_960,
         source: concat!(
             "shape: ",
-            src_b!(),
+            llm_prof_source!(),
             " (verified); params 32.8B: model card; context 40960 = config.json max_position_embeddings"
         ),
     },
@@ -660,11 +664,11 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 7_250 * M,
+        params: 7_250 * MILLION,
         max_context: 32_768,
         source: concat!(
             "shape: ",
-            src_a!(),
+            mlc_llm_source!(),
             " (verified); params 7.25B: model card; context 32768"
         ),
     },
@@ -682,7 +686,7 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 23_600 * M,
+        params: 23_600 * MILLION,
         max_context: 32_768,
         source: "shape and context: config.json of mistralai/Mistral-Small-24B-Instruct-2501 as copied in unsloth/Mistral-Small-24B-Instruct-2501-GGUF (40 layers, 32 Q / 8 KV heads, head_dim 128, hidden 5120, max_position_embeddings 32768, no sliding window; verified, and Mistral-Small-24B-Base-2501 copies agree); params 23.6B: model card",
     },
@@ -701,7 +705,7 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 24_000 * M,
+        params: 24_000 * MILLION,
         max_context: 131_072,
         source: "shape: text_config as Mistral-Small-24B-2501 (40 layers, 8 KV heads, head_dim 128; ENGINES.md source D, the 3.1/3.2 config itself not verified); params 24B incl. vision encoder: model card; context 131072: model card",
     },
@@ -721,11 +725,11 @@ static MODELS: &[ModelSpec] = &[
             window: 4096,
             global_layers: 21,
         },
-        params: 9_240 * M,
+        params: 9_240 * MILLION,
         max_context: 8_192,
         source: concat!(
             "shape: ",
-            src_a!(),
+            mlc_llm_source!(),
             " (verified); alternating local(4096)/global layers: 21 global; params 9.24B: model card; context 8192"
         ),
     },
@@ -744,7 +748,7 @@ static MODELS: &[ModelSpec] = &[
             window: 1024,
             global_layers: 10,
         },
-        params: 27_400 * M,
+        params: 27_400 * MILLION,
         max_context: 131_072,
         source: "shape: text_config 62 layers, 32 Q / 16 KV heads, head_dim 128, hidden 5376, sliding_window 1024, sliding_window_pattern 6 (ENGINES.md source E); heads, head_dim, hidden and pattern agree with a GEMMA3_27B_CONFIG test fixture (layers trimmed), and layers 62 and window 1024 with a gemma_3_27b SimpleNamespace config, both in public code: verified against two third-party copies, not google/gemma-3-27b-it itself; global layers 5, 11, ..., 59 = 10; params 27.4B incl. vision: model card; context 131072: model card",
     },
@@ -760,11 +764,11 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 32,
         head_dim: 96,
         attention: Attention::Full,
-        params: 3_820 * M,
+        params: 3_820 * MILLION,
         max_context: 131_072,
         source: concat!(
             "shape: ",
-            src_a!(),
+            mlc_llm_source!(),
             " (verified; MHA, head_dim 3072/32); params 3.82B: model card; context 131072"
         ),
     },
@@ -780,11 +784,11 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 3_840 * M,
+        params: 3_840 * MILLION,
         max_context: 131_072,
         source: concat!(
             "shape: ",
-            src_a!(),
+            mlc_llm_source!(),
             " (verified); params 3.84B: model card; context 131072"
         ),
     },
@@ -799,7 +803,7 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 4,
         head_dim: 128,
         attention: Attention::Full,
-        params: 7_620 * M,
+        params: 7_620 * MILLION,
         max_context: 131_072,
         source: "shape: same as Qwen2.5-7B (deepseek-ai/DeepSeek-R1 README: based on Qwen2.5-Math-7B); params 7.62B; context 131072 = its config.json max_position_embeddings",
     },
@@ -814,7 +818,7 @@ static MODELS: &[ModelSpec] = &[
         kv_heads: 8,
         head_dim: 128,
         attention: Attention::Full,
-        params: 32_500 * M,
+        params: 32_500 * MILLION,
         max_context: 131_072,
         source: "shape: same as Qwen2.5-32B (deepseek-ai/DeepSeek-R1 README: based on Qwen2.5-32B); params 32.5B; context 131072 = its config.json max_position_embeddings",
     },
@@ -828,7 +832,7 @@ static MODELS: &[ModelSpec] = &[
             window: 128,
             global_layers: 12,
         },
-        params: 21 * B,
+        params: 21 * BILLION,
         max_context: 131_072,
         source: "shape: ollama/ollama gptoss config-parsing test (24 layers, 64 Q / 8 KV heads, head_dim 64, sliding_window 128, alternating sliding/full: 12 full; verified in code, ENGINES.md source G); params 21B total (3.6B active) and MXFP4 checkpoint ~13 GB: model card (bf16 weight bytes here are for a dequantized load); context 131072",
     },

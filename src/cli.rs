@@ -66,7 +66,7 @@ pub enum Command {
     /// dispatch.timeout), save the state and journal, and exit 0; no further --repeat tick
     /// starts. A lock held by another kanban-governor of this user exits 0 (nothing to do);
     /// held by any other process, it exits 1 naming that process.
-    Tick(crate::app::once::TickArgs),
+    Tick(crate::app::tick_command::TickArgs),
     /// What runs, what waits and why.
     Status(crate::app::status::StatusArgs),
     /// Check the host: Hermes, board, gateway dispatcher, telemetry, lock and state.

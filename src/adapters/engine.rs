@@ -318,10 +318,10 @@ impl OllamaModel {
 /// Not `{"models": [...]}`.
 pub fn parse_ollama_ps(json: &str) -> Result<Vec<OllamaModel>, String> {
     #[derive(Deserialize)]
-    struct Ps {
+    struct PsResponse {
         models: Vec<OllamaModel>,
     }
-    serde_json::from_str::<Ps>(json)
+    serde_json::from_str::<PsResponse>(json)
         .map(|p| p.models)
         .map_err(|e| format!("/api/ps is not {{\"models\": [...]}}: {e}"))
 }

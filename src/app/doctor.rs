@@ -975,7 +975,7 @@ fn check_state_db(state_dir: &Path) -> Check {
 /// `governor_lock`: who holds the governor's lock, read from `/proc/locks` (never taken).
 /// A holder that is not a kanban-governor of this user fails: it stops every tick.
 fn check_governor_lock(state_dir: &Path) -> Check {
-    use crate::app::once::{foreign_holder, holder_pids};
+    use crate::app::tick_command::{foreign_holder, holder_pids};
     let lock = state_dir.join(GOVERNOR_LOCK_FILE);
     match crate::adapters::state_dir::read_lock_holders(&lock) {
         Ok(h) if h.is_empty() => Check::ok(

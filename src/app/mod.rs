@@ -1,12 +1,31 @@
 //! The commands, as library code so tests can call them: each module owns its flags
 //! (clap `Args`) and a `run` that returns an exit code or an error.
+//!
+//! # Layout
+//!
+//! Commands, each module named after its command:
+//! - [`tick_command`]: `tick`, cron mode: take the lock, run one control cycle (or `--repeat`),
+//!   save, exit.
+//! - [`daemon`]: `run`, the daemon beside the inference server.
+//! - [`status`]: `status`, what runs, what waits and why, with nothing acted on.
+//! - [`plan`]: `plan`, capacity planning with no board and no GPU.
+//! - [`simulate`]: `simulate`, every dispatch strategy on one simulated GPU host.
+//! - [`check_config`]: `check-config`, the effective config or every problem in it.
+//! - [`doctor`]: `doctor`, host checks and ready cron and systemd entries.
+//! - [`install`]: `completions` and `man`.
+//!
+//! What the commands share:
+//! - [`tick`]: one control cycle, generic over the ports: observe → decide → act.
+//! - [`setup`]: the policy, Hermes settings and adapters built from the validated config.
+//! - [`learning`]: footprint learning in the real cycle.
+//! - [`signals`]: stop requests that let a tick in progress finish.
+//! - [`state`]: the governor's state between ticks (from [`crate::record`]).
 
 pub mod check_config;
 pub mod daemon;
 pub mod doctor;
 pub mod install;
 pub mod learning;
-pub mod once;
 pub mod plan;
 pub mod setup;
 pub mod signals;
@@ -14,6 +33,11 @@ pub mod simulate;
 pub use crate::record::state;
 pub mod status;
 pub mod tick;
+pub mod tick_command;
+// `app/daemon.rs` still names this module `app::once` (the daemon is another engineer's file
+// while issue 12 lands); drop this alias when it says `app::tick_command`.
+#[doc(hidden)]
+pub use tick_command as once;
 
 use crate::cli::Command;
 use std::process::ExitCode;
@@ -28,7 +52,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plan(a) => plan::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Simulate(a) => simulate::run(a),
-        Command::Tick(a) => once::run(a),
+        Command::Tick(a) => tick_command::run(a),
         Command::Status(a) => status::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Run(a) => daemon::run(a),

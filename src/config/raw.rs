@@ -17,7 +17,7 @@ use toml::Spanned;
 use super::{Problem, Source};
 
 /// An optional scalar with its span in the file.
-pub(crate) type Opt<T> = Option<Spanned<T>>;
+pub(crate) type SpannedOption<T> = Option<Spanned<T>>;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -32,43 +32,43 @@ pub(crate) struct RawConfig {
     pub http: Option<RawHttp>,
     pub proxy: Option<RawProxy>,
     pub profiles: Option<Vec<Spanned<RawProfile>>>,
-    pub profiles_dir: Opt<String>,
+    pub profiles_dir: SpannedOption<String>,
 }
 
 /// `[hermes]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHermes {
-    pub bin: Opt<String>,
-    pub home: Opt<String>,
-    pub board: Opt<String>,
-    pub max_semantics: Opt<String>,
+    pub bin: SpannedOption<String>,
+    pub home: SpannedOption<String>,
+    pub board: SpannedOption<String>,
+    pub max_semantics: SpannedOption<String>,
 }
 
 /// `[gpu]` or `[pools.<name>.gpu]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGpu {
-    pub index: Opt<toml::Value>,
-    pub uuid: Opt<toml::Value>,
-    pub telemetry: Opt<toml::Value>,
-    pub memory_total: Opt<toml::Value>,
-    pub baseline: Opt<toml::Value>,
-    pub headroom: Opt<f64>,
-    pub reserve: Opt<toml::Value>,
+    pub index: SpannedOption<toml::Value>,
+    pub uuid: SpannedOption<toml::Value>,
+    pub telemetry: SpannedOption<toml::Value>,
+    pub memory_total: SpannedOption<toml::Value>,
+    pub baseline: SpannedOption<toml::Value>,
+    pub headroom: SpannedOption<f64>,
+    pub reserve: SpannedOption<toml::Value>,
 }
 
 /// `[engine]` or `[pools.<name>.engine]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEngine {
-    pub kind: Opt<String>,
-    pub url: Opt<String>,
-    pub model: Opt<String>,
-    pub kv_capacity_tokens: Opt<i64>,
-    pub slots: Opt<i64>,
-    pub slot_context_tokens: Opt<i64>,
-    pub max_staleness: Opt<toml::Value>,
+    pub kind: SpannedOption<String>,
+    pub url: SpannedOption<String>,
+    pub model: SpannedOption<String>,
+    pub kv_capacity_tokens: SpannedOption<i64>,
+    pub slots: SpannedOption<i64>,
+    pub slot_context_tokens: SpannedOption<i64>,
+    pub max_staleness: SpannedOption<toml::Value>,
 }
 
 /// `[pools.<name>]`.
@@ -83,58 +83,58 @@ pub(crate) struct RawPool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLatency {
-    pub ttft_slo: Opt<toml::Value>,
-    pub signal: Opt<String>,
-    pub min_limit: Opt<i64>,
-    pub max_limit: Opt<i64>,
-    pub backoff: Opt<f64>,
-    pub dwell: Opt<toml::Value>,
+    pub ttft_slo: SpannedOption<toml::Value>,
+    pub signal: SpannedOption<String>,
+    pub min_limit: SpannedOption<i64>,
+    pub max_limit: SpannedOption<i64>,
+    pub backoff: SpannedOption<f64>,
+    pub dwell: SpannedOption<toml::Value>,
 }
 
 /// `[dispatch]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDispatch {
-    pub interval: Opt<toml::Value>,
-    pub max_running: Opt<i64>,
-    pub max_wait: Opt<toml::Value>,
-    pub state_dir: Opt<String>,
-    pub timeout: Opt<toml::Value>,
+    pub interval: SpannedOption<toml::Value>,
+    pub max_running: SpannedOption<i64>,
+    pub max_wait: SpannedOption<toml::Value>,
+    pub state_dir: SpannedOption<String>,
+    pub timeout: SpannedOption<toml::Value>,
 }
 
 /// `[http]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp {
-    pub public: Opt<bool>,
+    pub public: SpannedOption<bool>,
 }
 
 /// `[proxy]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProxy {
-    pub listen: Opt<String>,
-    pub public: Opt<bool>,
-    pub max_body: Opt<toml::Value>,
-    pub drain: Opt<toml::Value>,
+    pub listen: SpannedOption<String>,
+    pub public: SpannedOption<bool>,
+    pub max_body: SpannedOption<toml::Value>,
+    pub drain: SpannedOption<toml::Value>,
 }
 
 /// One profile: a `[[profiles]]` table or one file in `profiles_dir`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProfile {
-    pub name: Opt<String>,
-    pub lane: Opt<String>,
-    pub model: Opt<String>,
-    pub kv_bytes_per_token: Opt<toml::Value>,
-    pub kv_dtype: Opt<String>,
-    pub max_context_tokens: Opt<i64>,
-    pub requests_per_task: Opt<i64>,
-    pub max_parallel: Opt<i64>,
-    pub guaranteed: Opt<i64>,
-    pub extra_bytes: Opt<toml::Value>,
-    pub footprint: Opt<String>,
-    pub pool: Opt<String>,
+    pub name: SpannedOption<String>,
+    pub lane: SpannedOption<String>,
+    pub model: SpannedOption<String>,
+    pub kv_bytes_per_token: SpannedOption<toml::Value>,
+    pub kv_dtype: SpannedOption<String>,
+    pub max_context_tokens: SpannedOption<i64>,
+    pub requests_per_task: SpannedOption<i64>,
+    pub max_parallel: SpannedOption<i64>,
+    pub guaranteed: SpannedOption<i64>,
+    pub extra_bytes: SpannedOption<toml::Value>,
+    pub footprint: SpannedOption<String>,
+    pub pool: SpannedOption<String>,
 }
 
 /// A file's text and where it came from, for turning spans into lines.

@@ -13,13 +13,15 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
 }
 
-struct Out<'a> {
+/// The TOML text being written, and the config it describes (`annotate`: with each key's
+/// source as a comment).
+struct TomlWriter<'a> {
     buf: String,
     cfg: &'a Config,
     annotate: bool,
 }
 
-impl Out<'_> {
+impl TomlWriter<'_> {
     fn table(&mut self, name: &str) {
         if !self.buf.is_empty() {
             self.buf.push('\n');
@@ -59,7 +61,7 @@ impl Out<'_> {
 
 /// Render `cfg` as TOML.
 pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
-    let mut o = Out {
+    let mut o = TomlWriter {
         buf: String::new(),
         cfg,
         annotate,
@@ -215,7 +217,7 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
     o.buf
 }
 
-fn pool(o: &mut Out<'_>, p: &PoolConfig, single: bool) {
+fn pool(o: &mut TomlWriter<'_>, p: &PoolConfig, single: bool) {
     let (gpu_table, eng_table) = if single {
         ("gpu".to_owned(), "engine".to_owned())
     } else {

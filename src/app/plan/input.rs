@@ -1,0 +1,349 @@
+//! What to plan: one pool from the flags (and the ready profiles), or every pool of a
+//! governor config; each flag parsed with an error that names it.
+
+use super::profiles::ready_profiles;
+use super::{Engine, PlanFlags, PlanInput, PlanProfile, usage};
+use crate::catalog::{self, KvDtype, ModelSpec, WeightFormat};
+use crate::governor::{Bytes, FootprintMode, KvPlacement};
+
+/// Parse an IEC size (`24GiB`, `512MiB`, `1.5GiB`, `4096B`, `24_000MiB`) with the config's
+/// one size parser ([`crate::config::units::parse_size_str`]), so a flag and a config key take
+/// the same spellings; the error names the flag.
+pub(super) fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
+    crate::config::units::parse_size_str(s)
+        .map(Bytes::get)
+        .map_err(|e| usage(format!("{flag}: {e}")))
+}
+
+fn parse_headroom(flag: &str, h: f64) -> anyhow::Result<f64> {
+    if h.is_finite() && h > 0.0 && h <= 1.0 {
+        Ok(h)
+    } else {
+        Err(usage(format!(
+            "{flag} {h} is out of range; give a fraction in (0, 1], e.g. 0.85"
+        )))
+    }
+}
+
+pub(super) fn lookup_model(flag: &str, name: &str) -> anyhow::Result<&'static ModelSpec> {
+    catalog::lookup(name).map_err(|e| usage(format!("{flag}: {e}")))
+}
+
+pub(super) fn parse_dtype(flag: &str, s: &str) -> anyhow::Result<KvDtype> {
+    s.parse().map_err(|e| usage(format!("{flag}: {e}")))
+}
+
+/// What to plan: one pool from flags or the ready profiles, or every pool of a config.
+pub(super) fn inputs_from_args(args: &PlanFlags) -> anyhow::Result<Vec<PlanInput>> {
+    match &args.config {
+        Some(path) => inputs_from_config(args, path),
+        None => Ok(vec![input_from_args(args)?]),
+    }
+}
+
+/// Every pool of the governor config at `path`, with the profiles it governs there. The
+/// config's own worst cases, placements, capacities and caps are used, so the plan is what
+/// that governor would do; `--gpu-memory`, `--headroom`, `--reserve`, `--weights`,
+/// `--weight-memory` and `--overhead` override or fill in what the config leaves open.
+fn inputs_from_config(args: &PlanFlags, path: &std::path::Path) -> anyhow::Result<Vec<PlanInput>> {
+    for (flag, given) in [
+        ("--model", args.model.is_some()),
+        ("--kv-bytes-per-token", args.kv_bytes_per_token.is_some()),
+        ("--max-context", args.max_context.is_some()),
+        ("--requests-per-task", args.requests_per_task.is_some()),
+        ("--extra-bytes", args.extra_bytes.is_some()),
+        ("--name", args.name.is_some()),
+        ("--kv-dtype", args.kv_dtype.is_some()),
+        ("--engine", args.engine.is_some()),
+        ("--max-model-len", args.max_model_len.is_some()),
+        ("--ctx-size", args.ctx_size.is_some()),
+        ("--parallel", args.parallel.is_some()),
+    ] {
+        if given {
+            return Err(usage(format!(
+                "{flag} and --config both given: the config describes the profiles and the \
+                 engine; edit it, or drop --config to plan from flags"
+            )));
+        }
+    }
+    let cargs = crate::config::ConfigArgs {
+        config: Some(path.to_path_buf()),
+        ..Default::default()
+    };
+    let cfg = crate::config::load(&cargs, &crate::config::process_env)?;
+    let gpu_memory_flag = match &args.gpu_memory {
+        Some(s) => Some(parse_size("--gpu-memory", s)?),
+        None => None,
+    };
+    let headroom_flag = match args.headroom {
+        Some(h) => Some(parse_headroom("--headroom", h)?),
+        None => None,
+    };
+    let reserve_flag = match &args.reserve {
+        Some(s) => Some(parse_size("--reserve", s)?),
+        None => None,
+    };
+    let weight_memory = match &args.weight_memory {
+        Some(s) => Some(parse_size("--weight-memory", s)?),
+        None => None,
+    };
+    let weights_flag = match &args.weights {
+        Some(s) => Some(
+            s.parse::<WeightFormat>()
+                .map_err(|e| usage(format!("--weights: {e}")))?,
+        ),
+        None => None,
+    };
+    let overhead_flag = match &args.overhead {
+        Some(s) => Some(parse_size("--overhead", s)?),
+        None => None,
+    };
+    let mut inputs = Vec::new();
+    for pool in &cfg.pools {
+        let engine = pool.engine.kind;
+        let gpu_memory = gpu_memory_flag
+            .or(pool.gpu.memory_total.map(Bytes::get))
+            .ok_or_else(|| {
+                usage(format!(
+                    "{}: pool '{}' has no gpu.memory_total (its telemetry is live), so its GPU \
+                     size is unknown; give --gpu-memory (e.g. 80GiB)",
+                    path.display(),
+                    pool.name
+                ))
+            })?;
+        let profiles: Vec<PlanProfile> = cfg
+            .profiles
+            .iter()
+            .filter(|p| p.pool == pool.name)
+            .map(|p| {
+                let model = p.spec();
+                PlanProfile {
+                    name: p.name.to_string(),
+                    lane: p.lane.clone(),
+                    model,
+                    kv_dtype: p.kv_dtype,
+                    kv_bytes_per_token: p
+                        .kv_bytes_per_token
+                        .or(model.map(|m| m.kv_bytes_per_token(p.kv_dtype)))
+                        .unwrap_or(0),
+                    max_context: p.max_context_tokens,
+                    requests_per_task: p.requests_per_task,
+                    max_parallel: p.max_parallel,
+                    guaranteed: p.guaranteed,
+                    extra_bytes: p.extra_bytes.get(),
+                    footprint: p.footprint,
+                    declared: Some(p.declared),
+                }
+            })
+            .collect();
+        // A configured baseline is what the GPU really holds; flags about weights ask for an
+        // estimate instead.
+        let estimate = weights_flag.is_some() || weight_memory.is_some() || overhead_flag.is_some();
+        inputs.push(PlanInput {
+            pool: pool.name.clone(),
+            gpu_memory,
+            engine,
+            headroom: headroom_flag.unwrap_or(pool.gpu.headroom),
+            reserve: reserve_flag.unwrap_or(pool.gpu.reserve.get()),
+            weights: weights_flag.unwrap_or(engine.default_weights()),
+            weight_memory,
+            baseline: if estimate {
+                None
+            } else {
+                pool.gpu.baseline.map(Bytes::get)
+            },
+            max_running: cfg.dispatch.max_running,
+            placement: pool.engine.kind.kv_placement(),
+            kv_capacity_tokens: pool.engine.kv_capacity_tokens,
+            overhead_per_model: overhead_flag.unwrap_or(engine.default_overhead()),
+            max_model_len: None,
+            slots: match (pool.engine.slots, pool.engine.slot_context_tokens) {
+                (Some(n), Some(c)) => Some((n, c)),
+                (Some(n), None) => Some((n, 0)),
+                _ => None,
+            },
+            profiles,
+        });
+    }
+    Ok(inputs)
+}
+
+pub(super) fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
+    let from_flags = args.model.is_some() || args.kv_bytes_per_token.is_some();
+    if !from_flags {
+        for (flag, given) in [
+            ("--max-context", args.max_context.is_some()),
+            ("--requests-per-task", args.requests_per_task.is_some()),
+            ("--extra-bytes", args.extra_bytes.is_some()),
+            ("--name", args.name.is_some()),
+            ("--kv-dtype", args.kv_dtype.is_some()),
+        ] {
+            if given {
+                return Err(usage(format!(
+                    "{flag} describes a profile; give --model (or --kv-bytes-per-token) with it"
+                )));
+            }
+        }
+    }
+    // The ready profiles name three models: three bf16 32B/8B models do not fit one 80 GiB
+    // GPU under vLLM, three llama-servers with Q4_K_M weights do.
+    let engine = args.engine.unwrap_or(if from_flags {
+        Engine::Vllm
+    } else {
+        Engine::Llamacpp
+    });
+    let gpu_memory = match &args.gpu_memory {
+        Some(s) => parse_size("--gpu-memory", s)?,
+        None => 80 * Bytes::GIB,
+    };
+    if gpu_memory == 0 {
+        return Err(usage(
+            "--gpu-memory: must be more than 0, e.g. 80GiB".to_owned(),
+        ));
+    }
+    let headroom = parse_headroom("--headroom", args.headroom.unwrap_or(0.85))?;
+    let reserve = match &args.reserve {
+        Some(s) => parse_size("--reserve", s)?,
+        None => Bytes::GIB,
+    };
+    let weights = match &args.weights {
+        Some(s) => s
+            .parse::<WeightFormat>()
+            .map_err(|e| usage(format!("--weights: {e}")))?,
+        None => engine.default_weights(),
+    };
+    let weight_memory = match &args.weight_memory {
+        Some(s) => Some(parse_size("--weight-memory", s)?),
+        None => None,
+    };
+    let overhead_per_model = match &args.overhead {
+        Some(s) => parse_size("--overhead", s)?,
+        None => engine.default_overhead(),
+    };
+    let slots = match (args.ctx_size, args.parallel) {
+        (Some(ctx), Some(np)) => {
+            if np == 0 || ctx < u64::from(np) {
+                return Err(usage(format!(
+                    "--ctx-size {ctx} / --parallel {np}: need at least one token per slot and one slot"
+                )));
+            }
+            Some((np, ctx / u64::from(np)))
+        }
+        (None, Some(np)) if engine == Engine::Ollama => {
+            if np == 0 {
+                return Err(usage("--parallel: must be at least 1".to_owned()));
+            }
+            // Ollama's context per slot is num_ctx; without it, the profile's own context.
+            Some((np, 0))
+        }
+        (None, Some(_)) => {
+            return Err(usage(
+                "--parallel needs --ctx-size (the server's -c) for llama.cpp".to_owned(),
+            ));
+        }
+        _ => None,
+    };
+    if slots.is_some() && !engine.has_slots() {
+        return Err(usage(format!(
+            "--ctx-size/--parallel describe llama.cpp or Ollama slots; the engine is {}",
+            engine.name()
+        )));
+    }
+    if args.max_model_len.is_some() && !matches!(engine, Engine::Vllm | Engine::Sglang) {
+        return Err(usage(format!(
+            "--max-model-len describes a vLLM/SGLang server; the engine is {}",
+            engine.name()
+        )));
+    }
+
+    let mut profiles = if from_flags {
+        vec![profile_from_flags(args)?]
+    } else {
+        ready_profiles()?
+    };
+    for p in &mut profiles {
+        p.declared = Some(p.charged_on(engine));
+    }
+    Ok(PlanInput {
+        pool: "default".to_owned(),
+        gpu_memory,
+        engine,
+        headroom,
+        reserve,
+        weights,
+        weight_memory,
+        baseline: None,
+        max_running: None,
+        // Flags mode charges KV in GPU bytes whatever the engine: the plan sizes the engine.
+        placement: KvPlacement::GpuBytes,
+        kv_capacity_tokens: None,
+        overhead_per_model,
+        max_model_len: args.max_model_len,
+        slots,
+        profiles,
+    })
+}
+
+fn profile_from_flags(args: &PlanFlags) -> anyhow::Result<PlanProfile> {
+    let kv_dtype = match &args.kv_dtype {
+        Some(s) => parse_dtype("--kv-dtype", s)?,
+        None => KvDtype::F16,
+    };
+    let (model, kv_bytes_per_token) = match (&args.model, args.kv_bytes_per_token) {
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "--model and --kv-bytes-per-token both given; give one (the catalog computes \
+                 bytes per token from the model)"
+                    .to_owned(),
+            ));
+        }
+        (Some(name), None) => {
+            let m = lookup_model("--model", name)?;
+            (Some(m), m.kv_bytes_per_token(kv_dtype))
+        }
+        (None, Some(b)) if b > 0 => (None, b),
+        _ => {
+            return Err(usage(
+                "--kv-bytes-per-token: must be more than 0 (e.g. 131072 for Llama-3.1-8B at f16)"
+                    .to_owned(),
+            ));
+        }
+    };
+    let max_context = match args.max_context {
+        Some(0) => return Err(usage("--max-context: must be at least 1 token".to_owned())),
+        Some(c) => c,
+        None => {
+            return Err(usage(
+                "--max-context is required with --model: the largest context one request \
+                 reaches, in tokens (e.g. 32768)"
+                    .to_owned(),
+            ));
+        }
+    };
+    let requests_per_task = match args.requests_per_task {
+        Some(0) => {
+            return Err(usage("--requests-per-task: must be at least 1".to_owned()));
+        }
+        Some(n) => n,
+        None => 1,
+    };
+    let extra_bytes = match &args.extra_bytes {
+        Some(s) => parse_size("--extra-bytes", s)?,
+        None => 0,
+    };
+    let name = args.name.clone().unwrap_or_else(|| "plan".to_owned());
+    Ok(PlanProfile {
+        lane: format!("{name}@gpu"),
+        name,
+        model,
+        kv_dtype,
+        kv_bytes_per_token,
+        max_context,
+        requests_per_task,
+        max_parallel: None,
+        guaranteed: 0,
+        extra_bytes,
+        footprint: FootprintMode::Max,
+        declared: None,
+    })
+}
