@@ -13,6 +13,8 @@
 //!   state, clock).
 //! - [`adapters`]: one file per external system (NVML, engine metrics, the Hermes board and
 //!   CLI, the state DB, the metrics endpoint).
+//! - [`fakes`]: an in-memory implementation of every port (board, dispatcher, GPU, engine,
+//!   state, clock), for unit tests, integration tests and the scenario files.
 //! - [`app`]: the commands: one tick, the daemon, plan, simulate, status, doctor.
 //! - [`sim`]: the discrete-event simulator of a GPU host, its engine and a Hermes board.
 //! - [`error`]: the usage-error marker and exit codes.
@@ -24,6 +26,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fakes;
 pub mod governor;
 pub mod ports;
 pub mod record;
