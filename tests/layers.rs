@@ -1,7 +1,7 @@
 //! Imports run one way (issue 12): `governor` ← `config` ← `record` ← `ports` ← `adapters` /
 //! `fakes` / `app`. The ports, the records, the adapters and the fakes never name the app
-//! layer outside their tests, so an adapter can be reused (and tested) without the commands, and no cycle comes
-//! back. This reads the sources as text: a `use crate::app::…` (or a path through it) in a
+//! layer outside their tests, so an adapter can be reused (and tested) without the commands,
+//! and no cycle comes back. This reads the sources as text: a `use crate::app::…` (or a path through it) in a
 //! non-test line fails.
 
 use std::path::{Path, PathBuf};
