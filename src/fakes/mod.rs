@@ -10,7 +10,8 @@
 //! - [`ScriptedGpu`] and [`ScriptedEngine`]: telemetry whose reading the test sets, plus a
 //!   schedule of [`Fault`]s over time (errors, frozen readings).
 //! - [`InMemoryState`]: the [`crate::ports::StateStore`] port in memory; it keeps what it was
-//!   asked to save, write ahead and journal.
+//!   asked to save and write ahead, and journals releases and their outcomes by the same
+//!   rules as the SQLite store ([`crate::record::report::ReleaseRecord`]).
 //! - [`ManualClock`]: a [`crate::ports::Clock`] the test moves by hand.
 //!
 //! No I/O, no clock, no threads: everything happens in the calls. The fakes are `Send` (shared
@@ -23,7 +24,7 @@ mod telemetry;
 
 pub use board::{Board, InMemoryBoard, RecordingDispatcher};
 pub use clock::ManualClock;
-pub use state::{AheadSave, InMemoryState};
+pub use state::{AheadSave, InMemoryState, JournalRow};
 pub use telemetry::{Fault, Faults, ScriptedEngine, ScriptedGpu};
 
 use std::sync::{Mutex, MutexGuard};

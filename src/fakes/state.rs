@@ -1,9 +1,10 @@
 //! The governor's state store in memory.
 
 use super::RecordingDispatcher;
+use crate::governor::ProfileId;
 use crate::governor::{Millis, TaskId};
 use crate::ports::{PortError, StateStore};
-use crate::record::report::TickReport;
+use crate::record::report::{ReleaseRecord, TickReport};
 use crate::record::state::GovernorState;
 
 /// One write-ahead ([`StateStore::save_before_releasing`]) as the store received it.
@@ -20,6 +21,19 @@ pub struct AheadSave {
     pub releasing: Vec<TaskId>,
 }
 
+/// One release as the journal keeps it (the SQLite store's `releases` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    /// The task.
+    pub task: TaskId,
+    /// The profile it was released to; `None` for a spawn the governor did not release.
+    pub profile: Option<ProfileId>,
+    /// When.
+    pub at: Millis,
+    /// What became of it, once known (`spawned`, `failed`, `leaked`, ...).
+    pub outcome: Option<String>,
+}
+
 /// The [`StateStore`] port in memory: [`StateStore::load`] answers the state last saved (the
 /// default state before any), and every save, write-ahead and journaled tick is kept for the
 /// test to look at. It fails when told to.
@@ -33,9 +47,13 @@ pub struct InMemoryState {
     pub ahead: Vec<AheadSave>,
     /// Every tick journaled, in order.
     pub journal: Vec<TickReport>,
+    /// The releases journaled and their outcomes, in order, as [`ReleaseRecord`]s say.
+    pub releases: Vec<JournalRow>,
     /// While `Some`, every save and write-ahead fails with this message (disk full).
     pub save_error: Option<String>,
     watch: Option<RecordingDispatcher>,
+    /// The tick and the releases last written ahead, until that tick is journaled.
+    written_ahead: Option<(Millis, Vec<TaskId>)>,
 }
 
 impl InMemoryState {
@@ -44,6 +62,30 @@ impl InMemoryState {
         InMemoryState {
             watch: Some(dispatcher.clone()),
             ..InMemoryState::default()
+        }
+    }
+
+    fn write(&mut self, at: Millis, records: &[ReleaseRecord<'_>]) {
+        for rec in records {
+            match rec {
+                ReleaseRecord::Released(r) => self.releases.push(JournalRow {
+                    task: r.id.clone(),
+                    profile: Some(r.profile.clone()),
+                    at,
+                    outcome: None,
+                }),
+                ReleaseRecord::NotReleased(id) => self.releases.push(JournalRow {
+                    task: (*id).clone(),
+                    profile: None,
+                    at,
+                    outcome: None,
+                }),
+                ReleaseRecord::Outcome(id, what) => {
+                    if let Some(row) = self.releases.iter_mut().rev().find(|r| &r.task == *id) {
+                        row.outcome = Some((*what).to_owned());
+                    }
+                }
+            }
         }
     }
 
@@ -68,6 +110,9 @@ impl StateStore for InMemoryState {
     }
 
     fn journal(&mut self, report: &TickReport) -> Result<(), PortError> {
+        let ahead = self.written_ahead.take().filter(|(at, _)| *at == report.at);
+        let records = report.journal_releases(ahead.as_ref().map(|(_, ids)| ids.as_slice()));
+        self.write(report.at, &records);
         self.journal.push(report.clone());
         Ok(())
     }
@@ -80,6 +125,8 @@ impl StateStore for InMemoryState {
     ) -> Result<(), PortError> {
         self.check()?;
         self.state = Some(state.clone());
+        self.write(report.at, &report.journal_ahead(releasing));
+        self.written_ahead = Some((report.at, releasing.to_vec()));
         self.ahead.push(AheadSave {
             at: report.at,
             hermes_calls: self
