@@ -924,17 +924,17 @@ fn check(path: &Path) -> Result<(), String> {
             ));
         }
     }
+    // Everything measured, so the author of a file sees where the run went (also printed for
+    // a passing file under `--nocapture`).
+    let measured = format!(
+        "measured: {:?}; held {:?}; journal {:?}",
+        m.counts, m.held, m.journal
+    );
+    println!("{}: {measured}", path.display());
     if broken.is_empty() {
         return Ok(());
     }
-    // Everything measured, so the author of a file sees where the run went.
-    let all = |m: &BTreeMap<String, u64>| format!("{m:?}");
-    broken.push(format!(
-        "measured: {:?}; held {}; journal {}",
-        m.counts,
-        all(&m.held),
-        all(&m.journal)
-    ));
+    broken.push(measured);
     Err(broken.join("\n  "))
 }
 
