@@ -5,7 +5,7 @@
 //! (`tests/data/adaptive-concurrency/`) are the model: a file states the workload, the faults
 //! and the ranges, and the runner never sleeps.
 //!
-//! A scenario file (see `tests/scenarios/README.md` for every key):
+//! A scenario file (`tests/scenarios/README.md` lists every key):
 //!
 //! - `[scenario]`: `duration` of the run, tick `interval` (default: the config's
 //!   `dispatch.interval`).
@@ -356,7 +356,15 @@ fn config_text(governor: &toml::Table) -> Result<String, String> {
 impl Scenario {
     fn read(path: &Path) -> Result<Scenario, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("unreadable: {e}"))?;
-        let file: File = toml::from_str(&text).map_err(|e| e.to_string())?;
+        Scenario::parse(&text, path)
+    }
+
+    fn read_str(text: &str) -> Result<Scenario, String> {
+        Scenario::parse(text, Path::new("/scenario.toml"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Scenario, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
 
         // The governor's config, validated as a config file is.
         let env = |_: &str| None;
@@ -466,6 +474,9 @@ impl Scenario {
                 });
             }
         }
+
+        // Created in the order they turn ready (entries may interleave).
+        tasks.sort_by_key(|k| k.ready_at);
 
         let mut faults = Vec::new();
         for (i, f) in file.faults.iter().enumerate() {
@@ -721,10 +732,17 @@ fn play(s: &Scenario) -> Measured {
         dispatcher
             .fail_assign(active("assign_error").then_some("'hermes kanban assign' timed out"));
         if let (Some(e), Some(model)) = (engine.as_mut(), s.engine.as_ref()) {
-            if s.faults
-                .iter()
-                .any(|f| f.kind == "preemption" && (f.from == t || f.until.is_some() && f.holds(t)))
-            {
+            // One preemption at the tick that reaches `from`, or one each tick of a window.
+            let first = |f: &Window| f.from <= t && t.get() < f.from.get() + s.interval.get();
+            let preempts = |f: &&Window| {
+                f.kind == "preemption"
+                    && if f.until.is_some() {
+                        f.holds(t)
+                    } else {
+                        first(f)
+                    }
+            };
+            if s.faults.iter().any(|f| preempts(&f)) {
                 let p = e.reading.preemptions_total.get_or_insert(0);
                 *p += 1;
             }
@@ -911,7 +929,13 @@ fn journal_outcomes(store: &InMemoryState) -> BTreeMap<String, u64> {
     out
 }
 
+/// Play the file at `path` and check its ranges; the error names the file, then every range
+/// it broke (or the key it got wrong).
 fn check(path: &Path) -> Result<(), String> {
+    check_ranges(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn check_ranges(path: &Path) -> Result<(), String> {
     let s = Scenario::read(path)?;
     let m = play(&s);
     let mut broken = m.broken.clone();
@@ -935,7 +959,7 @@ fn check(path: &Path) -> Result<(), String> {
         return Ok(());
     }
     broken.push(measured);
-    Err(broken.join("\n  "))
+    Err(format!("\n  {}", broken.join("\n  ")))
 }
 
 fn scenario_files() -> Vec<PathBuf> {
@@ -953,9 +977,181 @@ fn scenario_files() -> Vec<PathBuf> {
 fn every_scenario_file_keeps_its_ranges() {
     let files = scenario_files();
     assert!(!files.is_empty(), "no scenario file in tests/scenarios");
-    let failures: Vec<String> = files
-        .iter()
-        .filter_map(|f| check(f).err().map(|e| format!("{}:\n  {e}", f.display())))
-        .collect();
+    let failures: Vec<String> = files.iter().filter_map(|f| check(f).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A scenario small enough to break one key at a time: two coders on the small pool.
+const SMALL: &str = r#"
+[scenario]
+duration = "1m"
+
+[governor.hermes]
+home = "/nonexistent/hermes"
+
+[governor.gpu]
+telemetry = "static"
+memory_total = "24GiB"
+baseline = "4GiB"
+headroom = 0.9
+
+[governor.engine]
+kind = "ollama"
+url = "none"
+
+[[governor.profiles]]
+name = "coder"
+kv_bytes_per_token = 131072
+max_context_tokens = 32768
+
+[[tasks]]
+profile = "coder"
+count = 2
+runs_for = "10s"
+
+[expect]
+released = [2, 2]
+"#;
+
+/// `check` on `text` written to a file named `name`.
+fn check_text(name: &str, text: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    check(&path)
+}
+
+#[test]
+fn a_file_that_breaks_a_range_names_itself_the_range_and_what_was_measured() {
+    check_text("ok.toml", SMALL).unwrap();
+    let e = check_text(
+        "two.toml",
+        &SMALL.replace("released = [2, 2]", "released = [3, 5]"),
+    )
+    .unwrap_err();
+    assert!(e.contains("two.toml: "), "{e}");
+    assert!(e.contains("expect.released = [3, 5], but it was 2"), "{e}");
+    assert!(e.contains("measured: "), "{e}");
+}
+
+#[test]
+fn a_malformed_file_names_itself_and_the_key() {
+    for (from, to, says) in [
+        (
+            "[expect]",
+            "[expect]\nreleasd = [1, 2]",
+            "unknown field `releasd`",
+        ),
+        ("headroom = 0.9", "headroom = 1.5", "governor.gpu.headroom"),
+        (
+            "runs_for = \"10s\"",
+            "runs_for = \"soon\"",
+            "tasks[0].runs_for",
+        ),
+        (
+            "profile = \"coder\"",
+            "profile = \"codr\"",
+            "tasks[0].profile",
+        ),
+        (
+            "released = [2, 2]",
+            "released = [5, 2]",
+            "expect.released = [5, 2]: low is above high",
+        ),
+        (
+            "released = [2, 2]",
+            "released = 2",
+            "expect.released = 2: expected a range",
+        ),
+        (
+            "[expect]",
+            "[[faults]]\nkind = \"meteor\"\nfrom = \"0s\"\n[expect]",
+            "faults[0].kind: \"meteor\" is no fault kind",
+        ),
+        (
+            "[expect]",
+            "[[faults]]\nkind = \"engine_error\"\nfrom = \"0s\"\n[expect]",
+            "faults[0].kind: \"engine_error\" but the pool has no engine endpoint",
+        ),
+        (
+            "released = [2, 2]",
+            "[expect.held]\nstal = [1, 2]",
+            "expect.held.stal: no such hold reason",
+        ),
+        ("released = [2, 2]", "", "expect: no range given"),
+    ] {
+        assert!(SMALL.contains(from), "{from}");
+        let e = check_text("bad.toml", &SMALL.replacen(from, to, 1)).unwrap_err();
+        assert!(e.contains("bad.toml: "), "{e}");
+        assert!(e.contains(says), "{says:?} not in: {e}");
+    }
+}
+
+#[test]
+fn the_per_tick_invariants_catch_a_release_made_blind_unsaved_or_over_the_ceiling() {
+    // A real tick releases one coder on a healthy GPU, saved ahead...
+    let s = Scenario::read_str(SMALL).unwrap();
+    let board = InMemoryBoard::new(&["coder"]);
+    board.push(BoardTask {
+        id: TaskId::from("t_1"),
+        assignee: Some("coder@gpu".into()),
+        status: TaskStatus::Ready,
+        priority: 0,
+        created_at: START,
+        started_at: None,
+        worker_pid: None,
+        claim_lock: None,
+    });
+    let mut dispatcher = board.dispatcher();
+    let mut store = InMemoryState::watching(&dispatcher);
+    let clock = ManualClock::at(START);
+    let mut gpu = ScriptedGpu::new(s.gpu_total, s.gpu_used);
+    let mut board_port = board.clone();
+    let mut ports = TickPorts {
+        clock: &clock,
+        pools: vec![PoolSource {
+            gpu: &mut gpu,
+            engine: None,
+            baseline: None,
+        }],
+        board: &mut board_port,
+        dispatcher: &mut dispatcher,
+        workers: None,
+    };
+    let mut r =
+        run_tick_with_store(&s.policy, &mut ports, &mut store, &TickOptions::default()).unwrap();
+    assert_eq!(r.released, [TaskId::from("t_1")]);
+    let calls = dispatcher.calls();
+    let broken = |r: &kanban_governor::app::tick::TickReport,
+                  gpu: &ScriptedGpu,
+                  ahead: &[kanban_governor::fakes::AheadSave]| {
+        let mut m = Measured::default();
+        let staleness = Millis::secs(5);
+        check_tick(Millis(0), r, gpu, None, staleness, ahead, &calls, 0, &mut m);
+        m.broken
+    };
+    assert_eq!(broken(&r, &gpu, &store.ahead), Vec::<String>::new());
+    // ...but had the GPU been failing, or the write-ahead missing, or the pool over its
+    // ceiling, the runner says so.
+    let mut failing = gpu.clone();
+    failing
+        .faults
+        .set(Some(Fault::Fail("nvml: GPU is lost".into())));
+    let b = broken(&r, &failing, &store.ahead);
+    assert!(b[0].contains("while the pool was blind"), "{b:?}");
+    let b = broken(&r, &gpu, &[]);
+    assert!(
+        b[0].contains("released t_1 without saving it ahead"),
+        "{b:?}"
+    );
+    let mut late = store.ahead.clone();
+    late[0].hermes_calls = calls.clone();
+    let b = broken(&r, &gpu, &late);
+    assert!(
+        b[0].contains("`assign t_1 coder` ran before its write-ahead"),
+        "{b:?}"
+    );
+    r.decision.pools[0].projected_after_bytes = Some(Bytes::gib(30));
+    let b = broken(&r, &gpu, &store.ahead);
+    assert!(b[0].contains("into a pool over its ceiling"), "{b:?}");
 }
