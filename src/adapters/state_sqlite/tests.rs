@@ -1,6 +1,6 @@
 use super::*;
-use crate::app::learning::PeakSample;
-use crate::app::tick::Observed;
+use crate::record::PeakSample;
+use crate::record::report::Observed;
 use crate::governor::{
     Bytes, Decision, Hold, HoldReason, Observation, ProfileId, Release, WorstCase,
 };
