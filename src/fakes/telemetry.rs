@@ -24,7 +24,7 @@ impl Faults {
         self.0.push((from, until, fault));
     }
 
-    /// `fault` from now on for good (`None`: no fault any more, the schedule is cleared).
+    /// Replace the schedule: `fault` at every time, or (`None`) no fault at all.
     pub fn set(&mut self, fault: Option<Fault>) {
         self.0.clear();
         if let Some(f) = fault {
