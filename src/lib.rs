@@ -14,6 +14,8 @@
 //!   state, clock).
 //! - [`adapters`]: one module per external system (NVML, engine metrics, the Hermes board and
 //!   CLI, the state DB, the metrics endpoint).
+//! - [`fakes`]: an in-memory implementation of every port (board, dispatcher, GPU, engine,
+//!   state, clock), for unit tests, integration tests and the scenario files.
 //! - [`app`]: the commands, each module named after its command (`tick_command`, `daemon`,
 //!   `plan`, ...), and the control cycle they share (`app::tick`).
 //! - [`sim`]: the discrete-event simulator of a GPU host, its engine and a Hermes board.
@@ -26,6 +28,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fakes;
 pub mod governor;
 pub mod ports;
 pub mod record;

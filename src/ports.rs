@@ -1,6 +1,6 @@
 //! The small traits the app layer is generic over. They speak domain types only (no nvml,
-//! rusqlite or hyper types), so the real adapters in `adapters/` and the fakes in tests are
-//! interchangeable.
+//! rusqlite or hyper types), so the real adapters in `adapters/` and the fakes in
+//! [`crate::fakes`] are interchangeable.
 //!
 //! Calls are blocking; the daemon runs them on `spawn_blocking`. A failed call returns a
 //! [`PortError`]; the app layer turns a failed observation into "unknown" (hold), never into
@@ -28,29 +28,6 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-/// A clock the test moves by hand.
-#[derive(Debug, Default)]
-pub struct ManualClock(pub std::sync::atomic::AtomicU64);
-
-impl ManualClock {
-    /// A clock at `at`.
-    pub fn at(at: Millis) -> ManualClock {
-        ManualClock(std::sync::atomic::AtomicU64::new(at.get()))
-    }
-
-    /// Move it forward by `by`.
-    pub fn advance(&self, by: Millis) {
-        self.0
-            .fetch_add(by.get(), std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Millis {
-        Millis(self.0.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 

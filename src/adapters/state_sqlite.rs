@@ -30,7 +30,7 @@ use crate::adapters::state_dir::{self, StateDirError};
 use crate::adapters::state_file::{JsonStateFile, STATE_FILE_NAME};
 use crate::governor::{Millis, TaskId};
 use crate::ports::{PortError, StateStore};
-use crate::record::report::TickReport;
+use crate::record::report::{ReleaseRecord, TickReport};
 use crate::record::state::{GovernorState, STATE_VERSION};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
@@ -462,22 +462,7 @@ impl SqliteState {
                  ON CONFLICT (id) DO UPDATE SET version = ?1, saved_at_ms = ?2, json = ?3",
                 params![i64::from(state.version), at, json],
             )?;
-            {
-                let mut outcome = tx.prepare_cached(OUTCOME)?;
-                for (id, what) in &r.observed.settled {
-                    outcome.execute(params![id.0, what, at])?;
-                }
-                let mut decision = tx.prepare_cached(DECISION)?;
-                let mut release = tx.prepare_cached(RELEASE)?;
-                for rel in r
-                    .decision
-                    .release
-                    .iter()
-                    .filter(|x| releasing.contains(&x.id))
-                {
-                    journal_release(&mut decision, &mut release, at, rel)?;
-                }
-            }
+            write_releases(&tx, at, &r.journal_ahead(releasing))?;
             tx.commit()
         };
         write(&mut self.conn).map_err(|e| self.err(e))?;
@@ -494,28 +479,14 @@ impl SqliteState {
         let ahead = self.ahead.take().filter(|(t, _)| *t == r.at);
         let tx = self.conn.transaction()?;
         {
+            let records = r.journal_releases(ahead.as_ref().map(|(_, ids)| ids.as_slice()));
+            write_releases(&tx, at, &records)?;
+            for rec in &records {
+                if let ReleaseRecord::Released(rel) = rec {
+                    self.last_reason.remove(&rel.id);
+                }
+            }
             let mut decision = tx.prepare_cached(DECISION)?;
-            let mut release = tx.prepare_cached(RELEASE)?;
-            let mut outcome = tx.prepare_cached(OUTCOME)?;
-            // Releases that settled since the last tick first: a task released again this tick
-            // gets a new row, and the outcome belongs to the old one.
-            if let Some((_, releasing)) = &ahead {
-                // A release journaled ahead whose `assign` failed: nothing is in flight.
-                for id in releasing.iter().filter(|id| !r.released.contains(id)) {
-                    outcome.execute(params![id.0, "failed", at])?;
-                }
-            } else {
-                for (id, what) in &r.observed.settled {
-                    outcome.execute(params![id.0, what, at])?;
-                }
-            }
-            for rel in &r.decision.release {
-                if !r.released.contains(&rel.id) || ahead.is_some() {
-                    continue;
-                }
-                journal_release(&mut decision, &mut release, at, rel)?;
-                self.last_reason.remove(&rel.id);
-            }
             // The reason last written for a task: remembered, or (first tick of a `tick`
             // process) looked up, so cron mode does not rewrite every held task every tick.
             let mut last_written = tx.prepare_cached(
@@ -545,28 +516,12 @@ impl SqliteState {
             let held: std::collections::HashSet<&TaskId> =
                 r.decision.held.iter().map(|h| &h.id).collect();
             self.last_reason.retain(|id, _| held.contains(id));
-            for id in &r.leaks {
-                release.execute(params![id.0, "(not released)", at])?;
-                outcome.execute(params![id.0, "leaked", at])?;
-            }
-            let spawned = r.spawned.iter().filter(|id| !r.leaks.contains(id));
-            for (ids, what) in [
-                (spawned.collect::<Vec<_>>(), "spawned"),
-                (r.reclaimed.iter().collect(), "reclaimed"),
-                (r.blocked.iter().collect(), "blocked"),
-                (r.withdrawn.iter().collect(), "withdrawn"),
-            ] {
-                for id in ids {
-                    outcome.execute(params![id.0, what, at])?;
-                }
-            }
 
             let mut sample = tx.prepare_cached(
                 "INSERT INTO footprint_samples (at_ms, profile, task, peak_tokens) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for p in &r.observed.peaks {
                 sample.execute(params![at, p.profile.0, p.task.0, p.tokens as i64])?;
-                outcome.execute(params![p.task.0, "done", at])?;
             }
         }
         if self.last_prune.is_none_or(|t| r.at.since(t) >= PRUNE_EVERY) {
@@ -586,21 +541,35 @@ impl SqliteState {
     }
 }
 
-/// One release's decision row and release row.
-fn journal_release(
-    decision: &mut rusqlite::CachedStatement<'_>,
-    release: &mut rusqlite::CachedStatement<'_>,
+/// A tick's release rows and outcomes ([`ReleaseRecord`]), in order.
+fn write_releases(
+    tx: &rusqlite::Transaction<'_>,
     at: i64,
-    rel: &crate::governor::Release,
+    records: &[ReleaseRecord<'_>],
 ) -> rusqlite::Result<()> {
-    decision.execute(params![
-        at,
-        rel.id.0,
-        rel.profile.0,
-        "release",
-        "fits in every pool"
-    ])?;
-    release.execute(params![rel.id.0, rel.profile.0, at])?;
+    let mut decision = tx.prepare_cached(DECISION)?;
+    let mut release = tx.prepare_cached(RELEASE)?;
+    let mut outcome = tx.prepare_cached(OUTCOME)?;
+    for rec in records {
+        match rec {
+            ReleaseRecord::Released(rel) => {
+                decision.execute(params![
+                    at,
+                    rel.id.0,
+                    rel.profile.0,
+                    "release",
+                    "fits in every pool"
+                ])?;
+                release.execute(params![rel.id.0, rel.profile.0, at])?;
+            }
+            ReleaseRecord::NotReleased(id) => {
+                release.execute(params![id.0, "(not released)", at])?;
+            }
+            ReleaseRecord::Outcome(id, what) => {
+                outcome.execute(params![id.0, what, at])?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! What one tick observed, decided and did: the record `tick` prints, `status` shows and the
 //! state store journals.
 
-use crate::governor::{Decision, Millis, Observation, TaskId};
+use crate::governor::{Decision, Millis, Observation, Release, TaskId};
 use crate::record::PeakSample;
 use serde::{Deserialize, Serialize};
 
@@ -114,5 +114,87 @@ impl TickReport {
             s.push_str(&format!("; {} error(s)", self.errors.len()));
         }
         s
+    }
+}
+
+/// One write a journal of releases makes for a tick (the SQLite store's `releases` table, the
+/// in-memory fake's rows): the one statement of what is journaled, so the stores cannot
+/// drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseRecord<'a> {
+    /// A release: a new row for its task (and its `release` decision).
+    Released(&'a Release),
+    /// A spawn the governor did not release: a new row with no profile.
+    NotReleased(&'a TaskId),
+    /// The task's latest row gets this outcome (`spawned`, `gone`, `failed`, `leaked`,
+    /// `reclaimed`, `blocked`, `withdrawn`, `done`).
+    Outcome(&'a TaskId, &'a str),
+}
+
+impl TickReport {
+    /// What a journal writes ahead of this tick's releases, before the first Hermes call
+    /// ([`crate::ports::StateStore::save_before_releasing`]): the outcomes settled since the
+    /// last tick, then one row per release in `releasing`.
+    pub fn journal_ahead<'a>(&'a self, releasing: &'a [TaskId]) -> Vec<ReleaseRecord<'a>> {
+        let settled = self.observed.settled.iter();
+        settled
+            .map(|(id, what)| ReleaseRecord::Outcome(id, what))
+            .chain(
+                self.decision
+                    .release
+                    .iter()
+                    .filter(|r| releasing.contains(&r.id))
+                    .map(ReleaseRecord::Released),
+            )
+            .collect()
+    }
+
+    /// What a journal writes at the end of this tick, in order. `ahead`: the releases
+    /// [`TickReport::journal_ahead`] already wrote for this tick, if it ran; their rows and
+    /// the settled outcomes are not written again, and one the tick did not make (its
+    /// `assign` failed) is `failed`.
+    pub fn journal_releases<'a>(&'a self, ahead: Option<&'a [TaskId]>) -> Vec<ReleaseRecord<'a>> {
+        let mut out = Vec::new();
+        // Releases that settled since the last tick first: a task released again this tick
+        // gets a new row, and the outcome belongs to the old one.
+        match ahead {
+            Some(releasing) => out.extend(
+                releasing
+                    .iter()
+                    .filter(|id| !self.released.contains(id))
+                    .map(|id| ReleaseRecord::Outcome(id, "failed")),
+            ),
+            None => out.extend(
+                self.observed
+                    .settled
+                    .iter()
+                    .map(|(id, what)| ReleaseRecord::Outcome(id, what)),
+            ),
+        }
+        if ahead.is_none() {
+            out.extend(
+                self.decision
+                    .release
+                    .iter()
+                    .filter(|r| self.released.contains(&r.id))
+                    .map(ReleaseRecord::Released),
+            );
+        }
+        for id in &self.leaks {
+            out.push(ReleaseRecord::NotReleased(id));
+            out.push(ReleaseRecord::Outcome(id, "leaked"));
+        }
+        let spawned = self.spawned.iter().filter(|id| !self.leaks.contains(id));
+        out.extend(spawned.map(|id| ReleaseRecord::Outcome(id, "spawned")));
+        for (ids, what) in [
+            (&self.reclaimed, "reclaimed"),
+            (&self.blocked, "blocked"),
+            (&self.withdrawn, "withdrawn"),
+        ] {
+            out.extend(ids.iter().map(|id| ReleaseRecord::Outcome(id, what)));
+        }
+        let done = self.observed.peaks.iter();
+        out.extend(done.map(|p| ReleaseRecord::Outcome(&p.task, "done")));
+        out
     }
 }

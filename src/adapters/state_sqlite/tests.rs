@@ -1,9 +1,9 @@
 use super::*;
-use crate::app::learning::PeakSample;
-use crate::app::tick::Observed;
 use crate::governor::{
     Bytes, Decision, Hold, HoldReason, Observation, ProfileId, Release, WorstCase,
 };
+use crate::record::PeakSample;
+use crate::record::report::Observed;
 
 fn report(at: u64) -> TickReport {
     TickReport {

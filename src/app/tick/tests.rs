@@ -1,197 +1,17 @@
-//! `run_tick` against an in-memory Hermes (board + dispatcher with Hermes's dispatch rule:
-//! ready tasks of real profiles, priority desc / created asc, `--max` as a live cap).
+//! `run_tick` against an in-memory Hermes ([`crate::fakes`]: a board and a dispatcher with
+//! Hermes's dispatch rule: ready tasks of real profiles, priority desc / created asc, `--max`
+//! as a live cap).
 
 use super::*;
-use crate::governor::{
-    Bytes, GpuSample, HoldReason, KvPlacement, PoolPolicy, ProfilePolicy, WorstCase,
+use crate::fakes::{
+    Fault, InMemoryBoard, InMemoryState, ManualClock, RecordingDispatcher, ScriptedEngine,
+    ScriptedGpu,
 };
-use crate::ports::{DispatchOutcome, ManualClock, MaxSemantics, Spawned, WorkerProcess};
-use std::cell::RefCell;
-use std::rc::Rc;
+use crate::governor::{Bytes, HoldReason, KvPlacement, PoolPolicy, ProfilePolicy, WorstCase};
+use crate::ports::EngineReading;
 
-#[derive(Default)]
-struct World {
-    tasks: Vec<BoardTask>,
-    /// Names that are Hermes profiles (spawnable).
-    profiles: Vec<String>,
-    calls: Vec<String>,
-    reads: u32,
-    fail_dispatch: bool,
-    dead: Vec<TaskId>,
-    /// Tasks whose worker outlives them (alive after the task left `running`).
-    lingering: Vec<TaskId>,
-    /// Pid of each spawned worker, by task (Hermes forgets it when the task finishes).
-    pids: Vec<(u32, TaskId)>,
-    /// Someone assigns this task to this assignee while the governor's first `assign` runs
-    /// (a user or script writing to the board during a slow Hermes call).
-    on_assign: Option<(TaskId, String)>,
-}
-
-#[derive(Clone, Default)]
-struct FakeHermes(Rc<RefCell<World>>);
-
-impl TaskBoard for FakeHermes {
-    fn read_board(&mut self, tracked: &[TaskId]) -> Result<BoardSnapshot, PortError> {
-        let mut w = self.0.borrow_mut();
-        w.reads += 1;
-        let mut tasks: Vec<BoardTask> = w
-            .tasks
-            .iter()
-            .filter(|t| {
-                matches!(
-                    t.status,
-                    TaskStatus::Todo | TaskStatus::Ready | TaskStatus::Running
-                ) || tracked.contains(&t.id)
-            })
-            .cloned()
-            .collect();
-        tasks.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(BoardSnapshot {
-            tasks,
-            data_version: 1,
-        })
-    }
-    fn read_data_version(&mut self) -> Result<u64, PortError> {
-        Ok(1)
-    }
-}
-
-impl Dispatcher for FakeHermes {
-    fn max_semantics(&mut self) -> Result<MaxSemantics, PortError> {
-        Ok(MaxSemantics::LiveCap)
-    }
-    fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError> {
-        let mut w = self.0.borrow_mut();
-        w.calls.push(format!("assign {id} {assignee}"));
-        if let Some((other, to)) = w.on_assign.take()
-            && let Some(t) = w.tasks.iter_mut().find(|t| t.id == other)
-        {
-            t.assignee = Some(to);
-        }
-        let t = w
-            .tasks
-            .iter_mut()
-            .find(|t| &t.id == id)
-            .ok_or("no such task")?;
-        t.assignee = Some(assignee.to_owned());
-        Ok(())
-    }
-    fn reclaim(&mut self, id: &TaskId, _reason: &str) -> Result<(), PortError> {
-        let mut w = self.0.borrow_mut();
-        w.calls.push(format!("reclaim {id}"));
-        let t = w
-            .tasks
-            .iter_mut()
-            .find(|t| &t.id == id)
-            .ok_or("no such task")?;
-        t.status = TaskStatus::Ready;
-        t.worker_pid = None;
-        Ok(())
-    }
-    fn block(&mut self, id: &TaskId, _reason: &str) -> Result<(), PortError> {
-        let mut w = self.0.borrow_mut();
-        w.calls.push(format!("block {id}"));
-        let t = w
-            .tasks
-            .iter_mut()
-            .find(|t| &t.id == id)
-            .ok_or("no such task")?;
-        t.status = TaskStatus::Blocked;
-        t.worker_pid = None;
-        Ok(())
-    }
-    fn dispatch(&mut self, max: u32) -> Result<DispatchOutcome, PortError> {
-        let mut w = self.0.borrow_mut();
-        w.calls.push(format!("dispatch --max {max}"));
-        if w.fail_dispatch {
-            return Err("'hermes kanban dispatch' exited 1: boom".into());
-        }
-        let mut running = w
-            .tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::Running)
-            .count() as u32;
-        let mut order: Vec<usize> = (0..w.tasks.len()).collect();
-        order.sort_by(|&a, &b| {
-            w.tasks[b]
-                .priority
-                .cmp(&w.tasks[a].priority)
-                .then(w.tasks[a].created_at.cmp(&w.tasks[b].created_at))
-        });
-        let mut out = DispatchOutcome::default();
-        for i in order {
-            let t = &w.tasks[i];
-            let spawnable = t.status == TaskStatus::Ready
-                && t.assignee.as_ref().is_some_and(|a| w.profiles.contains(a));
-            if !spawnable || running >= max {
-                continue;
-            }
-            running += 1;
-            out.spawned.push(Spawned {
-                id: t.id.clone(),
-                assignee: t.assignee.clone().unwrap_or_default(),
-            });
-            let pid = 1000 + u32::try_from(w.pids.len()).unwrap();
-            let t = &mut w.tasks[i];
-            t.status = TaskStatus::Running;
-            t.worker_pid = Some(pid);
-            let id = t.id.clone();
-            w.pids.push((pid, id));
-        }
-        Ok(out)
-    }
-}
-
-impl WorkerProbe for FakeHermes {
-    fn is_dead(&self, task: &BoardTask) -> bool {
-        self.0.borrow().dead.contains(&task.id)
-    }
-
-    fn worker(&self, task: &BoardTask) -> Option<WorkerProcess> {
-        let pid = task.worker_pid?;
-        let alive = task.status == TaskStatus::Running && !self.is_dead(task);
-        alive.then_some(WorkerProcess { pid, start: 7 })
-    }
-
-    /// A worker lives while its task runs, and after that only if the test says it lingers.
-    fn is_alive(&self, p: &WorkerProcess) -> bool {
-        let w = self.0.borrow();
-        let Some((_, id)) = w.pids.iter().find(|(pid, _)| *pid == p.pid) else {
-            return false;
-        };
-        if w.dead.contains(id) {
-            return false;
-        }
-        w.lingering.contains(id)
-            || w.tasks
-                .iter()
-                .any(|t| &t.id == id && t.status == TaskStatus::Running)
-    }
-}
-
-struct StaticGpu {
-    total: Bytes,
-    used: Bytes,
-    fail: bool,
-}
-
-impl GpuTelemetry for StaticGpu {
-    fn read_gpu(&mut self, now: Millis) -> Result<GpuSample, PortError> {
-        if self.fail {
-            return Err("nvml: device lost".into());
-        }
-        Ok(GpuSample {
-            at: now,
-            total: self.total,
-            used: self.used,
-            free: self.total.saturating_sub(self.used),
-        })
-    }
-}
+/// What the failing dispatch says.
+const BOOM: &str = "'hermes kanban dispatch' exited 1: boom";
 
 fn wc(gib: u64) -> WorstCase {
     WorstCase {
@@ -247,27 +67,18 @@ fn task(id: &str, assignee: &str, status: TaskStatus, priority: i64, created: u6
 }
 
 /// An engine whose largest request in progress the test sets.
-struct SlotsEngine {
-    busy_context: Option<u64>,
-}
-
-impl EngineTelemetry for SlotsEngine {
-    fn read_engine(&mut self, now: Millis) -> Result<crate::ports::EngineReading, PortError> {
-        Ok(crate::ports::EngineReading {
-            sample: crate::governor::EngineSample {
-                at: now,
-                ..Default::default()
-            },
-            busy_context_max: self.busy_context,
-            ..Default::default()
-        })
-    }
+fn slots_engine(busy_context: Option<u64>) -> ScriptedEngine {
+    ScriptedEngine::new(EngineReading {
+        busy_context_max: busy_context,
+        ..EngineReading::default()
+    })
 }
 
 struct Rig {
-    hermes: FakeHermes,
-    gpu: StaticGpu,
-    engine: Option<SlotsEngine>,
+    board: InMemoryBoard,
+    hermes: RecordingDispatcher,
+    gpu: ScriptedGpu,
+    engine: Option<ScriptedEngine>,
     clock: ManualClock,
     state: GovernorState,
     policy: Policy,
@@ -275,19 +86,12 @@ struct Rig {
 
 impl Rig {
     fn new(tasks: Vec<BoardTask>) -> Rig {
-        let hermes = FakeHermes::default();
-        {
-            let mut w = hermes.0.borrow_mut();
-            w.tasks = tasks;
-            w.profiles = vec!["big".into(), "small".into(), "rogue".into()];
-        }
+        let board = InMemoryBoard::new(&["big", "small", "rogue"]);
+        board.with(|b| b.tasks = tasks);
         Rig {
-            hermes,
-            gpu: StaticGpu {
-                total: Bytes::gib(24),
-                used: Bytes::gib(4),
-                fail: false,
-            },
+            hermes: board.dispatcher(),
+            board,
+            gpu: ScriptedGpu::new(Bytes::gib(24), Bytes::gib(4)),
             engine: None,
             clock: ManualClock::at(Millis::secs(1_000_000)),
             state: GovernorState::default(),
@@ -296,9 +100,8 @@ impl Rig {
     }
 
     fn tick_with(&mut self, opts: &TickOptions) -> TickReport {
-        let mut board = self.hermes.clone();
+        let mut board = self.board.clone();
         let mut dispatcher = self.hermes.clone();
-        let probe = self.hermes.clone();
         let mut ports = TickPorts {
             clock: &self.clock,
             pools: vec![PoolSource {
@@ -308,7 +111,7 @@ impl Rig {
             }],
             board: &mut board,
             dispatcher: &mut dispatcher,
-            workers: Some(&probe),
+            workers: Some(&self.board),
         };
         run_tick(&self.policy, &mut ports, &mut self.state, opts).unwrap()
     }
@@ -318,10 +121,9 @@ impl Rig {
     }
 
     /// A tick with write-ahead to `store` ([`run_tick_saving`]).
-    fn tick_saving(&mut self, store: &mut AheadStore) -> TickReport {
-        let mut board = self.hermes.clone();
+    fn tick_saving(&mut self, store: &mut InMemoryState) -> TickReport {
+        let mut board = self.board.clone();
         let mut dispatcher = self.hermes.clone();
-        let probe = self.hermes.clone();
         let mut ports = TickPorts {
             clock: &self.clock,
             pools: vec![PoolSource {
@@ -331,57 +133,18 @@ impl Rig {
             }],
             board: &mut board,
             dispatcher: &mut dispatcher,
-            workers: Some(&probe),
+            workers: Some(&self.board),
         };
         let opts = TickOptions::default();
         run_tick_saving(&self.policy, &mut ports, &mut self.state, store, &opts).unwrap()
     }
 
     fn calls(&self) -> Vec<String> {
-        std::mem::take(&mut self.hermes.0.borrow_mut().calls)
+        self.hermes.take_calls()
     }
 
     fn set(&self, id: &str, status: TaskStatus) {
-        let mut w = self.hermes.0.borrow_mut();
-        w.tasks
-            .iter_mut()
-            .find(|t| t.id.as_str() == id)
-            .unwrap()
-            .status = status;
-    }
-}
-
-/// A store that records what it was asked to save before releasing, and the Hermes calls
-/// made by then; it can fail.
-struct AheadStore {
-    hermes: FakeHermes,
-    fail: bool,
-    /// (Hermes calls so far, tasks in flight in the state saved, tasks being released).
-    saved: Vec<(Vec<String>, Vec<TaskId>, Vec<TaskId>)>,
-}
-
-impl StateStore for AheadStore {
-    fn load(&mut self) -> Result<GovernorState, PortError> {
-        Ok(GovernorState::default())
-    }
-    fn save(&mut self, _state: &GovernorState) -> Result<(), PortError> {
-        Ok(())
-    }
-    fn save_before_releasing(
-        &mut self,
-        state: &GovernorState,
-        _report: &TickReport,
-        releasing: &[TaskId],
-    ) -> Result<(), PortError> {
-        if self.fail {
-            return Err("disk full".into());
-        }
-        self.saved.push((
-            self.hermes.0.borrow().calls.clone(),
-            state.in_flight.keys().cloned().collect(),
-            releasing.to_vec(),
-        ));
-        Ok(())
+        self.board.set_status(id, status);
     }
 }
 
@@ -392,15 +155,22 @@ fn releases_are_saved_in_flight_before_hermes_is_asked_and_none_is_made_if_that_
         task("t_s1", "small@gpu", TaskStatus::Ready, 0, 2),
     ];
     let mut rig = Rig::new(tasks.clone());
-    let mut store = AheadStore {
-        hermes: rig.hermes.clone(),
-        fail: false,
-        saved: Vec::new(),
-    };
+    let mut store = InMemoryState::watching(&rig.hermes);
     let r = rig.tick_saving(&mut store);
     assert_eq!(ids(&r.released), ["t_b1", "t_s1"]);
+    let saved: Vec<_> = store
+        .ahead
+        .iter()
+        .map(|a| {
+            (
+                a.hermes_calls.clone(),
+                a.in_flight.clone(),
+                a.releasing.clone(),
+            )
+        })
+        .collect();
     assert_eq!(
-        store.saved,
+        saved,
         [(
             Vec::<String>::new(),
             vec![TaskId::from("t_b1"), TaskId::from("t_s1")],
@@ -415,11 +185,8 @@ fn releases_are_saved_in_flight_before_hermes_is_asked_and_none_is_made_if_that_
 
     // The store cannot be written: nothing is released, no Hermes call, an error says why.
     let mut rig = Rig::new(tasks);
-    let mut store = AheadStore {
-        hermes: rig.hermes.clone(),
-        fail: true,
-        saved: Vec::new(),
-    };
+    let mut store = InMemoryState::watching(&rig.hermes);
+    store.save_error = Some("disk full".into());
     let r = rig.tick_saving(&mut store);
     assert!(r.released.is_empty() && r.spawned.is_empty(), "{r:?}");
     assert!(rig.calls().is_empty());
@@ -541,7 +308,7 @@ fn released_but_unspawned_tasks_stay_charged_and_are_never_released_twice() {
         task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
         task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
     ]);
-    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.hermes.fail_dispatch(Some(BOOM));
     let r = rig.tick();
     assert_eq!(ids(&r.released), ["t_a", "t_b"]);
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
@@ -554,7 +321,7 @@ fn released_but_unspawned_tasks_stay_charged_and_are_never_released_twice() {
     assert!(rig.calls().is_empty());
     assert_eq!(r.observed.observation.running.len(), 2);
     // After REDISPATCH_AFTER the stranded releases are dispatched again.
-    rig.hermes.0.borrow_mut().fail_dispatch = false;
+    rig.hermes.fail_dispatch(None);
     rig.clock.advance(REDISPATCH_AFTER);
     let r = rig.tick();
     assert!(r.released.is_empty());
@@ -571,10 +338,10 @@ fn a_daemons_first_tick_dispatches_what_is_in_flight_at_once_as_a_new_decision()
         task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
         task("t_c", "big@gpu", TaskStatus::Ready, 0, 3),
     ]);
-    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.hermes.fail_dispatch(Some(BOOM));
     rig.tick();
     rig.calls();
-    rig.hermes.0.borrow_mut().fail_dispatch = false;
+    rig.hermes.fail_dispatch(None);
     // An ordinary tick waits REDISPATCH_AFTER; a first tick does not, and still starts
     // only the releases (t_c does not fit beside them).
     rig.tick();
@@ -603,7 +370,7 @@ fn a_task_put_on_the_profile_during_a_release_is_parked_before_dispatch_so_herme
         task("t_rel", "big@gpu", TaskStatus::Ready, 0, 1),
         task("t_user", "triage", TaskStatus::Ready, 9, 2),
     ]);
-    rig.hermes.0.borrow_mut().on_assign = Some((TaskId::from("t_user"), "big".into()));
+    rig.hermes.on_next_assign("t_user", "big");
     let r = rig.tick();
     assert_eq!(ids(&r.released), ["t_rel"]);
     assert_eq!(
@@ -627,19 +394,16 @@ fn a_redispatch_is_a_new_decision_a_release_that_no_longer_fits_goes_back_to_its
         task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
         task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
     ]);
-    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.hermes.fail_dispatch(Some(BOOM));
     let r = rig.tick();
     assert_eq!(ids(&r.in_flight), ["t_a", "t_b"]);
     // Meanwhile two tasks were started on `big` outside the governor: 16 GiB running plus
     // 16 GiB in flight is over the 20 GiB ceiling.
-    {
-        let mut w = rig.hermes.0.borrow_mut();
-        w.fail_dispatch = false;
-        w.tasks
-            .push(task("t_out1", "big", TaskStatus::Running, 0, 3));
-        w.tasks
-            .push(task("t_out2", "big", TaskStatus::Running, 0, 4));
-    }
+    rig.hermes.fail_dispatch(None);
+    rig.board
+        .push(task("t_out1", "big", TaskStatus::Running, 0, 3));
+    rig.board
+        .push(task("t_out2", "big", TaskStatus::Running, 0, 4));
     rig.calls();
     rig.clock.advance(REDISPATCH_AFTER);
     let r = rig.tick();
@@ -661,11 +425,13 @@ fn a_redispatch_is_a_new_decision_a_release_that_no_longer_fits_goes_back_to_its
 #[test]
 fn a_pool_that_cannot_be_seen_when_a_redispatch_is_due_takes_its_release_back() {
     let mut rig = Rig::new(vec![task("t_a", "big@gpu", TaskStatus::Ready, 0, 1)]);
-    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.hermes.fail_dispatch(Some(BOOM));
     rig.tick();
-    rig.hermes.0.borrow_mut().fail_dispatch = false;
+    rig.hermes.fail_dispatch(None);
     rig.calls();
-    rig.gpu.fail = true;
+    rig.gpu
+        .faults
+        .set(Some(Fault::Fail("nvml: device lost".into())));
     rig.clock.advance(REDISPATCH_AFTER);
     let r = rig.tick();
     assert_eq!(rig.calls(), ["assign t_a big@gpu"]);
@@ -680,12 +446,13 @@ fn a_release_that_starts_or_goes_without_the_dispatch_seeing_it_still_gets_its_o
         task("t_b", "small@gpu", TaskStatus::Ready, 0, 2),
     ]);
     // The dispatch ran but its output could not be read: the releases stay in flight.
-    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.hermes.fail_dispatch(Some(BOOM));
     let r = rig.tick();
     assert_eq!(ids(&r.in_flight), ["t_a", "t_b"]);
     // It had started t_a; t_b was moved off its profile by someone.
     rig.set("t_a", TaskStatus::Running);
-    rig.hermes.0.borrow_mut().tasks[1].assignee = Some("triage".into());
+    rig.board
+        .with(|b| b.tasks[1].assignee = Some("triage".into()));
     let r = rig.tick();
     assert_eq!(
         r.observed.settled,
@@ -702,14 +469,12 @@ fn a_release_that_starts_or_goes_without_the_dispatch_seeing_it_still_gets_its_o
 #[test]
 fn a_released_task_moved_back_to_a_lane_is_no_longer_in_flight() {
     let mut rig = Rig::new(vec![task("t_a", "big@gpu", TaskStatus::Ready, 0, 1)]);
-    rig.hermes.0.borrow_mut().fail_dispatch = true;
+    rig.hermes.fail_dispatch(Some(BOOM));
     rig.tick();
     assert_eq!(rig.state.in_flight.len(), 1);
-    {
-        let mut w = rig.hermes.0.borrow_mut();
-        w.tasks[0].assignee = Some("big@gpu".into());
-        w.fail_dispatch = false;
-    }
+    rig.board
+        .with(|b| b.tasks[0].assignee = Some("big@gpu".into()));
+    rig.hermes.fail_dispatch(None);
     rig.calls();
     let r = rig.tick();
     assert_eq!(ids(&r.released), ["t_a"]);
@@ -737,7 +502,9 @@ fn a_dry_run_writes_nothing_and_reports_the_same_decision() {
 #[test]
 fn failed_telemetry_holds_everything_as_stale_but_still_parks_new_tasks() {
     let mut rig = Rig::new(vec![task("t_a", "big", TaskStatus::Ready, 0, 1)]);
-    rig.gpu.fail = true;
+    rig.gpu
+        .faults
+        .set(Some(Fault::Fail("nvml: device lost".into())));
     let r = rig.tick();
     assert!(r.released.is_empty());
     assert!(matches!(
@@ -773,7 +540,7 @@ fn a_dead_worker_is_reclaimed_its_memory_freed_and_its_task_governed_again() {
     // 16 of 20 GiB charged: nothing fits.
     assert!(rig.tick().released.is_empty());
     rig.calls();
-    rig.hermes.0.borrow_mut().dead = vec![TaskId::from("t_a")];
+    rig.board.with(|b| b.dead = vec![TaskId::from("t_a")]);
     // t_a's worker died: 8 GiB free again. The oldest waiting task (t_a itself, created
     // first) gets the room: reclaimed and released as it is, on its profile.
     let r = rig.tick();
@@ -795,7 +562,7 @@ fn t_a_done_with_its_worker_alive() -> Rig {
     // Known from the dispatching tick on, before any tick has seen them running.
     assert_eq!(rig.state.workers.len(), 2);
     rig.calls();
-    rig.hermes.0.borrow_mut().lingering = vec![TaskId::from("t_a")];
+    rig.board.with(|b| b.lingering = vec![TaskId::from("t_a")]);
     rig.set("t_a", TaskStatus::Done);
     rig.clock.advance(Millis::secs(1));
     rig
@@ -814,7 +581,7 @@ fn a_finished_tasks_worker_stays_charged_until_its_process_exits() {
     assert!(r.summary().contains("finishing 1"), "{}", r.summary());
     assert!(rig.calls().is_empty());
     // The worker exits: its room goes to t_c, and it is forgotten.
-    rig.hermes.0.borrow_mut().lingering.clear();
+    rig.board.with(|b| b.lingering.clear());
     let r = rig.tick();
     assert!(r.observed.finishing.is_empty());
     assert_eq!(ids(&r.released), ["t_c"]);
@@ -879,7 +646,8 @@ fn the_baseline_is_learned_while_nothing_governed_runs() {
     rig.gpu.used = Bytes::gib(5);
     rig.tick();
     assert_eq!(rig.state.observed_baseline["default"], Bytes::gib(5));
-    rig.hermes.0.borrow_mut().tasks = vec![task("t_r", "big", TaskStatus::Running, 0, 1)];
+    rig.board
+        .with(|b| b.tasks = vec![task("t_r", "big", TaskStatus::Running, 0, 1)]);
     rig.gpu.used = Bytes::gib(9);
     rig.tick();
     assert_eq!(rig.state.observed_baseline["default"], Bytes::gib(5));
@@ -891,7 +659,7 @@ fn a_task_whose_worker_dies_twice_is_blocked_not_retried_forever() {
         task("t_a", "big", TaskStatus::Running, 0, 1),
         task("t_b", "big@gpu", TaskStatus::Ready, 0, 2),
     ]);
-    rig.hermes.0.borrow_mut().dead = vec![TaskId::from("t_a")];
+    rig.board.with(|b| b.dead = vec![TaskId::from("t_a")]);
     let r = rig.tick();
     assert_eq!(ids(&r.reclaimed), ["t_a"]);
     assert_eq!(ids(&r.released), ["t_a", "t_b"]);
@@ -960,10 +728,10 @@ mod properties {
                         n += 1;
                         let p = if big { "big" } else { "small" };
                         let a = if lane { format!("{p}@gpu") } else { p.to_owned() };
-                        rig.hermes.0.borrow_mut().tasks.push(task(&format!("t_{n:03}"), &a, TaskStatus::Ready, priority, n));
+                        rig.board.push(task(&format!("t_{n:03}"), &a, TaskStatus::Ready, priority, n));
                     }
                     Event::Complete(i) | Event::Die(i) => {
-                        let mut w = rig.hermes.0.borrow_mut();
+                        rig.board.with(|w| {
                         let running: Vec<TaskId> = w.tasks.iter().filter(|t| t.status == TaskStatus::Running).map(|t| t.id.clone()).collect();
                         if let Some(id) = running.get(i % running.len().max(1)) {
                             if matches!(e, Event::Complete(_)) {
@@ -972,18 +740,19 @@ mod properties {
                                 w.dead.push(id.clone());
                             }
                         }
+                        });
                     }
-                    Event::FailDispatch => rig.hermes.0.borrow_mut().fail_dispatch = true,
+                    Event::FailDispatch => rig.hermes.fail_dispatch(Some(BOOM)),
                     Event::Wait(s) => rig.clock.advance(Millis::secs(s)),
                 }
                 let in_flight_before: BTreeSet<TaskId> = rig.state.in_flight.keys().cloned().collect();
                 let r = rig.tick();
-                rig.hermes.0.borrow_mut().fail_dispatch = false;
+                rig.hermes.fail_dispatch(None);
                 for id in &r.released {
                     prop_assert!(!in_flight_before.contains(id), "{id} released twice");
                 }
                 prop_assert!(r.leaks.is_empty(), "leaks {:?}", r.leaks);
-                let w = rig.hermes.0.borrow();
+                let (charged, tasks) = rig.board.with(|w| {
                 let charged: u64 = w
                     .tasks
                     .iter()
@@ -997,7 +766,9 @@ mod properties {
                         if t.assignee.as_deref() == Some("big") { 8 } else { 3 }
                     })
                     .sum();
-                prop_assert!(charged <= 20, "{charged} GiB charged of 20: {:?}", w.tasks);
+                (charged, w.tasks.clone())
+                });
+                prop_assert!(charged <= 20, "{charged} GiB charged of 20: {:?}", tasks);
             }
         }
     }
@@ -1018,21 +789,16 @@ fn what_finished_tasks_really_reached_lowers_a_learned_footprint_and_more_tasks_
         request_tokens: 8192,
     };
     p.footprint = crate::governor::FootprintMode::Learned;
-    rig.engine = Some(SlotsEngine {
-        busy_context: Some(0),
-    });
+    rig.engine = Some(slots_engine(Some(0)));
     for i in 0..8 {
         let id = format!("t_{i}");
-        rig.hermes
-            .0
-            .borrow_mut()
-            .tasks
+        rig.board
             .push(task(&id, "big@gpu", TaskStatus::Ready, 0, i));
         let r = rig.tick();
         assert_eq!(ids(&r.spawned), vec![id.as_str()]);
-        rig.engine.as_mut().unwrap().busy_context = Some(900 + 20 * i);
+        rig.engine.as_mut().unwrap().reading.busy_context_max = Some(900 + 20 * i);
         rig.tick();
-        rig.engine.as_mut().unwrap().busy_context = Some(0);
+        rig.engine.as_mut().unwrap().reading.busy_context_max = Some(0);
         rig.set(&id, TaskStatus::Done);
         let r = rig.tick();
         assert_eq!(r.observed.peaks.len(), 1, "{:?}", r.observed.peaks);
@@ -1043,10 +809,7 @@ fn what_finished_tasks_really_reached_lowers_a_learned_footprint_and_more_tasks_
 
     for i in 0..12 {
         let id = format!("u_{i}");
-        rig.hermes
-            .0
-            .borrow_mut()
-            .tasks
+        rig.board
             .push(task(&id, "big@gpu", TaskStatus::Ready, 0, 100 + i));
     }
     let r = rig.tick();
@@ -1066,9 +829,7 @@ fn tasks_running_beside_another_profile_teach_nothing() {
         task("t_a", "big@gpu", TaskStatus::Ready, 0, 1),
         task("t_b", "small@gpu", TaskStatus::Ready, 0, 2),
     ]);
-    rig.engine = Some(SlotsEngine {
-        busy_context: Some(700),
-    });
+    rig.engine = Some(slots_engine(Some(700)));
     rig.tick();
     rig.tick();
     rig.set("t_a", TaskStatus::Done);
@@ -1081,7 +842,7 @@ fn tasks_running_beside_another_profile_teach_nothing() {
 #[test]
 fn an_engine_that_does_not_expose_request_context_teaches_nothing() {
     let mut rig = Rig::new(vec![task("t_a", "big@gpu", TaskStatus::Ready, 0, 1)]);
-    rig.engine = Some(SlotsEngine { busy_context: None });
+    rig.engine = Some(slots_engine(None));
     rig.tick();
     let r = rig.tick();
     assert_eq!(r.observed.busy_context, None);
