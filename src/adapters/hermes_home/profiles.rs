@@ -20,7 +20,8 @@ pub fn normalize_profile_name(name: &str) -> Option<String> {
 }
 
 /// `<hermes root>/profiles/<name>`; for `default`, the Hermes root itself. Pass the Hermes
-/// root ([`read_hermes_root`]), not the kanban root: they differ under `HERMES_KANBAN_HOME`.
+/// root ([`read_hermes_root`](super::read_hermes_root)), not the kanban root: they differ
+/// under `HERMES_KANBAN_HOME`.
 pub fn profile_dir(root: &Path, name: &str) -> PathBuf {
     match normalize_profile_name(name) {
         Some(n) if n == DEFAULT_PROFILE => root.to_path_buf(),

@@ -175,7 +175,6 @@ fn find_pool<'p>(
     keys: &ProfileKeys<'_>,
 ) -> (String, Option<&'p PoolConfig>) {
     let key = |field: &str| keys.key(field);
-    let source = keys.source;
     let pool_name = v
         .get(f, &key("pool"), &p.pool, |s: &String| {
             Ok::<_, String>(s.clone())
@@ -183,7 +182,7 @@ fn find_pool<'p>(
         .unwrap_or_else(|| DEFAULT_POOL.to_owned());
     let pool = pools.iter().find(|q| q.name == pool_name);
     if pool.is_none() {
-        let src = v.src(&key("pool"), &source);
+        let src = keys.src(v, "pool");
         let names: Vec<String> = pools.iter().map(|q| format!("\"{}\"", q.name)).collect();
         v.err(
             src,
@@ -309,7 +308,7 @@ fn read_limits(v: &mut Collector, f: &FileText, p: &RawProfile, keys: &ProfileKe
         .get(f, &key("guaranteed"), &p.guaranteed, u32_at_least(0))
         .unwrap_or(0);
     if let Some(mp) = max_parallel.filter(|&mp| guaranteed > mp) {
-        let src = v.src(&key("guaranteed"), &source);
+        let src = keys.src(v, "guaranteed");
         v.err(
             src,
             key("guaranteed"),
@@ -351,13 +350,12 @@ fn check_served_model(
     pool: &PoolConfig,
 ) {
     let key = |field: &str| keys.key(field);
-    let source = keys.source;
     // vLLM, SGLang and llama.cpp serve one model per server: a profile declaring another
     // would be charged the wrong KV per token.
     if let (Some(s), Some(served)) = (spec, &pool.engine.model) {
         let one_model = pool.engine.kind.kv_placement() == KvPlacement::EnginePool;
         if one_model && s.name != served.as_str() {
-            let src = v.src(&key("model"), &source);
+            let src = keys.src(v, "model");
             v.err(
                 src,
                 key("model"),
@@ -437,7 +435,6 @@ fn check_pool_capacity(
     declared: &WorstCase,
 ) {
     let key = |field: &str| keys.key(field);
-    let source = keys.source;
     let never = |v: &mut Collector, detail: String| keys.never(v, detail);
     let Charge { pool, requests, .. } = *charge;
     let rpt = u64::from(requests);
@@ -448,7 +445,7 @@ fn check_pool_capacity(
         total,
         baseline: pool.gpu.baseline.unwrap_or(Bytes(0)),
     });
-    let violations = feasible(&pool_policy, gpu, &declared)
+    let violations = feasible(&pool_policy, gpu, declared)
         .err()
         .unwrap_or_default();
     for why in &violations {
@@ -461,7 +458,7 @@ fn check_pool_capacity(
                 ),
             ),
             Infeasible::Slots { have: slots, .. } => {
-                let src = v.src(&key("requests_per_task"), &source);
+                let src = keys.src(v, "requests_per_task");
                 v.err(
                     src,
                     key("requests_per_task"),
@@ -503,7 +500,6 @@ fn check_gpu_bytes(
     gpu: KnownGpu,
 ) {
     let key = |field: &str| keys.key(field);
-    let source = keys.source;
     let never = |v: &mut Collector, detail: String| keys.never(v, detail);
     let Charge {
         pool,
@@ -522,7 +518,7 @@ fn check_gpu_bytes(
     let (total, baseline) = (gpu.total, gpu.baseline);
     for why in violations {
         if let (true, Infeasible::Bytes { ceiling: room, .. }) = (engine_pool, why) {
-            let src = v.src(&key("extra_bytes"), &source);
+            let src = keys.src(v, "extra_bytes");
             v.err(
             src,
             key("extra_bytes"),
