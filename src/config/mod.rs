@@ -926,6 +926,25 @@ pub(crate) fn read_capped(path: &Path) -> std::io::Result<String> {
     String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// The profiles of one profile file's `text` (`profiles/*.toml`: one `[[profiles]]` table or
+/// more, or the keys alone), through both stages as a config's `profiles_dir` files are: each
+/// checked against and charged on `pool` (a profile's `pool` key, if given, must name it).
+/// `name` labels the file in problems.
+///
+/// # Errors
+///
+/// Every problem in the file (exit 2).
+pub fn load_profile_file(
+    name: &str,
+    text: &str,
+    pool: &PoolConfig,
+) -> Result<Vec<ProfileConfig>, ConfigError> {
+    validate::profiles_from_file(
+        &raw::FileText::new(PathBuf::from(name), text.to_owned()),
+        pool,
+    )
+}
+
 /// Load a config from a string, as if read from the file `origin` (relative paths in it
 /// resolve against `origin`'s directory). `profiles_dir` is not read (a problem if set) and no
 /// Hermes profile directories are looked at. Otherwise as [`load`].

@@ -25,11 +25,11 @@ fn parse_headroom(flag: &str, h: f64) -> anyhow::Result<f64> {
     }
 }
 
-pub(super) fn lookup_model(flag: &str, name: &str) -> anyhow::Result<&'static ModelSpec> {
+fn lookup_model(flag: &str, name: &str) -> anyhow::Result<&'static ModelSpec> {
     catalog::lookup(name).map_err(|e| usage(format!("{flag}: {e}")))
 }
 
-pub(super) fn parse_dtype(flag: &str, s: &str) -> anyhow::Result<KvDtype> {
+fn parse_dtype(flag: &str, s: &str) -> anyhow::Result<KvDtype> {
     s.parse().map_err(|e| usage(format!("{flag}: {e}")))
 }
 
@@ -115,26 +115,7 @@ fn inputs_from_config(args: &PlanFlags, path: &std::path::Path) -> anyhow::Resul
             .profiles
             .iter()
             .filter(|p| p.pool == pool.name)
-            .map(|p| {
-                let model = p.spec();
-                PlanProfile {
-                    name: p.name.to_string(),
-                    lane: p.lane.clone(),
-                    model,
-                    kv_dtype: p.kv_dtype,
-                    kv_bytes_per_token: p
-                        .kv_bytes_per_token
-                        .or(model.map(|m| m.kv_bytes_per_token(p.kv_dtype)))
-                        .unwrap_or(0),
-                    max_context: p.max_context_tokens,
-                    requests_per_task: p.requests_per_task,
-                    max_parallel: p.max_parallel,
-                    guaranteed: p.guaranteed,
-                    extra_bytes: p.extra_bytes.get(),
-                    footprint: p.footprint,
-                    declared: Some(p.declared),
-                }
-            })
+            .map(PlanProfile::from_config)
             .collect();
         // A configured baseline is what the GPU really holds; flags about weights ask for an
         // estimate instead.
@@ -259,7 +240,7 @@ pub(super) fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
     let mut profiles = if from_flags {
         vec![profile_from_flags(args)?]
     } else {
-        ready_profiles()?
+        ready_profiles(engine)?
     };
     for p in &mut profiles {
         p.declared = Some(p.charged_on(engine));

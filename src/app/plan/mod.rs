@@ -21,7 +21,7 @@
 //! # Layout
 //!
 //! - `flags`: the command's flags.
-//! - `profiles`: the profile file schema and the repository's ready profiles.
+//! - `profiles`: the repository's ready profiles, read through the config's two stages.
 //! - `input`: flags or a governor config into what is planned (`PlanInput`).
 //! - `compute`: the plan itself: the synthetic policy and backlogs `decide` is asked about,
 //!   and the report built from its answers.
@@ -42,6 +42,7 @@ mod tests;
 pub use flags::{PlanArgs, PlanFlags};
 
 use crate::catalog::{KvDtype, ModelSpec, WeightFormat};
+use crate::config::ProfileConfig;
 use crate::error::UsageError;
 use crate::governor::{Bytes, FootprintMode, KvPlacement, ProfileId, ProfilePolicy, WorstCase};
 use serde::Serialize;
@@ -103,6 +104,28 @@ struct PlanProfile {
 }
 
 impl PlanProfile {
+    /// A validated profile as planned, charged what its config charges it.
+    fn from_config(p: &ProfileConfig) -> PlanProfile {
+        let model = p.spec();
+        PlanProfile {
+            name: p.name.to_string(),
+            lane: p.lane.clone(),
+            model,
+            kv_dtype: p.kv_dtype,
+            kv_bytes_per_token: p
+                .kv_bytes_per_token
+                .or(model.map(|m| m.kv_bytes_per_token(p.kv_dtype)))
+                .unwrap_or(0),
+            max_context: p.max_context_tokens,
+            requests_per_task: p.requests_per_task,
+            max_parallel: p.max_parallel,
+            guaranteed: p.guaranteed,
+            extra_bytes: p.extra_bytes.get(),
+            footprint: p.footprint,
+            declared: Some(p.declared),
+        }
+    }
+
     fn worst_case(&self) -> WorstCase {
         if let Some(wc) = self.declared {
             return wc;

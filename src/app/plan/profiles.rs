@@ -1,30 +1,12 @@
-//! The profile file schema (`profiles/*.toml`) and the repository's ready profiles, which
-//! `plan` with no profile flag plans.
+//! The repository's ready profiles, which `plan` with no profile flag plans, read as a
+//! config reads its `profiles_dir` files: through the config's two stages
+//! ([`crate::config::load_profile_file`]), so a profile file means the same to both.
 
-use super::input::{lookup_model, parse_dtype, parse_size};
-use super::{PlanProfile, usage};
-use crate::catalog::KvDtype;
-use crate::governor::FootprintMode;
-use serde::Deserialize;
-
-/// One profile of a profile file (`profiles/*.toml`, one `[[profiles]]` table or the keys
-/// alone): the schema the config loader reads too.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfileFile {
-    name: String,
-    lane: Option<String>,
-    model: Option<String>,
-    kv_bytes_per_token: Option<u64>,
-    kv_dtype: Option<String>,
-    max_context_tokens: u64,
-    requests_per_task: Option<u32>,
-    max_parallel: Option<u32>,
-    guaranteed: Option<u32>,
-    extra_bytes: Option<String>,
-    footprint: Option<FootprintMode>,
-    pool: Option<String>,
-}
+use super::{Engine, PlanProfile};
+use crate::config::{
+    DEFAULT_HEADROOM, DEFAULT_MAX_STALENESS, DEFAULT_POOL, DEFAULT_RESERVE, EngineConfig,
+    GpuConfig, GpuSelector, PoolConfig, Telemetry,
+};
 
 /// The repository's ready profiles, embedded: what `plan` with no profile flag plans.
 pub(super) const READY_PROFILES: &[(&str, &str)] = &[
@@ -42,64 +24,46 @@ pub(super) const READY_PROFILES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Parse one profile file's text (`file` names it in errors).
-pub(super) fn parse_profile(file: &str, text: &str) -> anyhow::Result<PlanProfile> {
-    /// The `[[profiles]]` form, which the ready profiles use so they paste into a config.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Tables {
-        profiles: Vec<ProfileFile>,
-    }
-    let raw: ProfileFile = match toml::from_str::<Tables>(text) {
-        Ok(Tables { profiles }) if profiles.len() == 1 => profiles[0].clone(),
-        // A bare profile (or anything else: its error then names the problem).
-        _ => toml::from_str(text).map_err(|e| usage(format!("{file}: {e}")))?,
-    };
-    let kv_dtype = match &raw.kv_dtype {
-        Some(s) => parse_dtype(&format!("{file}: kv_dtype"), s)?,
-        None => KvDtype::F16,
-    };
-    let (model, kv_bytes_per_token) = match (&raw.model, raw.kv_bytes_per_token) {
-        (Some(name), None) => {
-            let m = lookup_model(&format!("{file}: model"), name)?;
-            (Some(m), m.kv_bytes_per_token(kv_dtype))
-        }
-        (None, Some(b)) if b > 0 => (None, b),
-        _ => {
-            return Err(usage(format!(
-                "{file}: give exactly one of model (a catalog name) or kv_bytes_per_token (> 0)"
-            )));
-        }
-    };
-    if raw.max_context_tokens == 0 {
-        return Err(usage(format!(
-            "{file}: max_context_tokens must be at least 1"
-        )));
-    }
-    let extra_bytes = match &raw.extra_bytes {
-        Some(s) => parse_size(&format!("{file}: extra_bytes"), s)?,
-        None => 0,
-    };
-    let _ = raw.pool; // Plan puts every profile in the one pool it models.
-    Ok(PlanProfile {
-        lane: raw.lane.unwrap_or_else(|| format!("{}@gpu", raw.name)),
-        name: raw.name,
-        model,
-        kv_dtype,
-        kv_bytes_per_token,
-        max_context: raw.max_context_tokens,
-        requests_per_task: raw.requests_per_task.unwrap_or(1).max(1),
-        max_parallel: raw.max_parallel,
-        guaranteed: raw.guaranteed.unwrap_or(0),
-        extra_bytes,
-        footprint: raw.footprint.unwrap_or_default(),
-        declared: None,
-    })
+/// The profiles of one profile file's text (`file` names it in errors), charged on `engine`.
+pub(super) fn parse_profile(
+    file: &str,
+    text: &str,
+    engine: Engine,
+) -> anyhow::Result<Vec<PlanProfile>> {
+    let profiles = crate::config::load_profile_file(file, text, &planning_pool(engine))?;
+    Ok(profiles.iter().map(PlanProfile::from_config).collect())
 }
 
-pub(super) fn ready_profiles() -> anyhow::Result<Vec<PlanProfile>> {
-    READY_PROFILES
-        .iter()
-        .map(|(file, text)| parse_profile(file, text))
-        .collect()
+/// The pool a profile file is read against: the planned engine on a GPU of unknown size, so
+/// validation checks and charges each profile but leaves fitting it to the plan.
+fn planning_pool(engine: Engine) -> PoolConfig {
+    PoolConfig {
+        name: DEFAULT_POOL.to_owned(),
+        gpu: GpuConfig {
+            devices: vec![GpuSelector::Index(0)],
+            telemetry: Telemetry::Static,
+            memory_total: None,
+            baseline: None,
+            headroom: DEFAULT_HEADROOM,
+            reserve: DEFAULT_RESERVE,
+        },
+        engine: EngineConfig {
+            kind: engine,
+            url: String::new(),
+            model: None,
+            kv_capacity_tokens: None,
+            slots: None,
+            slot_context_tokens: None,
+            max_staleness: DEFAULT_MAX_STALENESS,
+        },
+    }
+}
+
+/// The ready profiles, charged on `engine`.
+pub(super) fn ready_profiles(engine: Engine) -> anyhow::Result<Vec<PlanProfile>> {
+    let mut out = Vec::new();
+    for (file, text) in READY_PROFILES {
+        out.extend(parse_profile(file, text, engine)?);
+    }
+    Ok(out)
 }

@@ -27,7 +27,7 @@ fn sizes_must_be_binary_with_a_unit() {
 
 #[test]
 fn ready_profiles_parse_and_name_catalog_models() {
-    let profiles = ready_profiles().unwrap();
+    let profiles = ready_profiles(Engine::Llamacpp).unwrap();
     assert_eq!(profiles.len(), READY_PROFILES.len());
     for p in &profiles {
         assert!(p.model.is_some(), "{}", p.name);
@@ -46,7 +46,9 @@ fn every_file_in_profiles_parses_and_opens_with_a_comment() {
             "{} opens with a comment",
             path.display()
         );
-        let p = parse_profile(&path.display().to_string(), &text).unwrap();
+        let profiles = parse_profile(&path.display().to_string(), &text, Engine::Llamacpp).unwrap();
+        assert_eq!(profiles.len(), 1, "{}", path.display());
+        let p = &profiles[0];
         let m = p.model.unwrap();
         assert!(
             p.max_context <= u64::from(m.max_context),

@@ -415,12 +415,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
             .insert("profiles_dir".into(), file.source(&dir.span()));
     }
     for (f, p) in profile_files {
-        let label = f
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let key = format!("profiles[{label}]");
+        let key = profile_file_key(&f);
         if let Some(pc) = profile(&mut v, &f, &key, p, &pools, &mut idents) {
             profiles.push(pc);
         }
@@ -474,6 +469,52 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
         profiles,
         sources: v.sources,
     })
+}
+
+/// The key a profile file's problems are filed under until its name is known:
+/// `profiles[<file stem>]`.
+fn profile_file_key(f: &FileText) -> String {
+    let label = f
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("profiles[{label}]")
+}
+
+/// Stages 1 and 2 on one profile file (either form), each profile checked against `pool` as
+/// a config's `profiles_dir` files are: how `plan` reads the repository's ready profiles.
+pub(crate) fn profiles_from_file(
+    file: &FileText,
+    pool: &PoolConfig,
+) -> Result<Vec<ProfileConfig>, ConfigError> {
+    let raw = raw::parse_profile(file).map_err(|p| ConfigError { problems: vec![p] })?;
+    let mut v = Collector {
+        problems: Vec::new(),
+        sources: BTreeMap::new(),
+    };
+    let key = profile_file_key(file);
+    let mut idents = Vec::new();
+    let mut profiles = Vec::new();
+    for p in raw {
+        if let Some(pc) = profile(
+            &mut v,
+            file,
+            &key,
+            p,
+            std::slice::from_ref(pool),
+            &mut idents,
+        ) {
+            profiles.push(pc);
+        }
+    }
+    if v.problems.is_empty() {
+        Ok(profiles)
+    } else {
+        Err(ConfigError {
+            problems: v.problems,
+        })
+    }
 }
 
 /// A non-loopback pass-through address needs `proxy.public = true`: the proxy forwards to
