@@ -180,7 +180,8 @@ fn proxy_latency(stats: &ProxyStats, at: Millis) -> latency::ProxyLatency {
     }
 }
 
-/// Per task id the pass-through saw, its final peak and requests in flight, for learning.
+/// Per task id the pass-through saw, its final peak and its requests in flight and ended,
+/// for learning and for releasing a finished task's charge when its last call ends.
 fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
     stats
         .snapshot()
@@ -191,14 +192,22 @@ fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
                 tokens: t.final_peak_tokens,
                 exact: t.final_peak_exact,
             };
-            let in_flight = t.in_flight;
-            (TaskId::from(id), learning::ProxyTask { peak, in_flight })
+            let task = learning::ProxyTask {
+                peak,
+                in_flight: t.in_flight,
+                ended: t.requests.saturating_sub(u64::from(t.in_flight)),
+            };
+            (TaskId::from(id), task)
         })
         .collect()
 }
 
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
-/// that was built from the same settings (changed settings start afresh, in slow start).
+/// that was built from the same settings (changed settings start afresh). Fed by the proxy
+/// (`latency.signal = "proxy"`: the agents' own calls, no probe load) it starts open, where
+/// memory allows, and lowers only on evidence; fed by a probe or the engine's histogram it
+/// starts at `min_limit` in slow start, since there each step up is what the evidence is
+/// measured under.
 fn latency_limit(setup: &Setup, saved: Option<&Aimd>) -> Aimd {
     let l = &setup.config.latency;
     let config = AimdConfig {
@@ -208,7 +217,11 @@ fn latency_limit(setup: &Setup, saved: Option<&Aimd>) -> Aimd {
         backoff: l.backoff,
         dwell: Millis::from_duration(l.dwell),
     };
-    let fresh = Aimd::new(config);
+    let fresh = if l.signal == LatencySignal::Proxy {
+        Aimd::open(config)
+    } else {
+        Aimd::new(config)
+    };
     match saved {
         Some(a) if a.config == fresh.config => a.clone(),
         _ => fresh,
