@@ -208,7 +208,7 @@ fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
 /// memory allows, and lowers only on evidence; fed by a probe or the engine's histogram it
 /// starts at `min_limit` in slow start, since there each step up is what the evidence is
 /// measured under.
-fn latency_limit(setup: &Setup, saved: Option<&Aimd>) -> Aimd {
+fn latency_limit(setup: &Setup, proxy_signal: bool, saved: Option<&Aimd>) -> Aimd {
     let l = &setup.config.latency;
     let config = AimdConfig {
         slo: Millis::from_duration(l.ttft_slo),
@@ -217,7 +217,7 @@ fn latency_limit(setup: &Setup, saved: Option<&Aimd>) -> Aimd {
         backoff: l.backoff,
         dwell: Millis::from_duration(l.dwell),
     };
-    let fresh = if l.signal == LatencySignal::Proxy {
+    let fresh = if proxy_signal {
         Aimd::open(config)
     } else {
         Aimd::new(config)
@@ -484,7 +484,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     check_listen(args.listen, setup.config.http.public).map_err(usage)?;
     let policy = setup.policy.clone();
     let proxy_on = args.proxy_listen.or(setup.config.proxy.listen).is_some();
-    let proxy_signal = setup.config.latency.signal == LatencySignal::Proxy;
+    // Unset, the signal follows the proxy (`proxy` when it serves): `--proxy-listen` turns it
+    // on as `proxy.listen` does, though the config's default was derived without the flag.
+    let signal_set = setup
+        .config
+        .sources
+        .get("latency.signal")
+        .is_some_and(|s| *s != crate::config::Source::Default);
+    let proxy_signal = if signal_set {
+        setup.config.latency.signal == LatencySignal::Proxy
+    } else {
+        proxy_on
+    };
     if proxy_signal && !proxy_on {
         return Err(usage(
             "latency.signal = \"proxy\" needs the pass-through: set proxy.listen (or run --proxy-listen 127.0.0.1:9478), or set latency.signal = \"engine\"".to_owned(),
@@ -524,7 +535,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // No engine, no latency signal: a limit that never hears a sample would stay at its lower
     // bound forever, so memory alone governs.
     let limit = (proxy_signal || pools.iter().any(|p| p.engine.is_some()))
-        .then(|| latency_limit(&setup, state.latency_limit.as_ref()));
+        .then(|| latency_limit(&setup, proxy_signal, state.latency_limit.as_ref()));
     let mut ticker = Ticker {
         policy: policy.clone(),
         board: SqliteBoard::new(&board_path),
