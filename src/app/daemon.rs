@@ -440,6 +440,7 @@ fn status_json(
                 "listen": addr.to_string(),
                 "profiles": snap.profiles,
                 "tasks": snap.tasks,
+                "connections_refused": snap.connections_refused,
             })
         }),
         "last_tick": t.last_tick,
@@ -636,6 +637,7 @@ fn start_proxy(
     let settings = Settings {
         max_body: usize::try_from(config.proxy.max_body.get()).unwrap_or(usize::MAX),
         drain: config.proxy.drain,
+        max_connections: proxy::max_connections_for_this_process(),
     };
     let proxy = Arc::new(Proxy::new(routes, settings, stats));
     // Two workers: streams keep flowing while one thread parses a large request body.
