@@ -402,9 +402,10 @@ fn remember_worker(
 /// With the pass-through (`proxy`), a task's charge ends sooner: when one more of its
 /// requests has ended than had when it was first seen finishing, and none is in flight, its
 /// last call is over; what is left is the process exiting, which holds no engine memory.
-/// (A request started before `done` and still running when first seen, such as a sub-agent's,
-/// also counts as that call: it ends no earlier than the window it covers.) A task the proxy
-/// did not see waits for its process as before.
+/// A task the proxy did not see waits for its process as before. (A known gap: a request
+/// started before `done` and still running when the task is first seen finishing, such as a
+/// Hermes 0.20 title request, counts as that call; if the last call had not started when it
+/// ended, the last call runs uncharged. Such requests are short and rarely outlive `done`.)
 fn finishing_workers(
     running: &[RunningTask],
     probe: Option<&dyn WorkerProbe>,
