@@ -54,6 +54,23 @@ fn proxy_addr(line: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no proxy address in {line:?}"))
 }
 
+/// The `[gpu]` (fake NVML, all of it usable) and `[engine]` (vLLM kind) tables for `e`.
+fn vllm_gpu_engine(e: &FakeEngine) -> String {
+    format!(
+        "[gpu]\ntelemetry = \"nvml\"\nheadroom = 1.0\nreserve = \"512MiB\"\n\n[engine]\nkind = \"vllm\"\nurl = {:?}\nmax_staleness = \"5s\"",
+        e.url()
+    )
+}
+
+/// `hermes -p <profile> config set model.base_url` to `d`'s proxy, for both profiles.
+fn point_at_the_proxy(h: &Hermes, d: &Daemon) {
+    let proxy = proxy_addr(&d.line);
+    for p in ["coder", "writer"] {
+        let url = format!("http://{proxy}/p/{p}/v1");
+        h.run(&["-p", p, "config", "set", "model.base_url", &url]);
+    }
+}
+
 #[test]
 fn tasks_through_the_proxy_teach_their_profiles_the_tokens_a_vllm_engine_reported() {
     let _serial = serial();
@@ -69,10 +86,7 @@ fn tasks_through_the_proxy_teach_their_profiles_the_tokens_a_vllm_engine_reporte
     e.send_usage();
     // Profiles first pointed straight at the engine, as a user has them before the proxy.
     let h = Hermes::with_base_url(&["coder", "writer"], &e.base_url());
-    let gpu_engine = format!(
-        "[gpu]\ntelemetry = \"nvml\"\nheadroom = 1.0\nreserve = \"512MiB\"\n\n[engine]\nkind = \"vllm\"\nurl = {:?}\nmax_staleness = \"5s\"",
-        e.url()
-    );
+    let gpu_engine = vllm_gpu_engine(&e);
     let cfg = DaemonConfig::new(
         &h.bin,
         h.path(),
@@ -86,20 +100,25 @@ fn tasks_through_the_proxy_teach_their_profiles_the_tokens_a_vllm_engine_reporte
     let env = nvml_env(&dir.path().join("nvml.state"));
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut d = Daemon::start(cfg.command(&["--proxy-listen", "127.0.0.1:0"], &env_ref));
-    let proxy = proxy_addr(&d.line);
-    for p in ["coder", "writer"] {
-        let url = format!("http://{proxy}/p/{p}/v1");
-        h.run(&["-p", p, "config", "set", "model.base_url", &url]);
-    }
-    let mut ids: Vec<(String, &str)> = Vec::new();
+    point_at_the_proxy(&h, &d);
+    // Created in one go (one Python process), so the board is watched from the first
+    // release: created one `hermes` call at a time on a loaded host, the writer tasks could
+    // finish before the last create, and the two profiles were never seen running at once.
+    let mut wanted: Vec<(String, &str)> = Vec::new();
     for i in 0..CODER_TASKS.max(WRITER_TASKS) {
         if i < CODER_TASKS {
-            ids.push((h.create(&format!("code {i}"), "coder", 0, &[]), "coder"));
+            wanted.push((format!("code {i}"), "coder"));
         }
         if i < WRITER_TASKS {
-            ids.push((h.create(&format!("write {i}"), "writer", 0, &[]), "writer"));
+            wanted.push((format!("write {i}"), "writer"));
         }
     }
+    let refs: Vec<(&str, &str)> = wanted.iter().map(|(t, a)| (t.as_str(), *a)).collect();
+    let ids: Vec<(String, &str)> = h
+        .create_many(&refs, None)
+        .into_iter()
+        .zip(wanted.iter().map(|(_, a)| *a))
+        .collect();
 
     let mut both_at_once = false;
     wait_for(Duration::from_secs(400), "every task done", || {
@@ -171,7 +190,9 @@ fn tasks_through_the_proxy_teach_their_profiles_the_tokens_a_vllm_engine_reporte
     assert!(learned >= coder["max_tokens"].as_u64().unwrap(), "{coder}");
     assert!(
         both_at_once,
-        "the two profiles never ran at once; the test proves nothing about attribution"
+        "the two profiles never ran at once; the test proves nothing about attribution\ntasks: {:?}\nlog:\n{}",
+        h.tasks(),
+        d.log()
     );
     // The proxy attributed every chat request to its task, and no answer was cut off.
     let tasks = status["proxy"]["tasks"].as_object().unwrap();
@@ -312,10 +333,7 @@ fn run_through_the_proxy_finishes_16_tasks_in_at_most_0_8_of_the_time_of_dispatc
     let plain_stats = e.stats();
 
     // (b) `run` with the proxy, every `[latency]` setting at its default.
-    let gpu_engine = format!(
-        "[gpu]\ntelemetry = \"nvml\"\nheadroom = 1.0\nreserve = \"512MiB\"\n\n[engine]\nkind = \"vllm\"\nurl = {:?}",
-        e.url()
-    );
+    let gpu_engine = vllm_gpu_engine(&e);
     let cfg = DaemonConfig::with_latency(
         &h.bin,
         h.path(),
@@ -327,11 +345,7 @@ fn run_through_the_proxy_finishes_16_tasks_in_at_most_0_8_of_the_time_of_dispatc
     let env = nvml_env(&dir.path().join("nvml.state"));
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut d = Daemon::start(cfg.command(&["--proxy-listen", "127.0.0.1:0"], &env_ref));
-    let proxy = proxy_addr(&d.line);
-    for p in ["coder", "writer"] {
-        let url = format!("http://{proxy}/p/{p}/v1");
-        h.run(&["-p", p, "config", "set", "model.base_url", &url]);
-    }
+    point_at_the_proxy(&h, &d);
     h.run(&["kanban", "complete", &gate]);
     let started = Instant::now();
     let mut governed_peak = 0;
