@@ -174,7 +174,7 @@ fn main() {
         let routes = Routes::new([("coder", Some(url.as_str()))], Some(&url));
         let p = Arc::new(Proxy::new(
             routes,
-            Settings { max_body: 32 << 20, drain: Duration::from_secs(1) },
+            Settings { max_body: 32 << 20, drain: Duration::from_secs(1), max_connections: proxy::DEFAULT_MAX_CONNECTIONS },
             Arc::new(ProxyStats::default()),
         ));
         let l = proxy::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -224,7 +224,7 @@ fn main() {
         let slow = engine(Duration::from_millis(50), 100).await;
         let url = format!("http://{slow}");
         let routes = Routes::new([("coder", Some(url.as_str()))], Some(&url));
-        let p = Arc::new(Proxy::new(routes, Settings { max_body: 32 << 20, drain: Duration::from_secs(1) }, Arc::new(ProxyStats::default())));
+        let p = Arc::new(Proxy::new(routes, Settings { max_body: 32 << 20, drain: Duration::from_secs(1), max_connections: proxy::DEFAULT_MAX_CONNECTIONS }, Arc::new(ProxyStats::default())));
         let l = proxy::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let px = l.local_addr().unwrap();
         let (_stop2, rx) = tokio::sync::watch::channel(false);

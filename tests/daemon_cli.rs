@@ -366,6 +366,63 @@ fn the_proxy_forwards_a_profiles_request_and_metrics_count_it() {
     let status = d.status();
     assert_eq!(status["proxy"]["listen"], proxy.to_string());
     assert_eq!(status["proxy"]["tasks"]["t_feed"]["profile"], "coder");
+
+    // A request held by the engine is in flight for its profile and its task, in /status and
+    // (per profile, task ids never being labels) in /metrics; gone once its client goes away.
+    model
+        .delay_ms
+        .store(120_000, std::sync::atomic::Ordering::SeqCst);
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"work kanban task t_slow"}],"tools":[{"type":"function","function":{"name":"kanban_complete"}}]}"#;
+    let mut held = std::net::TcpStream::connect(proxy).unwrap();
+    write!(
+        held,
+        "POST /p/coder/v1/chat/completions HTTP/1.1\r\nhost: {proxy}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let status = wait_for(Duration::from_secs(30), "t_slow in flight", || {
+        let s = d.status();
+        (s["proxy"]["tasks"]["t_slow"]["in_flight"] == 1).then_some(s)
+    });
+    assert_eq!(
+        status["proxy"]["profiles"]["coder"]["in_flight"], 1,
+        "{status}"
+    );
+    assert_eq!(
+        status["proxy"]["tasks"]["t_feed"]["in_flight"], 0,
+        "{status}"
+    );
+    let text = d.metrics();
+    for (name, want) in [
+        ("kanban_governor_proxy_in_flight", 1.0),
+        ("kanban_governor_proxy_tasks_in_flight", 1.0),
+        ("kanban_governor_proxy_task_requests_in_flight_max", 1.0),
+    ] {
+        assert_eq!(
+            metric(&text, name, "profile=\"coder\""),
+            Some(want),
+            "{name}: {text}"
+        );
+    }
+    drop(held);
+    wait_for(
+        Duration::from_secs(30),
+        "t_slow no longer in flight",
+        || {
+            let s = d.status();
+            (s["proxy"]["tasks"]["t_slow"]["in_flight"] == 0).then_some(())
+        },
+    );
+    let text = d.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "kanban_governor_proxy_tasks_in_flight",
+            "profile=\"coder\""
+        ),
+        Some(0.0),
+        "{text}"
+    );
     d.signal(rustix::process::Signal::TERM);
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "{}", d.log());
 }

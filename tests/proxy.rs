@@ -174,13 +174,19 @@ async fn answer(s: &mut TcpStream, script: &Script) -> Option<bool> {
 
 /// A proxy routing `coder` (and unattributed paths) to `engine`.
 async fn start_proxy(engine: SocketAddr, max_body: usize) -> (SocketAddr, Arc<ProxyStats>) {
-    let url = format!("http://{engine}");
-    let routes = Routes::new([("coder", Some(url.as_str()))], Some(&url));
-    let stats = Arc::new(ProxyStats::default());
     let settings = Settings {
         max_body,
         drain: Duration::from_secs(1),
+        max_connections: proxy::DEFAULT_MAX_CONNECTIONS,
     };
+    start_proxy_with(engine, settings).await
+}
+
+/// [`start_proxy`] with `settings`.
+async fn start_proxy_with(engine: SocketAddr, settings: Settings) -> (SocketAddr, Arc<ProxyStats>) {
+    let url = format!("http://{engine}");
+    let routes = Routes::new([("coder", Some(url.as_str()))], Some(&url));
+    let stats = Arc::new(ProxyStats::default());
     let p = Arc::new(Proxy::new(routes, settings, stats.clone()));
     let l = proxy::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = l.local_addr().unwrap();
@@ -580,5 +586,68 @@ fn a_client_that_closes_on_done_before_the_body_ends_has_its_answer_counted_exac
         let t = &snap.tasks["t_0badcafe"];
         assert_eq!((t.final_peak_tokens, t.final_peak_exact), (764, true));
         assert_eq!(t.in_flight, 0);
+    });
+}
+
+/// A raw client: write `req` on `s` (nothing when empty), read to the end. A reset (a
+/// refused connection closed before the request was read) reads as what arrived before it.
+async fn exchange(s: &mut TcpStream, req: &[u8]) -> String {
+    if !req.is_empty() {
+        let _ = s.write_all(req).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("no answer within the deadline");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn a_connection_beyond_the_cap_gets_503_naming_it_and_the_others_keep_forwarding() {
+    rt().block_on(async {
+        let body = r#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+        let (up, _seen) = engine(Script::json("200 OK", body)).await;
+        let settings = Settings {
+            max_body: 1 << 20,
+            drain: Duration::from_secs(1),
+            max_connections: 2,
+        };
+        let (px, stats) = start_proxy_with(up, settings).await;
+        let req = format!(
+            "POST /p/coder/v1/chat/completions HTTP/1.1\r\nhost: {px}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{CHAT}",
+            CHAT.len()
+        );
+        // Two connections take the cap (accepted in order, before the third).
+        let mut a = TcpStream::connect(px).await.unwrap();
+        let mut b = TcpStream::connect(px).await.unwrap();
+        // The third is answered at once, before it sends anything.
+        let mut c = TcpStream::connect(px).await.unwrap();
+        let refused = exchange(&mut c, b"").await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(refused.contains("2 client connections are open, its cap"), "{refused}");
+        assert!(refused.contains("ulimit -n"), "{refused}");
+        assert_eq!(stats.snapshot().connections_refused, 1);
+        // The two within the cap are forwarded.
+        for s in [&mut a, &mut b] {
+            let got = exchange(s, req.as_bytes()).await;
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+            assert!(got.ends_with(body), "{got}");
+        }
+        let snap = stats.snapshot();
+        assert_eq!(snap.profiles["coder"].requests.get(&Outcome::Ok), Some(&2));
+        // Their slots are free again once they closed: a new client is served (the proxy
+        // sees the close a moment after the client does, so a refusal then is retried).
+        let started = std::time::Instant::now();
+        loop {
+            let mut d = TcpStream::connect(px).await.unwrap();
+            let got = exchange(&mut d, req.as_bytes()).await;
+            if got.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(got.is_empty() || got.starts_with("HTTP/1.1 503"), "{got}");
+            assert!(started.elapsed() < DEADLINE, "no slot freed: {got}");
+            // A poll under the deadline, as `wait_for` polls.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     });
 }

@@ -17,6 +17,11 @@
 //! - **Isolation**: each client connection is its own task, so a panic or error ends only that
 //!   connection; the stats lock survives a panic. The daemon runs the proxy on its own thread
 //!   and runtime, so nothing on the decision side (telemetry, board, state) can stall it.
+//! - **Connection cap** ([`Settings::max_connections`], from the file-descriptor limit as
+//!   `/metrics` has): a client connection beyond it is answered `503` naming the cap and
+//!   closed at once, holding no task and no engine connection, so a flood of connections
+//!   cannot take the descriptors the requests in flight, the engine reads and Hermes calls
+//!   need; the connections within it keep forwarding.
 //! - **Shutdown**: on the signal it stops accepting, lets requests in flight finish for up to
 //!   `proxy.drain`, then closes what is left.
 //!
@@ -68,6 +73,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 /// A repeated accept error is logged at most once per this interval.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Most client connections served at once, unless the file-descriptor limit is low (see
+/// [`max_connections_for_this_process`]).
+// Each Hermes worker keeps one or two pooled connections, so 1,024 is hundreds of agents;
+// `scripts/bench-proxy` holds 512 streams open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// [`DEFAULT_MAX_CONNECTIONS`], or a quarter of this process's file-descriptor limit when that
+/// is smaller (at least 1): a proxied request holds two descriptors (the client's and the
+/// engine's), so half the limit stays for everything else.
+pub fn max_connections_for_this_process() -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX);
+    DEFAULT_MAX_CONNECTIONS.min(nofile / 4).max(1)
+}
 
 /// The proxy's bounds, from `[proxy]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +97,9 @@ pub struct Settings {
     pub max_body: usize,
     /// `proxy.drain`: how long requests in flight may finish after the stop signal.
     pub drain: Duration,
+    /// Client connections served at once; more are answered `503` and closed
+    /// ([`max_connections_for_this_process`] in the daemon).
+    pub max_connections: usize,
 }
 
 /// Where an engine is, parsed from its `engine.url`.
@@ -226,7 +250,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut connections = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(proxy.settings.max_connections));
     let mut accept_log = RepeatLog::new(REPEAT_LOG_EVERY);
+    let mut refused_log = RepeatLog::new(REPEAT_LOG_EVERY);
     let mut backoff = Duration::from_millis(100);
     loop {
         // Reap finished connections so the set holds only live ones.
@@ -253,8 +279,16 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refuse_connection(&stream, &proxy, &mut refused_log);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(stream, proxy.clone(), shutdown.clone()));
+        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+        connections.spawn(async move {
+            serve_connection(stream, proxy, shutdown).await;
+            drop(permit);
+        });
     }
     drop(listener);
     let drained = tokio::time::timeout(proxy.settings.drain, async {
@@ -271,6 +305,31 @@ pub async fn serve(
         while connections.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// A connection beyond the cap: answer `503` naming the cap and close it (the stream is
+/// dropped by the caller), holding no descriptor and no task for it.
+fn refuse_connection(stream: &TcpStream, proxy: &Proxy, log: &mut RepeatLog) {
+    proxy.stats.connection_refused();
+    let cap = proxy.settings.max_connections;
+    if let Some(held_back) = log.event(Instant::now()) {
+        tracing::warn!(
+            max_connections = cap,
+            repeated = held_back,
+            "Refused a proxy connection: the connection cap is reached (repeats are counted, not logged, for a minute)."
+        );
+    }
+    let body = format!(
+        "kanban-governor proxy: {cap} client connections are open, its cap (a quarter of the file-descriptor limit, at most {DEFAULT_MAX_CONNECTIONS}); retry later, or raise the limit (LimitNOFILE= in the unit, ulimit -n)\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Whatever of the request already arrived is read first: closing a socket with unread
+    // data resets it, and the client would see the reset, not the 503.
+    let _ = stream.try_read(&mut [0u8; 4096]);
+    let _ = stream.try_write(answer.as_bytes());
 }
 
 async fn serve_connection(

@@ -180,7 +180,8 @@ fn proxy_latency(stats: &ProxyStats, at: Millis) -> latency::ProxyLatency {
     }
 }
 
-/// Per task id the pass-through saw, its final peak and requests in flight, for learning.
+/// Per task id the pass-through saw, its final peak and its requests in flight and ended,
+/// for learning and for releasing a finished task's charge when its last call ends.
 fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
     stats
         .snapshot()
@@ -191,15 +192,23 @@ fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
                 tokens: t.final_peak_tokens,
                 exact: t.final_peak_exact,
             };
-            let in_flight = t.in_flight;
-            (TaskId::from(id), learning::ProxyTask { peak, in_flight })
+            let task = learning::ProxyTask {
+                peak,
+                in_flight: t.in_flight,
+                ended: t.requests.saturating_sub(u64::from(t.in_flight)),
+            };
+            (TaskId::from(id), task)
         })
         .collect()
 }
 
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
-/// that was built from the same settings (changed settings start afresh, in slow start).
-fn latency_limit(setup: &Setup, saved: Option<&Aimd>) -> Aimd {
+/// that was built from the same settings (changed settings start afresh). Fed by the proxy
+/// (`latency.signal = "proxy"`: the agents' own calls, no probe load) it starts open, where
+/// memory allows, and lowers only on evidence; fed by a probe or the engine's histogram it
+/// starts at `min_limit` in slow start, since there each step up is what the evidence is
+/// measured under.
+fn latency_limit(setup: &Setup, proxy_signal: bool, saved: Option<&Aimd>) -> Aimd {
     let l = &setup.config.latency;
     let config = AimdConfig {
         slo: Millis::from_duration(l.ttft_slo),
@@ -208,7 +217,11 @@ fn latency_limit(setup: &Setup, saved: Option<&Aimd>) -> Aimd {
         backoff: l.backoff,
         dwell: Millis::from_duration(l.dwell),
     };
-    let fresh = Aimd::new(config);
+    let fresh = if proxy_signal {
+        Aimd::open(config)
+    } else {
+        Aimd::new(config)
+    };
     match saved {
         Some(a) if a.config == fresh.config => a.clone(),
         _ => fresh,
@@ -427,6 +440,7 @@ fn status_json(
                 "listen": addr.to_string(),
                 "profiles": snap.profiles,
                 "tasks": snap.tasks,
+                "connections_refused": snap.connections_refused,
             })
         }),
         "last_tick": t.last_tick,
@@ -471,7 +485,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     check_listen(args.listen, setup.config.http.public).map_err(usage)?;
     let policy = setup.policy.clone();
     let proxy_on = args.proxy_listen.or(setup.config.proxy.listen).is_some();
-    let proxy_signal = setup.config.latency.signal == LatencySignal::Proxy;
+    // Unset, the signal follows the proxy (`proxy` when it serves): `--proxy-listen` turns it
+    // on as `proxy.listen` does, though the config's default was derived without the flag.
+    let signal_set = setup
+        .config
+        .sources
+        .get("latency.signal")
+        .is_some_and(|s| *s != crate::config::Source::Default);
+    let proxy_signal = if signal_set {
+        setup.config.latency.signal == LatencySignal::Proxy
+    } else {
+        proxy_on
+    };
     if proxy_signal && !proxy_on {
         return Err(usage(
             "latency.signal = \"proxy\" needs the pass-through: set proxy.listen (or run --proxy-listen 127.0.0.1:9478), or set latency.signal = \"engine\"".to_owned(),
@@ -511,7 +536,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // No engine, no latency signal: a limit that never hears a sample would stay at its lower
     // bound forever, so memory alone governs.
     let limit = (proxy_signal || pools.iter().any(|p| p.engine.is_some()))
-        .then(|| latency_limit(&setup, state.latency_limit.as_ref()));
+        .then(|| latency_limit(&setup, proxy_signal, state.latency_limit.as_ref()));
     let mut ticker = Ticker {
         policy: policy.clone(),
         board: SqliteBoard::new(&board_path),
@@ -612,6 +637,7 @@ fn start_proxy(
     let settings = Settings {
         max_body: usize::try_from(config.proxy.max_body.get()).unwrap_or(usize::MAX),
         drain: config.proxy.drain,
+        max_connections: proxy::max_connections_for_this_process(),
     };
     let proxy = Arc::new(Proxy::new(routes, settings, stats));
     // Two workers: streams keep flowing while one thread parses a large request body.

@@ -47,6 +47,8 @@ pub struct ProxyTask {
     pub peak: MeasuredPeak,
     /// Its requests in flight now: its peak may still grow.
     pub in_flight: u32,
+    /// Its requests that have ended (every outcome).
+    pub ended: u64,
 }
 
 /// What one observation shows of the tasks' context.
@@ -474,6 +476,7 @@ mod tests {
                 let t = ProxyTask {
                     peak,
                     in_flight: *in_flight,
+                    ended: 0,
                 };
                 (TaskId::from(*id), t)
             })

@@ -276,7 +276,7 @@ fn observe_snapshot(
             _ => {}
         }
     }
-    let finishing = finishing_workers(&running, workers, state, now);
+    let finishing = finishing_workers(&running, workers, state, now, opts.proxy.as_ref());
     let finishing_ids: BTreeSet<TaskId> = finishing.iter().map(|(id, _)| id.clone()).collect();
     let evidence = learning::Evidence {
         busy_context,
@@ -387,6 +387,7 @@ fn remember_worker(
                 profile,
                 process,
                 finishing_since: None,
+                ended_at_finish: None,
             },
         );
     }
@@ -397,11 +398,20 @@ fn remember_worker(
 /// whose process is still alive: they still hold the engine (a worker's last call comes after
 /// its task completes), so they stay charged until they exit or [`FINISHING_GRACE`] passes.
 /// Workers that exited, or outlived the grace, are forgotten.
+///
+/// With the pass-through (`proxy`), a task's charge ends sooner: when one more of its
+/// requests has ended than had when it was first seen finishing, and none is in flight, its
+/// last call is over; what is left is the process exiting, which holds no engine memory.
+/// A task the proxy did not see waits for its process as before. (A known gap: a request
+/// started before `done` and still running when the task is first seen finishing, such as a
+/// Hermes 0.20 title request, counts as that call; if the last call had not started when it
+/// ended, the last call runs uncharged. Such requests are short and rarely outlive `done`.)
 fn finishing_workers(
     running: &[RunningTask],
     probe: Option<&dyn WorkerProbe>,
     state: &mut GovernorState,
     now: Millis,
+    proxy: Option<&BTreeMap<TaskId, learning::ProxyTask>>,
 ) -> Vec<(TaskId, Worker)> {
     let running: BTreeSet<&TaskId> = running.iter().map(|r| &r.id).collect();
     let mut finishing = Vec::new();
@@ -415,6 +425,14 @@ fn finishing_workers(
             return false;
         }
         let since = *w.finishing_since.get_or_insert(now);
+        if let Some(t) = proxy.and_then(|m| m.get(id)) {
+            let at_finish = *w.ended_at_finish.get_or_insert(t.ended);
+            if t.in_flight == 0 && t.ended > at_finish {
+                tracing::debug!(task = %id, pid = w.process.pid,
+                    "A finished task's last call through the proxy ended; no longer charging it.");
+                return false;
+            }
+        }
         if now.since(since) > FINISHING_GRACE {
             tracing::warn!(task = %id, pid = w.process.pid, lingered = %now.since(since),
                 "A worker outlived its task; no longer charging it.");

@@ -314,7 +314,7 @@ pub(crate) const KEYS: &[Key] = &[
     ]),
     Key::new(
         "latency.signal",
-        KeyDefault::Derived("`\"proxy\"` when `proxy.listen` is set, else `\"engine\"`"),
+        KeyDefault::Derived("`\"proxy\"` when `proxy.listen` (or `run --proxy-listen`) is set, else `\"engine\"`"),
         "\"engine\", \"probe\" or \"proxy\"",
         "Where TTFT comes from: the engine's histogram (`engine`), a one-token request the governor sends each tick (`probe`), for engines without latency metrics, or the agents' own requests through `run`'s pass-through (`proxy`: the p95 time to first byte of the 2xx answers since the last tick, all profiles together; a 5xx answer counts as a drop; no probe is sent). `proxy` needs the pass-through on (`proxy.listen` or `run --proxy-listen`); `run` refuses to start without it.",
     ),

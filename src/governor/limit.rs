@@ -15,6 +15,10 @@
 //! - **Multiply down by `backoff`** (default 0.9, floored, so at least one) on a latency miss.
 //! - **Drop hard** ([`DROP_FACTOR`], halve) on overload: a preemption, OOM, HTTP 429/5xx or
 //!   CPU offload.
+//! - **Or start open** ([`Aimd::open`], for a signal that costs no load: the agents' own
+//!   requests through the proxy): the limit starts at `max`, so memory alone decides what
+//!   runs, and the first miss or drop lowers it from the tasks in flight then (a limit above
+//!   what ran says nothing), after which it moves as above.
 //! - **Bounds** `[min, max]` always hold, and a **dwell**: raises and latency misses wait
 //!   `dwell` after the last change, so one change has time to show in the latency before the
 //!   next; a drop waits only for the previous drop (overload is acted on at once, but one
@@ -99,6 +103,10 @@ pub struct Aimd {
     last_drop: Option<Millis>,
     /// Still doubling: no miss or drop seen yet.
     slow_start: bool,
+    /// Started open ([`Aimd::open`]) and not lowered yet: the first decrease starts from the
+    /// tasks in flight.
+    #[serde(default)]
+    open: bool,
 }
 
 impl Aimd {
@@ -117,7 +125,25 @@ impl Aimd {
             last_change: None,
             last_drop: None,
             slow_start: true,
+            open: false,
         }
+    }
+
+    /// A limit starting at `config.max`, out of slow start: memory decides until the first
+    /// miss or drop, which lowers it from the tasks in flight then.
+    #[must_use]
+    pub fn open(config: AimdConfig) -> Aimd {
+        let mut a = Aimd::new(config);
+        a.limit = a.config.max;
+        a.slow_start = false;
+        a.open = true;
+        a
+    }
+
+    /// Whether it started open and has not been lowered yet.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.open
     }
 
     /// When and why the limit last changed.
@@ -130,11 +156,17 @@ impl Aimd {
         since.is_none_or(|t| now.get().saturating_sub(t.get()) >= self.config.dwell.get())
     }
 
-    /// The limit times `factor`, floored, within the bounds.
-    fn decreased(&self, factor: f64) -> u32 {
-        // limit ≤ u32::MAX and factor < 1, so the product fits; `as` saturates anyway.
+    /// The limit (an open one: the tasks in flight, if fewer) times `factor`, floored, within
+    /// the bounds.
+    fn decreased(&self, factor: f64, in_flight: u32) -> u32 {
+        let from = if self.open {
+            self.limit.min(in_flight)
+        } else {
+            self.limit
+        };
+        // from ≤ u32::MAX and factor < 1, so the product fits; `as` saturates anyway.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let next = (f64::from(self.limit) * factor).floor() as u32;
+        let next = (f64::from(from) * factor).floor() as u32;
         next.clamp(self.config.min, self.config.max)
     }
 
@@ -142,6 +174,7 @@ impl Aimd {
         if next != self.limit {
             self.limit = next;
             self.last_change = Some((at, why));
+            self.open = false;
         }
     }
 }
@@ -165,7 +198,7 @@ impl ConcurrencyLimit for Aimd {
             Outcome::Completed { .. } => {
                 self.slow_start = false;
                 if self.dwelt(since_change, s.at) {
-                    let next = self.decreased(self.config.backoff);
+                    let next = self.decreased(self.config.backoff, s.in_flight);
                     if next < self.limit {
                         self.set(next, s.at, Change::Missed);
                     }
@@ -174,7 +207,7 @@ impl ConcurrencyLimit for Aimd {
             Outcome::Dropped => {
                 self.slow_start = false;
                 if self.dwelt(self.last_drop, s.at) {
-                    let next = self.decreased(DROP_FACTOR);
+                    let next = self.decreased(DROP_FACTOR, s.in_flight);
                     if next < self.limit {
                         self.set(next, s.at, Change::Dropped);
                         self.last_drop = Some(s.at);
@@ -262,6 +295,30 @@ mod tests {
             (fixed.config.min, fixed.config.max, fixed.limit()),
             (1, 1, 1)
         );
+    }
+
+    #[test]
+    fn an_open_limit_starts_at_the_upper_bound_and_its_first_decrease_starts_from_the_tasks_in_flight()
+     {
+        let mut a = Aimd::open(cfg());
+        assert_eq!((a.limit(), a.is_open()), (16, true));
+        // Met, in use or not: nothing to raise.
+        a.on_sample(done(0, 5, 500));
+        assert_eq!(a.limit(), 16);
+        // Missed with 5 running: floor(5 × 0.9), not floor(16 × 0.9).
+        a.on_sample(done(1_000, 5, 1_500));
+        assert_eq!((a.limit(), a.is_open()), (4, false));
+        // From then on, an ordinary AIMD limit: +1 when met in use after the dwell.
+        a.on_sample(done(11_000, 4, 500));
+        assert_eq!(a.limit(), 5);
+        // A drop on an open limit halves the tasks in flight.
+        let mut b = Aimd::open(cfg());
+        b.on_sample(dropped(0, 6));
+        assert_eq!(b.limit(), 3);
+        // More in flight than the limit (released beside it): from the limit.
+        let mut c = Aimd::open(AimdConfig { max: 4, ..cfg() });
+        c.on_sample(done(0, 9, 1_500));
+        assert_eq!(c.limit(), 3);
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub struct InFlight {
 }
 
 /// The worker process of a governed task, remembered while the task runs so its memory stays
-/// charged after Hermes marks the task finished and until the process has exited.
+/// charged after Hermes marks the task finished and until its last call through the
+/// pass-through has ended, or else until the process has exited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Worker {
     /// The profile it runs as.
@@ -33,6 +34,10 @@ pub struct Worker {
     pub process: WorkerProcess,
     /// When the task was first seen no longer running while the process lived on.
     pub finishing_since: Option<Millis>,
+    /// With the pass-through: how many of the task's requests had ended then. One more
+    /// ending, with none in flight, is its last call (the one after `done`) over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_finish: Option<u64>,
 }
 
 /// Monotonic counters (exported as metrics by the daemon).

@@ -16,6 +16,9 @@
 //! - With [`FakeEngine::send_usage`], a stream asked for `stream_options.include_usage` ends
 //!   with a `usage` chunk (as vLLM, SGLang and llama.cpp send): `prompt_tokens` and
 //!   `completion_tokens` are the tokens it held; each is kept in [`EngineStats::usage`].
+//! - With [`FakeEngine::stream_at_once`], a chat answer's headers and first chunk (the
+//!   assistant role, no content, as vLLM sends first) go out on arrival, before the
+//!   first-turn delay: the delay is then decode time, not time to first token.
 //! - Knobs: the first-turn delay, a delay before answering `/metrics` (stale metrics), and
 //!   [`FakeEngine::stop`]/[`FakeEngine::restart`] (the engine going away and coming back on
 //!   the same port).
@@ -86,6 +89,7 @@ struct Inner {
     delay_ms: AtomicU64,
     metrics_delay_ms: AtomicU64,
     send_usage: AtomicBool,
+    stream_at_once: AtomicBool,
     nvml_extra: Mutex<String>,
 }
 
@@ -105,6 +109,7 @@ impl FakeEngine {
             delay_ms: AtomicU64::new(spec.first_turn_delay.as_millis() as u64),
             metrics_delay_ms: AtomicU64::new(0),
             send_usage: AtomicBool::new(false),
+            stream_at_once: AtomicBool::new(false),
             stats: Mutex::new(EngineStats {
                 ttft_counts: vec![0; TTFT_BOUNDS.len() + 1],
                 ..EngineStats::default()
@@ -166,6 +171,11 @@ impl FakeEngine {
     /// End streams that ask for it (`stream_options.include_usage`) with a `usage` chunk.
     pub fn send_usage(&self) {
         self.inner.send_usage.store(true, Ordering::SeqCst);
+    }
+
+    /// Send a chat answer's headers and a first (role) chunk on arrival, before the delay.
+    pub fn stream_at_once(&self) {
+        self.inner.stream_at_once.store(true, Ordering::SeqCst);
     }
 
     /// Delay every `/metrics` answer by `d` (its readers see stale metrics meanwhile).
@@ -384,6 +394,18 @@ fn answer(
         });
         format!("data: {c}\n\n")
     };
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+    let at_once = inner.stream_at_once.load(Ordering::SeqCst);
+    if at_once {
+        conn.write_all(HEAD)?;
+        let first = chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            serde_json::Value::Null,
+        );
+        conn.write_all(first.as_bytes())?;
+        conn.flush()?;
+        record_ttft(inner, started);
+    }
     let mut sse = String::new();
     if offers_complete && !has_tool_result {
         std::thread::sleep(Duration::from_millis(inner.delay_ms.load(Ordering::SeqCst)));
@@ -428,23 +450,26 @@ fn answer(
         inner.stats.lock().unwrap().usage.push((task, tokens));
     }
     sse += "data: [DONE]\n\n";
-    {
-        let ttft = started.elapsed().as_secs_f64();
-        let mut s = inner.stats.lock().unwrap();
-        for (i, b) in TTFT_BOUNDS.iter().enumerate() {
-            if ttft <= *b {
-                s.ttft_counts[i] += 1;
-            }
-        }
-        let last = TTFT_BOUNDS.len();
-        s.ttft_counts[last] += 1;
-        s.ttft_sum_ms += (ttft * 1000.0) as u64;
+    if !at_once {
+        record_ttft(inner, started);
+        conn.write_all(HEAD)?;
     }
-    conn.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-    )?;
     conn.write_all(sse.as_bytes())?;
     conn.flush()
+}
+
+/// Count the time since `started` in the TTFT histogram.
+fn record_ttft(inner: &Inner, started: Instant) {
+    let ttft = started.elapsed().as_secs_f64();
+    let mut s = inner.stats.lock().unwrap();
+    for (i, b) in TTFT_BOUNDS.iter().enumerate() {
+        if ttft <= *b {
+            s.ttft_counts[i] += 1;
+        }
+    }
+    let last = TTFT_BOUNDS.len();
+    s.ttft_counts[last] += 1;
+    s.ttft_sum_ms += (ttft * 1000.0) as u64;
 }
 
 /// The fake `libnvidia-ml.so`: `$KG_FAKE_NVML` (must exist), else built with gcc into

@@ -27,6 +27,7 @@
 use super::inspect::Tokens;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -250,6 +251,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     inner: Mutex<Inner>,
+    /// Client connections answered `503` at the connection cap.
+    connections_refused: AtomicU64,
 }
 
 /// A copy for `/status`.
@@ -259,6 +262,8 @@ pub struct Snapshot {
     pub profiles: BTreeMap<String, ProfileStats>,
     /// Per task id seen.
     pub tasks: BTreeMap<String, TaskStats>,
+    /// Client connections answered `503` at the connection cap.
+    pub connections_refused: u64,
 }
 
 impl ProxyStats {
@@ -276,7 +281,13 @@ impl ProxyStats {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
         }
+    }
+
+    /// A client connection was refused at the connection cap.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request that ended before it reached the engine (413, 404, 502).

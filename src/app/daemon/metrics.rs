@@ -693,8 +693,17 @@ struct ProxyCollector(Arc<ProxyStats>);
 impl Collector for ProxyCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.0.snapshot();
-        if snap.profiles.is_empty() {
+        if snap.profiles.is_empty() && snap.connections_refused == 0 {
             return Ok(());
+        }
+        {
+            let m = e.encode_descriptor(
+                "proxy_connections_refused",
+                "Client connections to the pass-through answered 503 and closed because its connection cap was reached",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            ConstCounter::new(snap.connections_refused).encode(m)?;
         }
         {
             let mut m = e.encode_descriptor(
@@ -750,6 +759,40 @@ impl Collector for ProxyCollector {
             for (profile, p) in &snap.profiles {
                 let labels = [("profile", profile.as_str())];
                 ConstGauge::new(i64_of(p.in_flight)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            // Per task, bounded: task ids are never labels (`/status` lists each task's).
+            let mut tasks: BTreeMap<&str, (u64, u64)> =
+                snap.profiles.keys().map(|p| (p.as_str(), (0, 0))).collect();
+            for t in snap.tasks.values().filter(|t| t.in_flight > 0) {
+                let slot = tasks.entry(t.profile.as_str()).or_default();
+                slot.0 += 1;
+                slot.1 = slot.1.max(u64::from(t.in_flight));
+            }
+            for (name, help, most) in [
+                (
+                    "proxy_tasks_in_flight",
+                    "Tasks with a request through the pass-through in flight now, by profile (each task's count is in /status, proxy.tasks)",
+                    false,
+                ),
+                (
+                    "proxy_task_requests_in_flight_max",
+                    "The most requests one task has in flight through the pass-through now, by profile (a title request or sub-agents beside its call)",
+                    true,
+                ),
+            ] {
+                let mut m = e.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?;
+                for (profile, (n, max)) in &tasks {
+                    let labels = [("profile", *profile)];
+                    let v = if most { *max } else { *n };
+                    ConstGauge::new(i64_of(v)).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
         let mut m = e.encode_descriptor(

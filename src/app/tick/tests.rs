@@ -588,6 +588,51 @@ fn a_finished_tasks_worker_stays_charged_until_its_process_exits() {
     assert!(!rig.state.workers.contains_key(&TaskId::from("t_a")));
 }
 
+/// The pass-through's view of `t_a`: `ended` requests over, `in_flight` in flight.
+fn t_a_through_the_proxy(ended: u64, in_flight: u32) -> TickOptions {
+    let t = learning::ProxyTask {
+        peak: learning::MeasuredPeak {
+            tokens: 4096,
+            exact: true,
+        },
+        in_flight,
+        ended,
+    };
+    TickOptions {
+        proxy: Some(BTreeMap::from([(TaskId::from("t_a"), t)])),
+        ..TickOptions::default()
+    }
+}
+
+#[test]
+fn with_the_proxy_a_finished_tasks_charge_ends_when_its_last_call_ends_not_its_process() {
+    let mut rig = t_a_done_with_its_worker_alive();
+    // First seen done: one call over (the tool call), the last one in flight.
+    let r = rig.tick_with(&t_a_through_the_proxy(1, 1));
+    assert_eq!(ids(&r.observed.finishing), ["t_a"]);
+    assert!(r.released.is_empty(), "{:?}", r.decision);
+    // Nothing in flight but no call ended since: the last call has not come yet.
+    let r = rig.tick_with(&t_a_through_the_proxy(1, 0));
+    assert_eq!(ids(&r.observed.finishing), ["t_a"]);
+    assert!(r.released.is_empty(), "{:?}", r.decision);
+    // One more ended, none in flight: its room goes to t_c while the process still lives.
+    let r = rig.tick_with(&t_a_through_the_proxy(2, 0));
+    assert!(r.observed.finishing.is_empty());
+    assert_eq!(ids(&r.released), ["t_c"]);
+    assert!(!rig.state.workers.contains_key(&TaskId::from("t_a")));
+}
+
+#[test]
+fn a_finished_task_the_proxy_never_saw_stays_charged_until_its_process_exits() {
+    let mut rig = t_a_done_with_its_worker_alive();
+    let mut opts = t_a_through_the_proxy(5, 0);
+    opts.proxy = Some(BTreeMap::new());
+    assert!(rig.tick_with(&opts).released.is_empty());
+    assert!(rig.tick_with(&opts).released.is_empty());
+    rig.hermes.0.borrow_mut().lingering.clear();
+    assert_eq!(ids(&rig.tick_with(&opts).released), ["t_c"]);
+}
+
 #[test]
 fn a_worker_lingering_past_the_grace_is_no_longer_charged() {
     let mut rig = t_a_done_with_its_worker_alive();
