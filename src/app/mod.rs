@@ -34,10 +34,6 @@ pub use crate::record::state;
 pub mod status;
 pub mod tick;
 pub mod tick_command;
-// `app/daemon.rs` still names this module `app::once` (the daemon is another engineer's file
-// while issue 12 lands); drop this alias when it says `app::tick_command`.
-#[doc(hidden)]
-pub use tick_command as once;
 
 use crate::cli::Command;
 use std::process::ExitCode;

@@ -629,7 +629,7 @@ fn a_finished_task_the_proxy_never_saw_stays_charged_until_its_process_exits() {
     opts.proxy = Some(BTreeMap::new());
     assert!(rig.tick_with(&opts).released.is_empty());
     assert!(rig.tick_with(&opts).released.is_empty());
-    rig.hermes.0.borrow_mut().lingering.clear();
+    rig.board.with(|b| b.lingering.clear());
     assert_eq!(ids(&rig.tick_with(&opts).released), ["t_c"]);
 }
 
