@@ -64,9 +64,10 @@ pub const Z_99: u128 = 2326;
 /// Seconds of growth a running task is charged beyond the context it reached, in an engine's
 /// KV pool (module doc, "Running tasks in a KV pool").
 // Chosen with `simulate` on every built-in scenario (seeds 1-3) and the public trace, among
-// 30 s, 45 s, 1, 2, 5 and 15 min: 30 s preempts more than a tenth of unbounded dispatch under
-// the noisy neighbour (24 of 185 at seed 2); 1 min and longer give up 4-20 % of the tasks on the
-// trace and on Hermes-sized agents (BENCHMARKS.md has the commands and numbers).
+// 30 s, 45 s, 1, 2, 5 and 15 min (BENCHMARKS.md, "Growth horizon"): 30 s preempts more than a
+// tenth of unbounded dispatch under the noisy neighbour (24 of 185 at seed 2); 1 min completes
+// 3 % less on the trace (2250 against 2318) and 2-3 % less on the default; from 5 min on a
+// running task is charged as much as before (its growth over 5 min reaches its profile's mean).
 pub const GROWTH_HORIZON_S: u128 = 45;
 
 impl Charge {

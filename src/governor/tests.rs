@@ -704,6 +704,15 @@ proptest! {
     }
 }
 
+/// One waiting task per entry of `waits`, of profile `p{entry % n}`, created in that order.
+fn queue(waits: &[usize], n: usize) -> Vec<WaitingTask> {
+    waits
+        .iter()
+        .enumerate()
+        .map(|(i, &pi)| waiting(&format!("t_{i:03}"), &format!("p{}", pi % n), 0, i as u64))
+        .collect()
+}
+
 proptest! {
     #[test]
     fn nothing_admitted_makes_a_pooled_kv_charge_exceed_the_ceiling(
@@ -742,11 +751,7 @@ proptest! {
             .enumerate()
             .map(|(i, &pi)| running(&format!("r_{i}"), &format!("p{}", pi % n)))
             .collect();
-        let waiting: Vec<WaitingTask> = waits
-            .iter()
-            .enumerate()
-            .map(|(i, &pi)| waiting(&format!("t_{i:03}"), &format!("p{}", pi % n), 0, i as u64))
-            .collect();
+        let waiting = queue(&waits, n);
         let mut o = obs(kv_pool_obs(capacity, used), running.clone(), waiting);
         o.learned = learned;
         o.spread = spread.clone();
@@ -814,11 +819,7 @@ proptest! {
                 ..running(&format!("r_{i}"), &format!("p{}", pi % n))
             })
             .collect();
-        let waiting: Vec<WaitingTask> = waits
-            .iter()
-            .enumerate()
-            .map(|(i, &pi)| waiting(&format!("t_{i:03}"), &format!("p{}", pi % n), 0, i as u64))
-            .collect();
+        let waiting = queue(&waits, n);
         let mut o = obs(gpu(used), running.clone(), waiting);
         o.learned = learned;
         o.spread = spread;
