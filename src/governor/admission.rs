@@ -20,8 +20,8 @@
 //! # Running tasks in a KV pool
 //!
 //! An agent's context grows turn by turn, so a running task far from its peak is charged what
-//! it can reach soon, not its whole life's peak: where the engine keeps an engine KV pool, the
-//! profile's tasks are pooled (above) and it learned how fast their context grows (mean `g`,
+//! it can reach soon, not its whole life's peak: in an engine's KV pool, where its profile's
+//! tasks are pooled (above) and the profile learned how fast their context grows (mean `g`,
 //! deviation `s`, tokens per minute of run), a running task whose context has reached `c` is
 //! charged mean `c + g·h` and deviation `s·h`, `h` = [`GROWTH_HORIZON_S`], as long as that is
 //! below the mean a task of its profile is charged ([`PoolLedger::charge_running`]); its bound
@@ -257,8 +257,8 @@ impl PoolLedger {
     /// The charge of a running task of a profile with worst case `wc` and `spread`, whose
     /// context has reached `context_tokens` so far: in an engine's KV pool, where its profile
     /// learned how fast its tasks grow, what it holds now plus what it may add over
-    /// [`GROWTH_HORIZON_S`] (module doc, "Running tasks in a KV pool"), never above its bound; anywhere
-    /// else, or unseen, as [`PoolLedger::charge_of`] charges a waiting task.
+    /// [`GROWTH_HORIZON_S`] (module doc, "Running tasks in a KV pool"), never above its
+    /// bound; anywhere else, or unseen, as [`PoolLedger::charge_of`] charges a waiting task.
     pub fn charge_running(
         &self,
         wc: &WorstCase,
