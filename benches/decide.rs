@@ -51,6 +51,7 @@ fn main() {
             id: TaskId::from(format!("r_{i:08x}")),
             assignee: format!("p{}", i % 8),
             since: Millis::secs(999_000),
+            context_tokens: None,
         })
         .collect();
     let waiting = (0..10_000u64)

@@ -296,6 +296,7 @@ mod tests {
                 id: TaskId::from(*id),
                 assignee: (*who).to_owned(),
                 since: Millis(0),
+                context_tokens: None,
             })
             .collect()
     }

@@ -263,6 +263,7 @@ fn observe_snapshot(
                     id: t.id.clone(),
                     assignee: t.assignee.clone().unwrap_or_default(),
                     since: t.started_at.unwrap_or(now),
+                    context_tokens: None,
                 });
             }
             TaskStatus::Ready | TaskStatus::Todo if !state.in_flight.contains_key(&t.id) => {
@@ -311,6 +312,7 @@ fn observe_snapshot(
             id: id.clone(),
             assignee: w.profile.to_string(),
             since: w.finishing_since.unwrap_or(now),
+            context_tokens: None,
         });
     }
     for (id, f) in &state.in_flight {
@@ -319,6 +321,7 @@ fn observe_snapshot(
             id: id.clone(),
             assignee: f.profile.to_string(),
             since: f.released_at,
+            context_tokens: None,
         });
     }
 

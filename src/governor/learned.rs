@@ -101,6 +101,8 @@ pub fn learned_spread(declared: &WorstCase, stats: &PeakStats) -> Option<Spread>
     Some(Spread {
         mean_kv_tokens: mean.saturating_mul(requests),
         sd_kv_tokens: sd.saturating_mul(requests),
+        growth_per_min_kv_tokens: 0,
+        growth_sd_per_min_kv_tokens: 0,
     })
 }
 
@@ -169,7 +171,9 @@ mod tests {
             learned_spread(&declared, &s),
             Some(Spread {
                 mean_kv_tokens: 6268,
-                sd_kv_tokens: 2246
+                sd_kv_tokens: 2246,
+                growth_per_min_kv_tokens: 0,
+                growth_sd_per_min_kv_tokens: 0,
             })
         );
         assert_eq!(learned_spread(&declared, &PeakStats::default()), None);

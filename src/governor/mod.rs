@@ -21,7 +21,9 @@
 //!
 //! Running and in-flight tasks are charged their worst case from release on. In an engine's
 //! KV pool, profiles with `footprint = "learned"` and enough finished tasks are charged
-//! together: `min(Σ bound, Σ μ + z·√(Σ σ²))` (see [`admission`]). Tasks go in
+//! together: `min(Σ bound, Σ μ + z·√(Σ σ²))`, and a running task whose context is seen is
+//! charged that context plus what it may grow over the next 45 s, once its profile learned
+//! how fast its tasks grow (see [`admission`], where the safety argument is). Tasks go in
 //! Hermes's order (priority desc, created_at asc) with backfill; a task held for memory longer
 //! than `max_wait` gets its room reserved so smaller tasks stop overtaking it. Stale or missing
 //! telemetry, or a second dispatcher on the board, holds everything.
@@ -90,7 +92,11 @@ pub fn decide(policy: &Policy, obs: &Observation) -> Decision {
             let profile = &policy.profiles[pi];
             running_per_profile[pi] += 1;
             if let Some(ledger) = ledgers.get_mut(profile.pool) {
-                let c = ledger.charge_of(&charged_wc[pi], spread[pi].as_ref());
+                let c = ledger.charge_running(
+                    &charged_wc[pi],
+                    spread[pi].as_ref(),
+                    task.context_tokens,
+                );
                 ledger.charge(&c);
             }
         }

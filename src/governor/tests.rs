@@ -84,6 +84,7 @@ fn running(id: &str, profile: &str) -> RunningTask {
         id: TaskId::from(Into::<String>::into(id)),
         assignee: profile.into(),
         since: Millis::secs(900),
+        context_tokens: None,
     }
 }
 
@@ -396,6 +397,8 @@ fn learned_case(used: u64, mean: u64, sd: u64) -> (Policy, Observation) {
     o.spread = vec![Some(Spread {
         mean_kv_tokens: mean,
         sd_kv_tokens: sd,
+        growth_per_min_kv_tokens: 0,
+        growth_sd_per_min_kv_tokens: 0,
     })];
     let mut p = policy(vec![coder]);
     p.pools = vec![pool];
@@ -445,6 +448,49 @@ fn a_pooled_charge_is_never_below_what_the_engine_reports_nor_above_the_bounds()
 }
 
 #[test]
+fn a_running_task_is_charged_its_context_and_its_growth_over_the_horizon_in_a_kv_pool() {
+    // Three coders run with 2_000 tokens of context each; the coder's tasks grow 4_000 tokens
+    // a minute on average (deviation 400). Over 45 s each is charged mean 2_000 + 3_000 and
+    // deviation 300, so five of the waiting ones fit under 85_000:
+    // 15_000 + 50_000 + ⌈2.326 · (⌊√(3 · 300² + 5 · 2000²)⌋ + 1)⌉ = 65_000 + 10_474 = 75_474,
+    // and a sixth would make it 75_000 + 11_461 = 86_461.
+    let (p, mut o) = learned_case(0, 10_000, 2_000);
+    o.spread[0] = o.spread[0].map(|s| Spread {
+        growth_per_min_kv_tokens: 4_000,
+        growth_sd_per_min_kv_tokens: 400,
+        ..s
+    });
+    let seen = |id: &str, tokens: u64| RunningTask {
+        context_tokens: Some(tokens),
+        ..running(id, "coder")
+    };
+    o.running = vec![seen("r_0", 2_000), seen("r_1", 2_000), seen("r_2", 2_000)];
+    let d = decide(&p, &o);
+    assert_eq!(d.release.len(), 5);
+    assert_eq!(d.pools[0].charged_after_kv_tokens, 75_474);
+    // Unseen, they are charged as waiting tasks are: 30_000 + 40_000 + 12_310, four fit.
+    let mut unseen = o.clone();
+    unseen.running = vec![
+        running("r_0", "coder"),
+        running("r_1", "coder"),
+        running("r_2", "coder"),
+    ];
+    assert_eq!(decide(&p, &unseen).release.len(), 4);
+    // Near its peak (9_000 + 3_000 above the profile's mean 10_000), a task is charged the
+    // profile's mean and deviation: the same four.
+    let mut late = o.clone();
+    late.running = vec![seen("r_0", 9_000), seen("r_1", 9_000), seen("r_2", 9_000)];
+    assert_eq!(decide(&p, &late).release, decide(&p, &unseen).release);
+    // Not learned how fast it grows: as if unseen.
+    let mut unlearned = o.clone();
+    unlearned.spread[0] = unlearned.spread[0].map(|s| Spread {
+        growth_per_min_kv_tokens: 0,
+        ..s
+    });
+    assert_eq!(decide(&p, &unlearned).release.len(), 4);
+}
+
+#[test]
 fn a_spread_does_not_pool_gpu_bytes() {
     // Per-request engines (KV in GPU bytes): an overrun is an OOM, so bounds are charged.
     let mut p = policy(vec![profile("coder", 4)]);
@@ -460,6 +506,8 @@ fn a_spread_does_not_pool_gpu_bytes() {
     o.spread = vec![Some(Spread {
         mean_kv_tokens: 1,
         sd_kv_tokens: 1,
+        growth_per_min_kv_tokens: 0,
+        growth_sd_per_min_kv_tokens: 0,
     })];
     // 19.4 GiB ceiling: four 4 GiB tasks, as without a spread.
     assert_eq!(decide(&p, &o).release.len(), 4);
@@ -656,6 +704,15 @@ proptest! {
     }
 }
 
+/// One waiting task per entry of `waits`, of profile `p{entry % n}`, created in that order.
+fn queue(waits: &[usize], n: usize) -> Vec<WaitingTask> {
+    waits
+        .iter()
+        .enumerate()
+        .map(|(i, &pi)| waiting(&format!("t_{i:03}"), &format!("p{}", pi % n), 0, i as u64))
+        .collect()
+}
+
 proptest! {
     #[test]
     fn nothing_admitted_makes_a_pooled_kv_charge_exceed_the_ceiling(
@@ -682,6 +739,8 @@ proptest! {
             spread.push(Some(Spread {
                 mean_kv_tokens: bound * mean_pc / 100,
                 sd_kv_tokens: bound * sd_pc / 100,
+                growth_per_min_kv_tokens: 0,
+                growth_sd_per_min_kv_tokens: 0,
             }));
             profiles.push(q);
         }
@@ -692,11 +751,7 @@ proptest! {
             .enumerate()
             .map(|(i, &pi)| running(&format!("r_{i}"), &format!("p{}", pi % n)))
             .collect();
-        let waiting: Vec<WaitingTask> = waits
-            .iter()
-            .enumerate()
-            .map(|(i, &pi)| waiting(&format!("t_{i:03}"), &format!("p{}", pi % n), 0, i as u64))
-            .collect();
+        let waiting = queue(&waits, n);
         let mut o = obs(kv_pool_obs(capacity, used), running.clone(), waiting);
         o.learned = learned;
         o.spread = spread.clone();
@@ -722,5 +777,66 @@ proptest! {
         let pooled = b.min(m + 2.326 * v.sqrt()).max(used as f64);
         let ceiling = (capacity as f64 * 0.85).floor();
         prop_assert!(pooled <= ceiling + 1e-6, "pooled {pooled} > ceiling {ceiling}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn where_an_overrun_is_an_oom_running_tasks_stay_charged_their_bounds_whatever_their_context(
+        profs in prop::collection::vec((1u64..6, 0u64..4), 1..4),
+        used in 0u64..12,
+        runs in prop::collection::vec((0usize..4, 0u64..100_000), 0..6),
+        waits in prop::collection::vec(0usize..4, 0..20),
+        growth in (0u64..100_000, 0u64..10_000),
+    ) {
+        // KV in GPU bytes (a per-request engine without paging): a running task small now
+        // can still reach its bound, and overrunning the GPU is an OOM. Whatever context the
+        // running tasks show and however fast their profiles learned to grow, the bounds of
+        // everything running and released, over the baseline, stay under the ceiling.
+        let n = profs.len();
+        let mut profiles = Vec::new();
+        let mut learned = Vec::new();
+        let mut spread = Vec::new();
+        for (i, &(kv, extra)) in profs.iter().enumerate() {
+            let mut q = profile(&format!("p{i}"), kv);
+            q.declared.extra_bytes = Bytes::mib(extra * 256);
+            q.footprint = FootprintMode::Learned;
+            learned.push(Some(q.declared));
+            spread.push(Some(Spread {
+                mean_kv_tokens: 1,
+                sd_kv_tokens: 1,
+                growth_per_min_kv_tokens: growth.0,
+                growth_sd_per_min_kv_tokens: growth.1,
+            }));
+            profiles.push(q);
+        }
+        let p = policy(profiles);
+        let running: Vec<RunningTask> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, &(pi, tokens))| RunningTask {
+                context_tokens: Some(tokens),
+                ..running(&format!("r_{i}"), &format!("p{}", pi % n))
+            })
+            .collect();
+        let waiting = queue(&waits, n);
+        let mut o = obs(gpu(used), running.clone(), waiting);
+        o.learned = learned;
+        o.spread = spread;
+        let d = decide(&p, &o);
+        if d.release.is_empty() {
+            return Ok(());
+        }
+        let bound = |name: &str| {
+            let q = p.profiles.iter().find(|q| q.id.as_str() == name).expect("known profile");
+            u128::from(q.declared.gpu_bytes(KvPlacement::GpuBytes).get())
+        };
+        let charged: u128 = running.iter().map(|r| bound(&r.assignee)).sum::<u128>()
+            + d.release.iter().map(|r| bound(r.profile.as_str())).sum::<u128>();
+        let ceiling = u128::from(d.pools[0].ceiling_bytes.expect("a GPU sample").get());
+        prop_assert!(
+            u128::from(Bytes::gib(used).get()) + charged <= ceiling,
+            "{charged} over a baseline of {used} GiB passes the ceiling {ceiling}"
+        );
     }
 }

@@ -342,6 +342,11 @@ pub struct RunningTask {
     pub assignee: String,
     /// When it started or was released.
     pub since: Millis,
+    /// The KV tokens its context has reached so far (all its requests together), where the
+    /// engine or the pass-through shows it; `None` = not seen. Used only in an engine's KV
+    /// pool, for profiles whose growth is learned ([`Spread::growth_per_min_kv_tokens`]).
+    #[serde(default)]
+    pub context_tokens: Option<u64>,
 }
 
 /// Why a waiting task is not dispatchable regardless of capacity.
@@ -404,6 +409,14 @@ pub struct Spread {
     pub mean_kv_tokens: u64,
     /// The standard deviation of the peaks.
     pub sd_kv_tokens: u64,
+    /// An upper confidence bound on how fast a running task's context grows on average, KV
+    /// tokens per minute of its run (0 = not learned: running tasks are charged as waiting
+    /// ones).
+    #[serde(default)]
+    pub growth_per_min_kv_tokens: u64,
+    /// The standard deviation of that growth across tasks, KV tokens per minute.
+    #[serde(default)]
+    pub growth_sd_per_min_kv_tokens: u64,
 }
 
 /// Why a task is held. Every held task has exactly one.

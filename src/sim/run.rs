@@ -315,6 +315,8 @@ pub struct Run<'a> {
     strategy: &'a Strategy,
     engine: Engine,
     peaks: Vec<PeakStats>,
+    /// Per profile, how fast its finished tasks' context grew (KV tokens per minute of run).
+    growth: Vec<PeakStats>,
     /// What `peaks` imply, per profile (kept up to date as tasks finish: the Student's t
     /// quantile behind them is too costly to recompute at every decision).
     learned: Vec<Option<WorstCase>>,
@@ -387,6 +389,7 @@ impl<'a> Run<'a> {
             host,
             params,
             peaks: vec![PeakStats::default(); policy.profiles.len()],
+            growth: vec![PeakStats::default(); policy.profiles.len()],
             learned: vec![None; policy.profiles.len()],
             spread: vec![None; policy.profiles.len()],
             counts: None,
@@ -591,21 +594,42 @@ impl<'a> Run<'a> {
                     return 0;
                 }
                 t.turn += 1;
+                if t.turn == 1 {
+                    // Its context is seen from now on: the governor charges it differently
+                    // (an idle decision must be recomputed).
+                    self.generation += 1;
+                }
                 if t.turn >= self.specs[task].calls.len() {
                     t.st = St::Done;
                     self.counts = None;
                     self.generation += 1;
                     self.finished_last = self.now;
                     // What the engine reports as the task's peak context (DESIGN §4).
+                    let minutes = (self.now - t.started) / 60.0;
                     let spec = &self.specs[task];
-                    if let (Some(s), Some(p)) = (
+                    if let (Some(s), Some(g), Some(p)) = (
                         self.peaks.get_mut(spec.profile),
+                        self.growth.get_mut(spec.profile),
                         self.policy.profiles.get(spec.profile),
                     ) {
                         s.observe(spec.peak_context());
+                        // How fast its context grew over its run, all its requests together:
+                        // what the pass-through sees of a task from its first to its last call.
+                        let first = spec.calls.first().map_or(0, |c| c.prompt);
+                        let grown =
+                            spec.peak_context().saturating_sub(first) * u64::from(spec.streams);
+                        if minutes > 0.0 {
+                            g.observe((grown as f64 / minutes).ceil() as u64);
+                        }
                         self.learned[spec.profile] =
                             s.upper().map(|u| learned_worst_case(&p.declared, u));
-                        self.spread[spec.profile] = learned_spread(&p.declared, s);
+                        let growth = g.spread_per_request().unwrap_or((0, 0));
+                        self.spread[spec.profile] =
+                            learned_spread(&p.declared, s).map(|sp| Spread {
+                                growth_per_min_kv_tokens: growth.0,
+                                growth_sd_per_min_kv_tokens: growth.1,
+                                ..sp
+                            });
                     }
                     return 1;
                 }
@@ -978,6 +1002,7 @@ impl<'a> Run<'a> {
                     id: self.ids[i].clone(),
                     assignee: self.profile_ids[self.specs[i].profile].to_string(),
                     since: Millis(micros(self.tasks[i].started) / 1000),
+                    context_tokens: self.context_seen(i),
                 })
                 .collect(),
             waiting: self
@@ -1013,6 +1038,14 @@ impl<'a> Run<'a> {
             .iter()
             .filter_map(|r| r.id.0.strip_prefix('t')?.parse().ok())
             .collect()
+    }
+
+    /// The context task `i` has reached so far, all its requests together, as the pass-through
+    /// sees it: its last finished turn's (contexts only grow); `None` before its first.
+    fn context_seen(&self, i: usize) -> Option<u64> {
+        let t = &self.tasks[i];
+        let call = self.specs[i].calls.get(t.turn.checked_sub(1)?)?;
+        Some((call.prompt + call.output) * u64::from(self.specs[i].streams))
     }
 
     fn clairvoyant(&self, running: &[usize], ready: Vec<usize>) -> Vec<usize> {

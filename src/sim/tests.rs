@@ -139,23 +139,33 @@ proptest! {
 }
 
 #[test]
-fn the_default_governor_pools_learned_charges_without_a_preemption() {
+fn the_default_governor_pools_learned_charges_within_its_preemption_budget() {
     // The embedded default learns footprints and pools them in vLLM's KV pool (a 99 % bound
-    // on the sum, with every task taken at its peak at once): on these seeds it holds more
-    // than the declared governor and the engine still never preempts.
+    // on the sum), and charges a running task its context plus 45 s of growth: on these seeds
+    // it holds more than the declared governor, and the engine preempts at most a tenth of
+    // what it does under unbounded dispatch, with no timeout, OOM or offload (the bar).
     for seed in 1..=3 {
         let plan = default_plan(
             seed,
-            vec![StrategyName::Governor, StrategyName::GovernorDeclared],
+            vec![
+                StrategyName::Governor,
+                StrategyName::GovernorDeclared,
+                StrategyName::Unbounded,
+            ],
             1.0,
         );
         let rows = simulate(&plan, &mut |_| {});
-        let (pooled, declared) = (&rows[0], &rows[1]);
-        assert_eq!(
-            pooled.preemptions + pooled.ooms + pooled.offloads,
-            0,
-            "seed {seed}"
+        let (pooled, declared, unbounded) = (&rows[0], &rows[1], &rows[2]);
+        assert!(
+            feasible(pooled, unbounded.preemptions),
+            "seed {seed}: {} preemptions (unbounded {}), {} timeouts, {} OOMs, {} offloads",
+            pooled.preemptions,
+            unbounded.preemptions,
+            pooled.timeouts,
+            pooled.ooms,
+            pooled.offloads
         );
+        assert_eq!(pooled.timeouts, 0, "seed {seed}");
         assert!(pooled.kv_peak > declared.kv_peak, "seed {seed}");
         assert!(pooled.completed > declared.completed, "seed {seed}");
     }
