@@ -255,8 +255,9 @@ impl Outcome {
     }
 }
 
+/// Where a simulated task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum St {
+enum TaskPhase {
     Waiting,
     Running,
     Done,
@@ -265,7 +266,7 @@ enum St {
 
 #[derive(Debug, Clone)]
 struct Task {
-    st: St,
+    phase: TaskPhase,
     failures: u32,
     epoch: u32,
     turn: usize,
@@ -275,8 +276,9 @@ struct Task {
     requests: Vec<u64>,
 }
 
+/// What the simulator's event queue holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Ev {
+enum SimEvent {
     Arrive(usize),
     Dispatch,
     Sample,
@@ -332,7 +334,7 @@ pub struct Run<'a> {
     /// not recomputed.
     idle_decision: Option<(u64, u64, u64)>,
     tasks: Vec<Task>,
-    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    heap: BinaryHeap<Reverse<(u64, u64, SimEvent)>>,
     seq: u64,
     next_req: u64,
     now: f64,
@@ -368,7 +370,7 @@ impl<'a> Run<'a> {
         let tasks = specs
             .iter()
             .map(|s| Task {
-                st: St::Waiting,
+                phase: TaskPhase::Waiting,
                 failures: 0,
                 epoch: 0,
                 turn: 0,
@@ -421,23 +423,23 @@ impl<'a> Run<'a> {
             r.engine.set_kv_watermark(*w);
         }
         for (i, s) in specs.iter().enumerate() {
-            r.at(s.arrival, Ev::Arrive(i));
+            r.at(s.arrival, SimEvent::Arrive(i));
         }
-        r.at(0.0, Ev::Dispatch);
-        r.at(0.0, Ev::Sample);
+        r.at(0.0, SimEvent::Dispatch);
+        r.at(0.0, SimEvent::Sample);
         if let Some(c) = host.outside {
             // Connections start a second apart, so they do not all prefill at once.
             for k in 0..c.connections {
                 r.at(
                     f64::from(k) * c.think_s / f64::from(c.connections.max(1)),
-                    Ev::Outside(k),
+                    SimEvent::Outside(k),
                 );
             }
         }
         r
     }
 
-    fn at(&mut self, t: f64, ev: Ev) {
+    fn at(&mut self, t: f64, ev: SimEvent) {
         self.seq += 1;
         self.heap.push(Reverse((micros(t), self.seq, ev)));
     }
@@ -469,7 +471,7 @@ impl<'a> Run<'a> {
             None => self
                 .active
                 .iter()
-                .filter(|&&i| self.tasks[i].st == St::Running)
+                .filter(|&&i| self.tasks[i].phase == TaskPhase::Running)
                 .count(),
         }
     }
@@ -574,7 +576,7 @@ impl<'a> Run<'a> {
             // The outside client's call: its connection thinks, then sends the next.
             if let (Event::Done { .. } | Event::Failed { .. }, Some(c)) = (&e, self.host.outside) {
                 let conn = (task - self.specs.len()) as u32;
-                self.at(self.now + c.think_s, Ev::Outside(conn));
+                self.at(self.now + c.think_s, SimEvent::Outside(conn));
             }
             return 0;
         }
@@ -585,7 +587,7 @@ impl<'a> Run<'a> {
             }
             Event::Done { id, task } => {
                 let t = &mut self.tasks[task];
-                if t.st != St::Running || !t.requests.contains(&id) {
+                if t.phase != TaskPhase::Running || !t.requests.contains(&id) {
                     return 0;
                 }
                 t.requests.retain(|&r| r != id);
@@ -600,7 +602,7 @@ impl<'a> Run<'a> {
                     self.generation += 1;
                 }
                 if t.turn >= self.specs[task].calls.len() {
-                    t.st = St::Done;
+                    t.phase = TaskPhase::Done;
                     self.counts = None;
                     self.generation += 1;
                     self.finished_last = self.now;
@@ -634,7 +636,7 @@ impl<'a> Run<'a> {
                     return 1;
                 }
                 let (epoch, gap) = (t.epoch, self.specs[task].calls[t.turn].gap_before);
-                self.at(self.now + gap, Ev::Turn(task, epoch));
+                self.at(self.now + gap, SimEvent::Turn(task, epoch));
                 0
             }
             Event::Failed { task, why, .. } => {
@@ -652,7 +654,7 @@ impl<'a> Run<'a> {
             }
         }
         let t = &mut self.tasks[task];
-        if t.st != St::Running {
+        if t.phase != TaskPhase::Running {
             return 0;
         }
         t.failures += 1;
@@ -661,29 +663,29 @@ impl<'a> Run<'a> {
         self.counts = None;
         self.generation += 1;
         if t.failures >= self.params.failure_limit {
-            t.st = St::Blocked;
+            t.phase = TaskPhase::Blocked;
             return 1;
         }
-        t.st = St::Waiting;
+        t.phase = TaskPhase::Waiting;
         t.turn = 0;
         t.waiting_since = self.now;
         0
     }
 
-    fn on_event(&mut self, ev: Ev) -> usize {
+    fn on_event(&mut self, ev: SimEvent) -> usize {
         match ev {
-            Ev::Arrive(i) => {
+            SimEvent::Arrive(i) => {
                 self.active.push(i);
                 self.counts = None;
                 self.generation += 1;
                 0
             }
-            Ev::Dispatch => {
+            SimEvent::Dispatch => {
                 self.dispatch();
-                self.at(self.now + self.params.interval, Ev::Dispatch);
+                self.at(self.now + self.params.interval, SimEvent::Dispatch);
                 0
             }
-            Ev::Sample => {
+            SimEvent::Sample => {
                 let mut closed = 0;
                 let stalled = self.engine.stalled(self.now - self.params.call_timeout);
                 for (id, task) in stalled {
@@ -712,12 +714,12 @@ impl<'a> Run<'a> {
                     self.drain_gateway();
                 }
                 self.sample();
-                self.at(self.now + self.params.sample_every, Ev::Sample);
+                self.at(self.now + self.params.sample_every, SimEvent::Sample);
                 closed
             }
-            Ev::Turn(task, epoch) => {
+            SimEvent::Turn(task, epoch) => {
                 let t = &self.tasks[task];
-                if t.st != St::Running || t.epoch != epoch {
+                if t.phase != TaskPhase::Running || t.epoch != epoch {
                     return 0;
                 }
                 let call = self.specs[task].calls[t.turn];
@@ -738,7 +740,7 @@ impl<'a> Run<'a> {
                 self.tasks[task].outstanding = streams;
                 0
             }
-            Ev::Outside(conn) => {
+            SimEvent::Outside(conn) => {
                 if let Some(c) = self.host.outside {
                     self.next_req += 1;
                     self.engine.submit(
@@ -758,17 +760,17 @@ impl<'a> Run<'a> {
     }
 
     fn ready(&self, i: usize) -> bool {
-        self.tasks[i].st == St::Waiting
+        self.tasks[i].phase == TaskPhase::Waiting
             && self.arrived(i)
             && self.specs[i]
                 .parent
-                .is_none_or(|p| self.tasks[p].st == St::Done)
+                .is_none_or(|p| self.tasks[p].phase == TaskPhase::Done)
     }
 
     fn prune(&mut self) {
         let tasks = &self.tasks;
         self.active
-            .retain(|&i| matches!(tasks[i].st, St::Waiting | St::Running));
+            .retain(|&i| matches!(tasks[i].phase, TaskPhase::Waiting | TaskPhase::Running));
     }
 
     fn sample(&mut self) {
@@ -779,7 +781,7 @@ impl<'a> Run<'a> {
                 // neither running nor ready and count for nothing.
                 let (mut running, mut waiting) = (0u32, 0u32);
                 for &i in &self.active {
-                    if self.tasks[i].st == St::Running {
+                    if self.tasks[i].phase == TaskPhase::Running {
                         running += 1;
                     } else if self.ready(i) {
                         waiting += 1;
@@ -841,11 +843,11 @@ impl<'a> Run<'a> {
         self.counts = None;
         self.generation += 1;
         let t = &mut self.tasks[i];
-        t.st = St::Running;
+        t.phase = TaskPhase::Running;
         t.turn = 0;
         t.started = self.now;
         let epoch = t.epoch;
-        self.at(self.now + self.params.spawn_delay, Ev::Turn(i, epoch));
+        self.at(self.now + self.params.spawn_delay, SimEvent::Turn(i, epoch));
     }
 
     fn dispatch(&mut self) {
@@ -854,7 +856,7 @@ impl<'a> Run<'a> {
             .active
             .iter()
             .copied()
-            .filter(|&i| self.tasks[i].st == St::Running)
+            .filter(|&i| self.tasks[i].phase == TaskPhase::Running)
             .collect();
         let guard = match self.strategy {
             Strategy::HermesGuard(_) => {
@@ -1009,7 +1011,7 @@ impl<'a> Run<'a> {
                 .active
                 .iter()
                 .copied()
-                .filter(|&i| self.tasks[i].st == St::Waiting)
+                .filter(|&i| self.tasks[i].phase == TaskPhase::Waiting)
                 .map(|i| {
                     let p = &self.profile_ids[self.specs[i].profile];
                     WaitingTask {
@@ -1094,8 +1096,16 @@ impl<'a> Run<'a> {
         ttft.sort_by(f64::total_cmp);
         let gpu = mean_p99_max(self.series.iter().map(|p| p.gpu_used).collect());
         let kv = mean_p99_max(self.series.iter().map(|p| p.kv_used).collect());
-        let completed = self.tasks.iter().filter(|t| t.st == St::Done).count();
-        let blocked = self.tasks.iter().filter(|t| t.st == St::Blocked).count();
+        let completed = self
+            .tasks
+            .iter()
+            .filter(|t| t.phase == TaskPhase::Done)
+            .count();
+        let blocked = self
+            .tasks
+            .iter()
+            .filter(|t| t.phase == TaskPhase::Blocked)
+            .count();
         let span = self.params.horizon.min(self.now.max(1.0));
         Outcome {
             strategy: self.strategy.label(),

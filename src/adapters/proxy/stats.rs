@@ -1,6 +1,7 @@
 //! What the pass-through has seen, shared with the daemon (`/metrics`, `/status`) and with
-//! footprint learning ([`crate::app::learning`]): per profile, requests by outcome, tokens, TTFT and requests in
-//! flight; per task, requests in flight and its peak.
+//! footprint learning (the app's `learning` module, which reads it; an adapter names nothing
+//! above the ports): per profile, requests by outcome, tokens, TTFT and requests in flight; per
+//! task, requests in flight and its peak.
 //!
 //! **A task's peak** is the largest value, at any moment, of the sum over its requests in
 //! flight of (prompt + generated) tokens, each request counted at its best-known size then:

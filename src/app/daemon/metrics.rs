@@ -85,11 +85,11 @@ pub struct Metrics {
     proxy: Arc<ProxyStats>,
     /// Per pool, the TTFT histogram of the previous engine reading (for windowed quantiles),
     /// and the error and preemption counts already exported.
-    prev: Mutex<Prev>,
+    prev: Mutex<PreviousScrape>,
 }
 
 #[derive(Debug, Default)]
-struct Prev {
+struct PreviousScrape {
     ttft: BTreeMap<String, Vec<(f64, u64)>>,
     errors: BTreeMap<(String, String), u64>,
     preemptions: BTreeMap<String, u64>,
@@ -117,7 +117,7 @@ impl Metrics {
         r.register_collector(Box::new(ServerCollector(server.clone())));
         let proxy = Arc::new(ProxyStats::default());
         r.register_collector(Box::new(ProxyCollector(proxy.clone())));
-        macro_rules! reg {
+        macro_rules! register {
             ($name:expr, $help:expr, $unit:expr, $m:expr) => {{
                 let m = $m;
                 match $unit {
@@ -127,157 +127,157 @@ impl Metrics {
                 m
             }};
         }
-        let gpu_total = reg!(
+        let gpu_total = register!(
             "gpu_total",
             "GPU memory of the pool (latest sample)",
             Some(Unit::Bytes),
             Family::<Labels, Gauge>::default()
         );
-        let gpu_used = reg!(
+        let gpu_used = register!(
             "gpu_used",
             "GPU memory in use (latest sample)",
             Some(Unit::Bytes),
             Family::<Labels, Gauge>::default()
         );
-        let gpu_free = reg!(
+        let gpu_free = register!(
             "gpu_free",
             "GPU memory free (latest sample); headroom is computed from this",
             Some(Unit::Bytes),
             Family::<Labels, Gauge>::default()
         );
-        let projected = reg!(
+        let projected = register!(
             "projected_peak",
             "Projected GPU peak after the last decision: max(used, baseline + worst cases charged)",
             Some(Unit::Bytes),
             Family::<Labels, Gauge>::default()
         );
-        let ceiling = reg!(
+        let ceiling = register!(
             "ceiling",
             "GPU bytes the governor may fill (headroom x total - reserve)",
             Some(Unit::Bytes),
             Family::<Labels, Gauge>::default()
         );
-        let kv_ceiling = reg!(
+        let kv_ceiling = register!(
             "kv_ceiling_tokens",
             "KV tokens the governor may charge in the engine's pool (headroom x capacity)",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let kv_charged = reg!(
+        let kv_charged = register!(
             "kv_charged_tokens",
             "KV tokens charged to running and released tasks after the last decision",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let pool_holding = reg!(
+        let pool_holding = register!(
             "pool_holding",
             "1 when the pool releases nothing because its telemetry is missing, failing or stale",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let engine_running = reg!(
+        let engine_running = register!(
             "engine_requests_running",
             "Requests the engine runs now (its own metric)",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let engine_waiting = reg!(
+        let engine_waiting = register!(
             "engine_requests_waiting",
             "Requests queued in the engine now (its own metric)",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let engine_kv_usage = reg!(
+        let engine_kv_usage = register!(
             "engine_kv_usage",
             "Fraction of the engine's KV pool in use, as the engine reports it",
             Some(Unit::Other("ratio".to_owned())),
             Family::<Labels, FGauge>::default()
         );
-        let engine_kv_used = reg!(
+        let engine_kv_used = register!(
             "engine_kv_used_tokens",
             "KV tokens in use in the engine's pool, as the engine reports them",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let engine_kv_capacity = reg!(
+        let engine_kv_capacity = register!(
             "engine_kv_capacity_tokens",
             "KV tokens the engine's pool holds (from the engine, or kv_capacity_tokens in the config)",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let engine_preemptions = reg!(
+        let engine_preemptions = register!(
             "engine_preemptions",
             "Requests the engine preempted (vLLM num_preemptions_total), counted since the governor started",
             None::<Unit>,
             Family::<Labels, Counter>::default()
         );
-        let ttft = reg!(
+        let ttft = register!(
             "latency_ttft",
             "Time to first token: the probe's, or the p95 of the engine's TTFT histogram since the previous reading",
             Some(Unit::Seconds),
             Family::<Labels, FGauge>::default()
         );
-        let ttft_slo = reg!(
+        let ttft_slo = register!(
             "latency_ttft_slo",
             "The time-to-first-token target (latency.ttft_slo)",
             Some(Unit::Seconds),
             FGauge::default()
         );
-        let running = reg!(
+        let running = register!(
             "tasks_running",
             "Tasks running or released (charged) per profile",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let waiting = reg!(
+        let waiting = register!(
             "tasks_waiting",
             "Tasks waiting for a release per profile",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let oldest_wait = reg!(
+        let oldest_wait = register!(
             "oldest_wait",
             "How long the longest-waiting task has waited",
             Some(Unit::Seconds),
             FGauge::default()
         );
-        let latency_limit = reg!(
+        let latency_limit = register!(
             "latency_limit_tasks",
             "The latency (AIMD) limit on running tasks in force; absent when none is",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let dual_dispatcher = reg!(
+        let dual_dispatcher = register!(
             "dual_dispatcher",
             "1 when another dispatcher holds the board at the last tick (the governor then releases nothing)",
             None::<Unit>,
             Gauge::default()
         );
-        let decisions = reg!(
+        let decisions = register!(
             "decisions",
             "Per-task decisions of every tick, by reason (release, or the hold reason)",
             None::<Unit>,
             Family::<Labels, Counter>::default()
         );
-        let dispatch = reg!(
+        let dispatch = register!(
             "dispatch_outcomes",
             "What ticks did on the board: released, spawned, adopted, reclaimed, blocked, hermes_error",
             None::<Unit>,
             Family::<Labels, Counter>::default()
         );
-        let leaks = reg!(
+        let leaks = register!(
             "leaks",
             "Workers Hermes spawned that the governor did not release (governance leaks)",
             None::<Unit>,
             Counter::default()
         );
-        let ticks = reg!(
+        let ticks = register!(
             "ticks",
             "Ticks run, by trigger (start, interval, board, finishing) and result (ok, error)",
             None::<Unit>,
             Family::<Labels, Counter>::default()
         );
-        let tick_seconds = reg!(
+        let tick_seconds = register!(
             "tick_duration",
             "Duration of one tick (observe, decide, act)",
             Some(Unit::Seconds),
@@ -285,19 +285,19 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ])
         );
-        let telemetry_age = reg!(
+        let telemetry_age = register!(
             "telemetry_age",
             "Age of the latest good reading per pool and source (gpu, engine); absent until one succeeds",
             Some(Unit::Seconds),
             Family::<Labels, FGauge>::default()
         );
-        let telemetry_up = reg!(
+        let telemetry_up = register!(
             "telemetry_up",
             "1 when the latest read of the source succeeded",
             None::<Unit>,
             Family::<Labels, Gauge>::default()
         );
-        let telemetry_errors = reg!(
+        let telemetry_errors = register!(
             "telemetry_errors",
             "Failed telemetry reads per pool and source",
             None::<Unit>,
@@ -409,7 +409,7 @@ impl Metrics {
 
     fn source_health(
         &self,
-        prev: &mut Prev,
+        prev: &mut PreviousScrape,
         pool: &str,
         source: &str,
         age: Option<Millis>,
@@ -443,7 +443,7 @@ impl Metrics {
         }
     }
 
-    fn engine_signals(&self, prev: &mut Prev, pool: &str, r: &EngineReading) {
+    fn engine_signals(&self, prev: &mut PreviousScrape, pool: &str, r: &EngineReading) {
         let labels = l(&[("pool", pool)]);
         if let Some(v) = r.requests_running {
             self.engine_running.get_or_create(&labels).set(i64::from(v));
@@ -933,7 +933,7 @@ mod tests {
     #[test]
     fn an_age_never_read_is_left_out_not_minus_one() {
         let m = Metrics::new();
-        let mut prev = Prev::default();
+        let mut prev = PreviousScrape::default();
         let sample = "kanban_governor_telemetry_age_seconds{pool=\"p\",source=\"gpu\"}";
         m.source_health(&mut prev, "p", "gpu", None, false, 1);
         let text = m.encode(Format::Text004);
@@ -952,7 +952,7 @@ mod tests {
     #[test]
     fn engine_preemptions_are_a_counter_that_survives_an_engine_restart() {
         let m = Metrics::new();
-        let mut prev = Prev::default();
+        let mut prev = PreviousScrape::default();
         for total in [5, 8, 2] {
             let r = EngineReading {
                 preemptions_total: Some(total),
