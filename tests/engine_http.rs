@@ -430,6 +430,8 @@ fn a_probe_with_no_first_token_within_the_timeout_is_an_overload_signal_not_a_fa
         let mut e = HttpEngine::new(kind, &s.addr, timeout, Some(ProbeConfig::default())).unwrap();
         let r = e.read_engine(Millis(0)).unwrap();
         assert_eq!(r.probe_timed_out, Some(Millis(300)), "{kind:?}: {r:?}");
+        // Stamped after the probe: its wait is a latency signal, not age.
+        assert!(r.sample.at >= Millis(300), "{kind:?}: {r:?}");
         assert_eq!((r.probe_ttft, r.probe_status), (None, None), "{kind:?}");
     }
     // A server that answers nothing in time at all (hung: the kernel still accepts the

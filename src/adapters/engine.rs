@@ -550,9 +550,9 @@ impl HttpEngine {
 
     /// One reading, as [`EngineTelemetry::read_engine`], with the concrete error.
     ///
-    /// The latency probe, if any, runs first: under load it takes seconds, and the status read
-    /// after it is then as fresh as the reading is when it is recorded (a slow engine is a
-    /// latency signal, not stale telemetry).
+    /// The latency probe, if any, runs first, and the reading is stamped `now` plus the probe's
+    /// time: under load a probe takes seconds, and that is a latency signal, not stale
+    /// telemetry; a slow status endpoint still ages the reading.
     ///
     /// # Errors
     ///
@@ -560,7 +560,13 @@ impl HttpEngine {
     /// (429/5xx) or did not start answering within the timeout is not an error: it is reported
     /// in `probe_status` or `probe_timed_out`.
     pub fn read(&self, now: Millis) -> Result<EngineReading, EngineError> {
+        let started = std::time::Instant::now();
         let probe = self.run_probe()?;
+        // The reading is as old as its status read, which starts when the probe has ended.
+        let now = Millis(
+            now.get()
+                .saturating_add(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        );
         let mut reading = match self.kind {
             EngineKind::Vllm => parse_vllm_metrics(&self.read_metrics()?, now),
             EngineKind::Sglang => parse_sglang_metrics(&self.read_metrics()?, now),

@@ -159,9 +159,9 @@ pub fn sample_gpu(
     lock(into).record(now, r);
 }
 
-/// Read the engine source once (blocking) and record the result, stamped when the read
-/// ended: a latency probe can take seconds under load (the status read comes after it), and a
-/// slow engine is a latency signal, not stale telemetry.
+/// Read the engine source once (blocking) and record the result, as old as the reading says
+/// it is (an engine adapter stamps it after its latency probe: a slow probe is a latency
+/// signal, not stale telemetry; a slow status read still ages it), a failure when it ended.
 pub fn sample_engine(
     source: &Mutex<Box<dyn EngineTelemetry + Send>>,
     into: &Mutex<SourceState<EngineReading>>,
@@ -170,12 +170,11 @@ pub fn sample_engine(
     let r = lock(source)
         .read_engine(clock.now())
         .map_err(|e| e.to_string());
-    let done = clock.now();
-    let r = r.map(|mut reading| {
-        reading.sample.at = reading.sample.at.max(done);
-        reading
-    });
-    lock(into).record(done, r);
+    let at = match &r {
+        Ok(reading) => reading.sample.at,
+        Err(_) => clock.now(),
+    };
+    lock(into).record(at, r);
 }
 
 /// What the tick sees of one pool: the latest samples, or an error that makes it hold.
@@ -360,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn a_read_slower_than_max_staleness_is_recorded_when_it_ends_so_the_pool_still_sees() {
+    fn a_slow_probe_does_not_age_a_reading_and_a_slow_status_read_does() {
         use std::sync::atomic::{AtomicU64, Ordering};
         /// A clock the engine read moves on.
         struct Manual(Arc<AtomicU64>);
@@ -369,38 +368,43 @@ mod tests {
                 Millis(self.0.load(Ordering::SeqCst))
             }
         }
-        /// An engine whose read (a probe under load) takes 20 s.
-        struct Slow(Arc<AtomicU64>);
+        /// An engine whose read takes 20 s: a probe (the reading is stamped after it, as
+        /// `HttpEngine` stamps it) or a slow status endpoint (stamped before it).
+        struct Slow(Arc<AtomicU64>, bool);
         impl EngineTelemetry for Slow {
             fn read_engine(&mut self, now: Millis) -> Result<EngineReading, PortError> {
                 self.0.fetch_add(20_000, Ordering::SeqCst);
                 let mut r = EngineReading::default();
-                r.sample.at = now;
-                r.probe_ttft = Some(Millis(20_000));
+                r.sample.at = if self.1 {
+                    Millis(now.get() + 20_000)
+                } else {
+                    now
+                };
                 Ok(r)
             }
         }
-        let t = Arc::new(AtomicU64::new(1_000));
-        let source: Mutex<Box<dyn EngineTelemetry + Send>> = Mutex::new(Box::new(Slow(t.clone())));
-        let engine = shared::<EngineReading>();
-        let gpu = shared::<GpuSample>();
-        let g = GpuSample {
-            at: Millis(21_000),
-            total: Bytes::gib(24),
-            used: Bytes::gib(4),
-            free: Bytes::gib(20),
-        };
-        lock(&gpu).record(Millis(21_000), Ok(g));
-        let view = PoolView {
-            gpu,
-            engine: Some(engine.clone()),
-            max_staleness: Millis::secs(5),
-        };
-        sample_engine(&source, &engine, &Manual(t));
-        assert_eq!(lock(&engine).age(Millis(21_000)), Some(Millis(0)));
-        let latest = lock(&engine).last_ok.clone().unwrap().1;
-        assert_eq!(latest.sample.at, Millis(21_000));
-        assert_eq!(view.blind(Millis(21_000)), None);
+        for (probe, blind) in [(true, false), (false, true)] {
+            let t = Arc::new(AtomicU64::new(1_000));
+            let source: Mutex<Box<dyn EngineTelemetry + Send>> =
+                Mutex::new(Box::new(Slow(t.clone(), probe)));
+            let engine = shared::<EngineReading>();
+            let gpu = shared::<GpuSample>();
+            let g = GpuSample {
+                at: Millis(21_000),
+                total: Bytes::gib(24),
+                used: Bytes::gib(4),
+                free: Bytes::gib(20),
+            };
+            lock(&gpu).record(Millis(21_000), Ok(g));
+            let view = PoolView {
+                gpu,
+                engine: Some(engine.clone()),
+                max_staleness: Millis::secs(5),
+            };
+            sample_engine(&source, &engine, &Manual(t));
+            let why = view.blind(Millis(21_000));
+            assert_eq!(why.is_some(), blind, "probe {probe}: {why:?}");
+        }
     }
 
     #[test]
