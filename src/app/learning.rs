@@ -34,7 +34,7 @@
 
 use crate::app::state::GovernorState;
 use crate::governor::learned::{PeakStats, learned_spread, learned_worst_case};
-use crate::governor::{Policy, RunningTask, Spread, TaskId, WorstCase};
+use crate::governor::{Millis, Policy, RunningTask, Spread, TaskId, WorstCase};
 use crate::ports::{BoardSnapshot, TaskStatus};
 pub use crate::record::{MeasuredPeak, PeakSample, TaskPeak};
 use serde::Serialize;
@@ -60,6 +60,8 @@ pub struct Evidence<'a> {
     pub proxy: Option<&'a BTreeMap<TaskId, ProxyTask>>,
     /// Tasks no longer running whose local worker is still alive (its last call may come).
     pub finishing: &'a BTreeSet<TaskId>,
+    /// When the observation was made.
+    pub at: Millis,
 }
 
 /// What one observation taught.
@@ -173,6 +175,24 @@ pub fn follow(
                 .entry(sample.profile.clone())
                 .or_default()
                 .observe(per_request);
+            // How fast the whole task's context grew: its measured peak over the minutes it
+            // ran (from its start on the board to now, the first tick that learns it). The
+            // whole peak, not the peak less its first prompt: a faster growth is charged
+            // more, so the estimate errs on the safe side (`admission`, "Running tasks in a
+            // KV pool"). Only the pass-through sees a task from its first to its last call.
+            if p.proxy.is_some()
+                && let Some(since) = p.since
+            {
+                let ms = evidence.at.since(since).get();
+                if ms > 0 {
+                    let per_min = (u128::from(tokens) * 60_000).div_ceil(u128::from(ms));
+                    state
+                        .growth
+                        .entry(sample.profile.clone())
+                        .or_default()
+                        .observe(u64::try_from(per_min).unwrap_or(u64::MAX));
+                }
+            }
             out.learned.push(sample);
         } else if p.proxy.is_some() {
             out.estimated.push(sample);
@@ -196,6 +216,7 @@ pub fn follow(
                 tokens: 0,
                 tainted: false,
                 proxy: None,
+                since: Some(r.since),
             });
         if let Some(t) = proxy_now(&r.id) {
             raise(&mut entry.proxy, t.peak);
@@ -230,13 +251,39 @@ pub fn learned(policy: &Policy, state: &GovernorState) -> Vec<Option<WorstCase>>
 }
 
 /// Per profile (in [`Policy::profiles`] order), how its tasks' peaks spread, once enough
-/// samples exist (the decision pools them in an engine's KV pool under `footprint = "learned"`).
+/// samples exist (the decision pools them in an engine's KV pool under `footprint = "learned"`),
+/// and how fast their context grows, once enough tasks went through the pass-through (the
+/// decision then charges a running task whose context it sees that context plus its growth
+/// over a horizon).
 pub fn spread(policy: &Policy, state: &GovernorState) -> Vec<Option<Spread>> {
     policy
         .profiles
         .iter()
-        .map(|p| learned_spread(&p.declared, state.footprints.get(&p.id)?))
+        .map(|p| {
+            let spread = learned_spread(&p.declared, state.footprints.get(&p.id)?)?;
+            let (growth, growth_sd) = state
+                .growth
+                .get(&p.id)
+                .and_then(PeakStats::spread_per_request)
+                .unwrap_or((0, 0));
+            Some(Spread {
+                growth_per_min_kv_tokens: growth,
+                growth_sd_per_min_kv_tokens: growth_sd,
+                ..spread
+            })
+        })
         .collect()
+}
+
+/// The context a running task has reached, as the pass-through measured it (exact, the whole
+/// task's, over its requests that ended), if it saw any.
+pub fn context_seen(state: &GovernorState, task: &TaskId) -> Option<u64> {
+    state
+        .task_peaks
+        .get(task)?
+        .proxy
+        .filter(|m| m.exact && m.tokens > 0)
+        .map(|m| m.tokens)
 }
 
 /// Declared vs learned per profile, for `status`.
@@ -309,6 +356,7 @@ mod tests {
             busy_context,
             proxy: None,
             finishing: &NONE,
+            at: Millis(0),
         }
     }
 
@@ -492,6 +540,7 @@ mod tests {
             busy_context: None,
             proxy: Some(proxy),
             finishing,
+            at: Millis(0),
         }
     }
 
@@ -597,11 +646,78 @@ mod tests {
             busy_context: Some(700),
             proxy: Some(&empty),
             finishing: &NONE,
+            at: Millis(0),
         };
         follow(&p, &mut s, &snap(&[]), &running(&[("t2", "coder")]), e);
         let done = snap(&[("t2", TaskStatus::Done)]);
         let got = follow(&p, &mut s, &done, &[], seen(&empty, &NONE));
         assert_eq!(got.learned[0].tokens, 700);
         assert_eq!(s.footprints[&ProfileId::from("coder")].n, 2);
+    }
+
+    #[test]
+    fn through_the_proxy_a_profile_learns_how_fast_its_tasks_grow_and_a_running_tasks_context_is_seen()
+     {
+        let p = policy();
+        let mut s = GovernorState::default();
+        let coder = ProfileId::from("coder");
+        for i in 0..8u64 {
+            let id = format!("t{i}");
+            // Started on the board at 0 (`running` says so); 3,000 + 100·i tokens when done,
+            // learned a minute later: 3,000 + 100·i tokens a minute.
+            let m = proxy(&[(id.as_str(), 3000 + 100 * i, true, 0)]);
+            follow(
+                &p,
+                &mut s,
+                &snap(&[]),
+                &running(&[(id.as_str(), "coder")]),
+                seen(&m, &NONE),
+            );
+            let done = snap(&[(id.as_str(), TaskStatus::Done)]);
+            let e = Evidence {
+                at: Millis::secs(60),
+                ..seen(&m, &NONE)
+            };
+            follow(&p, &mut s, &done, &[], e);
+        }
+        assert_eq!(s.growth[&coder].n, 8);
+        assert_eq!(s.growth[&coder].max, 3700);
+        let sp = spread(&p, &s)[0].expect("eight samples are enough");
+        // The upper end of the mean's interval (3,350 + t·sd/√8), never below the mean.
+        assert!(
+            (3350..3700).contains(&sp.growth_per_min_kv_tokens),
+            "{sp:?}"
+        );
+        assert!(sp.growth_sd_per_min_kv_tokens > 0, "{sp:?}");
+
+        // A running task the proxy measured: its context is seen once a request of it ended
+        // with an exact size; one with nothing measured yet, or estimated, is not.
+        let m = proxy(&[
+            ("r1", 1200, true, 1),
+            ("r2", 0, true, 1),
+            ("r3", 900, false, 0),
+        ]);
+        let r = running(&[("r1", "coder"), ("r2", "coder"), ("r3", "coder")]);
+        follow(&p, &mut s, &snap(&[]), &r, seen(&m, &NONE));
+        assert_eq!(context_seen(&s, &TaskId::from("r1")), Some(1200));
+        assert_eq!(context_seen(&s, &TaskId::from("r2")), None);
+        assert_eq!(context_seen(&s, &TaskId::from("r3")), None);
+
+        // `/slots` alone teaches no growth (it does not see a task from its first call).
+        let mut q = GovernorState::default();
+        follow(
+            &p,
+            &mut q,
+            &snap(&[]),
+            &running(&[("t", "coder")]),
+            slots(Some(700)),
+        );
+        let e = Evidence {
+            at: Millis::secs(60),
+            ..slots(Some(700))
+        };
+        follow(&p, &mut q, &snap(&[("t", TaskStatus::Done)]), &[], e);
+        assert_eq!(q.footprints[&coder].n, 1);
+        assert!(q.growth.is_empty());
     }
 }

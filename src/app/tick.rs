@@ -283,8 +283,13 @@ fn observe_snapshot(
         busy_context,
         proxy: opts.proxy.as_ref(),
         finishing: &finishing_ids,
+        at: now,
     };
     let followed = learning::follow(policy, state, snap, &running, evidence);
+    // What the pass-through saw each running task reach (charged with its profile's growth).
+    for r in &mut running {
+        r.context_tokens = learning::context_seen(state, &r.id);
+    }
     for p in &followed.estimated {
         tracing::info!(task = %p.task, profile = %p.profile, peak_tokens = p.tokens,
             "Not learning a finished task's peak: the proxy estimated it from bytes (its engine sent no usage, or a request was cut off).");

@@ -8,7 +8,7 @@
 pub mod report;
 pub mod state;
 
-use crate::governor::{ProfileId, TaskId};
+use crate::governor::{Millis, ProfileId, TaskId};
 use serde::{Deserialize, Serialize};
 
 /// One running task's learning so far.
@@ -24,6 +24,10 @@ pub struct TaskPeak {
     /// (`[proxy] listen`); when present it is what the task teaches, not `tokens`.
     #[serde(default)]
     pub proxy: Option<MeasuredPeak>,
+    /// When the governor first saw it running (how fast its context grew is its peak over the
+    /// minutes since); `None` in state saved before this was kept.
+    #[serde(default)]
+    pub since: Option<Millis>,
 }
 
 /// A task's peak as the pass-through measured it: the largest sum of the final sizes

@@ -92,6 +92,10 @@ pub struct GovernorState {
     /// Per profile, the peaks its finished tasks reached (footprint learning).
     #[serde(default)]
     pub footprints: BTreeMap<ProfileId, PeakStats>,
+    /// Per profile, how fast its finished tasks' context grew through the pass-through,
+    /// tokens per minute of run, the whole task's (the running-task charge in a KV pool).
+    #[serde(default)]
+    pub growth: BTreeMap<ProfileId, PeakStats>,
     /// Per running governed task, its peak so far.
     #[serde(default)]
     pub task_peaks: BTreeMap<TaskId, TaskPeak>,
@@ -114,6 +118,7 @@ impl Default for GovernorState {
             worker_deaths: BTreeMap::new(),
             latency_limit: None,
             footprints: BTreeMap::new(),
+            growth: BTreeMap::new(),
             task_peaks: BTreeMap::new(),
             workers: BTreeMap::new(),
         }

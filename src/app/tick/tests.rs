@@ -634,6 +634,43 @@ fn a_finished_task_the_proxy_never_saw_stays_charged_until_its_process_exits() {
 }
 
 #[test]
+fn a_running_tasks_context_the_proxy_measured_reaches_the_decision() {
+    let mut rig = Rig::new(vec![
+        task("t_r", "big", TaskStatus::Running, 0, 1),
+        task("t_s", "big", TaskStatus::Running, 0, 2),
+    ]);
+    let proxied = |tokens: u64, exact: bool| {
+        let t = learning::ProxyTask {
+            peak: learning::MeasuredPeak { tokens, exact },
+            in_flight: 1,
+            ended: 1,
+        };
+        TickOptions {
+            proxy: Some(BTreeMap::from([(TaskId::from("t_r"), t)])),
+            ..TickOptions::default()
+        }
+    };
+    let context = |r: &TickReport, id: &str| {
+        r.observed
+            .observation
+            .running
+            .iter()
+            .find(|t| t.id.as_str() == id)
+            .map(|t| t.context_tokens)
+    };
+    let r = rig.tick_with(&proxied(5_000, true));
+    assert_eq!(context(&r, "t_r"), Some(Some(5_000)));
+    assert_eq!(context(&r, "t_s"), Some(None), "the proxy never saw it");
+    // Its peak only grows (an idle task the proxy forgot keeps what it reached); an estimate
+    // from bytes is not a context the decision may lean on.
+    let r = rig.tick_with(&TickOptions::default());
+    assert_eq!(context(&r, "t_r"), Some(Some(5_000)));
+    rig.state = GovernorState::default();
+    let r = rig.tick_with(&proxied(7_000, false));
+    assert_eq!(context(&r, "t_r"), Some(None));
+}
+
+#[test]
 fn a_worker_lingering_past_the_grace_is_no_longer_charged() {
     let mut rig = t_a_done_with_its_worker_alive();
     assert!(rig.tick().released.is_empty());
