@@ -401,3 +401,80 @@ fn a_few_percent_less_kv_turns_zero_preemptions_into_many() {
         fits.ttft_p99
     );
 }
+
+/// hermes-agent #111188: two GPUs, each with its own engine, profiles pinned to one or the
+/// other. Each call goes to its profile's GPU, and the governor keeps each pool under its own
+/// ceiling (charged declared worst cases: never over it, beyond block rounding; learned: the
+/// bar), while unbounded dispatch overruns the busier pool.
+#[test]
+fn on_two_gpus_the_governor_keeps_each_pool_under_its_own_ceiling() {
+    let cfg = two_gpus_config(48 << 30, EngineKind::Vllm, "llama-3.1-8b").unwrap();
+    let setup = setup(&cfg).unwrap();
+    assert_eq!(setup.more_pools.len(), 1);
+    let researcher = setup
+        .profiles
+        .iter()
+        .position(|p| p.name == "researcher")
+        .unwrap();
+    assert_eq!(setup.pool_of_profile[researcher], 1);
+    assert_eq!(setup.pool_of_profile.iter().filter(|&&k| k == 0).count(), 2);
+    let ceilings: Vec<u64> = setup
+        .ceilings()
+        .into_iter()
+        .map(|c| match c {
+            Ceiling::KvTokens(t) => t,
+            other => panic!("a paged pool's ceiling is in KV tokens, not {other:?}"),
+        })
+        .collect();
+    let tasks = workload::scenario(workload::Scenario::TwoGpus, &setup.profiles, 1800.0, 1);
+    let plan = Plan {
+        setup,
+        tasks,
+        params: Params {
+            horizon: 3600.0,
+            ..Params::default()
+        },
+        strategies: vec![
+            StrategyName::GovernorDeclared,
+            StrategyName::Governor,
+            StrategyName::Unbounded,
+        ],
+        cap: 8,
+    };
+    let rows = simulate(&plan, &mut |_| {});
+    let (declared, governor, unbounded) = (&rows[0], &rows[1], &rows[2]);
+    for o in &rows {
+        assert_eq!(o.pools.len(), 2, "{}", o.strategy);
+        assert!(
+            o.pools.iter().all(|p| p.kv_max > 0),
+            "{}: both GPUs serve calls: {:?}",
+            o.strategy,
+            o.pools
+        );
+        assert_eq!(
+            o.preemptions,
+            o.pools.iter().map(|p| p.preemptions).sum::<u64>()
+        );
+    }
+    let most_running = declared.series.iter().map(|p| p.running).max().unwrap_or(0);
+    for (p, ceiling) in declared.pools.iter().zip(&ceilings) {
+        assert!(
+            p.kv_max <= ceiling + 64 * u64::from(most_running),
+            "declared: {} KV tokens held over the ceiling {ceiling}",
+            p.kv_max
+        );
+    }
+    assert_eq!(declared.preemptions, 0);
+    assert!(
+        unbounded.preemptions > 0,
+        "unbounded dispatch overruns a pool"
+    );
+    assert!(
+        feasible(governor, unbounded.preemptions),
+        "governor: {} preemptions (unbounded {}), {} timeouts of {} calls",
+        governor.preemptions,
+        unbounded.preemptions,
+        governor.timeouts,
+        governor.calls
+    );
+}
