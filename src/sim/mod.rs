@@ -1,5 +1,6 @@
-//! The simulator: a deterministic (seeded) discrete-event model of one GPU host, its
-//! inference engine and a Hermes board, on which dispatch strategies are compared on the same
+//! The simulator: a deterministic (seeded) discrete-event model of a GPU host (one per pool
+//! of the config, each with its own engine: `--scenario two-gpus`), its inference engine and
+//! a Hermes board, on which dispatch strategies are compared on the same
 //! workload (DESIGN §8). Pure: no clock, files or environment; the CLI (`app::simulate`)
 //! reads files and prints.
 //!
@@ -163,25 +164,22 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
         });
     }
     let pool_of_profile: Vec<usize> = policy.profiles.iter().map(|p| p.pool).collect();
-    // A profile is interactive if it is guaranteed room or has its pool's smallest context.
-    let min_ctx = |pool: usize| {
-        cfg.profiles
-            .iter()
-            .zip(&pool_of_profile)
-            .filter(|(_, k)| **k == pool)
-            .map(|(p, _)| p.max_context_tokens)
-            .min()
-            .unwrap_or(0)
-    };
+    // A profile is interactive if it is guaranteed room or has the smallest context (of all
+    // profiles, whichever pool: the same workload whether the profiles share a GPU or not).
+    let min_ctx = cfg
+        .profiles
+        .iter()
+        .map(|p| p.max_context_tokens)
+        .min()
+        .unwrap_or(0);
     let profiles = cfg
         .profiles
         .iter()
-        .zip(&pool_of_profile)
-        .map(|(p, &k)| ProfileShape {
+        .map(|p| ProfileShape {
             name: p.name.to_string(),
             max_context: p.max_context_tokens,
             streams: p.requests_per_task,
-            interactive: p.guaranteed > 0 || p.max_context_tokens == min_ctx(k),
+            interactive: p.guaranteed > 0 || p.max_context_tokens == min_ctx,
         })
         .collect();
     Ok(Setup {
