@@ -223,23 +223,38 @@ fn feasible_means_the_governors_own_bar() {
     ));
 }
 
-#[test]
-fn the_governor_runs_tasks_on_a_llamacpp_host() {
-    // The llama.cpp adapter reports the slots' n_ctx summed as the KV capacity; the simulated
-    // engine must too, or its KV pool has no known capacity and the governor holds everything.
-    let cfg = host_config(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b").unwrap();
-    let setup = setup(&cfg).unwrap();
-    let tasks = workload::scenario(workload::Scenario::Burst, &setup.profiles, 600.0, 1);
-    let plan = Plan {
+/// `strategies` on `setup` with scenario `s` (seed 1) arriving for `seconds`, runs stopping
+/// at an hour.
+fn scenario_plan(
+    setup: Setup,
+    s: workload::Scenario,
+    seconds: f64,
+    strategies: Vec<StrategyName>,
+) -> Plan {
+    let tasks = workload::scenario(s, &setup.profiles, seconds, 1);
+    Plan {
         setup,
         tasks,
         params: Params {
             horizon: 3600.0,
             ..Params::default()
         },
-        strategies: vec![StrategyName::Governor],
+        strategies,
         cap: 8,
-    };
+    }
+}
+
+#[test]
+fn the_governor_runs_tasks_on_a_llamacpp_host() {
+    // The llama.cpp adapter reports the slots' n_ctx summed as the KV capacity; the simulated
+    // engine must too, or its KV pool has no known capacity and the governor holds everything.
+    let cfg = host_config(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b").unwrap();
+    let plan = scenario_plan(
+        setup(&cfg).unwrap(),
+        workload::Scenario::Burst,
+        600.0,
+        vec![StrategyName::Governor],
+    );
     let o = &simulate(&plan, &mut |_| {})[0];
     assert!(o.completed > 0, "{o:?}");
     assert_eq!(o.overflows + o.ooms, 0);
@@ -426,21 +441,16 @@ fn on_two_gpus_the_governor_keeps_each_pool_under_its_own_ceiling() {
             other => panic!("a paged pool's ceiling is in KV tokens, not {other:?}"),
         })
         .collect();
-    let tasks = workload::scenario(workload::Scenario::TwoGpus, &setup.profiles, 1800.0, 1);
-    let plan = Plan {
+    let plan = scenario_plan(
         setup,
-        tasks,
-        params: Params {
-            horizon: 3600.0,
-            ..Params::default()
-        },
-        strategies: vec![
+        workload::Scenario::TwoGpus,
+        1800.0,
+        vec![
             StrategyName::GovernorDeclared,
             StrategyName::Governor,
             StrategyName::Unbounded,
         ],
-        cap: 8,
-    };
+    );
     let rows = simulate(&plan, &mut |_| {});
     let (declared, governor, unbounded) = (&rows[0], &rows[1], &rows[2]);
     for o in &rows {
