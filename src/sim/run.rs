@@ -731,8 +731,13 @@ impl<'a> Run<'a> {
                 self.at(self.now + gap, SimEvent::Turn(task, epoch));
                 0
             }
-            Event::Failed { task, why, .. } => {
+            Event::Failed { id, task, why } => {
                 debug_assert!(matches!(why, Failure::Oom | Failure::Overflow));
+                // A failure delivered after its task's run ended (on a several-pool host an
+                // iteration's events arrive when it ends) must not fail the next run.
+                if !self.tasks[task].requests.contains(&id) {
+                    return 0;
+                }
                 self.fail_run(task)
             }
         }
