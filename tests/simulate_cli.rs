@@ -202,7 +202,8 @@ fn what_if_hosts_run_on_every_engine() {
 
 /// Issue 14: each peer row and each user-reported scenario runs and shows in `--json`; on the
 /// unified-memory host (hermes-agent #90713) Hermes's guard never dispatches while the
-/// governor does, and on a discrete GPU the guard never trips (it does not see the GPU).
+/// governor does, and on a discrete GPU the guard never trips (it does not see the GPU); on two
+/// GPUs (hermes-agent #111188) every row reports each pool.
 #[test]
 fn every_peer_row_and_user_scenario_runs_and_shows_in_json() {
     let peers = [
@@ -212,7 +213,13 @@ fn every_peer_row_and_user_scenario_runs_and_shows_in_json() {
         "llm-d flow control, unbounded",
         "vLLM KV watermark 0.05, unbounded",
     ];
-    for scenario in ["mixed", "unified-memory", "outside-client", "hermes-sized"] {
+    for scenario in [
+        "mixed",
+        "unified-memory",
+        "outside-client",
+        "hermes-sized",
+        "two-gpus",
+    ] {
         let out = simulate()
             .args([
                 "--scenario",
@@ -253,6 +260,18 @@ fn every_peer_row_and_user_scenario_runs_and_shows_in_json() {
                 let unbounded = row("unbounded (gateway)");
                 assert_eq!(guard["completed"], unbounded["completed"], "{v}");
                 assert_eq!(guard["preemptions"], unbounded["preemptions"], "{v}");
+                assert!(governor.get("pools").is_none(), "one GPU, no per-pool: {v}");
+            }
+            "two-gpus" => {
+                for r in rows {
+                    let pools = r["pools"].as_array().unwrap();
+                    assert_eq!(pools.len(), 2, "{v}");
+                    let sum: u64 = pools
+                        .iter()
+                        .map(|p| p["preemptions"].as_u64().unwrap())
+                        .sum();
+                    assert_eq!(r["preemptions"].as_u64(), Some(sum), "{v}");
+                }
             }
             _ => {}
         }

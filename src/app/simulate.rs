@@ -39,8 +39,10 @@ unbounded dispatch; vllm-watermark = vLLM's KV watermark 0.05 over unbounded dis
 
 Scenarios with their own host (unless --config or --gpu-memory/--engine/--model give one): \
 unified-memory (GB10-like, 128 GiB shared, vLLM at 0.87, telemetry = \"host\"), outside-client \
-(a 3-slot llama-server on 24 GiB with a 32-connection client outside the board); hermes-sized \
-raises every profile to 64k of context and adds a 10k-token system prompt to every call.
+(a 3-slot llama-server on 24 GiB with a 32-connection client outside the board), two-gpus \
+(two 48 GiB GPUs, each its own engine, coder and triage pinned to the first, researcher to the \
+second; --gpu-memory/--engine/--model size both GPUs); hermes-sized raises every profile to 64k \
+of context and adds a 10k-token system prompt to every call.
 
 Trace files (--trace) are in the Azure LLM inference CSV format \
 (TIMESTAMP,ContextTokens,GeneratedTokens). Every --group consecutive rows become one agent task \
@@ -129,6 +131,11 @@ fn load_setup(args: &SimulateArgs) -> anyhow::Result<sim::Setup> {
             s.host.speed = sim::gb10_speed(s.host.kv_bytes_per_token).map_err(|e| usage(e.0))?;
             s
         }
+        Some(Scenario::TwoGpus) if args.config.is_none() => {
+            let (gpu, kind, model) = host_flags(args, TWO_GPUS_MEMORY)?;
+            let cfg = sim::two_gpus_config(gpu, kind, model).map_err(|e| usage(e.0))?;
+            sim::setup(&cfg).map_err(|e| usage(e.0))?
+        }
         Some(Scenario::OutsideClient) if !host_given(args) => {
             let cfg = sim::host_config(24 << 30, EngineKind::Llamacpp, "llama-3.1-8b")
                 .map_err(|e| usage(e.0))?;
@@ -173,6 +180,28 @@ fn load_setup(args: &SimulateArgs) -> anyhow::Result<sim::Setup> {
     Ok(setup)
 }
 
+/// Each GPU of the `two-gpus` scenario, unless --gpu-memory says otherwise.
+const TWO_GPUS_MEMORY: u64 = 48 << 30;
+
+/// The what-if host of --gpu-memory/--engine/--model: GPU bytes (`gpu` when not given),
+/// engine (vLLM) and model (Llama-3.1-8B).
+fn host_flags(args: &SimulateArgs, gpu: u64) -> anyhow::Result<(u64, EngineKind, &str)> {
+    let gpu = match &args.gpu_memory {
+        Some(s) => config::parse_size_str(s)
+            .map_err(|e| usage(format!("--gpu-memory {s:?}: {e}")))?
+            .get(),
+        None => gpu,
+    };
+    let kind = match args.engine.as_deref().unwrap_or("vllm") {
+        "sglang" => EngineKind::Sglang,
+        "llamacpp" => EngineKind::Llamacpp,
+        "ollama" => EngineKind::Ollama,
+        "openai" => EngineKind::Openai,
+        _ => EngineKind::Vllm,
+    };
+    Ok((gpu, kind, args.model.as_deref().unwrap_or("llama-3.1-8b")))
+}
+
 fn load_config(args: &SimulateArgs) -> anyhow::Result<config::Config> {
     if let Some(path) = &args.config {
         let cargs = ConfigArgs {
@@ -184,20 +213,7 @@ fn load_config(args: &SimulateArgs) -> anyhow::Result<config::Config> {
     if args.gpu_memory.is_none() && args.engine.is_none() && args.model.is_none() {
         return Ok(config::embedded_default());
     }
-    let gpu = match &args.gpu_memory {
-        Some(s) => config::parse_size_str(s)
-            .map_err(|e| usage(format!("--gpu-memory {s:?}: {e}")))?
-            .get(),
-        None => 80 << 30,
-    };
-    let kind = match args.engine.as_deref().unwrap_or("vllm") {
-        "sglang" => EngineKind::Sglang,
-        "llamacpp" => EngineKind::Llamacpp,
-        "ollama" => EngineKind::Ollama,
-        "openai" => EngineKind::Openai,
-        _ => EngineKind::Vllm,
-    };
-    let model = args.model.as_deref().unwrap_or("llama-3.1-8b");
+    let (gpu, kind, model) = host_flags(args, 80 << 30)?;
     sim::host_config(gpu, kind, model).map_err(|e| usage(e.0))
 }
 
@@ -299,12 +315,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let ctx = sim::report::Context {
-        kv_pool_tokens: plan.setup.host.regime.kv_pool_tokens(),
-        ceiling: plan.setup.ceiling,
-        gpu_total_bytes: plan.setup.host.total,
-        horizon_s: plan.params.horizon,
-    };
+    let ctx = plan.setup.report_context(plan.params.horizon);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
@@ -319,28 +330,30 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     } else if args.csv {
         let _ = write!(out, "{}", sim::report::csv(&rows));
     } else {
-        let h = &plan.setup.host;
+        let hosts = plan.setup.hosts();
+        let gpus = hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "a {:.0} GiB GPU ({})",
+                    h.total as f64 / (1u64 << 30) as f64,
+                    describe_engine(h.regime)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" and ");
         let _ = writeln!(
             out,
-            "{} tasks over {:.0} min on a {:.0} GiB GPU ({}), seed {}; runs stop at {:.0} min\n",
+            "{} tasks over {:.0} min on {gpus}, seed {}; runs stop at {:.0} min\n",
             plan.tasks.len(),
             plan.tasks.iter().map(|t| t.arrival).fold(0.0, f64::max) / 60.0,
-            h.total as f64 / (1u64 << 30) as f64,
-            match h.regime {
-                sim::engine::Regime::Paged {
-                    capacity_tokens, ..
-                } => format!("paged KV pool of {capacity_tokens} tokens"),
-                sim::engine::Regime::Slots { slots, slot_ctx } =>
-                    format!("{slots} slots of {slot_ctx} tokens"),
-                sim::engine::Regime::PerRequest { offload } => format!(
-                    "KV allocated per request, {} beyond free memory",
-                    if offload { "CPU offload" } else { "OOM" }
-                ),
-            },
             args.seed,
             plan.params.horizon / 60.0,
         );
         let _ = write!(out, "{}", sim::report::table(&rows, &ctx));
+        if !plan.setup.more_pools.is_empty() {
+            let _ = write!(out, "{}", sim::report::per_pool(&rows, &plan.setup));
+        }
     }
     if let Some(dir) = &args.plot {
         let files = sim::plot::write_all(dir, &rows, &ctx)
@@ -350,6 +363,22 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine of a simulated GPU, in words.
+fn describe_engine(regime: sim::engine::Regime) -> String {
+    match regime {
+        sim::engine::Regime::Paged {
+            capacity_tokens, ..
+        } => format!("paged KV pool of {capacity_tokens} tokens"),
+        sim::engine::Regime::Slots { slots, slot_ctx } => {
+            format!("{slots} slots of {slot_ctx} tokens")
+        }
+        sim::engine::Regime::PerRequest { offload } => format!(
+            "KV allocated per request, {} beyond free memory",
+            if offload { "CPU offload" } else { "OOM" }
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,31 @@
 //! scheduling cost. So batching helps (the weight read is shared) and overload hurts (queues,
 //! KV reads growing with context, preemption and recompute). The hardware constants are in
 //! [`Hardware`].
+//!
+//! Where each constant and rule comes from (ENGINES.md sections; upstream files as ENGINES.md
+//! cites them):
+//!
+//! | constant / rule | value | source |
+//! |---|---|---|
+//! | KV block size | 16 tokens | vLLM's default `block_size` (§2.1, `vllm:cache_config_info`) |
+//! | most requests scheduled | 256 | vLLM `max_num_seqs` on GPUs < 70 GiB and A100 (§2.1, `vllm/engine/arg_utils.py` `get_batch_defaults`; 1024 on larger GPUs, where KV binds long before) |
+//! | prefill tokens per iteration | 2048 | vLLM `max_num_batched_tokens`, same defaults (§2.1) |
+//! | blocks taken as the context grows, not reserved for the output | | `allocate_slots(request, num_new_tokens)` in `vllm/v1/core/sched/scheduler.py` (§2.1) |
+//! | preempt the newest running request, recompute its prefill | | FCFS `self.running.pop()`, V1 `RECOMPUTE` (§2.1, same file) |
+//! | KV watermark (off by default) | | vLLM PR #44594 (PEERS.md, "Engine-side admission") |
+//! | slots of `-c / -np` tokens, queue when all busy, refuse longer requests | | `tools/server/README.md` of llama.cpp (§2.3) |
+//! | offload slowdown | 10× | Ollama partial CPU offload, "throughput drops by an order of magnitude" (§2.2) |
+//! | GPU bandwidth and FLOP/s | see [`Hardware::for_memory`] | vendors' data sheets; the 80 %/40 % fractions reached are an assumption |
+//! | scheduling cost per request | 0.1 ms | an assumption (no source) |
+//! | FLOPs per prefill token | 2 × params | the standard dense-transformer estimate (attention FLOPs left out) |
+//!
+//! Where the model departs from vLLM: a preemption does not stop admissions in the same
+//! iteration (vLLM admits from the queue only in a step with no preemption), and identical
+//! decode iterations are taken several at once only while 16 free tokens per running request
+//! are left (else one at a time), which can change when a block boundary is crossed, not how
+//! much is held. The test `a_few_percent_less_kv_turns_zero_preemptions_into_many`
+//! (`sim/tests.rs`) checks that the model shows the preemption cliff reported for vLLM-like
+//! schedulers (PEERS.md, "Simulator fidelity reference").
 
 use std::collections::VecDeque;
 
@@ -30,9 +55,10 @@ pub enum Regime {
     Paged {
         /// Tokens the pool holds (`num_gpu_blocks × block_size`).
         capacity_tokens: u64,
-        /// Tokens per block (vLLM: 16).
+        /// Tokens per block (vLLM's default `block_size`, 16: ENGINES.md §2.1).
         block_tokens: u64,
-        /// Most requests scheduled at once (vLLM `--max-num-seqs`, 256 by default).
+        /// Most requests scheduled at once (vLLM `--max-num-seqs`, 256 by default on GPUs
+        /// < 70 GiB and A100: ENGINES.md §2.1, `vllm/engine/arg_utils.py`).
         max_seqs: usize,
     },
     /// Fixed slots (llama.cpp `-np`).
@@ -104,14 +130,18 @@ pub struct Speed {
     /// Prefilling one prompt token.
     pub prefill_s_per_token: f64,
     /// How much slower an offloaded request makes its iterations (Ollama with layers on the
-    /// CPU: 5–20× reported; 10×).
+    /// CPU: 5–20× reported, "an order of magnitude" in ENGINES.md §2.2; 10×).
     pub offload_slowdown: f64,
-    /// Prompt tokens per iteration (chunked prefill budget).
+    /// Prompt tokens per iteration (chunked prefill budget; vLLM `max_num_batched_tokens`,
+    /// 2048 by default: ENGINES.md §2.1).
     pub batch_tokens: u64,
 }
 
 impl Speed {
-    /// The roofline costs of a model on `hw`.
+    /// The roofline costs of a model on `hw`: the weights read once per iteration, each
+    /// decoding token's KV read, `2 × params` FLOPs per prefilled token (the dense-transformer
+    /// estimate), 0.1 ms per scheduled request (an assumption), 10× when offloaded, vLLM's
+    /// 2048-token prefill budget.
     pub fn roofline(
         weight_bytes: u64,
         kv_bytes_per_token: u64,

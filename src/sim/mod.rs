@@ -1,5 +1,6 @@
-//! The simulator: a deterministic (seeded) discrete-event model of one GPU host, its
-//! inference engine and a Hermes board, on which dispatch strategies are compared on the same
+//! The simulator: a deterministic (seeded) discrete-event model of a GPU host (one per pool
+//! of the config, each with its own engine: `--scenario two-gpus`), its inference engine and
+//! a Hermes board, on which dispatch strategies are compared on the same
 //! workload (DESIGN §8). Pure: no clock, files or environment; the CLI (`app::simulate`)
 //! reads files and prints.
 //!
@@ -51,6 +52,66 @@ pub struct Setup {
     /// The governor's ceiling on the pool, for plots: GPU bytes (per-request engines) or KV
     /// tokens (engine pools).
     pub ceiling: Ceiling,
+    /// The config's other pools (its second GPU and on), each with its own engine: empty for
+    /// a one-pool config.
+    pub more_pools: Vec<PoolSetup>,
+    /// Each profile's pool (same order as `profiles`): 0 is `host`, k is `more_pools[k - 1]`.
+    pub pool_of_profile: Vec<usize>,
+}
+
+/// A pool of a config beyond its first: its GPU and engine, and the governor's ceiling there.
+#[derive(Debug, Clone)]
+pub struct PoolSetup {
+    /// The pool's name in the config.
+    pub name: String,
+    /// Its GPU and engine.
+    pub host: Host,
+    /// The governor's ceiling on it.
+    pub ceiling: Ceiling,
+}
+
+impl Setup {
+    /// Every pool's host, the first pool's first.
+    pub fn hosts(&self) -> Vec<Host> {
+        std::iter::once(self.host.clone())
+            .chain(self.more_pools.iter().map(|p| p.host.clone()))
+            .collect()
+    }
+
+    /// Every pool's ceiling, the first pool's first.
+    pub fn ceilings(&self) -> Vec<Ceiling> {
+        std::iter::once(self.ceiling)
+            .chain(self.more_pools.iter().map(|p| p.ceiling))
+            .collect()
+    }
+
+    /// What the table and plots compare the rows' memory with: the pools' KV tokens, the
+    /// governor's ceilings and the GPUs' memory, each summed over the pools (one pool: its
+    /// own). Ceilings of different kinds do not add up: then the first pool's.
+    pub fn report_context(&self, horizon_s: f64) -> report::Context {
+        let hosts = self.hosts();
+        let kv_pool_tokens = hosts
+            .iter()
+            .map(|h| h.regime.kv_pool_tokens())
+            .sum::<Option<u64>>();
+        let ceiling = self
+            .ceilings()
+            .into_iter()
+            .skip(1)
+            .try_fold(self.ceiling, |sum, c| match (sum, c) {
+                (Ceiling::Bytes(a), Ceiling::Bytes(b)) => Some(Ceiling::Bytes(a + b)),
+                (Ceiling::KvTokens(a), Ceiling::KvTokens(b)) => Some(Ceiling::KvTokens(a + b)),
+                (Ceiling::Slots(a), Ceiling::Slots(b)) => Some(Ceiling::Slots(a + b)),
+                _ => None,
+            })
+            .unwrap_or(self.ceiling);
+        report::Context {
+            kv_pool_tokens,
+            ceiling,
+            gpu_total_bytes: hosts.iter().map(|h| h.total).sum(),
+            horizon_s,
+        }
+    }
 }
 
 /// The governor's ceiling, as plots draw it.
@@ -88,10 +149,58 @@ pub fn setup(cfg: &Config) -> Result<Setup, SetupError> {
 ///
 /// As [`setup`].
 pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setup, SetupError> {
-    let pool = cfg
-        .pools
-        .first()
-        .ok_or_else(|| SetupError("the config has no pool".into()))?;
+    if cfg.pools.is_empty() {
+        return Err(SetupError("the config has no pool".into()));
+    }
+    let policy = cfg.policy();
+    let (host, ceiling) = pool_host(cfg, &policy, 0, measured)?;
+    let mut more_pools = Vec::new();
+    for (k, pool) in cfg.pools.iter().enumerate().skip(1) {
+        let (host, ceiling) = pool_host(cfg, &policy, k, None)?;
+        more_pools.push(PoolSetup {
+            name: pool.name.clone(),
+            host,
+            ceiling,
+        });
+    }
+    let pool_of_profile: Vec<usize> = policy.profiles.iter().map(|p| p.pool).collect();
+    // A profile is interactive if it is guaranteed room or has the smallest context (of all
+    // profiles, whichever pool: the same workload whether the profiles share a GPU or not).
+    let min_ctx = cfg
+        .profiles
+        .iter()
+        .map(|p| p.max_context_tokens)
+        .min()
+        .unwrap_or(0);
+    let profiles = cfg
+        .profiles
+        .iter()
+        .map(|p| ProfileShape {
+            name: p.name.to_string(),
+            max_context: p.max_context_tokens,
+            streams: p.requests_per_task,
+            interactive: p.guaranteed > 0 || p.max_context_tokens == min_ctx,
+        })
+        .collect();
+    Ok(Setup {
+        host,
+        policy,
+        profiles,
+        ceiling,
+        more_pools,
+        pool_of_profile,
+    })
+}
+
+/// The host of pool `k` of `cfg` (with `measured` total and baseline, if given) and the
+/// governor's ceiling there.
+fn pool_host(
+    cfg: &Config,
+    policy: &Policy,
+    k: usize,
+    measured: Option<(u64, u64)>,
+) -> Result<(Host, Ceiling), SetupError> {
+    let pool = &cfg.pools[k];
     let total = measured
         .map(|(t, _)| t)
         .or(pool.gpu.memory_total.map(|b| b.get()))
@@ -161,8 +270,7 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
             }
             Regime::PerRequest { .. } => weight_bytes + GIB,
         });
-    let policy = cfg.policy();
-    let pp = &policy.pools[0];
+    let pp = &policy.pools[k];
     let ceiling = match (pp.kv_placement, regime) {
         (KvPlacement::EnginePool, Regime::Slots { slots, .. }) => Ceiling::Slots(slots as u64),
         (
@@ -173,23 +281,8 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
         ) => Ceiling::KvTokens(apply_headroom(capacity_tokens, pp.headroom)),
         _ => Ceiling::Bytes(apply_headroom(total, pp.headroom).saturating_sub(pp.reserve.get())),
     };
-    let min_ctx = profiles_of_pool
-        .iter()
-        .map(|p| p.max_context_tokens)
-        .min()
-        .unwrap_or(0);
-    let profiles = cfg
-        .profiles
-        .iter()
-        .map(|p| ProfileShape {
-            name: p.name.to_string(),
-            max_context: p.max_context_tokens,
-            streams: p.requests_per_task,
-            interactive: p.guaranteed > 0 || p.max_context_tokens == min_ctx,
-        })
-        .collect();
-    Ok(Setup {
-        host: Host {
+    Ok((
+        Host {
             total,
             baseline,
             kv_bytes_per_token: kvbpt,
@@ -204,10 +297,8 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
             memory: HostMemory::discrete(total),
             outside: None,
         },
-        policy,
-        profiles,
         ceiling,
-    })
+    ))
 }
 
 /// A governor config for a GPU, engine and model given as flags: the embedded default's three
@@ -237,6 +328,36 @@ fn checked(cfg: Config) -> Result<Config, SetupError> {
             "--gpu-memory/--engine/--model make no valid host: {e}; try another combination or write a config"
         ))
     })
+}
+
+/// The `two-gpus` scenario's host (hermes-agent #111188) as a config: [`host_config`]'s GPU,
+/// engine and profiles twice over, as pools `gpu0` (device 0) and `gpu1` (device 1), each
+/// with its own engine; coder and triage pinned to `gpu0`, researcher to `gpu1`.
+///
+/// # Errors
+///
+/// As [`host_config`].
+pub fn two_gpus_config(
+    gpu_bytes: u64,
+    kind: EngineKind,
+    model: &str,
+) -> Result<Config, SetupError> {
+    let mut cfg = build_host_config(gpu_bytes, kind, model, VLLM_DEFAULT_UTILIZATION, false)?;
+    let mut second = cfg.pools[0].clone();
+    cfg.pools[0].name = "gpu0".to_owned();
+    second.name = "gpu1".to_owned();
+    second.gpu.devices = vec![GpuSelector::Index(1)];
+    cfg.pools.push(second);
+    for p in &mut cfg.profiles {
+        let pool = if p.name.as_str() == "researcher" {
+            "gpu1"
+        } else {
+            "gpu0"
+        };
+        p.pool = pool.to_owned();
+        p.lane = format!("{}@{pool}", p.name);
+    }
+    checked(cfg)
 }
 
 /// The `outside-client` scenario's memory service (vectorize-io/hindsight #1721: 32
@@ -498,19 +619,27 @@ pub struct Plan {
     pub cap: u32,
 }
 
-/// Per-profile caps splitting the pool evenly by worst case.
+/// Per-profile caps splitting each pool evenly by worst case among the profiles pinned to it.
 pub fn pool_caps(setup: &Setup) -> Vec<u32> {
-    let n = setup.policy.profiles.len().max(1) as f64;
+    let hosts = setup.hosts();
+    let ceilings = setup.ceilings();
+    let pool_of = |i: usize| setup.pool_of_profile.get(i).copied().unwrap_or(0);
     setup
         .policy
         .profiles
         .iter()
-        .map(|p| {
-            let share = match setup.ceiling {
+        .enumerate()
+        .map(|(i, p)| {
+            let k = pool_of(i);
+            let n = (0..setup.policy.profiles.len())
+                .filter(|&j| pool_of(j) == k)
+                .count()
+                .max(1) as f64;
+            let share = match ceilings[k] {
                 Ceiling::KvTokens(t) => t as f64 / n / p.declared.kv_tokens.max(1) as f64,
                 Ceiling::Slots(s) => s as f64 / n / f64::from(p.declared.slots.max(1)),
                 Ceiling::Bytes(b) => {
-                    b.saturating_sub(setup.host.baseline) as f64
+                    b.saturating_sub(hosts[k].baseline) as f64
                         / n
                         / p.declared.total_bytes().get().max(1) as f64
                 }
@@ -596,9 +725,11 @@ pub fn run_one(plan: &Plan, s: &Strategy) -> Outcome {
 }
 
 fn run_one_reporting(plan: &Plan, s: &Strategy, done_ms: &AtomicU64) -> Outcome {
+    let hosts = plan.setup.hosts();
     Run::new(
         &plan.tasks,
-        &plan.setup.host,
+        &hosts,
+        &plan.setup.pool_of_profile,
         &plan.params,
         &plan.setup.policy,
         s,

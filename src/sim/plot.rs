@@ -1039,6 +1039,7 @@ mod tests {
             kv: [0; 3],
             idle_with_work: 0.0,
             makespan: None,
+            pools: Vec::new(),
             series,
         }
     }

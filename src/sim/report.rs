@@ -158,6 +158,48 @@ fn footnotes(rows: &[Outcome], ctx: &Context) -> Vec<String> {
     out
 }
 
+/// Under the table of a several-pool host: each row's most memory held in each pool against
+/// the governor's ceiling there (the table's memory columns add the pools up, which would hide
+/// one pool over its ceiling while the other idles), and its preemptions there.
+pub fn per_pool(rows: &[Outcome], setup: &super::Setup) -> String {
+    let ceilings = setup.ceilings();
+    let hosts = setup.hosts();
+    let mut out = String::from(
+        "\nPer pool: most held at a sample / the governor's ceiling / capacity, preemptions.\n",
+    );
+    let width = rows.iter().map(|o| o.strategy.len()).max().unwrap_or(0);
+    for o in rows {
+        let pools: Vec<String> = o
+            .pools
+            .iter()
+            .zip(&ceilings)
+            .zip(&hosts)
+            .zip(&setup.policy.pools)
+            .map(|(((u, c), h), p)| {
+                let held = match c {
+                    Ceiling::KvTokens(t) => format!(
+                        "{} / {} / {} tok",
+                        tokens(u.kv_max),
+                        tokens(*t),
+                        h.regime.kv_pool_tokens().map_or_else(String::new, tokens)
+                    ),
+                    Ceiling::Slots(n) => format!(
+                        "{} / {n} slots of {} tok",
+                        tokens(u.kv_max),
+                        h.regime.kv_pool_tokens().map_or_else(String::new, tokens)
+                    ),
+                    Ceiling::Bytes(b) => {
+                        format!("{} / {} / {} GiB", gib(u.gpu_max), gib(*b), gib(h.total))
+                    }
+                };
+                format!("{} {held}, {} preempt", p.name, u.preemptions)
+            })
+            .collect();
+        let _ = writeln!(out, "  {:<width$}  {}", o.strategy, pools.join("; "));
+    }
+    out
+}
+
 /// The table as aligned text, with its footnotes.
 pub fn table(rows: &[Outcome], ctx: &Context) -> String {
     let (header, body) = cells(rows, ctx);
@@ -250,6 +292,7 @@ mod tests {
             kv: [500, 900, 1000],
             idle_with_work: 0.0,
             makespan: None,
+            pools: Vec::new(),
             series: Vec::new(),
         }
     }

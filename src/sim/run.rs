@@ -239,9 +239,23 @@ pub struct Outcome {
     pub idle_with_work: f64,
     /// When the last task finished, if every task did.
     pub makespan: Option<f64>,
+    /// Per pool, where the host has more than one (memory columns above are their sums).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolUse>,
     /// Samples for plots (every `sample_every`).
     #[serde(skip)]
     pub series: Vec<Point>,
+}
+
+/// What one pool of a several-pool host held.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PoolUse {
+    /// Most KV tokens its engine held at a sample.
+    pub kv_max: u64,
+    /// Most GPU memory used at a sample, bytes.
+    pub gpu_max: u64,
+    /// Preemptions in its engine.
+    pub preemptions: u64,
 }
 
 impl Outcome {
@@ -311,11 +325,22 @@ fn mean_p99_max(mut v: Vec<u64>) -> [u64; 3] {
 /// The simulation of one strategy.
 pub struct Run<'a> {
     specs: &'a [TaskSpec],
-    host: &'a Host,
+    /// Each pool's GPU and engine; the first is also the host whose memory Hermes's guard
+    /// reads and the engine an outside client calls.
+    hosts: &'a [Host],
+    /// Each profile's pool.
+    pool_of_profile: &'a [usize],
     params: &'a Params,
     policy: Policy,
     strategy: &'a Strategy,
-    engine: Engine,
+    /// One engine per pool.
+    engines: Vec<Engine>,
+    /// Per engine, an iteration under way on a several-pool host: when it ends, and the
+    /// events it produced, delivered then (with one pool an iteration's events are delivered
+    /// as it is taken, and the clock jumps to its end).
+    stepping: Vec<Option<(f64, Vec<Event>)>>,
+    /// Per pool, the most KV tokens and GPU bytes seen at a sample.
+    pool_max: Vec<(u64, u64)>,
     peaks: Vec<PeakStats>,
     /// Per profile, how fast its finished tasks' context grew (KV tokens per minute of run).
     growth: Vec<PeakStats>,
@@ -329,10 +354,10 @@ pub struct Run<'a> {
     /// Bumped on every task state change or arrival (with `counts`).
     generation: u64,
     /// The last governor decision released nothing: its generation and the KV tokens and GPU
-    /// bytes then in use. Until a task changes state, or memory in use drops, the decision
-    /// would release nothing again (time passing only adds starvation reservations), so it is
-    /// not recomputed.
-    idle_decision: Option<(u64, u64, u64)>,
+    /// bytes then in use in each pool. Until a task changes state, or memory in use drops,
+    /// the decision would release nothing again (time passing only adds starvation
+    /// reservations), so it is not recomputed.
+    idle_decision: Option<(u64, Vec<(u64, u64)>)>,
     tasks: Vec<Task>,
     heap: BinaryHeap<Reverse<(u64, u64, SimEvent)>>,
     seq: u64,
@@ -350,8 +375,9 @@ pub struct Run<'a> {
     lanes: Vec<String>,
     /// Tasks that arrived and are not done or blocked (pruned lazily).
     active: Vec<usize>,
-    /// Calls held at llm-d's gateway while the pool is saturated (empty for other strategies).
-    gateway: VecDeque<Request>,
+    /// Per pool, calls held at llm-d's gateway while the pool is saturated (empty for other
+    /// strategies).
+    gateway: Vec<VecDeque<Request>>,
 }
 
 fn micros(t: f64) -> u64 {
@@ -359,10 +385,12 @@ fn micros(t: f64) -> u64 {
 }
 
 impl<'a> Run<'a> {
-    /// A run of `strategy` on `specs`.
+    /// A run of `strategy` on `specs`, on one pool per host of `hosts` (at least one), each
+    /// profile's calls sent to its pool's engine (`pool_of_profile`; missing: the first).
     pub fn new(
         specs: &'a [TaskSpec],
-        host: &'a Host,
+        hosts: &'a [Host],
+        pool_of_profile: &'a [usize],
         params: &'a Params,
         policy: &'a Policy,
         strategy: &'a Strategy,
@@ -386,9 +414,11 @@ impl<'a> Run<'a> {
                 p.footprint = FootprintMode::Declared;
             }
         }
+        assert!(!hosts.is_empty(), "a run needs a host");
         let mut r = Run {
             specs,
-            host,
+            hosts,
+            pool_of_profile,
             params,
             peaks: vec![PeakStats::default(); policy.profiles.len()],
             growth: vec![PeakStats::default(); policy.profiles.len()],
@@ -401,7 +431,12 @@ impl<'a> Run<'a> {
             lanes: policy.profiles.iter().map(|p| p.lane.clone()).collect(),
             policy,
             strategy,
-            engine: Engine::new(host.regime, host.speed, host.kv_bytes_per_token),
+            engines: hosts
+                .iter()
+                .map(|h| Engine::new(h.regime, h.speed, h.kv_bytes_per_token))
+                .collect(),
+            stepping: vec![None; hosts.len()],
+            pool_max: vec![(0, 0); hosts.len()],
             tasks,
             heap: BinaryHeap::new(),
             seq: 0,
@@ -417,17 +452,19 @@ impl<'a> Run<'a> {
                 .map(|i| TaskId::from(format!("t{i}")))
                 .collect(),
             active: Vec::new(),
-            gateway: VecDeque::new(),
+            gateway: vec![VecDeque::new(); hosts.len()],
         };
         if let Strategy::VllmWatermark(w) = strategy {
-            r.engine.set_kv_watermark(*w);
+            for e in &mut r.engines {
+                e.set_kv_watermark(*w);
+            }
         }
         for (i, s) in specs.iter().enumerate() {
             r.at(s.arrival, SimEvent::Arrive(i));
         }
         r.at(0.0, SimEvent::Dispatch);
         r.at(0.0, SimEvent::Sample);
-        if let Some(c) = host.outside {
+        if let Some(c) = hosts[0].outside {
             // Connections start a second apart, so they do not all prefill at once.
             for k in 0..c.connections {
                 r.at(
@@ -448,21 +485,54 @@ impl<'a> Run<'a> {
         self.specs[i].arrival <= self.now
     }
 
-    fn free_for_requests(&self) -> u64 {
-        let req = self.engine.request_bytes();
-        let n = self.host.neighbour_at(self.now, req);
-        self.host.total.saturating_sub(self.host.baseline + n)
+    /// The first pool's host: the machine Hermes's guard reads, the outside client's engine.
+    fn host(&self) -> &Host {
+        &self.hosts[0]
     }
 
-    fn gpu_used(&self) -> u64 {
-        let req = self.engine.request_bytes();
-        let workers = if self.host.memory.unified {
+    /// The pool a task's calls go to (an outside client's: the first).
+    fn pool_of(&self, task: usize) -> usize {
+        self.specs
+            .get(task)
+            .and_then(|s| self.pool_of_profile.get(s.profile))
+            .copied()
+            .filter(|&k| k < self.engines.len())
+            .unwrap_or(0)
+    }
+
+    fn free_for_requests(&self, k: usize) -> u64 {
+        let host = &self.hosts[k];
+        let req = self.engines[k].request_bytes();
+        let n = host.neighbour_at(self.now, req);
+        host.total.saturating_sub(host.baseline + n)
+    }
+
+    /// GPU memory used in pool `k`.
+    fn gpu_used_in(&self, k: usize) -> u64 {
+        let host = &self.hosts[k];
+        let req = self.engines[k].request_bytes();
+        let workers = if k == 0 && host.memory.unified {
             // One memory: the workers' RSS is in what the telemetry reads too.
-            self.host.memory.worker_rss * self.running_count() as u64
+            host.memory.worker_rss * self.running_count() as u64
         } else {
             0
         };
-        self.host.baseline + req + self.host.neighbour_at(self.now, req) + workers
+        host.baseline + req + host.neighbour_at(self.now, req) + workers
+    }
+
+    /// GPU memory used, every pool together.
+    fn gpu_used(&self) -> u64 {
+        (0..self.engines.len()).map(|k| self.gpu_used_in(k)).sum()
+    }
+
+    /// KV tokens held, every pool together.
+    fn kv_used(&self) -> u64 {
+        self.engines.iter().map(Engine::kv_used_tokens).sum()
+    }
+
+    /// GPU bytes requests allocated, every pool together.
+    fn request_bytes(&self) -> u64 {
+        self.engines.iter().map(Engine::request_bytes).sum()
     }
 
     fn running_count(&self) -> usize {
@@ -476,45 +546,65 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Whether llm-d's gateway holds calls back now (metrics read as of now).
-    fn saturated(&self) -> bool {
+    /// Whether llm-d's gateway holds calls to pool `k` back now (metrics read as of now).
+    /// Each pool is its own llm-d pool: one endpoint, one queue.
+    fn saturated(&self, k: usize) -> bool {
         let now_ms = micros(self.now) / 1000;
+        let e = &self.engines[k];
         let m = EndpointMetrics {
             at_ms: now_ms,
-            waiting: self.engine.waiting() as u64,
-            running: self.engine.running() as u64,
-            kv_usage: self.engine.kv_usage(),
+            waiting: e.waiting() as u64,
+            running: e.running() as u64,
+            kv_usage: e.kv_usage(),
         };
-        peers::saturated(&[peers::saturation(
-            Some(&m),
-            self.engine.in_flight() as u64,
-            now_ms,
-        )])
+        peers::saturated(&[peers::saturation(Some(&m), e.in_flight() as u64, now_ms)])
     }
 
-    /// Release calls from llm-d's gateway while the pool is not saturated. A released call's
-    /// timeout clock keeps running from when it was sent.
-    fn drain_gateway(&mut self) {
-        while !self.gateway.is_empty() && !self.saturated() {
-            if let Some(req) = self.gateway.pop_front() {
+    /// Release calls from llm-d's gateway to pool `k` while it is not saturated. A released
+    /// call's timeout clock keeps running from when it was sent.
+    fn drain_gateway(&mut self, k: usize) {
+        while !self.gateway[k].is_empty() && !self.saturated(k) {
+            if let Some(req) = self.gateway[k].pop_front() {
                 let sent = req.submitted;
-                self.engine.submit(req, sent);
+                self.engines[k].submit(req, sent);
             }
         }
     }
 
-    /// Send a call: straight to the engine, or through llm-d's gateway.
+    /// Send a call to its pool: straight to the engine, or through llm-d's gateway.
     fn send(&mut self, req: Request) {
+        let k = self.pool_of(req.task);
         if *self.strategy == Strategy::LlmdFlowControl {
-            self.drain_gateway();
-            if self.gateway.is_empty() && !self.saturated() {
-                self.engine.submit(req, self.now);
+            self.drain_gateway(k);
+            if self.gateway[k].is_empty() && !self.saturated(k) {
+                self.engines[k].submit(req, self.now);
             } else {
-                self.gateway.push_back(req);
+                self.gateway[k].push_back(req);
             }
         } else {
-            self.engine.submit(req, self.now);
+            self.engines[k].submit(req, self.now);
         }
+    }
+
+    /// Take the next iteration of every busy engine not in one (from now, up to `until` for
+    /// the events queued), and return the engine whose iteration ends first, if it ends by
+    /// `until` (with one pool: whenever it ends).
+    fn step_engines(&mut self, until: f64) -> Option<usize> {
+        for k in 0..self.engines.len() {
+            if self.stepping[k].is_none() && self.engines[k].busy() && self.now < until {
+                let free = self.free_for_requests(k);
+                let mut events = Vec::new();
+                let d = self.engines[k].step(self.now, until, free, &mut events);
+                self.stepping[k] = Some((self.now + d, events));
+            }
+        }
+        let (k, end) = self
+            .stepping
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| s.as_ref().map(|(end, _)| (k, *end)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        (self.engines.len() == 1 || end <= until).then_some(k)
     }
 
     /// Run to the horizon (or until every task is done or blocked).
@@ -528,7 +618,6 @@ impl<'a> Run<'a> {
     pub fn run_reporting(mut self, done_ms: &AtomicU64) -> Outcome {
         let horizon_ms = self.params.horizon_ms();
         let mut reported_ms = 0u64;
-        let mut events = Vec::new();
         let mut open = self.specs.len();
         while self.now < self.params.horizon && open > 0 {
             let now_ms = ((self.now * 1000.0) as u64).min(horizon_ms);
@@ -540,19 +629,21 @@ impl<'a> Run<'a> {
                 .heap
                 .peek()
                 .map_or(self.params.horizon, |Reverse((t, _, _))| *t as f64 / 1e6);
-            if self.engine.busy() && self.now < next {
-                let free = self.free_for_requests();
-                let d = self.engine.step(self.now, next, free, &mut events);
-                if d > 0.0 {
-                    self.now += d;
+            if let Some(k) = self.step_engines(next)
+                && let Some((end, events)) = self.stepping[k].take()
+            {
+                let ran = end > self.now;
+                if ran {
+                    self.now = end;
                 }
-                for e in events.drain(..) {
+                for e in events {
                     open -= self.on_engine(e);
                 }
-                if !self.gateway.is_empty() {
-                    self.drain_gateway();
+                if !self.gateway[k].is_empty() {
+                    self.drain_gateway(k);
                 }
-                if d > 0.0 {
+                // With several pools another iteration may end before the next event.
+                if ran || self.engines.len() > 1 {
                     continue;
                 }
             }
@@ -574,7 +665,8 @@ impl<'a> Run<'a> {
             && task >= self.specs.len()
         {
             // The outside client's call: its connection thinks, then sends the next.
-            if let (Event::Done { .. } | Event::Failed { .. }, Some(c)) = (&e, self.host.outside) {
+            if let (Event::Done { .. } | Event::Failed { .. }, Some(c)) = (&e, self.host().outside)
+            {
                 let conn = (task - self.specs.len()) as u32;
                 self.at(self.now + c.think_s, SimEvent::Outside(conn));
             }
@@ -639,8 +731,13 @@ impl<'a> Run<'a> {
                 self.at(self.now + gap, SimEvent::Turn(task, epoch));
                 0
             }
-            Event::Failed { task, why, .. } => {
+            Event::Failed { id, task, why } => {
                 debug_assert!(matches!(why, Failure::Oom | Failure::Overflow));
+                // A failure delivered after its task's run ended (on a several-pool host an
+                // iteration's events arrive when it ends) must not fail the next run.
+                if !self.tasks[task].requests.contains(&id) {
+                    return 0;
+                }
                 self.fail_run(task)
             }
         }
@@ -648,9 +745,10 @@ impl<'a> Run<'a> {
 
     fn fail_run(&mut self, task: usize) -> usize {
         let reqs = std::mem::take(&mut self.tasks[task].requests);
+        let k = self.pool_of(task);
         for r in reqs {
-            if !self.engine.cancel(r) {
-                self.gateway.retain(|q| q.id != r);
+            if !self.engines[k].cancel(r) {
+                self.gateway[k].retain(|q| q.id != r);
             }
         }
         let t = &mut self.tasks[task];
@@ -687,31 +785,32 @@ impl<'a> Run<'a> {
             }
             SimEvent::Sample => {
                 let mut closed = 0;
-                let stalled = self.engine.stalled(self.now - self.params.call_timeout);
-                for (id, task) in stalled {
-                    if task >= self.specs.len() {
-                        continue; // the outside client waits as long as it takes
+                for k in 0..self.engines.len() {
+                    let stalled = self.engines[k].stalled(self.now - self.params.call_timeout);
+                    for (id, task) in stalled {
+                        if task >= self.specs.len() {
+                            continue; // the outside client waits as long as it takes
+                        }
+                        if self.tasks[task].requests.contains(&id) {
+                            self.timeouts += 1;
+                            closed += self.fail_run(task);
+                        } else {
+                            self.engines[k].cancel(id);
+                        }
                     }
-                    if self.tasks[task].requests.contains(&id) {
-                        self.timeouts += 1;
-                        closed += self.fail_run(task);
-                    } else {
-                        self.engine.cancel(id);
+                    if !self.gateway[k].is_empty() {
+                        let before = self.now - self.params.call_timeout;
+                        let stalled: Vec<usize> = self.gateway[k]
+                            .iter()
+                            .filter(|q| q.submitted < before)
+                            .map(|q| q.task)
+                            .collect();
+                        for task in stalled {
+                            self.timeouts += 1;
+                            closed += self.fail_run(task);
+                        }
+                        self.drain_gateway(k);
                     }
-                }
-                if !self.gateway.is_empty() {
-                    let before = self.now - self.params.call_timeout;
-                    let stalled: Vec<usize> = self
-                        .gateway
-                        .iter()
-                        .filter(|q| q.submitted < before)
-                        .map(|q| q.task)
-                        .collect();
-                    for task in stalled {
-                        self.timeouts += 1;
-                        closed += self.fail_run(task);
-                    }
-                    self.drain_gateway();
                 }
                 self.sample();
                 self.at(self.now + self.params.sample_every, SimEvent::Sample);
@@ -741,9 +840,9 @@ impl<'a> Run<'a> {
                 0
             }
             SimEvent::Outside(conn) => {
-                if let Some(c) = self.host.outside {
+                if let Some(c) = self.host().outside {
                     self.next_req += 1;
-                    self.engine.submit(
+                    self.engines[0].submit(
                         Request {
                             id: self.next_req,
                             task: self.specs.len() + conn as usize,
@@ -791,13 +890,20 @@ impl<'a> Run<'a> {
                 (running, waiting)
             }
         };
-        if !self.engine.busy() && waiting > 0 {
+        if !self.engines.iter().any(Engine::busy) && waiting > 0 {
             self.idle_samples += 1;
+        }
+        if self.engines.len() > 1 {
+            for k in 0..self.engines.len() {
+                let (kv, gpu) = (self.engines[k].kv_used_tokens(), self.gpu_used_in(k));
+                let m = &mut self.pool_max[k];
+                *m = (m.0.max(kv), m.1.max(gpu));
+            }
         }
         self.series.push(Point {
             t: self.now,
             gpu_used: self.gpu_used(),
-            kv_used: self.engine.kv_used_tokens(),
+            kv_used: self.kv_used(),
             running,
             waiting,
         });
@@ -860,12 +966,9 @@ impl<'a> Run<'a> {
             .collect();
         let guard = match self.strategy {
             Strategy::HermesGuard(_) => {
-                let m = &self.host.memory;
-                peers::guard_tier(
-                    m.available(running.len(), self.engine.request_bytes()),
-                    m.total,
-                )
-                .allowance()
+                let m = &self.host().memory;
+                peers::guard_tier(m.available(running.len(), self.request_bytes()), m.total)
+                    .allowance()
             }
             _ => None,
         };
@@ -936,19 +1039,20 @@ impl<'a> Run<'a> {
                 out
             }
             Strategy::Governor | Strategy::GovernorDeclared => {
-                let in_use = (
-                    self.generation,
-                    self.engine.kv_used_tokens(),
-                    self.gpu_used(),
-                );
-                if self
-                    .idle_decision
-                    .is_some_and(|(g, kv, gpu)| g == in_use.0 && in_use.1 >= kv && in_use.2 >= gpu)
-                {
+                let in_use: Vec<(u64, u64)> = (0..self.engines.len())
+                    .map(|k| (self.engines[k].kv_used_tokens(), self.gpu_used_in(k)))
+                    .collect();
+                if self.idle_decision.as_ref().is_some_and(|(g, was)| {
+                    *g == self.generation
+                        && in_use
+                            .iter()
+                            .zip(was)
+                            .all(|(now, then)| now.0 >= then.0 && now.1 >= then.1)
+                }) {
                     return;
                 }
                 let chosen = self.governor(&running);
-                self.idle_decision = chosen.is_empty().then_some(in_use);
+                self.idle_decision = chosen.is_empty().then_some((self.generation, in_use));
                 chosen
             }
             Strategy::Clairvoyant => self.clairvoyant(&running, ready),
@@ -958,16 +1062,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn governor(&self, running: &[usize]) -> Vec<usize> {
+    /// What the governor's telemetry reads of pool `k` now.
+    fn pool_observation(&self, k: usize) -> PoolObservation {
         let now = Millis(micros(self.now) / 1000);
-        let used = self.gpu_used();
-        let engine = match self.host.regime {
+        let host = &self.hosts[k];
+        let used = self.gpu_used_in(k);
+        let kv_used = self.engines[k].kv_used_tokens();
+        let engine = match host.regime {
             Regime::Paged {
                 capacity_tokens, ..
             } => Some(EngineSample {
                 at: now,
                 kv_capacity_tokens: Some(capacity_tokens),
-                kv_used_tokens: Some(self.engine.kv_used_tokens()),
+                kv_used_tokens: Some(kv_used),
                 slots: None,
                 slot_context_tokens: None,
             }),
@@ -975,7 +1082,7 @@ impl<'a> Run<'a> {
             Regime::Slots { slots, slot_ctx } => Some(EngineSample {
                 at: now,
                 kv_capacity_tokens: Some((slots as u64).saturating_mul(slot_ctx)),
-                kv_used_tokens: Some(self.engine.kv_used_tokens()),
+                kv_used_tokens: Some(kv_used),
                 slots: u32::try_from(slots).ok(),
                 slot_context_tokens: Some(slot_ctx),
             }),
@@ -986,18 +1093,25 @@ impl<'a> Run<'a> {
                 ..EngineSample::default()
             }),
         };
+        PoolObservation {
+            gpu: Some(GpuSample {
+                at: now,
+                total: Bytes(host.total),
+                used: Bytes(used),
+                free: Bytes(host.total.saturating_sub(used)),
+            }),
+            baseline: Some(Bytes(host.baseline)),
+            engine,
+        }
+    }
+
+    fn governor(&self, running: &[usize]) -> Vec<usize> {
+        let now = Millis(micros(self.now) / 1000);
         let obs = Observation {
             now,
-            pools: vec![PoolObservation {
-                gpu: Some(GpuSample {
-                    at: now,
-                    total: Bytes(self.host.total),
-                    used: Bytes(used),
-                    free: Bytes(self.host.total.saturating_sub(used)),
-                }),
-                baseline: Some(Bytes(self.host.baseline)),
-                engine,
-            }],
+            pools: (0..self.engines.len())
+                .map(|k| self.pool_observation(k))
+                .collect(),
             running: running
                 .iter()
                 .map(|&i| RunningTask {
@@ -1054,38 +1168,37 @@ impl<'a> Run<'a> {
         let tokens =
             |i: usize| (self.specs[i].peak_context() + 16) * u64::from(self.specs[i].streams);
         let streams = |i: usize| u64::from(self.specs[i].streams);
+        // Per pool, what a task takes of it and the room there: KV tokens of a paged pool,
+        // slots, or bytes of free GPU memory.
+        let cost = |i: usize| {
+            let host = &self.hosts[self.pool_of(i)];
+            match host.regime {
+                Regime::Paged { .. } => tokens(i),
+                Regime::Slots { .. } => streams(i),
+                Regime::PerRequest { .. } => tokens(i) * host.kv_bytes_per_token,
+            }
+        };
+        let room: Vec<u64> = (0..self.engines.len())
+            .map(|k| match self.hosts[k].regime {
+                Regime::Paged {
+                    capacity_tokens, ..
+                } => capacity_tokens,
+                Regime::Slots { slots, .. } => slots as u64,
+                Regime::PerRequest { .. } => {
+                    self.free_for_requests(k) + self.engines[k].request_bytes()
+                }
+            })
+            .collect();
+        let mut used = vec![0u64; self.engines.len()];
+        for &i in running {
+            used[self.pool_of(i)] += cost(i);
+        }
         let mut out = Vec::new();
-        match self.host.regime {
-            Regime::Paged {
-                capacity_tokens, ..
-            } => {
-                let mut used: u64 = running.iter().map(|&i| tokens(i)).sum();
-                for i in ready {
-                    if used + tokens(i) <= capacity_tokens {
-                        used += tokens(i);
-                        out.push(i);
-                    }
-                }
-            }
-            Regime::Slots { slots, .. } => {
-                let mut used: u64 = running.iter().map(|&i| streams(i)).sum();
-                for i in ready {
-                    if used + streams(i) <= slots as u64 {
-                        used += streams(i);
-                        out.push(i);
-                    }
-                }
-            }
-            Regime::PerRequest { .. } => {
-                let room = self.free_for_requests() + self.engine.request_bytes();
-                let bytes = |i: usize| tokens(i) * self.host.kv_bytes_per_token;
-                let mut used: u64 = running.iter().map(|&i| bytes(i)).sum();
-                for i in ready {
-                    if used + bytes(i) <= room {
-                        used += bytes(i);
-                        out.push(i);
-                    }
-                }
+        for i in ready {
+            let k = self.pool_of(i);
+            if used[k] + cost(i) <= room[k] {
+                used[k] += cost(i);
+                out.push(i);
             }
         }
         out
@@ -1107,6 +1220,22 @@ impl<'a> Run<'a> {
             .filter(|t| t.phase == TaskPhase::Blocked)
             .count();
         let span = self.params.horizon.min(self.now.max(1.0));
+        let counters = |f: fn(&super::engine::Counters) -> u64| -> u64 {
+            self.engines.iter().map(|e| f(&e.counters)).sum()
+        };
+        let pools = if self.engines.len() > 1 {
+            self.engines
+                .iter()
+                .zip(&self.pool_max)
+                .map(|(e, &(kv_max, gpu_max))| PoolUse {
+                    kv_max,
+                    gpu_max,
+                    preemptions: e.counters.preemptions,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Outcome {
             strategy: self.strategy.label(),
             tasks: self.specs.len(),
@@ -1115,10 +1244,10 @@ impl<'a> Run<'a> {
             tasks_per_hour: completed as f64 * 3600.0 / span,
             calls: self.calls,
             timeouts: self.timeouts,
-            ooms: self.engine.counters.ooms,
-            overflows: self.engine.counters.overflows,
-            preemptions: self.engine.counters.preemptions,
-            offloads: self.engine.counters.offloads,
+            ooms: counters(|c| c.ooms),
+            overflows: counters(|c| c.overflows),
+            preemptions: counters(|c| c.preemptions),
+            offloads: counters(|c| c.offloads),
             ttft: [
                 percentile(&ttft, 0.5),
                 percentile(&ttft, 0.95),
@@ -1133,6 +1262,7 @@ impl<'a> Run<'a> {
                 self.idle_samples as f64 / self.series.len() as f64
             },
             makespan: (completed == self.specs.len()).then_some(self.finished_last),
+            pools,
             series: self.series,
         }
     }

@@ -95,6 +95,10 @@ pub enum Scenario {
     /// The mixed workload sized as Hermes needs it: every profile at least 64k tokens of
     /// context (hermes-agent #14420) and a 10k-token system prompt in every call (#25041).
     HermesSized,
+    /// The mixed workload on a host with two GPUs, each with its own engine, and the
+    /// profiles pinned to one or the other (hermes-agent #111188: two worker profiles on one
+    /// GPU of two, one OOMs or spills).
+    TwoGpus,
 }
 
 /// Tokens of Hermes's system prompt (hermes-agent #25041: ~10k).
@@ -112,6 +116,7 @@ impl fmt::Display for Scenario {
             Scenario::UnifiedMemory => "unified-memory",
             Scenario::OutsideClient => "outside-client",
             Scenario::HermesSized => "hermes-sized",
+            Scenario::TwoGpus => "two-gpus",
         })
     }
 }
@@ -167,7 +172,8 @@ pub fn scenario(s: Scenario, profiles: &[ProfileShape], duration: f64, seed: u64
         | Scenario::NoisyNeighbour
         | Scenario::UnifiedMemory
         | Scenario::OutsideClient
-        | Scenario::HermesSized => {
+        | Scenario::HermesSized
+        | Scenario::TwoGpus => {
             for &p in &interactive {
                 let mut t = rng.exp(20.0);
                 while t < duration {
