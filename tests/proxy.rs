@@ -261,6 +261,16 @@ async fn fetch(addr: SocketAddr, path: &str, body: &[u8]) -> Got {
     }
 }
 
+/// The next data frame of `body`, within the deadline (else the test fails saying `stalled`).
+async fn next_data(body: &mut hyper::body::Incoming, stalled: &str) -> Bytes {
+    let f = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect(stalled)
+        .expect("the body ended")
+        .expect("the body broke off");
+    f.into_data().expect("a data frame")
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -564,12 +574,7 @@ fn a_client_that_closes_on_done_before_the_body_ends_has_its_answer_counted_exac
         let mut body = resp.into_body();
         let mut got = Vec::new();
         while !got.ends_with(b"data: [DONE]\n\n") {
-            let f = tokio::time::timeout(DEADLINE, body.frame())
-                .await
-                .expect("the answer stalled before [DONE]")
-                .unwrap()
-                .unwrap();
-            got.extend_from_slice(f.data_ref().unwrap());
+            got.extend_from_slice(&next_data(&mut body, "the answer stalled before [DONE]").await);
         }
         // The OpenAI SDK stops at `[DONE]` and closes.
         drop(body);
@@ -630,12 +635,8 @@ fn each_chunk_is_forwarded_before_the_engine_writes_the_next() {
         for c in chunks {
             let mut got = Vec::new();
             while got.len() < c.len() {
-                let f = tokio::time::timeout(DEADLINE, body.frame())
-                    .await
-                    .expect("a chunk was held back: the engine waits for the client to get it")
-                    .unwrap()
-                    .unwrap();
-                got.extend_from_slice(f.data_ref().unwrap());
+                let stalled = "a chunk was held back: the engine waits for the client to get it";
+                got.extend_from_slice(&next_data(&mut body, stalled).await);
             }
             assert_eq!(got, c);
             let _ = go.send(());
