@@ -3,7 +3,12 @@
 //!
 //! - added TTFT: 64 concurrent streaming requests, direct and through the proxy, p50/p99 of
 //!   the time to the first body byte (the engine answers its first chunk at once, then 20
-//!   more 1 ms apart);
+//!   more 1 ms apart); and the same one stream at a time, which is the hop's own latency
+//!   (at 64 at once, most of the added time is waiting for the two cores, which the proxy's
+//!   socket work shares with the engine's and the clients');
+//! - CPU per streamed token: the process's CPU time (user + system) over the streaming
+//!   rounds through the proxy less that over the direct rounds, per token (one chunk each)
+//!   that went through;
 //! - small non-streaming requests/s through the proxy: 16 keep-alive clients for 3 s;
 //! - RSS growth with 512 concurrent streams held open (the whole process: proxy, engine and
 //!   clients together, so an upper bound on the proxy's own).
@@ -151,6 +156,34 @@ fn q(v: &[f64], q: f64) -> f64 {
     v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+/// This process's CPU time so far (user + system), seconds: `/proc/self/stat` fields 14 and
+/// 15, in clock ticks (100 a second on Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// TTFTs (seconds) of `n` streams to `addr` + `path` one after another, each on a new
+/// connection as in [`ttfts`] and read to its end.
+async fn ttfts_one_at_a_time(addr: SocketAddr, path: &str, n: usize) -> Vec<f64> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let mut c = client(addr).await;
+        let t = Instant::now();
+        let r = c.send_request(req(path)).await.unwrap();
+        let mut b = r.into_body();
+        let _ = b.frame().await;
+        v.push(t.elapsed().as_secs_f64());
+        while let Some(Ok(_)) = b.frame().await {}
+    }
+    v.sort_by(f64::total_cmp);
+    v
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -186,14 +219,32 @@ fn main() {
         let _ = ttfts(up, "/v1/stream", 64).await;
         let _ = ttfts(px, "/p/coder/v1/stream", 64).await;
         let (mut direct, mut through) = (Vec::new(), Vec::new());
+        let (mut cpu_direct, mut cpu_through) = (0.0, 0.0);
         for _ in 0..10 {
+            let c0 = cpu_seconds();
             direct.extend(ttfts(up, "/v1/stream", 64).await);
+            let c1 = cpu_seconds();
             through.extend(ttfts(px, "/p/coder/v1/stream", 64).await);
+            cpu_through += cpu_seconds() - c1;
+            cpu_direct += c1 - c0;
         }
         direct.sort_by(f64::total_cmp);
         through.sort_by(f64::total_cmp);
         let ms = |s: f64| s * 1000.0;
         println!("streaming TTFT, 64 concurrent x 10 rounds (ms): direct p50 {:.3} p99 {:.3}; through proxy p50 {:.3} p99 {:.3}; added p50 {:.3} p99 {:.3}",
+            ms(q(&direct, 0.5)), ms(q(&direct, 0.99)), ms(q(&through, 0.5)), ms(q(&through, 0.99)),
+            ms(q(&through, 0.5) - q(&direct, 0.5)), ms(q(&through, 0.99) - q(&direct, 0.99)));
+        let tokens = (10 * 64 * 21) as f64;
+        println!("CPU per streamed token through the proxy (process CPU through less direct, {tokens} tokens of 64-stream rounds): {:.1} us (through {:.2} s, direct {:.2} s)",
+            (cpu_through - cpu_direct) * 1e6 / tokens, cpu_through, cpu_direct);
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            direct.extend(ttfts_one_at_a_time(up, "/v1/stream", 40).await);
+            through.extend(ttfts_one_at_a_time(px, "/p/coder/v1/stream", 40).await);
+        }
+        direct.sort_by(f64::total_cmp);
+        through.sort_by(f64::total_cmp);
+        println!("streaming TTFT, one stream at a time x 200 (ms): direct p50 {:.3} p99 {:.3}; through proxy p50 {:.3} p99 {:.3}; added p50 {:.3} p99 {:.3}",
             ms(q(&direct, 0.5)), ms(q(&direct, 0.99)), ms(q(&through, 0.5)), ms(q(&through, 0.99)),
             ms(q(&through, 0.5) - q(&direct, 0.5)), ms(q(&through, 0.99) - q(&direct, 0.99)));
 

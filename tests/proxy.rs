@@ -261,6 +261,16 @@ async fn fetch(addr: SocketAddr, path: &str, body: &[u8]) -> Got {
     }
 }
 
+/// The next data frame of `body`, within the deadline (else the test fails saying `stalled`).
+async fn next_data(body: &mut hyper::body::Incoming, stalled: &str) -> Bytes {
+    let f = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect(stalled)
+        .expect("the body ended")
+        .expect("the body broke off");
+    f.into_data().expect("a data frame")
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -564,12 +574,7 @@ fn a_client_that_closes_on_done_before_the_body_ends_has_its_answer_counted_exac
         let mut body = resp.into_body();
         let mut got = Vec::new();
         while !got.ends_with(b"data: [DONE]\n\n") {
-            let f = tokio::time::timeout(DEADLINE, body.frame())
-                .await
-                .expect("the answer stalled before [DONE]")
-                .unwrap()
-                .unwrap();
-            got.extend_from_slice(f.data_ref().unwrap());
+            got.extend_from_slice(&next_data(&mut body, "the answer stalled before [DONE]").await);
         }
         // The OpenAI SDK stops at `[DONE]` and closes.
         drop(body);
@@ -586,6 +591,63 @@ fn a_client_that_closes_on_done_before_the_body_ends_has_its_answer_counted_exac
         let t = &snap.tasks["t_0badcafe"];
         assert_eq!((t.final_peak_tokens, t.final_peak_exact), (764, true));
         assert_eq!(t.in_flight, 0);
+    });
+}
+
+/// Issue 13 (chunk by chunk, and the TTFT of BENCHMARKS.md "Proxy"): each chunk reaches the
+/// client before the engine writes the next, so nothing waits for a second chunk, a whole SSE
+/// event (the first chunk ends mid-event here) or the end of the answer before forwarding.
+/// The engine writes chunk k+1 only once the client has chunk k through the proxy; a proxy
+/// that held a chunk back would stall the stream past the deadline.
+#[test]
+fn each_chunk_is_forwarded_before_the_engine_writes_the_next() {
+    rt().block_on(async {
+        let chunks: [&[u8]; 3] = [
+            b"data: {\"choices\":[{\"delta\":{\"con",
+            b"tent\":\"ab\"}}]}\n\n",
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+        ];
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = l.local_addr().unwrap();
+        let (go, mut next) = mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_request(&mut s).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            for (i, c) in chunks.iter().enumerate() {
+                if i > 0 && next.recv().await.is_none() {
+                    return;
+                }
+                let mut f = format!("{:x}\r\n", c.len()).into_bytes();
+                f.extend_from_slice(c);
+                f.extend_from_slice(b"\r\n");
+                s.write_all(&f).await.unwrap();
+            }
+            s.write_all(b"0\r\n\r\n").await.unwrap();
+            // Hold the connection until the proxy is done with it.
+            let _ = s.read(&mut [0u8; 64]).await;
+        });
+        let (px, stats) = start_proxy(up, 1 << 20).await;
+        let (resp, _sender) = send(px, "/p/coder/v1/chat/completions", CHAT.as_bytes()).await;
+        let mut body = resp.into_body();
+        for c in chunks {
+            let mut got = Vec::new();
+            while got.len() < c.len() {
+                let stalled = "a chunk was held back: the engine waits for the client to get it";
+                got.extend_from_slice(&next_data(&mut body, stalled).await);
+            }
+            assert_eq!(got, c);
+            let _ = go.send(());
+        }
+        let end = tokio::time::timeout(DEADLINE, body.frame()).await.unwrap();
+        assert!(end.is_none(), "{end:?}");
+        let snap = stats.snapshot();
+        assert_eq!(snap.profiles["coder"].requests.get(&Outcome::Ok), Some(&1));
+        assert_eq!(snap.profiles["coder"].ttft.count, 1);
+        let t = &snap.tasks["t_0badcafe"];
+        assert_eq!((t.final_peak_tokens, t.final_peak_exact), (11, true));
     });
 }
 
