@@ -48,8 +48,8 @@ pub use units::{format_duration, format_size, parse_duration_str, parse_size_str
 pub use validate::proxy_listen_allowed;
 
 use crate::governor::{
-    Bytes, FootprintMode, KvPlacement, Millis, Policy, PoolPolicy, ProfileId, ProfilePolicy,
-    WorstCase,
+    Bytes, FootprintMode, Headroom, KvPlacement, Millis, Policy, PoolPolicy, ProfileId,
+    ProfilePolicy, WorstCase,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,7 +63,7 @@ use thiserror::Error;
 pub const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
 /// Default `headroom`: the fraction of capacity the governor may fill. 0.85 follows the
 /// article's `--gpu-memory-utilization 0.85` (DESIGN §3).
-pub const DEFAULT_HEADROOM: f64 = 0.85;
+pub const DEFAULT_HEADROOM: Headroom = Headroom::from_ppm(850_000);
 /// Default `reserve`: bytes always kept free for the driver and other tenants.
 // 1 GiB covers the CUDA context and NCCL buffers of a typical inference process (DESIGN §3).
 pub const DEFAULT_RESERVE: Bytes = Bytes::gib(1);
@@ -342,8 +342,8 @@ pub struct GpuConfig {
     pub memory_total: Option<Bytes>,
     /// Memory held with no governed task (static telemetry only).
     pub baseline: Option<Bytes>,
-    /// Fraction of capacity the governor may fill, in (0, 1].
-    pub headroom: f64,
+    /// Fraction of capacity the governor may fill.
+    pub headroom: Headroom,
     /// Bytes always kept free.
     pub reserve: Bytes,
 }

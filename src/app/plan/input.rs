@@ -4,7 +4,7 @@
 use super::profiles::ready_profiles;
 use super::{Engine, PlanFlags, PlanInput, PlanProfile, usage};
 use crate::catalog::{self, KvDtype, ModelSpec, WeightFormat};
-use crate::governor::{Bytes, FootprintMode, KvPlacement};
+use crate::governor::{Bytes, FootprintMode, Headroom, KvPlacement};
 
 /// Parse an IEC size (`24GiB`, `512MiB`, `1.5GiB`, `4096B`, `24_000MiB`) with the config's
 /// one size parser ([`crate::config::units::parse_size_str`]), so a flag and a config key take
@@ -15,14 +15,12 @@ pub(super) fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
         .map_err(|e| usage(format!("{flag}: {e}")))
 }
 
-fn parse_headroom(flag: &str, h: f64) -> anyhow::Result<f64> {
-    if h.is_finite() && h > 0.0 && h <= 1.0 {
-        Ok(h)
-    } else {
-        Err(usage(format!(
+fn parse_headroom(flag: &str, h: f64) -> anyhow::Result<Headroom> {
+    Headroom::from_fraction(h).ok_or_else(|| {
+        usage(format!(
             "{flag} {h} is out of range; give a fraction in (0, 1], e.g. 0.85"
-        )))
-    }
+        ))
+    })
 }
 
 fn lookup_model(flag: &str, name: &str) -> anyhow::Result<&'static ModelSpec> {

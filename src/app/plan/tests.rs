@@ -195,7 +195,7 @@ fn an_engine_pool_is_planned_in_tokens_as_the_governor_charges_it() {
         pool: "default".into(),
         gpu_memory: 80 * Bytes::GIB,
         engine: Engine::Vllm,
-        headroom: 0.85,
+        headroom: crate::config::DEFAULT_HEADROOM,
         reserve: Bytes::GIB,
         weights: WeightFormat::Bf16,
         weight_memory: None,
