@@ -35,7 +35,7 @@
 //! (`dispatch.state_dir`). The matching flags in [`ConfigArgs`] beat them.
 
 mod keys;
-mod raw;
+pub(crate) mod raw;
 pub(crate) mod render;
 #[cfg(test)]
 mod tests;
@@ -943,6 +943,21 @@ pub fn load_profile_file(
         &raw::FileText::new(PathBuf::from(name), text.to_owned()),
         pool,
     )
+}
+
+/// A profile given as flags (`plan --model … --max-context …`): `profile`, its values spanned
+/// at their flags in `flags`, read with a config profile's rules and messages and charged on
+/// `pool`. Whether a task of it can ever fit is not asked: `plan` reports that.
+///
+/// # Errors
+///
+/// Every problem, each with [`Source::Flag`] naming the flag that gave the value (exit 2).
+pub(crate) fn load_profile_flags(
+    flags: raw::FlagLines,
+    profile: toml::Spanned<raw::RawProfile>,
+    pool: &PoolConfig,
+) -> Result<ProfileConfig, ConfigError> {
+    validate::profile_from_flags(&flags.into_file(), profile, pool)
 }
 
 /// Load a config from a string, as if read from the file `origin` (relative paths in it

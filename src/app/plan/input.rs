@@ -1,10 +1,12 @@
 //! What to plan: one pool from the flags (and the ready profiles), or every pool of a
 //! governor config; each flag parsed with an error that names it.
 
-use super::profiles::ready_profiles;
+use super::profiles::{planning_pool, ready_profiles};
 use super::{Engine, PlanFlags, PlanInput, PlanProfile, usage};
-use crate::catalog::{self, KvDtype, ModelSpec, WeightFormat};
-use crate::governor::{Bytes, FootprintMode, Headroom, KvPlacement};
+use crate::catalog::WeightFormat;
+use crate::config::Source;
+use crate::config::raw::{FlagLines, RawProfile};
+use crate::governor::{Bytes, Headroom, KvPlacement};
 
 /// Parse an IEC size (`24GiB`, `512MiB`, `1.5GiB`, `4096B`, `24_000MiB`) with the config's
 /// one size parser ([`crate::config::units::parse_size_str`]), so a flag and a config key take
@@ -21,14 +23,6 @@ fn parse_headroom(flag: &str, h: f64) -> anyhow::Result<Headroom> {
             "{flag} {h} is out of range; give a fraction in (0, 1], e.g. 0.85"
         ))
     })
-}
-
-fn lookup_model(flag: &str, name: &str) -> anyhow::Result<&'static ModelSpec> {
-    catalog::lookup(name).map_err(|e| usage(format!("{flag}: {e}")))
-}
-
-fn parse_dtype(flag: &str, s: &str) -> anyhow::Result<KvDtype> {
-    s.parse().map_err(|e| usage(format!("{flag}: {e}")))
 }
 
 /// What to plan: one pool from flags or the ready profiles, or every pool of a config.
@@ -236,7 +230,7 @@ pub(super) fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
     }
 
     let mut profiles = if from_flags {
-        vec![profile_from_flags(args)?]
+        vec![profile_from_flags(args, engine)?]
     } else {
         ready_profiles(engine)?
     };
@@ -263,66 +257,61 @@ pub(super) fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
     })
 }
 
-fn profile_from_flags(args: &PlanFlags) -> anyhow::Result<PlanProfile> {
-    let kv_dtype = match &args.kv_dtype {
-        Some(s) => parse_dtype("--kv-dtype", s)?,
-        None => KvDtype::F16,
+/// The profile the flags describe, read as a config's profile is (the same rules and
+/// messages for the same key, through [`crate::config::load_profile_flags`]); each problem
+/// names its flag. Which flags go together is `plan`'s own rule, checked first.
+fn profile_from_flags(args: &PlanFlags, engine: Engine) -> anyhow::Result<PlanProfile> {
+    let Some(max_context) = args.max_context else {
+        return Err(usage(
+            "--max-context is required with --model: the largest context one request \
+             reaches, in tokens (e.g. 32768)"
+                .to_owned(),
+        ));
     };
-    let (model, kv_bytes_per_token) = match (&args.model, args.kv_bytes_per_token) {
-        (Some(_), Some(_)) => {
-            return Err(usage(
-                "--model and --kv-bytes-per-token both given; give one (the catalog computes \
-                 bytes per token from the model)"
-                    .to_owned(),
-            ));
-        }
-        (Some(name), None) => {
-            let m = lookup_model("--model", name)?;
-            (Some(m), m.kv_bytes_per_token(kv_dtype))
-        }
-        (None, Some(b)) if b > 0 => (None, b),
-        _ => {
-            return Err(usage(
-                "--kv-bytes-per-token: must be more than 0 (e.g. 131072 for Llama-3.1-8B at f16)"
-                    .to_owned(),
-            ));
-        }
+    let mut flags = FlagLines::default();
+    // A count beyond i64 is read as i64::MAX: out of any range a profile allows anyway.
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let raw = RawProfile {
+        name: Some(flags.value(
+            "--name",
+            args.name.clone().unwrap_or_else(|| "plan".to_owned()),
+        )),
+        model: args.model.clone().map(|m| flags.value("--model", m)),
+        kv_bytes_per_token: args
+            .kv_bytes_per_token
+            .map(|b| flags.value("--kv-bytes-per-token", toml::Value::Integer(count(b)))),
+        kv_dtype: args.kv_dtype.clone().map(|d| flags.value("--kv-dtype", d)),
+        max_context_tokens: Some(flags.value("--max-context", count(max_context))),
+        requests_per_task: args
+            .requests_per_task
+            .map(|n| flags.value("--requests-per-task", i64::from(n))),
+        extra_bytes: args
+            .extra_bytes
+            .clone()
+            .map(|s| flags.value("--extra-bytes", toml::Value::String(s))),
+        ..RawProfile::default()
     };
-    let max_context = match args.max_context {
-        Some(0) => return Err(usage("--max-context: must be at least 1 token".to_owned())),
-        Some(c) => c,
-        None => {
-            return Err(usage(
-                "--max-context is required with --model: the largest context one request \
-                 reaches, in tokens (e.g. 32768)"
-                    .to_owned(),
-            ));
-        }
-    };
-    let requests_per_task = match args.requests_per_task {
-        Some(0) => {
-            return Err(usage("--requests-per-task: must be at least 1".to_owned()));
-        }
-        Some(n) => n,
-        None => 1,
-    };
-    let extra_bytes = match &args.extra_bytes {
-        Some(s) => parse_size("--extra-bytes", s)?,
-        None => 0,
-    };
-    let name = args.name.clone().unwrap_or_else(|| "plan".to_owned());
-    Ok(PlanProfile {
-        lane: format!("{name}@gpu"),
-        name,
-        model,
-        kv_dtype,
-        kv_bytes_per_token,
-        max_context,
-        requests_per_task,
-        max_parallel: None,
-        guaranteed: 0,
-        extra_bytes,
-        footprint: FootprintMode::Max,
-        declared: None,
-    })
+    // Problems of the profile as a whole are filed at the flag that describes it.
+    let whole = flags.value(
+        if args.model.is_some() {
+            "--model"
+        } else {
+            "--kv-bytes-per-token"
+        },
+        (),
+    );
+    let profile = toml::Spanned::new(whole.span(), raw);
+    let pc =
+        crate::config::load_profile_flags(flags, profile, &planning_pool(engine)).map_err(|e| {
+            let lines: Vec<String> = e
+                .problems
+                .iter()
+                .map(|p| match &p.source {
+                    Source::Flag { flag } => format!("{flag}: {}", p.detail),
+                    other => format!("{other}: {}", p.detail),
+                })
+                .collect();
+            usage(lines.join("\n"))
+        })?;
+    Ok(PlanProfile::from_config(&pc))
 }

@@ -25,6 +25,62 @@ fn sizes_must_be_binary_with_a_unit() {
     assert_eq!(parse_size("--x", "24_000MiB").unwrap(), 24_000 * Bytes::MIB);
 }
 
+/// Issue 12: the profile flags are read as a config's profile keys, with the same rules and
+/// messages; each problem names its flag, and all of them are listed.
+#[test]
+fn profile_flags_follow_the_config_keys_rules_and_name_the_flag() {
+    let err = |a: &PlanArgs| {
+        let e = input_from_args(a).unwrap_err();
+        assert!(
+            e.downcast_ref::<crate::error::UsageError>().is_some(),
+            "exit 2: {e:#}"
+        );
+        e.to_string()
+    };
+    let mut a = args();
+    a.model = Some("llama-3.1-8b".into());
+    a.max_context = Some(0);
+    a.requests_per_task = Some(0);
+    a.extra_bytes = Some("3".into());
+    let e = err(&a);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 3, "{e}");
+    assert!(lines[0].starts_with("--max-context: 0 is below 1"), "{e}");
+    assert!(
+        lines[1].starts_with("--requests-per-task: 0 is out of range"),
+        "{e}"
+    );
+    assert!(
+        lines[2].starts_with("--extra-bytes: \"3\" has no unit"),
+        "{e}"
+    );
+    // A name is a Hermes profile name, as the config's `name`.
+    let mut a = args();
+    a.model = Some("llama-3.1-8b".into());
+    a.max_context = Some(8192);
+    a.name = Some("My Plan".into());
+    assert!(
+        err(&a).starts_with("--name: \"My Plan\" is not a Hermes profile name"),
+        "{}",
+        err(&a)
+    );
+    a.name = Some("coder".into());
+    assert_eq!(input_from_args(&a).unwrap().profiles[0].name, "coder");
+    // A KV dtype applies only to a catalog model, as the config's `kv_dtype`.
+    let mut a = args();
+    a.kv_bytes_per_token = Some(131_072);
+    a.max_context = Some(8192);
+    a.kv_dtype = Some("fp8".into());
+    assert!(
+        err(&a).starts_with("--kv-dtype: applies only with model"),
+        "{}",
+        err(&a)
+    );
+    a.kv_dtype = None;
+    let p = &input_from_args(&a).unwrap().profiles[0];
+    assert_eq!((p.kv_bytes_per_token, p.max_context), (131_072, 8192));
+}
+
 #[test]
 fn ready_profiles_parse_and_name_catalog_models() {
     let profiles = ready_profiles(Engine::Llamacpp).unwrap();

@@ -24,7 +24,7 @@ use collector::{Collector, over};
 use cross_checks::{check_guaranteed, check_names_and_lanes};
 use parsers::{abs_path, choice, parse_headroom_str, positive_duration, tilde, u32_at_least};
 use pool::pool;
-use profile::profile;
+use profile::{Fit, profile};
 
 use super::raw::{self, FileText, RawConfig, RawProfile};
 use super::units::{format_size, parse_duration, parse_size};
@@ -406,7 +406,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     let mut idents = Vec::new();
     for (i, p) in raw.profiles.unwrap_or_default().into_iter().enumerate() {
         let key = format!("profiles[{i}]");
-        if let Some(pc) = profile(&mut v, file, &key, p, &pools, &mut idents) {
+        if let Some(pc) = profile(&mut v, file, &key, p, &pools, &mut idents, Fit::Check) {
             profiles.push(pc);
         }
     }
@@ -416,7 +416,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     }
     for (f, p) in profile_files {
         let key = profile_file_key(&f);
-        if let Some(pc) = profile(&mut v, &f, &key, p, &pools, &mut idents) {
+        if let Some(pc) = profile(&mut v, &f, &key, p, &pools, &mut idents, Fit::Check) {
             profiles.push(pc);
         }
     }
@@ -489,21 +489,55 @@ pub(crate) fn profiles_from_file(
     pool: &PoolConfig,
 ) -> Result<Vec<ProfileConfig>, ConfigError> {
     let raw = raw::parse_profile(file).map_err(|p| ConfigError { problems: vec![p] })?;
+    profiles_on(file, &profile_file_key(file), raw, pool, Fit::Check)
+}
+
+/// Stage 2 on one profile given as flags (`plan`'s: a raw profile whose values are spanned at
+/// their flags, [`raw::FlagLines`]), with the same rules and messages as a config's profile;
+/// problems name the flag. Whether a task of it can ever fit on `pool` is left to the caller.
+pub(crate) fn profile_from_flags(
+    flags: &FileText,
+    profile: Spanned<RawProfile>,
+    pool: &PoolConfig,
+) -> Result<ProfileConfig, ConfigError> {
+    let key = "profiles[flags]";
+    match profiles_on(flags, key, vec![profile], pool, Fit::Report)?.pop() {
+        Some(p) => Ok(p),
+        // `profile` records a problem whenever it reads no profile, so this is not reached;
+        // still an error that says what happened, not a panic.
+        None => Err(ConfigError {
+            problems: vec![Problem {
+                source: Source::Default,
+                key: key.to_owned(),
+                detail: "no profile could be read from the flags".to_owned(),
+            }],
+        }),
+    }
+}
+
+/// Stage 2 on the raw profiles of one file, each checked against `pool`.
+fn profiles_on(
+    file: &FileText,
+    key: &str,
+    raw: Vec<Spanned<RawProfile>>,
+    pool: &PoolConfig,
+    fit: Fit,
+) -> Result<Vec<ProfileConfig>, ConfigError> {
     let mut v = Collector {
         problems: Vec::new(),
         sources: BTreeMap::new(),
     };
-    let key = profile_file_key(file);
     let mut idents = Vec::new();
     let mut profiles = Vec::new();
     for p in raw {
         if let Some(pc) = profile(
             &mut v,
             file,
-            &key,
+            key,
             p,
             std::slice::from_ref(pool),
             &mut idents,
+            fit,
         ) {
             profiles.push(pc);
         }
