@@ -945,19 +945,21 @@ pub fn load_profile_file(
     )
 }
 
-/// A profile given as flags (`plan --model … --max-context …`): `profile`, its values spanned
-/// at their flags in `flags`, read with a config profile's rules and messages and charged on
-/// `pool`. Whether a task of it can ever fit is not asked: `plan` reports that.
+/// A pool given as flags (`plan --gpu-memory … --headroom …`) and the profile they describe,
+/// if any: raw tables whose values are spanned at their flags in `flags`, read with a
+/// config's rules and messages (the profile charged on the pool). Whether a task of the
+/// profile can ever fit is not asked: `plan` reports that.
 ///
 /// # Errors
 ///
 /// Every problem, each with [`Source::Flag`] naming the flag that gave the value (exit 2).
-pub(crate) fn load_profile_flags(
+pub(crate) fn load_flags(
     flags: raw::FlagLines,
-    profile: toml::Spanned<raw::RawProfile>,
-    pool: &PoolConfig,
-) -> Result<ProfileConfig, ConfigError> {
-    validate::profile_from_flags(&flags.into_file(), profile, pool)
+    gpu: &raw::RawGpu,
+    engine: &raw::RawEngine,
+    profile: Option<toml::Spanned<raw::RawProfile>>,
+) -> Result<(PoolConfig, Option<ProfileConfig>), ConfigError> {
+    validate::pool_from_flags(&flags.into_file(), gpu, engine, profile)
 }
 
 /// Load a config from a string, as if read from the file `origin` (relative paths in it

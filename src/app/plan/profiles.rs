@@ -36,7 +36,7 @@ pub(super) fn parse_profile(
 
 /// The pool a profile file is read against: the planned engine on a GPU of unknown size, so
 /// validation checks and charges each profile but leaves fitting it to the plan.
-pub(super) fn planning_pool(engine: Engine) -> PoolConfig {
+fn planning_pool(engine: Engine) -> PoolConfig {
     PoolConfig {
         name: DEFAULT_POOL.to_owned(),
         gpu: GpuConfig {

@@ -25,10 +25,10 @@ fn sizes_must_be_binary_with_a_unit() {
     assert_eq!(parse_size("--x", "24_000MiB").unwrap(), 24_000 * Bytes::MIB);
 }
 
-/// Issue 12: the profile flags are read as a config's profile keys, with the same rules and
+/// Issue 12: the flags are read as the config keys they stand for, with the same rules and
 /// messages; each problem names its flag, and all of them are listed.
 #[test]
-fn profile_flags_follow_the_config_keys_rules_and_name_the_flag() {
+fn flags_follow_the_config_keys_rules_and_name_the_flag() {
     let err = |a: &PlanArgs| {
         let e = input_from_args(a).unwrap_err();
         assert!(
@@ -45,9 +45,9 @@ fn profile_flags_follow_the_config_keys_rules_and_name_the_flag() {
     let e = err(&a);
     let lines: Vec<&str> = e.lines().collect();
     assert_eq!(lines.len(), 3, "{e}");
-    assert!(lines[0].starts_with("--max-context: 0 is below 1"), "{e}");
+    assert!(lines[0].starts_with("--max-context 0 is below 1"), "{e}");
     assert!(
-        lines[1].starts_with("--requests-per-task: 0 is out of range"),
+        lines[1].starts_with("--requests-per-task 0 is out of range"),
         "{e}"
     );
     assert!(
@@ -79,6 +79,30 @@ fn profile_flags_follow_the_config_keys_rules_and_name_the_flag() {
     a.kv_dtype = None;
     let p = &input_from_args(&a).unwrap().profiles[0];
     assert_eq!((p.kv_bytes_per_token, p.max_context), (131_072, 8192));
+    // The GPU flags as `[gpu]`'s keys: the config's words, the flag named.
+    let mut a = args();
+    a.headroom = Some(1.5);
+    a.gpu_memory = Some("0GiB".into());
+    let e = err(&a);
+    assert!(
+        e.contains("--gpu-memory: \"0B\" leaves nothing to govern"),
+        "{e}"
+    );
+    assert!(e.contains("--headroom 1.5 is outside (0, 1]"), "{e}");
+    // A reserve must be below the GPU's memory, the default reserve included (plan used to
+    // plan a GPU with no room at all).
+    let mut a = args();
+    a.gpu_memory = Some("1GiB".into());
+    let e = err(&a);
+    assert!(
+        e.starts_with("--reserve 1GiB is not below memory_total = 1GiB"),
+        "{e}"
+    );
+    a.reserve = Some("512MiB".into());
+    let i = input_from_args(&a).unwrap();
+    assert_eq!((i.gpu_memory, i.reserve), (Bytes::GIB, 512 * Bytes::MIB));
+    a.headroom = Some(0.5);
+    assert_eq!(input_from_args(&a).unwrap().headroom.ppm(), 500_000);
 }
 
 #[test]

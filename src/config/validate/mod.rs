@@ -26,7 +26,7 @@ use parsers::{abs_path, choice, parse_headroom_str, positive_duration, tilde, u3
 use pool::pool;
 use profile::{Fit, profile};
 
-use super::raw::{self, FileText, RawConfig, RawProfile};
+use super::raw::{self, FileText, RawConfig, RawEngine, RawGpu, RawProfile};
 use super::units::{format_size, parse_duration, parse_size};
 use super::*;
 use toml::Spanned;
@@ -489,61 +489,63 @@ pub(crate) fn profiles_from_file(
     pool: &PoolConfig,
 ) -> Result<Vec<ProfileConfig>, ConfigError> {
     let raw = raw::parse_profile(file).map_err(|p| ConfigError { problems: vec![p] })?;
-    profiles_on(file, &profile_file_key(file), raw, pool, Fit::Check)
-}
-
-/// Stage 2 on one profile given as flags (`plan`'s: a raw profile whose values are spanned at
-/// their flags, [`raw::FlagLines`]), with the same rules and messages as a config's profile;
-/// problems name the flag. Whether a task of it can ever fit on `pool` is left to the caller.
-pub(crate) fn profile_from_flags(
-    flags: &FileText,
-    profile: Spanned<RawProfile>,
-    pool: &PoolConfig,
-) -> Result<ProfileConfig, ConfigError> {
-    let key = "profiles[flags]";
-    match profiles_on(flags, key, vec![profile], pool, Fit::Report)?.pop() {
-        Some(p) => Ok(p),
-        // `profile` records a problem whenever it reads no profile, so this is not reached;
-        // still an error that says what happened, not a panic.
-        None => Err(ConfigError {
-            problems: vec![Problem {
-                source: Source::Default,
-                key: key.to_owned(),
-                detail: "no profile could be read from the flags".to_owned(),
-            }],
-        }),
-    }
-}
-
-/// Stage 2 on the raw profiles of one file, each checked against `pool`.
-fn profiles_on(
-    file: &FileText,
-    key: &str,
-    raw: Vec<Spanned<RawProfile>>,
-    pool: &PoolConfig,
-    fit: Fit,
-) -> Result<Vec<ProfileConfig>, ConfigError> {
     let mut v = Collector {
         problems: Vec::new(),
         sources: BTreeMap::new(),
     };
+    let key = profile_file_key(file);
     let mut idents = Vec::new();
     let mut profiles = Vec::new();
     for p in raw {
         if let Some(pc) = profile(
             &mut v,
             file,
-            key,
+            &key,
             p,
             std::slice::from_ref(pool),
             &mut idents,
-            fit,
+            Fit::Check,
         ) {
             profiles.push(pc);
         }
     }
     if v.problems.is_empty() {
         Ok(profiles)
+    } else {
+        Err(ConfigError {
+            problems: v.problems,
+        })
+    }
+}
+
+/// Stage 2 on a pool given as flags (`plan`'s: raw `[gpu]`/`[engine]` tables whose values are
+/// spanned at their flags, [`raw::FlagLines`]) and on the profile the flags describe, if any,
+/// checked against that pool: the same rules and messages as a config's keys, each problem
+/// naming its flag. Whether a task of the profile can ever fit is left to the caller.
+pub(crate) fn pool_from_flags(
+    flags: &FileText,
+    gpu: &RawGpu,
+    engine: &RawEngine,
+    raw_profile: Option<Spanned<RawProfile>>,
+) -> Result<(PoolConfig, Option<ProfileConfig>), ConfigError> {
+    let mut v = Collector {
+        problems: Vec::new(),
+        sources: BTreeMap::new(),
+    };
+    let pool = pool(&mut v, flags, DEFAULT_POOL, "", gpu, engine);
+    let profile = raw_profile.and_then(|p| {
+        profile(
+            &mut v,
+            flags,
+            "profiles[flags]",
+            p,
+            std::slice::from_ref(&pool),
+            &mut Vec::new(),
+            Fit::Report,
+        )
+    });
+    if v.problems.is_empty() {
+        Ok((pool, profile))
     } else {
         Err(ConfigError {
             problems: v.problems,
