@@ -33,7 +33,7 @@ fn main() {
         pools: vec![PoolPolicy {
             name: "default".into(),
             kv_placement: KvPlacement::GpuBytes,
-            headroom: 0.85,
+            headroom: Headroom::from_ppm(850_000),
             reserve: Bytes::gib(1),
             kv_capacity_tokens: None,
             slots: None,

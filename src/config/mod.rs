@@ -35,7 +35,7 @@
 //! (`dispatch.state_dir`). The matching flags in [`ConfigArgs`] beat them.
 
 mod keys;
-mod raw;
+pub(crate) mod raw;
 pub(crate) mod render;
 #[cfg(test)]
 mod tests;
@@ -48,8 +48,8 @@ pub use units::{format_duration, format_size, parse_duration_str, parse_size_str
 pub use validate::proxy_listen_allowed;
 
 use crate::governor::{
-    Bytes, FootprintMode, KvPlacement, Millis, Policy, PoolPolicy, ProfileId, ProfilePolicy,
-    WorstCase,
+    Bytes, FootprintMode, Headroom, KvPlacement, Millis, Policy, PoolPolicy, ProfileId,
+    ProfilePolicy, WorstCase,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,7 +63,7 @@ use thiserror::Error;
 pub const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
 /// Default `headroom`: the fraction of capacity the governor may fill. 0.85 follows the
 /// article's `--gpu-memory-utilization 0.85` (DESIGN §3).
-pub const DEFAULT_HEADROOM: f64 = 0.85;
+pub const DEFAULT_HEADROOM: Headroom = Headroom::from_ppm(850_000);
 /// Default `reserve`: bytes always kept free for the driver and other tenants.
 // 1 GiB covers the CUDA context and NCCL buffers of a typical inference process (DESIGN §3).
 pub const DEFAULT_RESERVE: Bytes = Bytes::gib(1);
@@ -342,8 +342,8 @@ pub struct GpuConfig {
     pub memory_total: Option<Bytes>,
     /// Memory held with no governed task (static telemetry only).
     pub baseline: Option<Bytes>,
-    /// Fraction of capacity the governor may fill, in (0, 1].
-    pub headroom: f64,
+    /// Fraction of capacity the governor may fill.
+    pub headroom: Headroom,
     /// Bytes always kept free.
     pub reserve: Bytes,
 }
@@ -943,6 +943,23 @@ pub fn load_profile_file(
         &raw::FileText::new(PathBuf::from(name), text.to_owned()),
         pool,
     )
+}
+
+/// A pool given as flags (`plan --gpu-memory … --headroom …`) and the profile they describe,
+/// if any: raw tables whose values are spanned at their flags in `flags`, read with a
+/// config's rules and messages (the profile charged on the pool). Whether a task of the
+/// profile can ever fit is not asked: `plan` reports that.
+///
+/// # Errors
+///
+/// Every problem, each with [`Source::Flag`] naming the flag that gave the value (exit 2).
+pub(crate) fn load_flags(
+    flags: raw::FlagLines,
+    gpu: &raw::RawGpu,
+    engine: &raw::RawEngine,
+    profile: Option<toml::Spanned<raw::RawProfile>>,
+) -> Result<(PoolConfig, Option<ProfileConfig>), ConfigError> {
+    validate::pool_from_flags(&flags.into_file(), gpu, engine, profile)
 }
 
 /// Load a config from a string, as if read from the file `origin` (relative paths in it

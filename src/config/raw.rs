@@ -147,6 +147,9 @@ pub(crate) struct FileText {
     /// Byte offset of every `\n`, so a span's line is a binary search: counting newlines from
     /// the start for every value made `check-config` quadratic (16,000 profiles took 39 s).
     newlines: Vec<usize>,
+    /// The text is command-line flags, one a line ([`FlagLines`]): a value's source is the
+    /// flag on its line.
+    flags: bool,
 }
 
 impl FileText {
@@ -162,6 +165,7 @@ impl FileText {
             path,
             text,
             newlines,
+            flags: false,
         }
     }
 
@@ -172,17 +176,56 @@ impl FileText {
         self.newlines.partition_point(|&n| n < end) + 1
     }
 
-    /// The source of a value at `span` in this file.
+    /// The source of a value at `span` in this file (for flags, the flag that gave it).
     pub fn source(&self, span: &std::ops::Range<usize>) -> Source {
+        let line = self.line(span.start);
+        if self.flags {
+            let start = line.checked_sub(2).map_or(0, |i| self.newlines[i] + 1);
+            let end = self
+                .newlines
+                .get(line - 1)
+                .copied()
+                .unwrap_or(self.text.len());
+            return Source::Flag {
+                flag: self.text[start..end].to_owned(),
+            };
+        }
         Source::File {
             path: self.path.clone(),
-            line: Some(self.line(span.start)),
+            line: Some(line),
         }
     }
 
     /// The directory the file lives in (relative paths in it resolve against this).
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+/// Command-line flags written as a file, one flag a line, so a raw config built from flags
+/// (stage 1 without the TOML) says of each value which flag gave it: stage 2 then reads flags
+/// with the same rules and messages as a file's keys, and its problems name the flag.
+#[derive(Debug, Default)]
+pub(crate) struct FlagLines {
+    text: String,
+}
+
+impl FlagLines {
+    /// `value`, spanned at a line of its own that names `flag`.
+    pub fn value<T>(&mut self, flag: &str, value: T) -> Spanned<T> {
+        let start = self.text.len();
+        self.text.push_str(flag);
+        let span = start..self.text.len();
+        self.text.push('\n');
+        Spanned::new(span, value)
+    }
+
+    /// The flags as a file whose sources are [`Source::Flag`].
+    pub fn into_file(self) -> FileText {
+        FileText {
+            flags: true,
+            ..FileText::new(PathBuf::from("<flags>"), self.text)
+        }
     }
 }
 

@@ -288,7 +288,7 @@ fn pool(o: &mut TomlWriter<'_>, p: &PoolConfig, single: bool) {
     }
     o.kv(
         "headroom",
-        format!("{:?}", g.headroom),
+        format!("{:?}", g.headroom.fraction()),
         &keys("gpu", "headroom"),
     );
     o.kv(

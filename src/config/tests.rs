@@ -88,7 +88,7 @@ fn a_file_with_nothing_in_it_gives_the_documented_defaults() {
     assert_eq!(c.pools.len(), 1);
     let p = &c.pools[0];
     assert_eq!(p.name, "default");
-    assert_eq!(p.gpu.headroom, 0.85);
+    assert_eq!(p.gpu.headroom.fraction(), 0.85);
     assert_eq!(p.gpu.reserve, Bytes::gib(1));
     assert_eq!(p.gpu.telemetry, Telemetry::Nvml);
     assert_eq!(p.gpu.devices, vec![GpuSelector::Index(0)]);
@@ -126,14 +126,14 @@ fn flags_beat_env_which_beats_the_file() {
     let env = env_of(&[(ENV_HEADROOM, "0.6"), ("HOME", "/h")]);
     let c = load_str(toml, &origin(), &ConfigArgs::default(), &no_env)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.pools[0].gpu.headroom, 0.7);
+    assert_eq!(c.pools[0].gpu.headroom.fraction(), 0.7);
     assert!(matches!(
         c.sources["gpu.headroom"],
         Source::File { line: Some(2), .. }
     ));
 
     let c = load_str(toml, &origin(), &ConfigArgs::default(), &env).unwrap();
-    assert_eq!(c.pools[0].gpu.headroom, 0.6);
+    assert_eq!(c.pools[0].gpu.headroom.fraction(), 0.6);
     assert_eq!(
         c.sources["gpu.headroom"],
         Source::Env {
@@ -146,7 +146,7 @@ fn flags_beat_env_which_beats_the_file() {
         ..ConfigArgs::default()
     };
     let c = load_str(toml, &origin(), &args, &env).unwrap();
-    assert_eq!(c.pools[0].gpu.headroom, 0.5);
+    assert_eq!(c.pools[0].gpu.headroom.fraction(), 0.5);
     assert_eq!(
         c.sources["gpu.headroom"],
         Source::Flag {
@@ -205,7 +205,31 @@ fn headroom_outside_zero_to_one_names_the_key_line_and_the_fix() {
         assert!(p.detail.contains("0.85"), "{p}");
         assert_eq!(p.to_string().split(':').nth(1), Some("2"), "line 2: {p}");
     }
-    assert_eq!(load_ok("[gpu]\nheadroom = 1\n").pools[0].gpu.headroom, 1.0);
+    assert_eq!(
+        load_ok("[gpu]\nheadroom = 1\n").pools[0]
+            .gpu
+            .headroom
+            .fraction(),
+        1.0
+    );
+}
+
+/// Issue 12: headroom is held in the parts per million the governor applies it with.
+#[test]
+fn headroom_past_six_decimals_is_what_the_governor_applies_and_shown_so() {
+    let c = load_ok("[gpu]\nheadroom = 0.8500004\n");
+    assert_eq!(c.pools[0].gpu.headroom.ppm(), 850_000);
+    assert_eq!(c.pools[0].gpu.headroom.to_string(), "0.85");
+    let text = c.to_toml_annotated();
+    assert!(
+        text.lines().any(|l| l.starts_with("headroom = 0.85 ")),
+        "{text}"
+    );
+    // Below half a part per million no ceiling could use it: an error that says why.
+    let e = load_err("[gpu]\nheadroom = 0.0000001\n");
+    let p = problem(&e, "gpu.headroom");
+    assert!(p.detail.contains("below one part per million"), "{p}");
+    assert!(p.detail.contains("0.85"), "{p}");
 }
 
 #[test]

@@ -39,8 +39,8 @@
 //! charges is a true bound (property test in `governor::tests`).
 
 use super::types::{
-    Bytes, EngineSample, GpuSample, HoldReason, KvPlacement, Millis, PoolBudget, PoolObservation,
-    PoolPolicy, Spread, WorstCase,
+    Bytes, EngineSample, GpuSample, Headroom, HoldReason, KvPlacement, Millis, PoolBudget,
+    PoolObservation, PoolPolicy, Spread, WorstCase,
 };
 
 /// What one task costs in one pool's terms.
@@ -181,7 +181,7 @@ impl PoolLedger {
             let base = match pool.kv_placement {
                 // The KV pool is inside the engine's preallocation: headroom applies there.
                 KvPlacement::EnginePool => total,
-                KvPlacement::GpuBytes => scale(total, pool.headroom),
+                KvPlacement::GpuBytes => pool.headroom.apply(total),
             };
             base.saturating_sub(u128::from(pool.reserve.get()))
         });
@@ -193,7 +193,7 @@ impl PoolLedger {
                 .kv_capacity_tokens
                 .or_else(|| engine_fresh.and_then(|e| e.kv_capacity_tokens));
             match capacity {
-                Some(c) => ceiling_kv_tokens = Some(scale(u128::from(c), pool.headroom)),
+                Some(c) => ceiling_kv_tokens = Some(pool.headroom.apply(u128::from(c))),
                 None if stale.is_none() => {
                     stale = Some(match engine {
                         Some(e) if now.since(e.at) > pool.max_staleness => format!(
@@ -329,11 +329,9 @@ impl PoolLedger {
     }
 }
 
-/// `headroom × value`, in integer parts per million of the fraction: the one way a headroom
-/// is applied (the decision, config validation and `plan` all use it, so they agree on every
-/// digit of the fraction).
-pub fn apply_headroom(value: u64, headroom: f64) -> u64 {
-    clamp_u64(scale(u128::from(value), headroom))
+/// `headroom × value` ([`Headroom::apply`]) for a `u64` value.
+pub fn apply_headroom(value: u64, headroom: Headroom) -> u64 {
+    clamp_u64(headroom.apply(u128::from(value)))
 }
 
 /// A GPU whose size and idle use are known without telemetry (config `memory_total` and
@@ -406,7 +404,7 @@ impl Ceilings {
         let reserve = u128::from(pool.reserve.get());
         let bytes_of = |g: KnownGpu| {
             let total = u128::from(g.total.get());
-            let under_headroom = scale(total, pool.headroom).saturating_sub(reserve);
+            let under_headroom = pool.headroom.apply(total).saturating_sub(reserve);
             let beside_pool = total.saturating_sub(reserve);
             (under_headroom, beside_pool, u128::from(g.baseline.get()))
         };
@@ -427,7 +425,7 @@ impl Ceilings {
             kv_tokens: engine_pool
                 .then_some(pool.kv_capacity_tokens)
                 .flatten()
-                .map(|c| scale(u128::from(c), pool.headroom)),
+                .map(|c| pool.headroom.apply(u128::from(c))),
             slots: pool.slots.map(u128::from),
             slot_context_tokens: pool.slot_context_tokens,
         }
@@ -633,14 +631,6 @@ impl PoolLedger {
             stale: self.stale.clone(),
         }
     }
-}
-
-/// `value × fraction`, rounded down; `fraction` is validated to (0, 1] by config.
-fn scale(value: u128, fraction: f64) -> u128 {
-    // Per-mille-of-a-million precision is plenty for a headroom fraction and keeps the
-    // arithmetic integral (so the same input always gives the same ceiling).
-    let ppm = (fraction.clamp(0.0, 1.0) * 1_000_000.0).round() as u128;
-    value * ppm / 1_000_000
 }
 
 #[cfg(test)]

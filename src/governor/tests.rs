@@ -12,7 +12,7 @@ pub(crate) fn gpu_pool() -> PoolPolicy {
     PoolPolicy {
         name: "default".into(),
         kv_placement: KvPlacement::GpuBytes,
-        headroom: 0.85,
+        headroom: Headroom::from_ppm(850_000),
         reserve: Bytes::gib(1),
         kv_capacity_tokens: None,
         slots: None,

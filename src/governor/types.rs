@@ -105,6 +105,81 @@ impl fmt::Display for Millis {
     }
 }
 
+/// A fraction of capacity the governor may fill, in (0, 1] (config `gpu.headroom`). Held in
+/// integer parts per million, the precision the admission arithmetic applies it with
+/// ([`Headroom::apply`]), so config validation, `plan`, `simulate` and `decide` compute the
+/// same ceiling to the unit. Displayed as the decimal fraction (`0.85`, `1`) and serialized
+/// as that number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Headroom(u32);
+
+impl Headroom {
+    const PER_MILLION: u32 = 1_000_000;
+
+    /// All of the capacity.
+    pub const FULL: Headroom = Headroom(Self::PER_MILLION);
+
+    /// `ppm` parts per million.
+    ///
+    /// # Panics
+    ///
+    /// When `ppm` is 0 or above a million; in a `const` that fails the build instead.
+    pub const fn from_ppm(ppm: u32) -> Headroom {
+        assert!(
+            ppm >= 1 && ppm <= Self::PER_MILLION,
+            "headroom is in (0, 1]"
+        );
+        Headroom(ppm)
+    }
+
+    /// The fraction `f` to the nearest part per million; `None` outside (0, 1] (NaN
+    /// included) and below half a part per million, which no ceiling could use.
+    pub fn from_fraction(f: f64) -> Option<Headroom> {
+        if !(f > 0.0 && f <= 1.0) {
+            return None;
+        }
+        // In (0, 1], so the product is in (0, 1e6] and the cast cannot truncate.
+        let ppm = (f * f64::from(Self::PER_MILLION)).round() as u32;
+        (ppm >= 1).then_some(Headroom(ppm))
+    }
+
+    /// Parts per million.
+    pub const fn ppm(self) -> u32 {
+        self.0
+    }
+
+    /// The fraction (exactly what was parsed, for any fraction of at most six decimals).
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / f64::from(Self::PER_MILLION)
+    }
+
+    /// `value × headroom`, rounded down: the one way a headroom is applied.
+    pub fn apply(self, value: u128) -> u128 {
+        value * u128::from(self.0) / u128::from(Self::PER_MILLION)
+    }
+}
+
+impl fmt::Display for Headroom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.fraction())
+    }
+}
+
+impl From<Headroom> for f64 {
+    fn from(h: Headroom) -> f64 {
+        h.fraction()
+    }
+}
+
+impl TryFrom<f64> for Headroom {
+    type Error = String;
+
+    fn try_from(f: f64) -> Result<Headroom, String> {
+        Headroom::from_fraction(f).ok_or_else(|| format!("headroom {f} is outside (0, 1]"))
+    }
+}
+
 /// An id that is text shared by reference (`Arc<str>`): cloning one, as every decision does
 /// for every waiting task, allocates nothing. Serialized as a plain string.
 macro_rules! text_id {
@@ -237,8 +312,8 @@ pub struct PoolPolicy {
     pub name: String,
     /// Where the engine keeps KV.
     pub kv_placement: KvPlacement,
-    /// Fraction of the KV-holding capacity the governor may fill, in (0, 1].
-    pub headroom: f64,
+    /// Fraction of the KV-holding capacity the governor may fill.
+    pub headroom: Headroom,
     /// GPU bytes always kept free for the driver and other tenants.
     pub reserve: Bytes,
     /// KV capacity in tokens, when configured (else taken from the engine's metrics).
@@ -684,4 +759,47 @@ pub struct Decision {
     pub held: Vec<Hold>,
     /// Per pool, the budget as seen.
     pub pools: Vec<PoolBudget>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_headroom_of_six_decimals_is_held_shown_and_serialized_as_written() {
+        // Every sixth part per million, and both ends: the fraction read back is the number
+        // parsed, so tables, JSON and messages print what they printed as an f64.
+        for ppm in (1..=1_000_000u32).step_by(6).chain([999_999, 1_000_000]) {
+            let written = format!("{}.{:06}", ppm / 1_000_000, ppm % 1_000_000);
+            let parsed: f64 = written.parse().unwrap();
+            let h = Headroom::from_fraction(parsed).unwrap();
+            assert_eq!(h.ppm(), ppm, "{written}");
+            assert_eq!(h.fraction(), parsed, "{written}");
+            assert_eq!(h.to_string(), parsed.to_string(), "{written}");
+        }
+        assert_eq!(Headroom::FULL.to_string(), "1");
+        assert_eq!(
+            serde_json::to_string(&Headroom::from_ppm(850_000)).unwrap(),
+            "0.85"
+        );
+        assert_eq!(
+            serde_json::from_str::<Headroom>("0.85").unwrap(),
+            Headroom::from_ppm(850_000)
+        );
+        for outside in [0.0, -0.1, 1.000_001, f64::NAN, 4e-7] {
+            assert_eq!(Headroom::from_fraction(outside), None, "{outside}");
+        }
+        assert!(serde_json::from_str::<Headroom>("1.5").is_err());
+    }
+
+    #[test]
+    fn a_headroom_applies_rounding_down() {
+        let h = Headroom::from_ppm(850_000);
+        assert_eq!(h.apply(100), 85);
+        assert_eq!(h.apply(99), 84);
+        assert_eq!(
+            Headroom::FULL.apply(u128::from(u64::MAX)),
+            u128::from(u64::MAX)
+        );
+    }
 }

@@ -1,10 +1,18 @@
 //! What to plan: one pool from the flags (and the ready profiles), or every pool of a
-//! governor config; each flag parsed with an error that names it.
+//! governor config. The flags that stand for config keys are a raw config validated by the
+//! config's own stage 2 (`config::load_flags`); the rest are `plan`'s own. Every error names
+//! its flag.
 
 use super::profiles::ready_profiles;
 use super::{Engine, PlanFlags, PlanInput, PlanProfile, usage};
-use crate::catalog::{self, KvDtype, ModelSpec, WeightFormat};
-use crate::governor::{Bytes, FootprintMode, KvPlacement};
+use crate::catalog::WeightFormat;
+use crate::config::raw::{FlagLines, RawEngine, RawGpu, RawProfile};
+use crate::config::{DEFAULT_RESERVE, NO_ENGINE_URL, PoolConfig, Problem, Source, format_size};
+use crate::governor::{Bytes, KvPlacement};
+use toml::Spanned;
+
+/// `--gpu-memory` when not given (its help says so).
+const DEFAULT_GPU_MEMORY: &str = "80GiB";
 
 /// Parse an IEC size (`24GiB`, `512MiB`, `1.5GiB`, `4096B`, `24_000MiB`) with the config's
 /// one size parser ([`crate::config::units::parse_size_str`]), so a flag and a config key take
@@ -15,22 +23,61 @@ pub(super) fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
         .map_err(|e| usage(format!("{flag}: {e}")))
 }
 
-fn parse_headroom(flag: &str, h: f64) -> anyhow::Result<f64> {
-    if h.is_finite() && h > 0.0 && h <= 1.0 {
-        Ok(h)
+/// The pool the flags describe, and the profile they describe when `profile` (else `None`),
+/// read as a config's keys are: `--gpu-memory`, `--headroom` and `--reserve` as `[gpu]`'s
+/// `memory_total`, `headroom` and `reserve`, the profile flags as a profile's keys
+/// ([`crate::config::load_flags`]). `--gpu-memory` and `--reserve` not given are
+/// `defaults`, other flags not given the config's defaults. Each problem names its flag; all
+/// are listed.
+fn read_flags(
+    args: &PlanFlags,
+    engine: Engine,
+    defaults: (Option<&str>, &str),
+    profile: bool,
+) -> anyhow::Result<(PoolConfig, Option<PlanProfile>)> {
+    let mut flags = FlagLines::default();
+    let memory = args.gpu_memory.as_deref().or(defaults.0);
+    let reserve = args.reserve.as_deref().unwrap_or(defaults.1);
+    let text = |s: &str| toml::Value::String(s.to_owned());
+    let gpu = RawGpu {
+        // A GPU of a given size is what `telemetry = "static"` describes.
+        telemetry: memory.map(|_| flags.value("--gpu-memory", text("static"))),
+        memory_total: memory.map(|m| flags.value("--gpu-memory", text(m))),
+        headroom: args.headroom.map(|h| flags.value("--headroom", h)),
+        reserve: Some(flags.value("--reserve", text(reserve))),
+        ..RawGpu::default()
+    };
+    let raw_engine = RawEngine {
+        kind: Some(flags.value("--engine", engine.name().to_owned())),
+        url: Some(flags.value("--engine", NO_ENGINE_URL.to_owned())),
+        ..RawEngine::default()
+    };
+    let raw_profile = if profile {
+        Some(raw_profile(args, &mut flags)?)
     } else {
-        Err(usage(format!(
-            "{flag} {h} is out of range; give a fraction in (0, 1], e.g. 0.85"
-        )))
+        None
+    };
+    let (pool, profile) = crate::config::load_flags(flags, &gpu, &raw_engine, raw_profile)
+        .map_err(|e| {
+            let lines: Vec<String> = e.problems.iter().map(flag_problem).collect();
+            usage(lines.join("\n"))
+        })?;
+    Ok((pool, profile.as_ref().map(PlanProfile::from_config)))
+}
+
+/// A problem with a flag, as `plan` prints it: `--max-context 0 is below 1; …` where the
+/// message opens with the number given, `--model: unknown model …` where it does not.
+fn flag_problem(p: &Problem) -> String {
+    match &p.source {
+        Source::Flag { flag }
+            if p.detail
+                .starts_with(|c: char| c.is_ascii_digit() || c == '-') =>
+        {
+            format!("{flag} {}", p.detail)
+        }
+        Source::Flag { flag } => format!("{flag}: {}", p.detail),
+        other => format!("{other}: {}", p.detail),
     }
-}
-
-fn lookup_model(flag: &str, name: &str) -> anyhow::Result<&'static ModelSpec> {
-    catalog::lookup(name).map_err(|e| usage(format!("{flag}: {e}")))
-}
-
-fn parse_dtype(flag: &str, s: &str) -> anyhow::Result<KvDtype> {
-    s.parse().map_err(|e| usage(format!("{flag}: {e}")))
 }
 
 /// What to plan: one pool from flags or the ready profiles, or every pool of a config.
@@ -71,18 +118,12 @@ fn inputs_from_config(args: &PlanFlags, path: &std::path::Path) -> anyhow::Resul
         ..Default::default()
     };
     let cfg = crate::config::load(&cargs, &crate::config::process_env)?;
-    let gpu_memory_flag = match &args.gpu_memory {
-        Some(s) => Some(parse_size("--gpu-memory", s)?),
-        None => None,
-    };
-    let headroom_flag = match args.headroom {
-        Some(h) => Some(parse_headroom("--headroom", h)?),
-        None => None,
-    };
-    let reserve_flag = match &args.reserve {
-        Some(s) => Some(parse_size("--reserve", s)?),
-        None => None,
-    };
+    // The overrides, read as the same keys of a pool of their own. Without --reserve each
+    // pool keeps its own reserve, so none is held against --gpu-memory here ("0B").
+    let (flag_pool, _) = read_flags(args, Engine::Vllm, (None, "0B"), false)?;
+    let gpu_memory_flag = flag_pool.gpu.memory_total.map(Bytes::get);
+    let headroom_flag = args.headroom.map(|_| flag_pool.gpu.headroom);
+    let reserve_flag = args.reserve.as_ref().map(|_| flag_pool.gpu.reserve.get());
     let weight_memory = match &args.weight_memory {
         Some(s) => Some(parse_size("--weight-memory", s)?),
         None => None,
@@ -173,20 +214,12 @@ pub(super) fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
     } else {
         Engine::Llamacpp
     });
-    let gpu_memory = match &args.gpu_memory {
-        Some(s) => parse_size("--gpu-memory", s)?,
-        None => 80 * Bytes::GIB,
-    };
-    if gpu_memory == 0 {
-        return Err(usage(
-            "--gpu-memory: must be more than 0, e.g. 80GiB".to_owned(),
-        ));
-    }
-    let headroom = parse_headroom("--headroom", args.headroom.unwrap_or(0.85))?;
-    let reserve = match &args.reserve {
-        Some(s) => parse_size("--reserve", s)?,
-        None => Bytes::GIB,
-    };
+    let defaults = (Some(DEFAULT_GPU_MEMORY), format_size(DEFAULT_RESERVE));
+    let (pool, flag_profile) =
+        read_flags(args, engine, (defaults.0, defaults.1.as_str()), from_flags)?;
+    // `read_flags` gave the GPU a size: the flag's, else the default.
+    let gpu_memory = pool.gpu.memory_total.map_or(0, Bytes::get);
+    let (headroom, reserve) = (pool.gpu.headroom, pool.gpu.reserve.get());
     let weights = match &args.weights {
         Some(s) => s
             .parse::<WeightFormat>()
@@ -237,10 +270,9 @@ pub(super) fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
         )));
     }
 
-    let mut profiles = if from_flags {
-        vec![profile_from_flags(args)?]
-    } else {
-        ready_profiles(engine)?
+    let mut profiles = match flag_profile {
+        Some(p) => vec![p],
+        None => ready_profiles(engine)?,
     };
     for p in &mut profiles {
         p.declared = Some(p.charged_on(engine));
@@ -265,66 +297,46 @@ pub(super) fn input_from_args(args: &PlanFlags) -> anyhow::Result<PlanInput> {
     })
 }
 
-fn profile_from_flags(args: &PlanFlags) -> anyhow::Result<PlanProfile> {
-    let kv_dtype = match &args.kv_dtype {
-        Some(s) => parse_dtype("--kv-dtype", s)?,
-        None => KvDtype::F16,
+/// The raw profile the profile flags describe, each value spanned at its flag in `flags`.
+/// Which flags go together is `plan`'s own rule, checked here.
+fn raw_profile(args: &PlanFlags, flags: &mut FlagLines) -> anyhow::Result<Spanned<RawProfile>> {
+    let Some(max_context) = args.max_context else {
+        return Err(usage(
+            "--max-context is required with --model: the largest context one request \
+             reaches, in tokens (e.g. 32768)"
+                .to_owned(),
+        ));
     };
-    let (model, kv_bytes_per_token) = match (&args.model, args.kv_bytes_per_token) {
-        (Some(_), Some(_)) => {
-            return Err(usage(
-                "--model and --kv-bytes-per-token both given; give one (the catalog computes \
-                 bytes per token from the model)"
-                    .to_owned(),
-            ));
-        }
-        (Some(name), None) => {
-            let m = lookup_model("--model", name)?;
-            (Some(m), m.kv_bytes_per_token(kv_dtype))
-        }
-        (None, Some(b)) if b > 0 => (None, b),
-        _ => {
-            return Err(usage(
-                "--kv-bytes-per-token: must be more than 0 (e.g. 131072 for Llama-3.1-8B at f16)"
-                    .to_owned(),
-            ));
-        }
+    // A count beyond i64 is read as i64::MAX: out of any range a profile allows anyway.
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let raw = RawProfile {
+        name: Some(flags.value(
+            "--name",
+            args.name.clone().unwrap_or_else(|| "plan".to_owned()),
+        )),
+        model: args.model.clone().map(|m| flags.value("--model", m)),
+        kv_bytes_per_token: args
+            .kv_bytes_per_token
+            .map(|b| flags.value("--kv-bytes-per-token", toml::Value::Integer(count(b)))),
+        kv_dtype: args.kv_dtype.clone().map(|d| flags.value("--kv-dtype", d)),
+        max_context_tokens: Some(flags.value("--max-context", count(max_context))),
+        requests_per_task: args
+            .requests_per_task
+            .map(|n| flags.value("--requests-per-task", i64::from(n))),
+        extra_bytes: args
+            .extra_bytes
+            .clone()
+            .map(|s| flags.value("--extra-bytes", toml::Value::String(s))),
+        ..RawProfile::default()
     };
-    let max_context = match args.max_context {
-        Some(0) => return Err(usage("--max-context: must be at least 1 token".to_owned())),
-        Some(c) => c,
-        None => {
-            return Err(usage(
-                "--max-context is required with --model: the largest context one request \
-                 reaches, in tokens (e.g. 32768)"
-                    .to_owned(),
-            ));
-        }
-    };
-    let requests_per_task = match args.requests_per_task {
-        Some(0) => {
-            return Err(usage("--requests-per-task: must be at least 1".to_owned()));
-        }
-        Some(n) => n,
-        None => 1,
-    };
-    let extra_bytes = match &args.extra_bytes {
-        Some(s) => parse_size("--extra-bytes", s)?,
-        None => 0,
-    };
-    let name = args.name.clone().unwrap_or_else(|| "plan".to_owned());
-    Ok(PlanProfile {
-        lane: format!("{name}@gpu"),
-        name,
-        model,
-        kv_dtype,
-        kv_bytes_per_token,
-        max_context,
-        requests_per_task,
-        max_parallel: None,
-        guaranteed: 0,
-        extra_bytes,
-        footprint: FootprintMode::Max,
-        declared: None,
-    })
+    // Problems of the profile as a whole are filed at the flag that describes it.
+    let whole = flags.value(
+        if args.model.is_some() {
+            "--model"
+        } else {
+            "--kv-bytes-per-token"
+        },
+        (),
+    );
+    Ok(Spanned::new(whole.span(), raw))
 }

@@ -44,7 +44,9 @@ pub use flags::{PlanArgs, PlanFlags};
 use crate::catalog::{KvDtype, ModelSpec, WeightFormat};
 use crate::config::ProfileConfig;
 use crate::error::UsageError;
-use crate::governor::{Bytes, FootprintMode, KvPlacement, ProfileId, ProfilePolicy, WorstCase};
+use crate::governor::{
+    Bytes, FootprintMode, Headroom, KvPlacement, ProfileId, ProfilePolicy, WorstCase,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -172,7 +174,7 @@ struct PlanInput {
     pool: String,
     gpu_memory: u64,
     engine: Engine,
-    headroom: f64,
+    headroom: Headroom,
     reserve: u64,
     weights: WeightFormat,
     /// Given weight memory (replaces the catalog estimate).
@@ -232,7 +234,7 @@ struct PlanReport {
     pool: String,
     gpu_memory_bytes: u64,
     engine: Engine,
-    headroom: f64,
+    headroom: Headroom,
     reserve_bytes: u64,
     weights: WeightFormat,
     weight_bytes: u64,

@@ -25,6 +25,93 @@ fn sizes_must_be_binary_with_a_unit() {
     assert_eq!(parse_size("--x", "24_000MiB").unwrap(), 24_000 * Bytes::MIB);
 }
 
+/// Issue 12: the flags are read as the config keys they stand for, with the same rules and
+/// messages; each problem names its flag, and all of them are listed.
+#[test]
+fn flags_follow_the_config_keys_rules_and_name_the_flag() {
+    let with = |set: &dyn Fn(&mut PlanArgs)| {
+        let mut a = args();
+        a.model = Some("llama-3.1-8b".into());
+        a.max_context = Some(8192);
+        set(&mut a);
+        a
+    };
+    let refused: [(PlanArgs, &[&str]); 5] = [
+        (
+            with(&|a| {
+                a.max_context = Some(0);
+                a.requests_per_task = Some(0);
+                a.extra_bytes = Some("3".into());
+            }),
+            &[
+                "--max-context 0 is below 1",
+                "--requests-per-task 0 is out of range",
+                "--extra-bytes: \"3\" has no unit",
+            ],
+        ),
+        // A name is a Hermes profile name, as the config's `name`.
+        (
+            with(&|a| a.name = Some("My Plan".into())),
+            &["--name: \"My Plan\" is not a Hermes profile name"],
+        ),
+        // A KV dtype applies only to a catalog model, as the config's `kv_dtype`.
+        (
+            with(&|a| {
+                a.model = None;
+                a.kv_bytes_per_token = Some(131_072);
+                a.kv_dtype = Some("fp8".into());
+            }),
+            &["--kv-dtype: applies only with model"],
+        ),
+        (
+            with(&|a| {
+                a.headroom = Some(1.5);
+                a.gpu_memory = Some("0GiB".into());
+            }),
+            &[
+                "--gpu-memory: \"0B\" leaves nothing to govern",
+                "--headroom 1.5 is outside (0, 1]",
+            ],
+        ),
+        // A reserve must be below the GPU's memory, the default reserve included (plan used
+        // to plan a GPU with no room at all).
+        (
+            with(&|a| a.gpu_memory = Some("1GiB".into())),
+            &["--reserve 1GiB is not below memory_total = 1GiB"],
+        ),
+    ];
+    for (a, starts) in refused {
+        let e = input_from_args(&a).unwrap_err();
+        assert!(
+            e.downcast_ref::<crate::error::UsageError>().is_some(),
+            "exit 2: {e:#}"
+        );
+        let e = e.to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), starts.len(), "{e}");
+        for (line, start) in lines.iter().zip(starts) {
+            assert!(line.starts_with(start), "{e}");
+        }
+    }
+    let i = input_from_args(&with(&|a| {
+        a.name = Some("coder".into());
+        a.gpu_memory = Some("1GiB".into());
+        a.reserve = Some("512MiB".into());
+        a.headroom = Some(0.5);
+    }))
+    .unwrap();
+    assert_eq!(i.profiles[0].name, "coder");
+    assert_eq!((i.gpu_memory, i.reserve), (Bytes::GIB, 512 * Bytes::MIB));
+    assert_eq!(i.headroom.ppm(), 500_000);
+    let i = input_from_args(&with(&|a| {
+        a.model = None;
+        a.kv_bytes_per_token = Some(131_072);
+    }))
+    .unwrap();
+    let p = &i.profiles[0];
+    assert_eq!((p.kv_bytes_per_token, p.max_context), (131_072, 8192));
+}
+
 #[test]
 fn ready_profiles_parse_and_name_catalog_models() {
     let profiles = ready_profiles(Engine::Llamacpp).unwrap();
@@ -195,7 +282,7 @@ fn an_engine_pool_is_planned_in_tokens_as_the_governor_charges_it() {
         pool: "default".into(),
         gpu_memory: 80 * Bytes::GIB,
         engine: Engine::Vllm,
-        headroom: 0.85,
+        headroom: crate::config::DEFAULT_HEADROOM,
         reserve: Bytes::GIB,
         weights: WeightFormat::Bf16,
         weight_memory: None,

@@ -39,7 +39,7 @@ fn policy() -> Policy {
         pools: vec![PoolPolicy {
             name: "default".into(),
             kv_placement: KvPlacement::GpuBytes,
-            headroom: 1.0,
+            headroom: crate::governor::Headroom::FULL,
             reserve: Bytes(0),
             kv_capacity_tokens: None,
             slots: None,

@@ -103,14 +103,14 @@ pub(super) fn check_guaranteed(v: &mut Collector, pool: &PoolConfig, profiles: &
     let mut over = Vec::new();
     if pool.engine.kind.kv_placement() == KvPlacement::EnginePool {
         if let Some(cap) = pool.engine.kv_capacity_tokens {
-            let ceiling = (pool.gpu.headroom * cap as f64).floor() as u64;
+            let ceiling = (pool.gpu.headroom.fraction() * cap as f64).floor() as u64;
             let need = sum(&|p| p.declared.kv_tokens);
             if need > ceiling {
                 over.push(format!("{need} KV tokens > {ceiling} allowed"));
             }
         }
     } else if let Some(total) = pool.gpu.memory_total {
-        let room = Bytes((pool.gpu.headroom * total.get() as f64).floor() as u64)
+        let room = Bytes((pool.gpu.headroom.fraction() * total.get() as f64).floor() as u64)
             .saturating_sub(pool.gpu.reserve)
             .saturating_sub(pool.gpu.baseline.unwrap_or(Bytes(0)));
         let need = Bytes(sum(&|p| p.declared.total_bytes().get()));

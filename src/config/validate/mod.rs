@@ -24,9 +24,9 @@ use collector::{Collector, over};
 use cross_checks::{check_guaranteed, check_names_and_lanes};
 use parsers::{abs_path, choice, parse_headroom_str, positive_duration, tilde, u32_at_least};
 use pool::pool;
-use profile::profile;
+use profile::{Fit, profile};
 
-use super::raw::{self, FileText, RawConfig, RawProfile};
+use super::raw::{self, FileText, RawConfig, RawEngine, RawGpu, RawProfile};
 use super::units::{format_size, parse_duration, parse_size};
 use super::*;
 use toml::Spanned;
@@ -406,7 +406,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     let mut idents = Vec::new();
     for (i, p) in raw.profiles.unwrap_or_default().into_iter().enumerate() {
         let key = format!("profiles[{i}]");
-        if let Some(pc) = profile(&mut v, file, &key, p, &pools, &mut idents) {
+        if let Some(pc) = profile(&mut v, file, &key, p, &pools, &mut idents, Fit::Check) {
             profiles.push(pc);
         }
     }
@@ -416,7 +416,7 @@ fn build(inp: Input<'_>, raw: RawConfig, problems: Vec<Problem>) -> Result<Confi
     }
     for (f, p) in profile_files {
         let key = profile_file_key(&f);
-        if let Some(pc) = profile(&mut v, &f, &key, p, &pools, &mut idents) {
+        if let Some(pc) = profile(&mut v, &f, &key, p, &pools, &mut idents, Fit::Check) {
             profiles.push(pc);
         }
     }
@@ -504,12 +504,48 @@ pub(crate) fn profiles_from_file(
             p,
             std::slice::from_ref(pool),
             &mut idents,
+            Fit::Check,
         ) {
             profiles.push(pc);
         }
     }
     if v.problems.is_empty() {
         Ok(profiles)
+    } else {
+        Err(ConfigError {
+            problems: v.problems,
+        })
+    }
+}
+
+/// Stage 2 on a pool given as flags (`plan`'s: raw `[gpu]`/`[engine]` tables whose values are
+/// spanned at their flags, [`raw::FlagLines`]) and on the profile the flags describe, if any,
+/// checked against that pool: the same rules and messages as a config's keys, each problem
+/// naming its flag. Whether a task of the profile can ever fit is left to the caller.
+pub(crate) fn pool_from_flags(
+    flags: &FileText,
+    gpu: &RawGpu,
+    engine: &RawEngine,
+    raw_profile: Option<Spanned<RawProfile>>,
+) -> Result<(PoolConfig, Option<ProfileConfig>), ConfigError> {
+    let mut v = Collector {
+        problems: Vec::new(),
+        sources: BTreeMap::new(),
+    };
+    let pool = pool(&mut v, flags, DEFAULT_POOL, "", gpu, engine);
+    let profile = raw_profile.and_then(|p| {
+        profile(
+            &mut v,
+            flags,
+            "profiles[flags]",
+            p,
+            std::slice::from_ref(&pool),
+            &mut Vec::new(),
+            Fit::Report,
+        )
+    });
+    if v.problems.is_empty() {
+        Ok((pool, profile))
     } else {
         Err(ConfigError {
             problems: v.problems,

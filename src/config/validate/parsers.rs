@@ -29,17 +29,21 @@ pub(super) fn u32_at_least(min: i64) -> impl Fn(&i64) -> Result<u32, String> {
     }
 }
 
-pub(super) fn headroom(h: f64) -> Result<f64, String> {
-    if h > 0.0 && h <= 1.0 {
-        Ok(h)
-    } else {
+pub(super) fn headroom(h: f64) -> Result<Headroom, String> {
+    if !(h > 0.0 && h <= 1.0) {
         Err(format!(
             "{h} is outside (0, 1]; set the fraction of capacity the governor may fill, such as {DEFAULT_HEADROOM} (the default)"
         ))
+    } else {
+        Headroom::from_fraction(h).ok_or_else(|| {
+            format!(
+                "{h} is below one part per million, the precision headroom is applied with; set the fraction of capacity the governor may fill, such as {DEFAULT_HEADROOM} (the default)"
+            )
+        })
     }
 }
 
-pub(super) fn parse_headroom_str(s: &str) -> Result<f64, String> {
+pub(super) fn parse_headroom_str(s: &str) -> Result<Headroom, String> {
     s.trim()
         .parse::<f64>()
         .map_err(|_| format!("\"{s}\" is not a number; set a fraction in (0, 1] such as 0.85"))

@@ -25,6 +25,7 @@ pub(super) fn profile(
     p: Spanned<RawProfile>,
     pools: &[PoolConfig],
     idents: &mut Vec<Ident>,
+    fit: Fit,
 ) -> Option<ProfileConfig> {
     let source = f.source(&p.span());
     let p = p.into_inner();
@@ -66,8 +67,10 @@ pub(super) fn profile(
         extra_bytes: limits.extra_bytes,
     };
     let declared = charge.worst_case(max_context);
-    check_context_window(v, &keys, spec, max_context);
-    check_pool_capacity(v, &keys, &charge, max_context, &declared);
+    if fit == Fit::Check {
+        check_context_window(v, &keys, spec, max_context);
+        check_pool_capacity(v, &keys, &charge, max_context, &declared);
+    }
 
     Some(ProfileConfig {
         name: ProfileId::from(name.clone()),
@@ -85,6 +88,16 @@ pub(super) fn profile(
         declared,
         source,
     })
+}
+
+/// Whether validation asks if a task of the profile can ever fit: a config must hold only
+/// profiles that can run; `plan` reports the ones that never fit instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fit {
+    /// A profile that can never fit is a problem.
+    Check,
+    /// Only the values are checked.
+    Report,
 }
 
 /// Where a profile's problems are filed: under `profiles[<name>].<field>`, at the line that
