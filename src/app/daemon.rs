@@ -53,8 +53,7 @@ use crate::error::UsageError;
 use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit};
 use crate::governor::{Bytes, Millis, Policy, TaskId};
 use crate::ports::{
-    Clock, EngineReading, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard,
-    TaskStatus,
+    Clock, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard, TaskStatus,
 };
 use anyhow::Context;
 use metrics::Metrics;
@@ -123,15 +122,13 @@ struct Ticker {
     /// Tasks counted against the limit (running or released, not yet running) right after the
     /// last tick: the load the next readings' latency was measured under.
     in_use_after_tick: u32,
-    /// Per pool, the engine reading last fed to the limit.
-    last_engine: Vec<Option<EngineReading>>,
+    /// The engine readings and the pass-through's counts last fed to the limit.
+    fed: latency::Feed,
     /// What the pass-through counts, when it serves: footprint learning takes each task's
     /// peak from it.
     proxy: Option<Arc<ProxyStats>>,
     /// With `latency.signal = "proxy"`: the limit is fed from the pass-through's counts.
     proxy_signal: bool,
-    /// The pass-through's counts at the last latency sample.
-    last_proxy: Option<latency::ProxyLatency>,
     /// No tick has run yet in this process: the first dispatches what is in flight at once
     /// (the process before may have died before its dispatch ran).
     first_tick: bool,
@@ -234,35 +231,13 @@ impl Ticker {
     fn feed_limit(&mut self) -> Option<u32> {
         let in_flight = self.in_use().max(self.in_use_after_tick);
         self.limit.as_ref()?;
-        let mut samples = Vec::new();
-        let mut engine_dropped = false;
-        for (i, (view, _)) in self.views.iter().enumerate() {
-            let Some(cur) = view.latest_engine() else {
-                continue;
-            };
-            let prev = self.last_engine.get(i).and_then(Option::as_ref);
-            if prev.is_some_and(|p| p.sample.at >= cur.sample.at) {
-                continue;
-            }
-            if self.proxy_signal {
-                engine_dropped |= latency::engine_dropped(prev, Some(&cur));
-            } else {
-                samples.extend(latency::sample_of(prev, &cur, in_flight));
-            }
-            if let Some(slot) = self.last_engine.get_mut(i) {
-                *slot = Some(cur);
-            }
-        }
-        if let Some(stats) = self.proxy.as_deref().filter(|_| self.proxy_signal) {
-            let cur = proxy_latency(stats, SystemClock.now());
-            samples.extend(latency::proxy_sample(
-                self.last_proxy.as_ref(),
-                &cur,
-                engine_dropped,
-                in_flight,
-            ));
-            self.last_proxy = Some(cur);
-        }
+        let engines: Vec<_> = self.views.iter().map(|(v, _)| v.latest_engine()).collect();
+        let proxy = (self.proxy.as_deref())
+            .filter(|_| self.proxy_signal)
+            .map(|stats| proxy_latency(stats, SystemClock.now()));
+        let samples = self
+            .fed
+            .samples(&engines, self.proxy_signal, proxy, in_flight);
         let limit = self.limit.as_mut()?;
         for s in samples {
             tracing::debug!(sample = ?s, "Latency sample.");
@@ -547,11 +522,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         views,
         limit,
         in_use_after_tick: 0,
-        last_engine: vec![None; pools.len()],
+        fed: latency::Feed::default(),
         setup: setup.clone(),
         proxy: None,
         proxy_signal,
-        last_proxy: None,
         first_tick: true,
     };
     let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
