@@ -1089,3 +1089,6 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
