@@ -9,6 +9,12 @@
 //!   finished or a new task waiting (its `PRAGMA data_version` is polled every 250 ms, the
 //!   board read only when it moved). A tick runs on the blocking pool (SQLite, Hermes CLI);
 //!   the state is saved after each.
+//! - **Ports**: [`serve`] runs the daemon on the [`Ports`] it is given (clock, each pool's
+//!   telemetry, the board and its watcher, dispatcher, state store, worker probe, gateway
+//!   check), an already bound listener and a shutdown future, in the mini-redis manner;
+//!   [`run`] builds the real ones, binds, wires the signals below into the shutdown future
+//!   ([`crate::app::signals::shutdown_signal`]) and calls it. Tests hand it the fakes
+//!   ([`crate::fakes`]) and a future of their own.
 //! - **Shutdown**: SIGTERM, SIGINT or SIGHUP lets the tick in progress finish (a release is
 //!   never left half done: assigned but not dispatched), saves the state and journal, and
 //!   exits 0. SIGHUP does not reload the config: a reload would rebuild every telemetry
@@ -597,14 +603,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 ///
 /// # Errors
 ///
-/// The state cannot be loaded, the listener cannot be served, or a tick panicked (the state
-/// saved after the tick before stays intact).
+/// The state cannot be loaded, the listener has no address, or a tick panicked (the state
+/// saved after the tick before stays intact). The `/metrics` server stopping with an error is
+/// logged, not returned.
 pub async fn serve(
     settings: Settings,
     mut ports: Ports,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Read before anything runs on the runtime, so this blocking call stalls nothing.
     let state = ports
         .store
         .load()
