@@ -668,7 +668,7 @@ fn play(s: &Scenario) -> Measured {
     let mut m = Measured::default();
     let mut created = 0;
     let mut started: BTreeMap<TaskId, Millis> = BTreeMap::new();
-    let mut last_fed: Option<EngineReading> = None;
+    let mut fed = latency::Feed::default();
     let mut in_use_after_tick = 0u32;
     let mut t = Millis(0);
     while t <= s.duration {
@@ -752,25 +752,17 @@ fn play(s: &Scenario) -> Measured {
         }
 
         // The latency limit hears the engine reading the last tick took, as the daemon's does.
-        let latency_limit = match (limit.as_mut(), engine.as_ref().and_then(|e| e.last())) {
-            (Some(l), Some(cur))
-                if last_fed
-                    .as_ref()
-                    .is_none_or(|p| p.sample.at < cur.sample.at) =>
-            {
-                let state_in_use = store.state.as_ref().map_or(0, |st| st.in_use());
-                let in_flight = u32::try_from(state_in_use)
-                    .unwrap_or(u32::MAX)
-                    .max(in_use_after_tick);
-                if let Some(sample) = latency::sample_of(last_fed.as_ref(), cur, in_flight) {
-                    l.on_sample(sample);
-                }
-                last_fed = Some(cur.clone());
-                Some(l.limit())
+        let latency_limit = limit.as_mut().map(|l| {
+            let state_in_use = store.state.as_ref().map_or(0, |st| st.in_use());
+            let in_flight = u32::try_from(state_in_use)
+                .unwrap_or(u32::MAX)
+                .max(in_use_after_tick);
+            let cur = engine.as_ref().and_then(|e| e.last()).cloned();
+            for sample in fed.samples(&[cur], false, None, in_flight) {
+                l.on_sample(sample);
             }
-            (Some(l), _) => Some(l.limit()),
-            (None, _) => None,
-        };
+            l.limit()
+        });
         if let Some(l) = latency_limit {
             m.max("latency_limit_max", u64::from(l));
             let min = m.counts.entry("latency_limit_min").or_insert(u64::from(l));

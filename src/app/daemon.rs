@@ -9,6 +9,12 @@
 //!   finished or a new task waiting (its `PRAGMA data_version` is polled every 250 ms, the
 //!   board read only when it moved). A tick runs on the blocking pool (SQLite, Hermes CLI);
 //!   the state is saved after each.
+//! - **Ports**: [`serve`] runs the daemon on the [`Ports`] it is given (clock, each pool's
+//!   telemetry, the board and its watcher, dispatcher, state store, worker probe, gateway
+//!   check), an already bound listener and a shutdown future, in the mini-redis manner;
+//!   [`run`] builds the real ones, binds, wires the signals below into the shutdown future
+//!   ([`crate::app::signals::shutdown_signal`]) and calls it. Tests hand it the fakes
+//!   ([`crate::fakes`]) and a future of their own.
 //! - **Shutdown**: SIGTERM, SIGINT or SIGHUP lets the tick in progress finish (a release is
 //!   never left half done: assigned but not dispatched), saves the state and journal, and
 //!   exits 0. SIGHUP does not reload the config: a reload would rebuild every telemetry
@@ -38,13 +44,13 @@ pub mod metrics;
 pub mod sources;
 
 use crate::adapters::board_sqlite::SqliteBoard;
-use crate::adapters::dispatch_cli::CliDispatcher;
 use crate::adapters::metrics_http::{self, Answer, Get, Handler};
-use crate::adapters::proxy::{self, Proxy, Routes, Settings, stats::ProxyStats};
+use crate::adapters::proxy::{self, Proxy, Routes, stats::ProxyStats};
 use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
 use crate::app::setup::{self, Setup};
+use crate::app::signals;
 use crate::app::state::GovernorState;
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick_saving};
 use crate::app::tick_command::{LOCK_FILE_NAME, Lock, holder_pids, take_lock};
@@ -53,8 +59,8 @@ use crate::error::UsageError;
 use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit};
 use crate::governor::{Bytes, Millis, Policy, TaskId};
 use crate::ports::{
-    Clock, EngineReading, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard,
-    TaskStatus,
+    Clock, Dispatcher, EngineTelemetry, PortError, StateStore, SystemClock, TaskBoard, TaskStatus,
+    WorkerProbe,
 };
 use anyhow::Context;
 use metrics::Metrics;
@@ -62,7 +68,6 @@ use serde::Serialize;
 use sources::{EngineView, PoolView, SampledPool, lock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,32 +111,72 @@ fn usage(msg: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg))
 }
 
+/// The ports the daemon runs on ([`serve`]): the real adapters in [`run`], the fakes
+/// ([`crate::fakes`]) in tests. Each is `Send`: the tick runs on the blocking pool.
+pub struct Ports {
+    /// Stamps telemetry, ticks and `/status`.
+    pub clock: Arc<dyn Clock + Send + Sync>,
+    /// Every pool's telemetry sources, in [`Policy::pools`] order, sampled on their own
+    /// schedule. The caller keeps a clone when a source must outlive the daemon's runtime
+    /// (see [`run`]).
+    pub pools: Arc<Vec<SampledPool>>,
+    /// The board the tick reads.
+    pub board: Box<dyn TaskBoard + Send>,
+    /// The same board for the change watcher, polled between ticks: a reader of its own, as
+    /// `PRAGMA data_version` moves only for commits of other connections.
+    pub board_watch: Box<dyn TaskBoard + Send>,
+    /// Writes to the board.
+    pub dispatcher: Box<dyn Dispatcher + Send>,
+    /// The governor's state: loaded once at start, saved after every tick.
+    pub store: Box<dyn StateStore + Send>,
+    /// Worker liveness, if available.
+    pub workers: Option<Box<dyn WorkerProbe + Send>>,
+    /// Asked before each tick: a second dispatcher live on the board (`Some(detail)`, e.g.
+    /// [`Setup::dual_dispatcher`]) holds everything.
+    pub dual_dispatcher: Box<dyn Fn() -> Option<String> + Send>,
+}
+
+/// What [`serve`] runs with besides its ports.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The validated config: policy, `[latency]`.
+    pub setup: Setup,
+    /// The latency limit is fed from the pass-through's counts (`latency.signal = "proxy"`).
+    pub proxy_signal: bool,
+    /// Time between telemetry samples of each source.
+    pub sample_every: Duration,
+    /// Time between ticks.
+    pub tick_every: Duration,
+    /// Where the pass-through serves and what it counts, when it serves (started by the
+    /// caller: [`run`] runs it on a thread of its own).
+    pub proxy: Option<(SocketAddr, Arc<ProxyStats>)>,
+}
+
 /// Everything one tick needs, moved onto the blocking pool for the tick and back.
 struct Ticker {
     policy: Policy,
-    board: SqliteBoard,
-    dispatcher: CliDispatcher,
-    store: SqliteState,
+    clock: Arc<dyn Clock + Send + Sync>,
+    board: Box<dyn TaskBoard + Send>,
+    dispatcher: Box<dyn Dispatcher + Send>,
+    store: Box<dyn StateStore + Send>,
     state: GovernorState,
-    probe: Option<LocalWorkerProbe>,
+    workers: Option<Box<dyn WorkerProbe + Send>>,
     views: Vec<(PoolView, Option<Bytes>)>,
-    /// The config, for the gateway-dispatcher check before each tick.
-    setup: Setup,
+    /// The gateway-dispatcher check before each tick.
+    dual_dispatcher: Box<dyn Fn() -> Option<String> + Send>,
     /// The latency limit, fed from engine readings (`None`: no latency control). Kept in the
     /// state too, so a restarted daemon resumes where it was.
     limit: Option<Aimd>,
     /// Tasks counted against the limit (running or released, not yet running) right after the
     /// last tick: the load the next readings' latency was measured under.
     in_use_after_tick: u32,
-    /// Per pool, the engine reading last fed to the limit.
-    last_engine: Vec<Option<EngineReading>>,
+    /// The engine readings and the pass-through's counts last fed to the limit.
+    fed: latency::Feed,
     /// What the pass-through counts, when it serves: footprint learning takes each task's
     /// peak from it.
     proxy: Option<Arc<ProxyStats>>,
     /// With `latency.signal = "proxy"`: the limit is fed from the pass-through's counts.
     proxy_signal: bool,
-    /// The pass-through's counts at the last latency sample.
-    last_proxy: Option<latency::ProxyLatency>,
     /// No tick has run yet in this process: the first dispatches what is in flight at once
     /// (the process before may have died before its dispatch ran).
     first_tick: bool,
@@ -234,35 +279,13 @@ impl Ticker {
     fn feed_limit(&mut self) -> Option<u32> {
         let in_flight = self.in_use().max(self.in_use_after_tick);
         self.limit.as_ref()?;
-        let mut samples = Vec::new();
-        let mut engine_dropped = false;
-        for (i, (view, _)) in self.views.iter().enumerate() {
-            let Some(cur) = view.latest_engine() else {
-                continue;
-            };
-            let prev = self.last_engine.get(i).and_then(Option::as_ref);
-            if prev.is_some_and(|p| p.sample.at >= cur.sample.at) {
-                continue;
-            }
-            if self.proxy_signal {
-                engine_dropped |= latency::engine_dropped(prev, Some(&cur));
-            } else {
-                samples.extend(latency::sample_of(prev, &cur, in_flight));
-            }
-            if let Some(slot) = self.last_engine.get_mut(i) {
-                *slot = Some(cur);
-            }
-        }
-        if let Some(stats) = self.proxy.as_deref().filter(|_| self.proxy_signal) {
-            let cur = proxy_latency(stats, SystemClock.now());
-            samples.extend(latency::proxy_sample(
-                self.last_proxy.as_ref(),
-                &cur,
-                engine_dropped,
-                in_flight,
-            ));
-            self.last_proxy = Some(cur);
-        }
+        let engines: Vec<_> = self.views.iter().map(|(v, _)| v.latest_engine()).collect();
+        let proxy = (self.proxy.as_deref())
+            .filter(|_| self.proxy_signal)
+            .map(|stats| proxy_latency(stats, self.clock.now()));
+        let samples = self
+            .fed
+            .samples(&engines, self.proxy_signal, proxy, in_flight);
         let limit = self.limit.as_mut()?;
         for s in samples {
             tracing::debug!(sample = ?s, "Latency sample.");
@@ -301,7 +324,6 @@ impl Ticker {
     }
 
     fn tick_with(&mut self, latency_limit: Option<u32>) -> Result<TickReport, PortError> {
-        let clock = SystemClock;
         let mut gpus: Vec<PoolView> = self.views.iter().map(|(v, _)| v.clone()).collect();
         let mut engines: Vec<Option<EngineView>> =
             self.views.iter().map(|(v, _)| v.engine()).collect();
@@ -316,15 +338,15 @@ impl Ticker {
             })
             .collect();
         let mut ports = TickPorts {
-            clock: &clock,
+            clock: &*self.clock,
             pools,
-            board: &mut self.board,
-            dispatcher: &mut self.dispatcher,
-            workers: self.probe.as_ref().map(|p| p as _),
+            board: &mut *self.board,
+            dispatcher: &mut *self.dispatcher,
+            workers: self.workers.as_deref().map(|p| p as _),
         };
         let opts = TickOptions {
             dry_run: false,
-            dual_dispatcher: self.setup.dual_dispatcher(),
+            dual_dispatcher: (self.dual_dispatcher)(),
             latency_limit,
             proxy: self.proxy.as_deref().map(proxy_tasks),
             redispatch: self.first_tick,
@@ -333,7 +355,7 @@ impl Ticker {
             &self.policy,
             &mut ports,
             &mut self.state,
-            &mut self.store,
+            &mut *self.store,
             &opts,
         )?;
         self.first_tick = false;
@@ -341,7 +363,7 @@ impl Ticker {
             tracing::error!(error = %e, "Saving the governor state failed.");
             report.errors.push(format!("saving state: {e}"));
         }
-        crate::app::tick::journal(&mut self.store, &mut report);
+        crate::app::tick::journal(&mut *self.store, &mut report);
         Ok(report)
     }
 }
@@ -401,13 +423,13 @@ struct PoolDoc {
 }
 
 fn status_json(
+    now: Millis,
     pools: &[SampledPool],
     ticks: &Mutex<TickStatus>,
     listen: SocketAddr,
     started: Millis,
     proxy: Option<(SocketAddr, &ProxyStats)>,
 ) -> String {
-    let now = SystemClock.now();
     let pool_docs: Vec<PoolDoc> = pools
         .iter()
         .map(|p| PoolDoc {
@@ -483,7 +505,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let setup = setup::load(&args.config)?;
     check_listen(args.listen, setup.config.http.public).map_err(usage)?;
-    let policy = setup.policy.clone();
     let proxy_on = args.proxy_listen.or(setup.config.proxy.listen).is_some();
     // Unset, the signal follows the proxy (`proxy` when it serves): `--proxy-listen` turns it
     // on as `proxy.listen` does, though the config's default was derived without the flag.
@@ -516,7 +537,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let listener = metrics_http::bind(args.listen).map_err(|e| usage(e.to_string()))?;
-    let listen = listener.local_addr().unwrap_or(args.listen);
     let proxy_listener = match args.proxy_listen.or(setup.config.proxy.listen) {
         Some(addr) => {
             if args.proxy_listen.is_some() {
@@ -527,33 +547,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let mut store = SqliteState::open(&state_dir)?;
-    let state = store
-        .load()
-        .map_err(anyhow::Error::from_boxed)
-        .context("loading the governor state")?;
-    let views = pools.iter().map(|p| (p.view(), p.baseline)).collect();
-    // No engine, no latency signal: a limit that never hears a sample would stay at its lower
-    // bound forever, so memory alone governs.
-    let limit = (proxy_signal || pools.iter().any(|p| p.engine.is_some()))
-        .then(|| latency_limit(&setup, proxy_signal, state.latency_limit.as_ref()));
-    let mut ticker = Ticker {
-        policy: policy.clone(),
-        board: SqliteBoard::new(&board_path),
-        dispatcher,
-        store,
-        state,
-        probe: LocalWorkerProbe::for_this_host(),
-        views,
-        limit,
-        in_use_after_tick: 0,
-        last_engine: vec![None; pools.len()],
-        setup: setup.clone(),
-        proxy: None,
-        proxy_signal,
-        last_proxy: None,
-        first_tick: true,
-    };
+    let store = SqliteState::open(&state_dir)?;
     let tick_every = args.interval.unwrap_or(setup.config.dispatch.interval);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -564,25 +558,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The engine sources own blocking HTTP clients (each with its own small runtime), which
     // must not be dropped inside the daemon's runtime: this clone outlives every other.
     let pools = Arc::new(pools);
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_ttft_slo(setup.config.latency.ttft_slo);
     let proxy = match proxy_listener {
-        Some(l) => Some(start_proxy(l, &setup.config, metrics.proxy_stats())?),
+        Some(l) => Some(start_proxy(l, &setup.config, Arc::default())?),
         None => None,
     };
-    ticker.proxy = proxy.as_ref().map(|_| metrics.proxy_stats());
-    let daemon = Daemon {
-        policy,
+    let gateway = setup.clone();
+    let ports = Ports {
+        clock: Arc::new(SystemClock),
         pools: pools.clone(),
-        metrics,
-        ticks: Arc::new(Mutex::new(TickStatus::default())),
+        board: Box::new(SqliteBoard::new(&board_path)),
+        board_watch: Box::new(SqliteBoard::new(&board_path)),
+        dispatcher: Box::new(dispatcher),
+        store: Box::new(store),
+        workers: LocalWorkerProbe::for_this_host().map(|p| Box::new(p) as _),
+        dual_dispatcher: Box::new(move || gateway.dual_dispatcher()),
+    };
+    let settings = Settings {
+        setup,
+        proxy_signal,
         sample_every: args.sample_every,
         tick_every,
-        board_path,
-        listen,
-        proxy: proxy.as_ref().map(|p| p.addr),
+        proxy: proxy.as_ref().map(|p| (p.addr, p.stats.clone())),
     };
-    let result = rt.block_on(daemon.run(listener, ticker));
+    let result = rt.block_on(async {
+        // Before anything else starts, so an early SIGTERM is ours (not the default action,
+        // which would kill the process mid-tick).
+        let shutdown = signals::shutdown_signal()?;
+        serve(settings, ports, listener, shutdown).await
+    });
     if let Some(p) = proxy {
         p.stop();
     }
@@ -593,9 +596,85 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// Run the daemon on `ports` until `shutdown` completes: serve `/metrics` and `/status` on
+/// `listener`, sample every pool's telemetry, tick on `settings.tick_every` and whenever
+/// the board shows a task finished or arrived. After `shutdown`, the tick in progress
+/// finishes, the state and journal are saved, and this returns.
+///
+/// # Errors
+///
+/// The state cannot be loaded, the listener has no address, or a tick panicked (the state
+/// saved after the tick before stays intact). The `/metrics` server stopping with an error is
+/// logged, not returned.
+pub async fn serve(
+    settings: Settings,
+    mut ports: Ports,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Read before anything runs on the runtime, so this blocking call stalls nothing.
+    let state = ports
+        .store
+        .load()
+        .map_err(anyhow::Error::from_boxed)
+        .context("loading the governor state")?;
+    let Settings {
+        setup,
+        proxy_signal,
+        sample_every,
+        tick_every,
+        proxy,
+    } = settings;
+    let pools = ports.pools;
+    // No engine, no latency signal: a limit that never hears a sample would stay at its lower
+    // bound forever, so memory alone governs.
+    let limit = (proxy_signal || pools.iter().any(|p| p.engine.is_some()))
+        .then(|| latency_limit(&setup, proxy_signal, state.latency_limit.as_ref()));
+    let ticker = Ticker {
+        policy: setup.policy.clone(),
+        clock: ports.clock.clone(),
+        board: ports.board,
+        dispatcher: ports.dispatcher,
+        store: ports.store,
+        state,
+        workers: ports.workers,
+        views: pools.iter().map(|p| (p.view(), p.baseline)).collect(),
+        dual_dispatcher: ports.dual_dispatcher,
+        limit,
+        in_use_after_tick: 0,
+        fed: latency::Feed::default(),
+        proxy: proxy.as_ref().map(|(_, stats)| stats.clone()),
+        proxy_signal,
+        first_tick: true,
+    };
+    let metrics = Arc::new(Metrics::with_proxy_stats(
+        proxy.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
+    ));
+    metrics.set_ttft_slo(setup.config.latency.ttft_slo);
+    let listen = listener
+        .local_addr()
+        .context("reading the /metrics listener's address")?;
+    let daemon = Daemon {
+        policy: setup.policy,
+        clock: ports.clock,
+        pools,
+        metrics,
+        ticks: Arc::new(Mutex::new(TickStatus::default())),
+        sample_every,
+        tick_every,
+        listen,
+        proxy: proxy.map(|(addr, _)| addr),
+    };
+    daemon
+        .run(listener, ticker, ports.board_watch, shutdown)
+        .await
+}
+
 /// The pass-through on its own thread (see the module doc).
 struct ProxyThread {
     addr: SocketAddr,
+    /// What it counts (`/metrics`, `/status`, footprint learning, the latency limit).
+    stats: Arc<ProxyStats>,
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -634,12 +713,12 @@ fn start_proxy(
             .map(|p| (p.name.as_str(), engine_of(&p.pool))),
         config.pools.iter().find_map(|p| p.engine.endpoint()),
     );
-    let settings = Settings {
+    let settings = proxy::Settings {
         max_body: usize::try_from(config.proxy.max_body.get()).unwrap_or(usize::MAX),
         drain: config.proxy.drain,
         max_connections: proxy::max_connections_for_this_process(),
     };
-    let proxy = Arc::new(Proxy::new(routes, settings, stats));
+    let proxy = Arc::new(Proxy::new(routes, settings, stats.clone()));
     // Two workers: streams keep flowing while one thread parses a large request body.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -656,37 +735,44 @@ fn start_proxy(
             }
         })
         .context("starting the proxy thread")?;
-    Ok(ProxyThread { addr, stop, thread })
+    Ok(ProxyThread {
+        addr,
+        stats,
+        stop,
+        thread,
+    })
 }
 
 struct Daemon {
     /// Where the pass-through serves, when it does.
     proxy: Option<SocketAddr>,
     policy: Policy,
+    clock: Arc<dyn Clock + Send + Sync>,
     pools: Arc<Vec<SampledPool>>,
     metrics: Arc<Metrics>,
     ticks: Arc<Mutex<TickStatus>>,
     sample_every: Duration,
     tick_every: Duration,
-    board_path: PathBuf,
     listen: SocketAddr,
 }
 
 /// Read every source once, concurrently, and wait for all.
-async fn sample_round(pools: &Arc<Vec<SampledPool>>) {
+async fn sample_round(pools: &Arc<Vec<SampledPool>>, clock: &Arc<dyn Clock + Send + Sync>) {
     let mut handles = Vec::new();
     for i in 0..pools.len() {
         let p = pools.clone();
+        let c = clock.clone();
         handles.push(tokio::task::spawn_blocking(move || {
             let pool = &p[i];
-            sources::sample_gpu(&pool.gpu_source, &pool.gpu, SystemClock.now());
+            sources::sample_gpu(&pool.gpu_source, &pool.gpu, c.now());
         }));
         if pools[i].engine_source.is_some() {
             let p = pools.clone();
+            let c = clock.clone();
             handles.push(tokio::task::spawn_blocking(move || {
                 let pool = &p[i];
                 if let (Some(src), Some(into)) = (&pool.engine_source, &pool.engine) {
-                    sources::sample_engine(src, into, &SystemClock);
+                    sources::sample_engine(src, into, &*c);
                 }
             }));
         }
@@ -699,6 +785,7 @@ async fn sample_round(pools: &Arc<Vec<SampledPool>>) {
 /// Sample one source every `every` until shutdown; log when it starts or stops failing.
 async fn sampler(
     pools: Arc<Vec<SampledPool>>,
+    clock: Arc<dyn Clock + Send + Sync>,
     metrics: Arc<Metrics>,
     i: usize,
     engine: bool,
@@ -715,12 +802,13 @@ async fn sampler(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let p = pools.clone();
+        let c = clock.clone();
         let failing = tokio::task::spawn_blocking(move || {
             let pool = &p[i];
-            let now = SystemClock.now();
+            let now = c.now();
             if engine {
                 if let (Some(src), Some(into)) = (&pool.engine_source, &pool.engine) {
-                    sources::sample_engine(src, into, &SystemClock);
+                    sources::sample_engine(src, into, &*c);
                     return lock(into).failing().map(str::to_owned);
                 }
                 None
@@ -740,12 +828,12 @@ async fn sampler(
             _ => {}
         }
         was_failing = failing.is_some();
-        metrics.observe_telemetry(&pools, SystemClock.now());
+        metrics.observe_telemetry(&pools, clock.now());
     }
 }
 
 /// The running and waiting task ids of the board, for change detection.
-fn board_sets(board: &mut SqliteBoard) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+fn board_sets(board: &mut dyn TaskBoard) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
     let snap = board.read_board(&[]).ok()?;
     let mut running = BTreeSet::new();
     let mut waiting = BTreeSet::new();
@@ -765,8 +853,12 @@ fn board_sets(board: &mut SqliteBoard) -> Option<(BTreeSet<String>, BTreeSet<Str
 
 /// Poll the board's data_version; when it moved, look whether a running task finished or a
 /// new task is ready, and if so wake the tick loop.
-async fn board_watcher(path: PathBuf, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    let mut board = Some(SqliteBoard::new(path));
+async fn board_watcher(
+    board: Box<dyn TaskBoard + Send>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut board = Some(board);
     let mut version = None;
     let mut sets: Option<(BTreeSet<String>, BTreeSet<String>)> = None;
     loop {
@@ -780,7 +872,7 @@ async fn board_watcher(path: PathBuf, wake: Arc<Notify>, mut shutdown: watch::Re
         let joined = tokio::task::spawn_blocking(move || {
             let v = b.read_data_version().ok();
             let new_sets = if v.is_some() && v != last {
-                board_sets(&mut b)
+                board_sets(&mut *b)
             } else {
                 None
             };
@@ -808,31 +900,27 @@ async fn board_watcher(path: PathBuf, wake: Arc<Notify>, mut shutdown: watch::Re
 }
 
 impl Daemon {
-    async fn run(self, listener: std::net::TcpListener, ticker: Ticker) -> anyhow::Result<()> {
+    async fn run(
+        self,
+        listener: std::net::TcpListener,
+        ticker: Ticker,
+        board_watch: Box<dyn TaskBoard + Send>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Handlers are registered here, before anything else starts, so an early SIGTERM is
-        // ours (not the default action, which would kill the process mid-tick).
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("watching for SIGINT")?;
-        let mut hup = signal(SignalKind::hangup()).context("watching for SIGHUP")?;
-        let signals = {
+        let stopper = {
             let stop_tx = stop_tx.clone();
             let ticks = self.ticks.clone();
             tokio::spawn(async move {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                    _ = hup.recv() => "SIGHUP",
-                };
-                tracing::warn!("{name}: finishing the tick in progress, then stopping.");
+                shutdown.await;
                 lock(&ticks).shutting_down = true;
                 let _ = stop_tx.send(true);
             })
         };
 
-        let started = SystemClock.now();
+        let started = self.clock.now();
         let handler: Handler = {
+            let clock = self.clock.clone();
             let metrics = self.metrics.clone();
             let pools = self.pools.clone();
             let ticks = self.ticks.clone();
@@ -846,6 +934,7 @@ impl Daemon {
                 "/status" => Answer::ok(
                     "application/json",
                     status_json(
+                        clock.now(),
                         &pools,
                         &ticks,
                         listen,
@@ -878,9 +967,9 @@ impl Daemon {
         let _ = std::io::stdout().flush();
 
         // First samples before the first tick, so it does not hold for want of them.
-        sample_round(&self.pools).await;
+        sample_round(&self.pools, &self.clock).await;
         self.metrics
-            .observe_telemetry(&self.pools, SystemClock.now());
+            .observe_telemetry(&self.pools, self.clock.now());
         let mut tasks = Vec::new();
         for (i, p) in self.pools.iter().enumerate() {
             for engine in [false, true] {
@@ -889,6 +978,7 @@ impl Daemon {
                 }
                 tasks.push(tokio::spawn(sampler(
                     self.pools.clone(),
+                    self.clock.clone(),
                     self.metrics.clone(),
                     i,
                     engine,
@@ -899,7 +989,7 @@ impl Daemon {
         }
         let wake = Arc::new(Notify::new());
         tasks.push(tokio::spawn(board_watcher(
-            self.board_path.clone(),
+            board_watch,
             wake.clone(),
             stop_rx.clone(),
         )));
@@ -909,7 +999,7 @@ impl Daemon {
         for t in tasks {
             let _ = t.await;
         }
-        signals.abort();
+        stopper.abort();
         if let Ok(Err(e)) = server.await {
             tracing::warn!(error = %e, "The /metrics server stopped with an error.");
         }
@@ -1007,3 +1097,6 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

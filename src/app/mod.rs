@@ -6,7 +6,8 @@
 //! Commands, each module named after its command:
 //! - [`tick_command`]: `tick`, cron mode: take the lock, run one control cycle (or `--repeat`),
 //!   save, exit.
-//! - [`daemon`]: `run`, the daemon beside the inference server.
+//! - [`daemon`]: `run`, the daemon beside the inference server; [`daemon::serve`] runs it on
+//!   the ports it is given (the real adapters, or the fakes in tests) until a shutdown future.
 //! - [`status`]: `status`, what runs, what waits and why, with nothing acted on.
 //! - [`plan`]: `plan`, capacity planning with no board and no GPU.
 //! - [`simulate`]: `simulate`, every dispatch strategy on one simulated GPU host.
@@ -18,7 +19,8 @@
 //! - [`tick`]: one control cycle, generic over the ports: observe → decide → act.
 //! - [`setup`]: the policy, Hermes settings and adapters built from the validated config.
 //! - [`learning`]: footprint learning in the real cycle.
-//! - [`signals`]: stop requests that let a tick in progress finish.
+//! - [`signals`]: stop requests that let a tick in progress finish (`run`'s shutdown future,
+//!   `tick`'s stop channel).
 //! - [`state`]: the governor's state between ticks (from [`crate::record`]).
 
 pub mod check_config;

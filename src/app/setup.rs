@@ -10,11 +10,12 @@ use crate::adapters::dispatch_cli::{CliDispatcher, CliDispatcherConfig, Dispatch
 use crate::adapters::hermes_home;
 use crate::adapters::nvml::{GpuSelector as NvmlGpu, NvmlLibrary};
 use crate::adapters::telemetry::{EngineSource, GpuSource, PoolTelemetry, build_pool};
-use crate::app::tick::PoolSource;
+use crate::adapters::worker_probe::LocalWorkerProbe;
+use crate::app::tick::{PoolSource, TickPorts};
 use crate::config::{self, Config, ConfigArgs, GpuSelector, PoolConfig, Telemetry};
 use crate::error::UsageError;
 use crate::governor::{Bytes, Policy};
-use crate::ports::{MaxSemantics, PortError};
+use crate::ports::{MaxSemantics, PortError, SystemClock};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -400,21 +401,60 @@ impl Setup {
         })
         .map_err(|e| usage(e.to_string()))
     }
+
+    /// The adapters of one tick on `board` (built by [`Setup::board`] or
+    /// [`Setup::quiet_board`]): Hermes's CLI, each pool's telemetry without a latency probe,
+    /// and the worker probe of this host.
+    ///
+    /// # Errors
+    ///
+    /// As [`Setup::dispatcher`] and [`Setup::telemetry`].
+    pub fn tick_adapters(&self, board: SqliteBoard) -> anyhow::Result<TickAdapters> {
+        Ok(TickAdapters {
+            board,
+            dispatcher: self.dispatcher()?,
+            telemetry: self.telemetry(false)?,
+            workers: LocalWorkerProbe::for_this_host(),
+        })
+    }
 }
 
-/// The tick's view of built telemetry: one [`PoolSource`] per pool, borrowing `pools`.
-pub fn pool_sources(pools: &mut [PoolTelemetry]) -> Vec<PoolSource<'_>> {
-    pools
-        .iter_mut()
-        .map(|p| PoolSource {
-            gpu: p.gpu.as_mut(),
-            engine: p
-                .engine
-                .as_deref_mut()
-                .map(|e| e as &mut dyn crate::ports::EngineTelemetry),
-            baseline: p.baseline,
-        })
-        .collect()
+/// The real adapters one tick runs on (`tick`, `status`), owned here so that
+/// [`TickAdapters::ports`] can lend them to the tick.
+#[derive(Debug)]
+pub struct TickAdapters {
+    /// The board.
+    pub board: SqliteBoard,
+    /// Hermes's CLI.
+    pub dispatcher: CliDispatcher,
+    /// Each pool's telemetry, in [`Policy::pools`] order.
+    pub telemetry: Vec<PoolTelemetry>,
+    /// Worker liveness on this host, when it can be told.
+    pub workers: Option<LocalWorkerProbe>,
+}
+
+impl TickAdapters {
+    /// The tick's ports, borrowing these adapters, on the system clock.
+    pub fn ports(&mut self) -> TickPorts<'_> {
+        TickPorts {
+            clock: &SystemClock,
+            pools: self
+                .telemetry
+                .iter_mut()
+                .map(|p| PoolSource {
+                    gpu: p.gpu.as_mut(),
+                    engine: p
+                        .engine
+                        .as_deref_mut()
+                        .map(|e| e as &mut dyn crate::ports::EngineTelemetry),
+                    baseline: p.baseline,
+                })
+                .collect(),
+            board: &mut self.board,
+            dispatcher: &mut self.dispatcher,
+            workers: self.workers.as_ref().map(|p| p as _),
+        }
+    }
 }
 
 /// A port error as an `anyhow` error: usage errors (bad `hermes.bin`, missing board,

@@ -1,22 +1,50 @@
-//! Stop requests for `tick`, which is synchronous: SIGTERM, SIGINT and SIGHUP are caught
-//! (instead of killing the process mid-dispatch, with the state unsaved and a release missing
-//! from the journal) and reported to the tick loop, which reads them between ticks.
+//! Stop requests: SIGTERM, SIGINT and SIGHUP are caught instead of killing the process
+//! mid-dispatch (with the state unsaved and a release missing from the journal).
 //!
-//! The handlers are tokio's (the crate already uses its signal driver in `run`), driven by a
-//! small runtime on a thread of its own that forwards each signal's name on a channel; the
-//! loop checks the channel before each tick and waits on it instead of sleeping between
-//! `--repeat` ticks, so a stop request ends that wait at once.
+//! - [`shutdown_signal`], for `run`: a future that ends at the first of them, handed to
+//!   [`crate::app::daemon::serve`] as its shutdown (tests hand it their own).
+//! - [`StopSignals`], for `tick`, which is synchronous: the handlers are tokio's (the crate
+//!   already uses its signal driver in `run`), driven by a small runtime on a thread of its own
+//!   that forwards each signal's name on a channel; the loop checks the channel before each
+//!   tick and waits on it instead of sleeping between `--repeat` ticks, so a stop request ends
+//!   that wait at once.
 //!
 //! Hermes children are not touched: they run in process groups of their own
 //! (`adapters::dispatch_cli`), so a terminal's Ctrl-C reaches the governor only, and the
 //! call in progress finishes (or meets `dispatch.timeout`).
 //!
 //! Side effects: installs process-wide handlers for the three signals (for the life of the
-//! process) and starts one thread.
+//! process); [`StopSignals::install`] starts one thread.
 
 use anyhow::Context;
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// SIGTERM, SIGINT or SIGHUP, as a future that ends at the first of them (logged with its
+/// name). The handlers are in place on return, so a signal that arrives before the future is
+/// first polled still ends it.
+///
+/// # Errors
+///
+/// A handler cannot be set up.
+///
+/// # Panics
+///
+/// Outside a tokio runtime with its signal driver enabled (tokio's `signal` panics there).
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("watching for SIGHUP")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        tracing::warn!("{name}: finishing the tick in progress, then stopping.");
+    })
+}
 
 /// The signals that ask `tick` to stop after the tick in progress.
 #[derive(Debug)]

@@ -3,14 +3,12 @@
 //! read, not saved).
 
 use crate::adapters::state_sqlite::SqliteState;
-use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
 use crate::app::setup::{self, port_error};
 use crate::app::state::GovernorState;
-use crate::app::tick::{Observed, TickOptions, TickPorts, observe};
+use crate::app::tick::{Observed, TickOptions, observe};
 use crate::config::ConfigArgs;
 use crate::governor::{Decision, PoolBudget, decide};
-use crate::ports::SystemClock;
 use serde::Serialize;
 use std::io::Write;
 use std::process::ExitCode;
@@ -212,26 +210,16 @@ fn print_human(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
 /// Config, board or state failures.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let setup = setup::load_checked(&args.config, false)?;
-    let mut board = setup.quiet_board()?;
-    let mut dispatcher = setup.dispatcher()?;
-    let mut telemetry = setup.telemetry(false)?;
-    let probe = LocalWorkerProbe::for_this_host();
-    let clock = SystemClock;
+    let mut adapters = setup.tick_adapters(setup.quiet_board()?)?;
     let mut state = SqliteState::load_read_only(&setup.state_dir).map_err(port_error)?;
-    let mut ports = TickPorts {
-        clock: &clock,
-        pools: setup::pool_sources(&mut telemetry),
-        board: &mut board,
-        dispatcher: &mut dispatcher,
-        workers: probe.as_ref().map(|p| p as _),
-    };
+    let mut ports = adapters.ports();
     let opts = TickOptions {
         dual_dispatcher: setup.dual_dispatcher(),
         ..TickOptions::default()
     };
     let observed = observe(&setup.policy, &mut ports, &mut state, &opts).map_err(port_error)?;
     let mut r = report(&setup.policy, observed, &state);
-    r.blocked = board.blocked().map_err(anyhow::Error::new)?;
+    r.blocked = adapters.board.blocked().map_err(anyhow::Error::new)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let _ = if args.json {

@@ -22,12 +22,11 @@
 
 use crate::adapters::state_dir::{self, LockHolder};
 use crate::adapters::state_sqlite::SqliteState;
-use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::setup::{self, Setup, port_error};
 use crate::app::signals::StopSignals;
-use crate::app::tick::{TickOptions, TickPorts, TickReport, run_tick_with_store};
+use crate::app::tick::{TickOptions, TickReport, run_tick_with_store};
 use crate::config::ConfigArgs;
-use crate::ports::{PortError, StateStore, SystemClock};
+use crate::ports::{PortError, StateStore};
 use anyhow::Context;
 use std::fs::File;
 use std::io::Write;
@@ -246,22 +245,13 @@ impl StateStore for ReadOnlyState {
 ///
 /// As [`run_tick_with_store`], with usage errors marked for exit code 2.
 pub fn tick_once(setup: &Setup, dry_run: bool) -> anyhow::Result<TickReport> {
-    let mut board = if dry_run {
+    let board = if dry_run {
         setup.quiet_board()?
     } else {
         setup.board()?
     };
-    let mut dispatcher = setup.dispatcher()?;
-    let mut telemetry = setup.telemetry(false)?;
-    let probe = LocalWorkerProbe::for_this_host();
-    let clock = SystemClock;
-    let mut ports = TickPorts {
-        clock: &clock,
-        pools: setup::pool_sources(&mut telemetry),
-        board: &mut board,
-        dispatcher: &mut dispatcher,
-        workers: probe.as_ref().map(|p| p as _),
-    };
+    let mut adapters = setup.tick_adapters(board)?;
+    let mut ports = adapters.ports();
     let opts = TickOptions {
         dry_run,
         dual_dispatcher: setup.dual_dispatcher(),

@@ -11,7 +11,8 @@
 //!   schedule of [`Fault`]s over time (errors, frozen readings).
 //! - [`InMemoryState`]: the [`crate::ports::StateStore`] port in memory; it keeps what it was
 //!   asked to save and write ahead, and journals releases and their outcomes by the same
-//!   rules as the SQLite store ([`crate::record::report::ReleaseRecord`]).
+//!   rules as the SQLite store ([`crate::record::report::ReleaseRecord`]). Shared as
+//!   `Arc<Mutex<InMemoryState>>`, it is a store a daemon owns while the test looks at it.
 //! - [`ManualClock`]: a [`crate::ports::Clock`] the test moves by hand.
 //!
 //! No I/O, no clock, no threads: everything happens in the calls. The fakes are `Send` (shared

@@ -1,11 +1,12 @@
 //! The governor's state store in memory.
 
-use super::RecordingDispatcher;
+use super::{RecordingDispatcher, lock};
 use crate::governor::ProfileId;
 use crate::governor::{Millis, TaskId};
 use crate::ports::{PortError, StateStore};
 use crate::record::report::{ReleaseRecord, TickReport};
 use crate::record::state::GovernorState;
+use std::sync::{Arc, Mutex};
 
 /// One write-ahead ([`StateStore::save_before_releasing`]) as the store received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,5 +139,30 @@ impl StateStore for InMemoryState {
             releasing: releasing.to_vec(),
         });
         Ok(())
+    }
+}
+
+/// An [`InMemoryState`] shared with what owns its store (a daemon, [`crate::app::daemon::serve`]),
+/// so the test can look at it while that runs and after.
+impl StateStore for Arc<Mutex<InMemoryState>> {
+    fn load(&mut self) -> Result<GovernorState, PortError> {
+        lock(self).load()
+    }
+
+    fn save(&mut self, state: &GovernorState) -> Result<(), PortError> {
+        lock(self).save(state)
+    }
+
+    fn journal(&mut self, report: &TickReport) -> Result<(), PortError> {
+        lock(self).journal(report)
+    }
+
+    fn save_before_releasing(
+        &mut self,
+        state: &GovernorState,
+        report: &TickReport,
+        releasing: &[TaskId],
+    ) -> Result<(), PortError> {
+        lock(self).save_before_releasing(state, report, releasing)
     }
 }

@@ -13,7 +13,11 @@
 //! their time to first byte), and a 5xx answer among them, or an engine preemption or
 //! offload, a drop. No probe is sent.
 //!
-//! Pure: the caller passes the previous reading and the running count.
+//! [`Feed`] is what the daemon (and the scenario runner, `tests/scenarios.rs`) calls at each
+//! tick: it turns the readings that arrived since the last tick into samples, each reading
+//! once.
+//!
+//! Pure: the caller passes the readings and the running count.
 
 use super::metrics::window_quantile;
 use crate::governor::Millis;
@@ -100,6 +104,56 @@ pub fn proxy_sample(
         in_flight,
         outcome,
     })
+}
+
+/// The readings last turned into samples, so that each is fed to the limit once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Feed {
+    /// Per pool, the engine reading last fed.
+    pub engines: Vec<Option<EngineReading>>,
+    /// The pass-through's counts at the last sample.
+    pub proxy: Option<ProxyLatency>,
+}
+
+impl Feed {
+    /// The samples the readings newer than those last fed give, `in_flight` being the load
+    /// they were measured under; those readings count as fed from now on.
+    ///
+    /// `engines`: per pool, the latest good engine reading (`None`: none yet, or no engine).
+    /// Each newer one gives its [`sample_of`], unless `proxy_signal`: then it only says
+    /// whether the engine dropped ([`engine_dropped`]), and `proxy`, the pass-through's counts
+    /// now, gives the one sample ([`proxy_sample`]).
+    pub fn samples(
+        &mut self,
+        engines: &[Option<EngineReading>],
+        proxy_signal: bool,
+        proxy: Option<ProxyLatency>,
+        in_flight: u32,
+    ) -> Vec<Sample> {
+        if self.engines.len() < engines.len() {
+            self.engines.resize(engines.len(), None);
+        }
+        let mut samples = Vec::new();
+        let mut dropped = false;
+        for (cur, last) in engines.iter().zip(self.engines.iter_mut()) {
+            let Some(cur) = cur else { continue };
+            let prev = last.as_ref();
+            if prev.is_some_and(|p| p.sample.at >= cur.sample.at) {
+                continue;
+            }
+            if proxy_signal {
+                dropped |= engine_dropped(prev, Some(cur));
+            } else {
+                samples.extend(sample_of(prev, cur, in_flight));
+            }
+            *last = Some(cur.clone());
+        }
+        if let Some(cur) = proxy.filter(|_| proxy_signal) {
+            samples.extend(proxy_sample(self.proxy.as_ref(), &cur, dropped, in_flight));
+            self.proxy = Some(cur);
+        }
+        samples
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +276,45 @@ mod tests {
         assert_eq!(
             proxy_sample(Some(&d), &e, false, 4).unwrap().outcome,
             Outcome::Completed { ttft: Millis(500) }
+        );
+    }
+
+    #[test]
+    fn a_feed_turns_each_new_reading_into_one_sample_and_skips_the_old() {
+        let mut feed = Feed::default();
+        let mut a = reading(1_000);
+        a.probe_ttft = Some(Millis(300));
+        let mut b = reading(2_000);
+        b.probe_ttft = Some(Millis(900));
+        let got = feed.samples(&[Some(a.clone()), None], false, None, 3);
+        assert_eq!(got, vec![sample_of(None, &a, 3).unwrap()]);
+        // The same reading again, or an older one: nothing.
+        assert!(feed.samples(&[Some(a.clone())], false, None, 3).is_empty());
+        let got = feed.samples(&[Some(reading(500)), Some(b.clone())], false, None, 4);
+        assert_eq!(got, vec![sample_of(None, &b, 4).unwrap()]);
+        assert_eq!(feed.engines, vec![Some(a), Some(b)]);
+    }
+
+    #[test]
+    fn with_the_proxy_signal_engine_readings_only_turn_its_sample_into_a_drop() {
+        let mut feed = Feed::default();
+        let mut e0 = reading(0);
+        e0.preemptions_total = Some(1);
+        e0.probe_ttft = Some(Millis(100));
+        assert!(
+            feed.samples(&[Some(e0.clone())], true, Some(counts(0, 10, 10, 0)), 2)
+                .is_empty(),
+            "the first counts only start the window"
+        );
+        let got = feed.samples(&[Some(e0)], true, Some(counts(1_000, 30, 30, 0)), 2);
+        let ttft = Outcome::Completed { ttft: Millis(500) };
+        assert_eq!(got.iter().map(|s| s.outcome).collect::<Vec<_>>(), [ttft]);
+        let mut e1 = reading(2_000);
+        e1.preemptions_total = Some(2);
+        let got = feed.samples(&[Some(e1)], true, Some(counts(2_000, 50, 50, 0)), 2);
+        assert_eq!(
+            got.iter().map(|s| (s.at, s.outcome)).collect::<Vec<_>>(),
+            [(Millis(2_000), Outcome::Dropped)]
         );
     }
 }

@@ -104,6 +104,12 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric registered.
     pub fn new() -> Metrics {
+        Metrics::with_proxy_stats(Arc::default())
+    }
+
+    /// As [`Metrics::new`], exporting what `proxy` counts (the pass-through's own stats, so
+    /// that it can be started before the daemon).
+    pub fn with_proxy_stats(proxy: Arc<ProxyStats>) -> Metrics {
         let mut root = Registry::default();
         // `process_*` are the standard names every client library exports, unprefixed.
         root.register_collector(Box::new(ProcessCollector));
@@ -115,7 +121,6 @@ impl Metrics {
         );
         let server = Arc::new(ServerStats::default());
         r.register_collector(Box::new(ServerCollector(server.clone())));
-        let proxy = Arc::new(ProxyStats::default());
         r.register_collector(Box::new(ProxyCollector(proxy.clone())));
         macro_rules! register {
             ($name:expr, $help:expr, $unit:expr, $m:expr) => {{
