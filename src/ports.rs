@@ -229,7 +229,8 @@ pub struct DispatchOutcome {
     pub skipped_per_profile_capped: Vec<TaskId>,
 }
 
-/// Writes to the board, through whatever Hermes offers (the CLI), one call at a time.
+/// Writes to the board, through whatever Hermes offers (the CLI), one call at a time (but for
+/// [`Dispatcher::assign_all`], whose assignments may run side by side).
 pub trait Dispatcher {
     /// What `--max` means to this Hermes (may run `hermes --version` once).
     ///
@@ -244,6 +245,14 @@ pub trait Dispatcher {
     ///
     /// Hermes refused (unknown id, task running), failed or timed out.
     fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError>;
+
+    /// Assign each task to its assignee; one result per task, in order. The assignments touch
+    /// different tasks, so they may run side by side (the CLI starts one Hermes process per
+    /// task, and a release of several tasks waited for each in turn); by default they run one
+    /// after another.
+    fn assign_all(&mut self, tasks: &[(TaskId, String)]) -> Vec<Result<(), PortError>> {
+        tasks.iter().map(|(id, a)| self.assign(id, a)).collect()
+    }
 
     /// Put a running task whose worker is dead back to `ready`.
     ///

@@ -27,6 +27,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a timed-out group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+/// The most `hermes kanban assign` processes [`CliDispatcher`] runs at once for one release
+/// (a release is rarely wider; more would only take CPU from the workers already running).
+const ASSIGN_AT_ONCE: usize = 4;
 
 /// The most bytes of one Hermes call's stdout, and of its stderr, kept in memory.
 // `dispatch --json` prints well under 1 KiB per spawned task and a Python traceback a few KiB;
@@ -182,6 +185,15 @@ impl CliDispatcher {
         }
         v.extend(args.iter().map(|s| (*s).to_owned()));
         v
+    }
+
+    /// `hermes kanban assign <id> <assignee>`.
+    fn assign_one(&self, id: &TaskId, assignee: &str) -> Result<(), DispatchError> {
+        argv_safe("kanban assign", "task id", &id.0)?;
+        argv_safe("kanban assign", "assignee", assignee)?;
+        let argv = self.kanban_args(&["assign", &id.0, assignee]);
+        self.run_ok("kanban assign", &argv)?;
+        Ok(())
     }
 
     /// Run `hermes <argv>` and return its stdout, or an error carrying its stderr.
@@ -408,11 +420,44 @@ impl Dispatcher for CliDispatcher {
     }
 
     fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError> {
-        argv_safe("kanban assign", "task id", &id.0)?;
-        argv_safe("kanban assign", "assignee", assignee)?;
-        let argv = self.kanban_args(&["assign", &id.0, assignee]);
-        self.run_ok("kanban assign", &argv)?;
-        Ok(())
+        Ok(self.assign_one(id, assignee)?)
+    }
+
+    /// Up to [`ASSIGN_AT_ONCE`] `hermes kanban assign` processes at once: each is a Python
+    /// start-up of about half a second of CPU, and a release of six tasks waited for six of
+    /// them in turn before its dispatch. Each is its own short write transaction in Hermes
+    /// (`BEGIN IMMEDIATE`, retried on busy), on a task of its own.
+    fn assign_all(&mut self, tasks: &[(TaskId, String)]) -> Vec<Result<(), PortError>> {
+        if tasks.len() < 2 {
+            return tasks.iter().map(|(id, a)| self.assign(id, a)).collect();
+        }
+        let this = &*self;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: std::sync::Mutex<Vec<(usize, Result<(), DispatchError>)>> =
+            std::sync::Mutex::new(Vec::with_capacity(tasks.len()));
+        std::thread::scope(|scope| {
+            for _ in 0..tasks.len().min(ASSIGN_AT_ONCE) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((id, assignee)) = tasks.get(i) else {
+                            return;
+                        };
+                        let r = this.assign_one(id, assignee);
+                        done.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((i, r));
+                    }
+                });
+            }
+        });
+        let mut done = done
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter()
+            .map(|(_, r)| r.map_err(PortError::from))
+            .collect()
     }
 
     fn reclaim(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError> {
@@ -535,6 +580,47 @@ mod tests {
         let err = CliDispatcher::new(cfg("/nonexistent/hermes".into(), None)).unwrap_err();
         assert!(err.is_usage());
         assert!(err.to_string().contains("hermes.bin"), "{err}");
+    }
+
+    #[test]
+    fn the_assignments_of_one_release_run_side_by_side_and_each_keeps_its_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // Each assign marks itself started, then waits (bounded) until all four have: run one
+        // after another, the first would give up and fail.
+        let body = format!(
+            "touch \"{d}/started.$3\"\n\
+             [ \"$3\" = t_bad ] && {{ echo 'no such task' >&2; exit 1; }}\n\
+             i=0; while [ $(ls '{d}' | grep -c '^started\\.') -lt 4 ]; do\n\
+             i=$((i+1)); [ $i -gt 600 ] && {{ echo 'ran alone' >&2; exit 9; }}; sleep 0.05; done"
+        );
+        let mut c = CliDispatcher::new(cfg(fake_hermes(dir.path(), &body), None)).unwrap();
+        let tasks: Vec<(TaskId, String)> = ["t_1", "t_bad", "t_2", "t_3"]
+            .iter()
+            .map(|id| (TaskId::from(*id), "coder".to_owned()))
+            .collect();
+        let results = c.assign_all(&tasks);
+        let got: Vec<Result<(), String>> = results
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect();
+        assert!(
+            got[0].is_ok() && got[2].is_ok() && got[3].is_ok(),
+            "{got:?}"
+        );
+        let e = got[1].as_ref().unwrap_err();
+        assert!(e.contains("no such task"), "{e}");
+        let mut argv = calls(dir.path());
+        argv.sort();
+        assert_eq!(
+            argv,
+            [
+                "HOME=/hh kanban assign t_1 coder",
+                "HOME=/hh kanban assign t_2 coder",
+                "HOME=/hh kanban assign t_3 coder",
+                "HOME=/hh kanban assign t_bad coder",
+            ]
+        );
     }
 
     #[test]
