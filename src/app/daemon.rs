@@ -74,6 +74,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 pub const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// How soon the daemon ticks again while a finished task's worker has not exited yet.
 const FINISHING_RECHECK: Duration = Duration::from_millis(500);
+/// Meanwhile, how often the pass-through's counts are looked at for such a task's last call
+/// ending (which frees its charge: the tick runs as soon as it is seen).
+const LAST_CALL_POLL: Duration = Duration::from_millis(50);
 
 /// How often the board's `PRAGMA data_version` is polled for finished tasks.
 pub const BOARD_POLL: Duration = Duration::from_millis(250);
@@ -200,6 +203,26 @@ fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
             (TaskId::from(id), task)
         })
         .collect()
+}
+
+/// The finishing tasks the pass-through has seen, each with its requests ended when it was
+/// first seen finishing: one more ended and none in flight is its last call over (the rule of
+/// `tick::finishing_workers`, which then stops charging it).
+fn last_calls(state: &GovernorState, finishing: &[TaskId]) -> Vec<(TaskId, u64)> {
+    finishing
+        .iter()
+        .filter_map(|id| Some((id.clone(), state.workers.get(id)?.ended_at_finish?)))
+        .collect()
+}
+
+/// Whether one of `watched` has had its last call end.
+fn a_last_call_ended(stats: &ProxyStats, watched: &[(TaskId, u64)]) -> bool {
+    let tasks = proxy_tasks(stats);
+    watched.iter().any(|(id, at_finish)| {
+        tasks
+            .get(id)
+            .is_some_and(|t| t.in_flight == 0 && t.ended > *at_finish)
+    })
 }
 
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
@@ -947,14 +970,28 @@ impl Daemon {
             // A worker that outlives its task exits about a second later without touching
             // the board, and a done task's last call through the proxy ends without touching
             // it either: look again soon rather than a whole interval later.
-            let finishing = lock(&self.ticks).last_tick.as_ref().is_some_and(|r| {
-                !r.observed.finishing.is_empty() || !r.observed.peaks_pending.is_empty()
-            });
+            // Through the proxy, the tick runs as soon as such a last call is seen to end.
+            let (finishing, watched) = match &lock(&self.ticks).last_tick {
+                Some(r) => (
+                    !r.observed.finishing.is_empty() || !r.observed.peaks_pending.is_empty(),
+                    last_calls(&ticker.state, &r.observed.finishing),
+                ),
+                None => (false, Vec::new()),
+            };
+            let proxy = ticker.proxy.clone().filter(|_| !watched.is_empty());
             let recheck = async {
-                if finishing {
-                    tokio::time::sleep(FINISHING_RECHECK).await;
-                } else {
+                if !finishing {
                     std::future::pending::<()>().await;
+                }
+                let Some(stats) = proxy else {
+                    return tokio::time::sleep(FINISHING_RECHECK).await;
+                };
+                let until = tokio::time::Instant::now() + FINISHING_RECHECK;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(LAST_CALL_POLL).await;
+                    if a_last_call_ended(&stats, &watched) {
+                        return;
+                    }
                 }
             };
             trigger = tokio::select! {
