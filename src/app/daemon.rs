@@ -45,7 +45,7 @@ use crate::adapters::state_sqlite::SqliteState;
 use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
 use crate::app::setup::{self, Setup};
-use crate::app::state::GovernorState;
+use crate::app::state::{GovernorState, LimitSignal};
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick_saving};
 use crate::app::tick_command::{LOCK_FILE_NAME, Lock, holder_pids, take_lock};
 use crate::config::{ConfigArgs, LatencySignal};
@@ -226,12 +226,13 @@ fn a_last_call_ended(stats: &ProxyStats, watched: &[(TaskId, u64)]) -> bool {
 }
 
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
-/// that was built from the same settings (changed settings start afresh). Fed by the proxy
+/// that was built from the same settings and fed by the same signal
+/// ([`latency::resume`]; otherwise it starts afresh). Fed by the proxy
 /// (`latency.signal = "proxy"`: the agents' own calls, no probe load) it starts open, where
 /// memory allows, and lowers only on evidence; fed by a probe or the engine's histogram it
 /// starts at `min_limit` in slow start, since there each step up is what the evidence is
 /// measured under.
-fn latency_limit(setup: &Setup, proxy_signal: bool, saved: Option<&Aimd>) -> Aimd {
+fn latency_limit(setup: &Setup, proxy_signal: bool, state: &GovernorState) -> Aimd {
     let l = &setup.config.latency;
     let config = AimdConfig {
         slo: Millis::from_duration(l.ttft_slo),
@@ -245,9 +246,19 @@ fn latency_limit(setup: &Setup, proxy_signal: bool, saved: Option<&Aimd>) -> Aim
     } else {
         Aimd::new(config)
     };
-    match saved {
-        Some(a) if a.config == fresh.config => a.clone(),
-        _ => fresh,
+    latency::resume(
+        fresh,
+        limit_signal(proxy_signal),
+        state.latency_limit.as_ref(),
+        state.latency_limit_signal,
+    )
+}
+
+fn limit_signal(proxy_signal: bool) -> LimitSignal {
+    if proxy_signal {
+        LimitSignal::Proxy
+    } else {
+        LimitSignal::Engine
     }
 }
 
@@ -303,6 +314,7 @@ impl Ticker {
             }
         }
         self.state.latency_limit = Some(limit.clone());
+        self.state.latency_limit_signal = Some(limit_signal(self.proxy_signal));
         Some(limit.limit())
     }
 
@@ -559,7 +571,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // No engine, no latency signal: a limit that never hears a sample would stay at its lower
     // bound forever, so memory alone governs.
     let limit = (proxy_signal || pools.iter().any(|p| p.engine.is_some()))
-        .then(|| latency_limit(&setup, proxy_signal, state.latency_limit.as_ref()));
+        .then(|| latency_limit(&setup, proxy_signal, &state));
     let mut ticker = Ticker {
         policy: policy.clone(),
         board: SqliteBoard::new(&board_path),
