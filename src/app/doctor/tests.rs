@@ -477,10 +477,9 @@ fn systemd_units_run_as_the_owner_of_the_hermes_home_not_as_whoever_runs_doctor(
     assert_eq!(super::unit_user(&d.path().join("none"), &root), "root");
 }
 
-#[test]
-fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_the_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+/// Profiles `coder` and `writer` under the Hermes root `root`, governed with the proxy on
+/// `127.0.0.1:9478`.
+fn proxy_on(root: &Path) -> (Inputs, std::net::SocketAddr) {
     for p in ["coder", "writer"] {
         std::fs::create_dir_all(root.join("profiles").join(p)).unwrap();
     }
@@ -494,6 +493,14 @@ fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_th
             lane: format!("{p}@gpu"),
         })
         .collect();
+    (i, listen)
+}
+
+#[test]
+fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (i, listen) = proxy_on(root);
     std::fs::write(
         root.join("profiles/coder/config.yaml"),
         "model:\n  base_url: http://127.0.0.1:9478/p/coder/v1/\n",
@@ -549,19 +556,7 @@ fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_th
 fn a_custom_base_url_that_sends_a_profile_past_the_proxy_is_a_warning_naming_where_it_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    for p in ["coder", "writer"] {
-        std::fs::create_dir_all(root.join("profiles").join(p)).unwrap();
-    }
-    let listen: std::net::SocketAddr = "127.0.0.1:9478".parse().unwrap();
-    let mut i = inputs(root);
-    i.proxy_listen = Some(listen);
-    i.profiles = ["coder", "writer"]
-        .iter()
-        .map(|p| ProfileRef {
-            name: (*p).to_owned(),
-            lane: format!("{p}@gpu"),
-        })
-        .collect();
+    let (i, listen) = proxy_on(root);
     let engine = [("CUSTOM_BASE_URL", "http://127.0.0.1:8000/v1")];
     let c = check_base_url_env(&i, root, &env_of(&[]), listen);
     assert_eq!(c.status, Status::Ok, "{c:?}");
