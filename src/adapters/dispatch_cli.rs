@@ -2,7 +2,8 @@
 //! `dispatch --max N --json`, and `hermes --version` once to learn what `--max` means.
 //!
 //! Every call runs the binary at an absolute path (`hermes.bin`; cron's `PATH` is not
-//! trusted), with argv (never a shell), one at a time, in its own process group, with a
+//! trusted), with argv (never a shell), one at a time (but for the assignments of one
+//! release, up to 4 side by side, each on its own task), in its own process group, with a
 //! timeout after which the whole group gets SIGTERM and then SIGKILL (Hermes is Python and
 //! may have children). A non-zero exit becomes an error that carries Hermes's stderr. At most
 //! [`MAX_OUTPUT_BYTES`] of each of stdout and stderr is kept; the rest is read and dropped (so
