@@ -245,6 +245,12 @@ pub trait Dispatcher {
     /// Hermes refused (unknown id, task running), failed or timed out.
     fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError>;
 
+    /// Assign each task to its assignee, one after another (writes to the board are serial:
+    /// DESIGN §5); one result per task, in order.
+    fn assign_all(&mut self, tasks: &[(TaskId, String)]) -> Vec<Result<(), PortError>> {
+        tasks.iter().map(|(id, a)| self.assign(id, a)).collect()
+    }
+
     /// Put a running task whose worker is dead back to `ready`.
     ///
     /// # Errors

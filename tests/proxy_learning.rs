@@ -305,6 +305,8 @@ fn run_through_the_proxy_finishes_16_tasks_faster_than_dispatch_max_2() {
     // (a) The plain loop: dispatch whenever fewer than 2 tasks run and one is ready.
     let started = Instant::now();
     let mut plain_peak = 0;
+    // When the first task was seen running: how long starting a release takes.
+    let mut plain_first = None;
     wait_for(Duration::from_secs(900), "plain: every task done", || {
         let tasks = h.tasks();
         let of_plain = |status: &str| {
@@ -315,6 +317,9 @@ fn run_through_the_proxy_finishes_16_tasks_faster_than_dispatch_max_2() {
         };
         let running = of_plain("running");
         plain_peak = plain_peak.max(running);
+        if running > 0 {
+            plain_first.get_or_insert(started.elapsed());
+        }
         if of_plain("done") == plain.len() {
             return Some(());
         }
@@ -351,6 +356,7 @@ fn run_through_the_proxy_finishes_16_tasks_faster_than_dispatch_max_2() {
     h.run(&["kanban", "complete", &gate]);
     let started = Instant::now();
     let mut governed_peak = 0;
+    let mut governed_first = None;
     wait_for(
         Duration::from_secs(900),
         "governed: every task done",
@@ -361,6 +367,9 @@ fn run_through_the_proxy_finishes_16_tasks_faster_than_dispatch_max_2() {
                 .filter(|t| t.status == "running" && governed.contains(&t.id))
                 .count();
             governed_peak = governed_peak.max(running);
+            if running > 0 {
+                governed_first.get_or_insert(started.elapsed());
+            }
             done(&governed).then_some(())
         },
     );
@@ -373,14 +382,16 @@ fn run_through_the_proxy_finishes_16_tasks_faster_than_dispatch_max_2() {
     let ratio = governed_time.as_secs_f64() / plain_time.as_secs_f64();
     eprintln!(
         "{} tasks of 2 profiles, fake vLLM engine with a {} GiB KV budget, {ACCEPTANCE_TURN:?} per first turn\n\
-         dispatch --max 2 loop: {:.1} s, peak running {plain_peak}, engine peak {} tokens\n\
-         run with the proxy:    {:.1} s, peak running {governed_peak}, engine peak {} tokens\n\
+         dispatch --max 2 loop: {:.1} s, peak running {plain_peak}, first running after {:.1} s, engine peak {} tokens\n\
+         run with the proxy:    {:.1} s, peak running {governed_peak}, first running after {:.1} s, engine peak {} tokens\n\
          ratio {ratio:.2}; latency limit {}; refused {}",
         2 * ACCEPTANCE_TASKS,
         KV_BUDGET / GIB,
         plain_time.as_secs_f64(),
+        plain_first.unwrap_or_default().as_secs_f64(),
         plain_stats.peak_tokens,
         governed_time.as_secs_f64(),
+        governed_first.unwrap_or_default().as_secs_f64(),
         stats.peak_tokens,
         status["latency_limit"],
         stats.overflows,

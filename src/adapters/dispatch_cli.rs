@@ -184,6 +184,15 @@ impl CliDispatcher {
         v
     }
 
+    /// `hermes kanban assign <id> <assignee>`.
+    fn assign_one(&self, id: &TaskId, assignee: &str) -> Result<(), DispatchError> {
+        argv_safe("kanban assign", "task id", &id.0)?;
+        argv_safe("kanban assign", "assignee", assignee)?;
+        let argv = self.kanban_args(&["assign", &id.0, assignee]);
+        self.run_ok("kanban assign", &argv)?;
+        Ok(())
+    }
+
     /// Run `hermes <argv>` and return its stdout, or an error carrying its stderr.
     fn run_ok(&self, label: &str, argv: &[String]) -> Result<String, DispatchError> {
         let f = self.run(label, argv)?;
@@ -408,11 +417,7 @@ impl Dispatcher for CliDispatcher {
     }
 
     fn assign(&mut self, id: &TaskId, assignee: &str) -> Result<(), PortError> {
-        argv_safe("kanban assign", "task id", &id.0)?;
-        argv_safe("kanban assign", "assignee", assignee)?;
-        let argv = self.kanban_args(&["assign", &id.0, assignee]);
-        self.run_ok("kanban assign", &argv)?;
-        Ok(())
+        Ok(self.assign_one(id, assignee)?)
     }
 
     fn reclaim(&mut self, id: &TaskId, reason: &str) -> Result<(), PortError> {

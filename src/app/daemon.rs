@@ -51,7 +51,7 @@ use crate::adapters::worker_probe::LocalWorkerProbe;
 use crate::app::learning::{self, ProfileLearning};
 use crate::app::setup::{self, Setup};
 use crate::app::signals;
-use crate::app::state::GovernorState;
+use crate::app::state::{GovernorState, LimitSignal};
 use crate::app::tick::{PoolSource, TickOptions, TickPorts, TickReport, run_tick_saving};
 use crate::app::tick_command::{LOCK_FILE_NAME, Lock, holder_pids, take_lock};
 use crate::config::{ConfigArgs, LatencySignal};
@@ -79,6 +79,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 pub const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// How soon the daemon ticks again while a finished task's worker has not exited yet.
 const FINISHING_RECHECK: Duration = Duration::from_millis(500);
+/// Meanwhile, how often the pass-through's counts are looked at for such a task's last call
+/// ending (which frees its charge: the tick runs as soon as it is seen).
+const LAST_CALL_POLL: Duration = Duration::from_millis(50);
 
 /// How often the board's `PRAGMA data_version` is polled for finished tasks.
 pub const BOARD_POLL: Duration = Duration::from_millis(250);
@@ -247,13 +250,34 @@ fn proxy_tasks(stats: &ProxyStats) -> BTreeMap<TaskId, learning::ProxyTask> {
         .collect()
 }
 
+/// The finishing tasks the pass-through has seen, each with its requests ended when it was
+/// first seen finishing: one more ended and none in flight is its last call over (the rule of
+/// `tick::finishing_workers`, which then stops charging it).
+fn last_calls(state: &GovernorState, finishing: &[TaskId]) -> Vec<(TaskId, u64)> {
+    finishing
+        .iter()
+        .filter_map(|id| Some((id.clone(), state.workers.get(id)?.ended_at_finish?)))
+        .collect()
+}
+
+/// Whether one of `watched` has had its last call end.
+fn a_last_call_ended(stats: &ProxyStats, watched: &[(TaskId, u64)]) -> bool {
+    let tasks = proxy_tasks(stats);
+    watched.iter().any(|(id, at_finish)| {
+        tasks
+            .get(id)
+            .is_some_and(|t| t.in_flight == 0 && t.ended > *at_finish)
+    })
+}
+
 /// The AIMD latency limit for this config (`[latency]`), resumed from the saved state when
-/// that was built from the same settings (changed settings start afresh). Fed by the proxy
+/// that was built from the same settings and fed by the same signal
+/// ([`latency::resume`]; otherwise it starts afresh). Fed by the proxy
 /// (`latency.signal = "proxy"`: the agents' own calls, no probe load) it starts open, where
 /// memory allows, and lowers only on evidence; fed by a probe or the engine's histogram it
 /// starts at `min_limit` in slow start, since there each step up is what the evidence is
 /// measured under.
-fn latency_limit(setup: &Setup, proxy_signal: bool, saved: Option<&Aimd>) -> Aimd {
+fn latency_limit(setup: &Setup, proxy_signal: bool, state: &GovernorState) -> Aimd {
     let l = &setup.config.latency;
     let config = AimdConfig {
         slo: Millis::from_duration(l.ttft_slo),
@@ -267,9 +291,19 @@ fn latency_limit(setup: &Setup, proxy_signal: bool, saved: Option<&Aimd>) -> Aim
     } else {
         Aimd::new(config)
     };
-    match saved {
-        Some(a) if a.config == fresh.config => a.clone(),
-        _ => fresh,
+    latency::resume(
+        fresh,
+        limit_signal(proxy_signal),
+        state.latency_limit.as_ref(),
+        state.latency_limit_signal,
+    )
+}
+
+fn limit_signal(proxy_signal: bool) -> LimitSignal {
+    if proxy_signal {
+        LimitSignal::Proxy
+    } else {
+        LimitSignal::Engine
     }
 }
 
@@ -303,6 +337,7 @@ impl Ticker {
             }
         }
         self.state.latency_limit = Some(limit.clone());
+        self.state.latency_limit_signal = Some(limit_signal(self.proxy_signal));
         Some(limit.limit())
     }
 
@@ -629,7 +664,7 @@ pub async fn serve(
     // No engine, no latency signal: a limit that never hears a sample would stay at its lower
     // bound forever, so memory alone governs.
     let limit = (proxy_signal || pools.iter().any(|p| p.engine.is_some()))
-        .then(|| latency_limit(&setup, proxy_signal, state.latency_limit.as_ref()));
+        .then(|| latency_limit(&setup, proxy_signal, &state));
     let ticker = Ticker {
         policy: setup.policy.clone(),
         clock: ports.clock.clone(),
@@ -1037,14 +1072,28 @@ impl Daemon {
             // A worker that outlives its task exits about a second later without touching
             // the board, and a done task's last call through the proxy ends without touching
             // it either: look again soon rather than a whole interval later.
-            let finishing = lock(&self.ticks).last_tick.as_ref().is_some_and(|r| {
-                !r.observed.finishing.is_empty() || !r.observed.peaks_pending.is_empty()
-            });
+            // Through the proxy, the tick runs as soon as such a last call is seen to end.
+            let (finishing, watched) = match &lock(&self.ticks).last_tick {
+                Some(r) => (
+                    !r.observed.finishing.is_empty() || !r.observed.peaks_pending.is_empty(),
+                    last_calls(&ticker.state, &r.observed.finishing),
+                ),
+                None => (false, Vec::new()),
+            };
+            let proxy = ticker.proxy.clone().filter(|_| !watched.is_empty());
             let recheck = async {
-                if finishing {
-                    tokio::time::sleep(FINISHING_RECHECK).await;
-                } else {
+                if !finishing {
                     std::future::pending::<()>().await;
+                }
+                let Some(stats) = proxy else {
+                    return tokio::time::sleep(FINISHING_RECHECK).await;
+                };
+                let until = tokio::time::Instant::now() + FINISHING_RECHECK;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(LAST_CALL_POLL).await;
+                    if a_last_call_ended(&stats, &watched) {
+                        return;
+                    }
                 }
             };
             trigger = tokio::select! {

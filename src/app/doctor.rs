@@ -302,6 +302,7 @@ pub fn run_checks(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Vec<
                 checks.extend(check_profiles(inputs, &hermes_root, &hermes));
                 if let Some(listen) = inputs.proxy_listen {
                     checks.extend(check_proxy_base_urls(inputs, &hermes_root, &hermes, listen));
+                    checks.push(check_base_url_env(inputs, &hermes_root, env, listen));
                 }
             }
             Err(e) => checks.push(Check::fail(
@@ -883,6 +884,72 @@ fn check_proxy_base_urls(
             }
         })
         .collect()
+}
+
+/// The environment variable Hermes prefers to `model.base_url`.
+const BASE_URL_ENV: &str = "CUSTOM_BASE_URL";
+
+/// `proxy_base_url_env`: no `CUSTOM_BASE_URL` sends a governed profile's workers past the
+/// proxy. Hermes takes it before `model.base_url` for `provider: custom` (and its aliases
+/// `vllm`, `llamacpp`, `ollama`, ...) and `auto` (0.19.0 `hermes_cli/runtime_provider.py:1088`
+/// and `:1102`, 0.20.1 `:1266` and `:1280`); `OPENAI_BASE_URL` and `OPENROUTER_BASE_URL`
+/// are not taken over it. A worker gets it from the dispatcher's environment
+/// (`kanban_db.py` `env = dict(os.environ)`), which is the governor's with the Hermes root's
+/// `.env` loaded over it, and then its profile's `.env` loaded over that (`main.py`: `-p`
+/// sets `HERMES_HOME` before `load_hermes_dotenv`, `override=True`).
+fn check_base_url_env(
+    inputs: &Inputs,
+    root: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    listen: std::net::SocketAddr,
+) -> Check {
+    let name = "proxy_base_url_env";
+    let root_env = root.join(".env");
+    let outer = hh::read_dotenv_var(&root_env, BASE_URL_ENV)
+        .map(|v| (v, root_env.display().to_string()))
+        .or_else(|| {
+            env(BASE_URL_ENV).filter(|v| !v.trim().is_empty()).map(|v| {
+                (
+                    v,
+                    "this environment (`run` passes it to every worker)".to_owned(),
+                )
+            })
+        });
+    let mut bypass = Vec::new();
+    let mut sources = std::collections::BTreeSet::new();
+    for p in inputs
+        .profiles
+        .iter()
+        .filter(|p| hh::profile_exists(root, &p.name))
+    {
+        let own = hh::profile_dir(root, &p.name).join(".env");
+        let found = hh::read_dotenv_var(&own, BASE_URL_ENV)
+            .map(|v| (v, own.display().to_string()))
+            .or_else(|| outer.clone());
+        if let Some((url, from)) = found
+            && !goes_through_proxy(&url, listen, &p.name)
+        {
+            bypass.push(format!("{} ({url:?} from {from})", p.name));
+            sources.insert(from);
+        }
+    }
+    if bypass.is_empty() {
+        return Check::ok(
+            name,
+            format!("no {BASE_URL_ENV} overrides a governed profile's model.base_url"),
+        );
+    }
+    Check::warn(
+        name,
+        format!(
+            "{BASE_URL_ENV} is set for {}: Hermes sends a `custom` model's requests there instead of to model.base_url, past the proxy, so the governor cannot see them",
+            bypass.join(", ")
+        ),
+        format!(
+            "remove {BASE_URL_ENV} from {} (OPENAI_BASE_URL does not matter; model.base_url is the setting to keep)",
+            sources.into_iter().collect::<Vec<_>>().join(" and ")
+        ),
+    )
 }
 
 /// `state_dir`: this user's, writable by nobody else, and writable (or creatable).

@@ -700,16 +700,28 @@ fn run_tick_inner(
         }
     }
     let mut released = Vec::new();
-    for r in to_release {
-        let w = report
+    let on_profile = |r: &crate::governor::Release| {
+        report
             .observed
             .observation
             .waiting
             .iter()
-            .find(|w| w.id == r.id);
-        let on_profile = w.is_some_and(|w| w.assignee == r.profile.as_str());
+            .any(|w| w.id == r.id && w.assignee == r.profile.as_str())
+    };
+    // The assignments of one release, one Hermes call after another, then each result.
+    let assigns: Vec<(TaskId, String)> = to_release
+        .iter()
+        .filter(|r| !opts.dry_run && !on_profile(r))
+        .map(|r| (r.id.clone(), r.profile.as_str().to_owned()))
+        .collect();
+    let mut assigned: BTreeMap<TaskId, Result<(), PortError>> = assigns
+        .iter()
+        .map(|(id, _)| id.clone())
+        .zip(ports.dispatcher.assign_all(&assigns))
+        .collect();
+    for r in to_release {
         if !opts.dry_run {
-            if !on_profile && let Err(e) = ports.dispatcher.assign(&r.id, &r.profile.0) {
+            if let Some(Err(e)) = assigned.remove(&r.id) {
                 state.in_flight.remove(&r.id);
                 hermes_error(format!("releasing {} to {}", r.id, r.profile), e, state);
                 continue;

@@ -386,7 +386,7 @@ pub(crate) const KEYS: &[Key] = &[
     // [proxy]
     Key::new(
         "proxy.listen",
-        KeyDefault::Unset("off: no pass-through"),
+        KeyDefault::Unset("off: no pass-through unless `run --proxy-listen` turns it on"),
         "address with port",
         "Where `run` serves the OpenAI-compatible pass-through, such as `\"127.0.0.1:9478\"`. A request to `/p/<profile>/v1/...` goes to that profile's `engine.url` + `/v1/...`; any other path goes to the first pool's engine as is and is counted as `(unattributed)`. Loopback only unless `proxy.public = true`.",
     )

@@ -46,13 +46,28 @@ impl TomlWriter<'_> {
 
     /// `key = value`, annotated with the source found under the first of `source_keys`.
     fn kv(&mut self, key: &str, value: String, source_keys: &[String]) {
+        self.kv_noted(key, value, source_keys, |_| None);
+    }
+
+    /// [`Self::kv`], with `note(source)` after the source when it says something.
+    fn kv_noted(
+        &mut self,
+        key: &str,
+        value: String,
+        source_keys: &[String],
+        note: impl Fn(&Source) -> Option<&'static str>,
+    ) {
         let line = format!("{key} = {value}");
         if self.annotate {
             let src = source_keys
                 .iter()
                 .find_map(|k| self.cfg.sources.get(k))
                 .unwrap_or(&Source::Default);
-            let _ = writeln!(self.buf, "{line:<44} # {src}");
+            match note(src) {
+                Some(n) => writeln!(self.buf, "{line:<44} # {src}; {n}"),
+                None => writeln!(self.buf, "{line:<44} # {src}"),
+            }
+            .ok();
         } else {
             let _ = writeln!(self.buf, "{line}");
         }
@@ -119,7 +134,14 @@ pub(crate) fn to_toml(cfg: &Config, annotate: bool) -> String {
         super::LatencySignal::Probe => "probe",
         super::LatencySignal::Proxy => "proxy",
     };
-    o.kv("signal", q(signal), &lk("signal"));
+    // Left at its default, the signal follows the proxy, and `run --proxy-listen` turns the
+    // proxy on where the config does not: say so rather than show `engine` as what runs.
+    let proxy_off = cfg.proxy.listen.is_none();
+    o.kv_noted("signal", q(signal), &lk("signal"), |src| {
+        (proxy_off && *src == Source::Default).then_some(
+            "`run --proxy-listen` makes it \"proxy\" (the agents' calls through the pass-through)",
+        )
+    });
     o.kv("min_limit", l.min_limit.to_string(), &lk("min_limit"));
     o.kv("max_limit", l.max_limit.to_string(), &lk("max_limit"));
     o.kv("backoff", format!("{:?}", l.backoff), &lk("backoff"));

@@ -1059,6 +1059,34 @@ fn the_proxy_is_off_by_default_with_its_bounds_and_renders_back() {
 }
 
 #[test]
+fn check_config_says_that_run_proxy_listen_changes_a_default_latency_signal() {
+    let line = |c: &Config| {
+        c.to_toml_annotated()
+            .lines()
+            .find(|l| l.starts_with("signal = "))
+            .unwrap()
+            .to_owned()
+    };
+    let note = "`run --proxy-listen` makes it \"proxy\"";
+    // Unset, with no proxy in the config: `run --proxy-listen` would run it on the proxy.
+    let l = line(&load_ok(ONE_PROFILE));
+    assert!(
+        l.starts_with("signal = \"engine\"") && l.contains(note),
+        "{l}"
+    );
+    // The config turns the proxy on, or names the signal: the flag changes nothing.
+    let on = format!("{ONE_PROFILE}\n[proxy]\nlisten = \"127.0.0.1:9478\"\n");
+    let l = line(&load_ok(&on));
+    assert!(
+        l.starts_with("signal = \"proxy\"") && !l.contains(note),
+        "{l}"
+    );
+    let set = format!("{ONE_PROFILE}\n[latency]\nsignal = \"engine\"\n");
+    let l = line(&load_ok(&set));
+    assert!(!l.contains(note), "{l}");
+}
+
+#[test]
 fn the_latency_signal_is_the_proxys_when_it_listens_unless_the_config_says_otherwise() {
     assert_eq!(load_ok(ONE_PROFILE).latency.signal, LatencySignal::Engine);
     let on = format!("{ONE_PROFILE}\n[proxy]\nlisten = \"127.0.0.1:9478\"\n");

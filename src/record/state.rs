@@ -40,6 +40,19 @@ pub struct Worker {
     pub ended_at_finish: Option<u64>,
 }
 
+/// What fed the daemon's latency limit: a limit is resumed only by a daemon with the same
+/// signal (each starts differently, and their evidence differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitSignal {
+    /// The engine's TTFT histogram, else a probe request (`latency.signal = "engine"` or
+    /// `"probe"`): starts at `min_limit` in slow start.
+    Engine,
+    /// The agents' own calls through the pass-through (`latency.signal = "proxy"`): starts
+    /// open.
+    Proxy,
+}
+
 /// Monotonic counters (exported as metrics by the daemon).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -89,6 +102,10 @@ pub struct GovernorState {
     /// The daemon's AIMD latency limit (`run` only; `tick` applies memory alone).
     #[serde(default)]
     pub latency_limit: Option<Aimd>,
+    /// What fed `latency_limit` (`None` in a state saved before this was recorded: such a
+    /// limit is not resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_limit_signal: Option<LimitSignal>,
     /// Per profile, the peaks its finished tasks reached (footprint learning).
     #[serde(default)]
     pub footprints: BTreeMap<ProfileId, PeakStats>,
@@ -117,6 +134,7 @@ impl Default for GovernorState {
             last_dispatch: None,
             worker_deaths: BTreeMap::new(),
             latency_limit: None,
+            latency_limit_signal: None,
             footprints: BTreeMap::new(),
             growth: BTreeMap::new(),
             task_peaks: BTreeMap::new(),

@@ -94,3 +94,28 @@ pub fn read_profile_base_url(
     })?;
     Ok((path, url))
 }
+
+/// The value `name` has in the dotenv file at `path` as python-dotenv reads it (`KEY=value`,
+/// optionally `export `, quotes stripped, the last assignment winning); `None` when the file
+/// is missing or unreadable, or the value is unset or empty.
+pub fn read_dotenv_var(path: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut value = None;
+    for line in text.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, v)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != name {
+            continue;
+        }
+        let v = v.trim();
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|q| v.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+            .unwrap_or_else(|| v.split(" #").next().unwrap_or(v).trim_end());
+        value = Some(unquoted.to_owned());
+    }
+    value.filter(|v| !v.is_empty())
+}

@@ -21,8 +21,9 @@
 
 use super::metrics::window_quantile;
 use crate::governor::Millis;
-use crate::governor::limit::{Outcome, Sample};
+use crate::governor::limit::{Aimd, Outcome, Sample};
 use crate::ports::EngineReading;
+use crate::record::state::LimitSignal;
 
 /// The quantile of the TTFT histogram window fed to the limit.
 pub const TTFT_QUANTILE: f64 = 0.95;
@@ -153,6 +154,23 @@ impl Feed {
             self.proxy = Some(cur);
         }
         samples
+    }
+}
+
+/// The limit a starting daemon runs with: the saved one when it was built from the same
+/// settings and fed by the same signal, else `fresh` (what `signal` starts from). A limit from
+/// probe slow start resumed under the proxy signal would hold a fresh daemon at a handful of
+/// tasks the proxy never measured; one opened by the proxy resumed under a probe would skip
+/// the slow start whose every step is what the probe's evidence is measured under.
+pub fn resume(
+    fresh: Aimd,
+    signal: LimitSignal,
+    saved: Option<&Aimd>,
+    saved_signal: Option<LimitSignal>,
+) -> Aimd {
+    match saved {
+        Some(a) if a.config == fresh.config && saved_signal == Some(signal) => a.clone(),
+        _ => fresh,
     }
 }
 
@@ -316,5 +334,66 @@ mod tests {
             got.iter().map(|s| (s.at, s.outcome)).collect::<Vec<_>>(),
             [(Millis(2_000), Outcome::Dropped)]
         );
+    }
+
+    #[test]
+    fn a_saved_limit_is_resumed_only_by_a_daemon_fed_by_the_same_signal() {
+        use crate::governor::limit::{AimdConfig, ConcurrencyLimit};
+        let config = AimdConfig {
+            slo: Millis(2_000),
+            min: 1,
+            max: 64,
+            backoff: 0.9,
+            dwell: Millis(30_000),
+        };
+        // A probe-fed limit in slow start, doubled twice: 1 -> 2 -> 4.
+        let mut probed = Aimd::new(config);
+        for at in [31_000, 62_000] {
+            probed.on_sample(Sample {
+                at: Millis(at),
+                in_flight: probed.limit(),
+                outcome: Outcome::Completed { ttft: Millis(100) },
+            });
+        }
+        assert_eq!(probed.limit(), 4);
+        let engine = Some(LimitSignal::Engine);
+        let proxy = Some(LimitSignal::Proxy);
+        // Resumed by a daemon with the same signal...
+        let r = resume(
+            Aimd::new(config),
+            LimitSignal::Engine,
+            Some(&probed),
+            engine,
+        );
+        assert_eq!(r, probed);
+        // ...but not by one now fed by the proxy: that starts open, where memory allows.
+        let r = resume(
+            Aimd::open(config),
+            LimitSignal::Proxy,
+            Some(&probed),
+            engine,
+        );
+        assert_eq!((r.limit(), r.is_open()), (64, true));
+        // And a proxy-fed limit, lowered once, is not resumed under the engine's signal.
+        let mut opened = Aimd::open(config);
+        opened.on_sample(Sample {
+            at: Millis(1_000),
+            in_flight: 6,
+            outcome: Outcome::Dropped,
+        });
+        assert_eq!(opened.limit(), 3);
+        let r = resume(Aimd::new(config), LimitSignal::Engine, Some(&opened), proxy);
+        assert_eq!(r, Aimd::new(config));
+        assert_eq!(
+            resume(Aimd::open(config), LimitSignal::Proxy, Some(&opened), proxy),
+            opened
+        );
+        // A state saved before the signal was recorded says nothing of it: start afresh.
+        let r = resume(Aimd::new(config), LimitSignal::Engine, Some(&probed), None);
+        assert_eq!(r, Aimd::new(config));
+        // Changed settings start afresh whatever the signal.
+        let other = AimdConfig { max: 32, ..config };
+        let r = resume(Aimd::new(other), LimitSignal::Engine, Some(&probed), engine);
+        assert_eq!(r, Aimd::new(other));
     }
 }

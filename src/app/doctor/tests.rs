@@ -477,10 +477,9 @@ fn systemd_units_run_as_the_owner_of_the_hermes_home_not_as_whoever_runs_doctor(
     assert_eq!(super::unit_user(&d.path().join("none"), &root), "root");
 }
 
-#[test]
-fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_the_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+/// Profiles `coder` and `writer` under the Hermes root `root`, governed with the proxy on
+/// `127.0.0.1:9478`.
+fn proxy_on(root: &Path) -> (Inputs, std::net::SocketAddr) {
     for p in ["coder", "writer"] {
         std::fs::create_dir_all(root.join("profiles").join(p)).unwrap();
     }
@@ -494,6 +493,14 @@ fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_th
             lane: format!("{p}@gpu"),
         })
         .collect();
+    (i, listen)
+}
+
+#[test]
+fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (i, listen) = proxy_on(root);
     std::fs::write(
         root.join("profiles/coder/config.yaml"),
         "model:\n  base_url: http://127.0.0.1:9478/p/coder/v1/\n",
@@ -543,4 +550,62 @@ fn with_the_proxy_on_each_profiles_base_url_must_point_at_it_or_the_fix_names_th
         proxy_base_url(any, "coder"),
         "http://127.0.0.1:9478/p/coder/v1"
     );
+}
+
+#[test]
+fn a_custom_base_url_that_sends_a_profile_past_the_proxy_is_a_warning_naming_where_it_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (i, listen) = proxy_on(root);
+    let engine = [("CUSTOM_BASE_URL", "http://127.0.0.1:8000/v1")];
+    let c = check_base_url_env(&i, root, &env_of(&[]), listen);
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    // Set where `run` runs: every worker inherits it.
+    let c = check_base_url_env(&i, root, &env_of(&engine), listen);
+    assert_eq!(c.status, Status::Warn, "{c:?}");
+    for p in [
+        "coder (",
+        "writer (",
+        "http://127.0.0.1:8000/v1",
+        "this environment",
+    ] {
+        assert!(c.detail.contains(p), "{p}: {c:?}");
+    }
+    // The Hermes root's `.env` is loaded over it by the dispatcher: coder's proxy path there
+    // leaves only writer past the proxy, and the fix names that file.
+    std::fs::write(
+        root.join(".env"),
+        "# comment\nexport CUSTOM_BASE_URL='http://127.0.0.1:9478/p/coder/v1'\n",
+    )
+    .unwrap();
+    let c = check_base_url_env(&i, root, &env_of(&engine), listen);
+    assert_eq!(c.status, Status::Warn, "{c:?}");
+    assert!(
+        c.detail.contains("writer (") && !c.detail.contains("coder ("),
+        "{c:?}"
+    );
+    let fix = c.fix.as_deref().unwrap();
+    assert!(
+        fix.contains(&root.join(".env").display().to_string()),
+        "{fix}"
+    );
+    assert!(!fix.contains("this environment"), "{fix}");
+    // A profile's own `.env` is loaded last, over both.
+    std::fs::write(
+        root.join("profiles/writer/.env"),
+        "CUSTOM_BASE_URL=http://127.0.0.1:9478/p/writer/v1 # through the proxy\n",
+    )
+    .unwrap();
+    let c = check_base_url_env(&i, root, &env_of(&engine), listen);
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    // OPENAI_BASE_URL is not taken over model.base_url: nothing to warn about.
+    std::fs::remove_file(root.join(".env")).unwrap();
+    std::fs::remove_file(root.join("profiles/writer/.env")).unwrap();
+    let c = check_base_url_env(
+        &i,
+        root,
+        &env_of(&[("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")]),
+        listen,
+    );
+    assert_eq!(c.status, Status::Ok, "{c:?}");
 }
