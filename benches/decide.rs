@@ -20,6 +20,7 @@ fn profile(i: usize, kv_gib: u64) -> ProfilePolicy {
             kv_tokens: kv_gib * 2048,
             slots: 1,
             request_tokens: kv_gib * 2048,
+            kv_bytes_per_token: 131_072,
         },
         max_parallel: Some(150),
         guaranteed: u32::from(i == 0),

@@ -324,6 +324,7 @@ mod tests {
                 kv_tokens: 4096,
                 slots: 1,
                 request_tokens: 4096,
+                kv_bytes_per_token: 1000,
             },
             max_parallel: None,
             guaranteed: 0,
@@ -601,6 +602,7 @@ mod tests {
             kv_tokens: 2 * 4096,
             slots: 2,
             request_tokens: 4096,
+            kv_bytes_per_token: 1000,
         };
         let mut s = GovernorState::default();
         for i in 0..8 {

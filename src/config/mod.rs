@@ -631,11 +631,23 @@ pub fn worst_case_on(
     requests: u32,
     extra: Bytes,
 ) -> crate::governor::WorstCase {
-    let per_request = match model {
-        Some(m) => m.kv_bytes_for_context(max_context, kv_dtype, engine.honours_sliding_window()),
-        None => kv_bytes_per_token.saturating_mul(max_context),
+    let (per_request, per_token) = match model {
+        Some(m) => {
+            let kv = m.kv_bytes_for_context(max_context, kv_dtype, engine.honours_sliding_window());
+            (kv, kv.checked_div(max_context).unwrap_or(0))
+        }
+        None => (
+            kv_bytes_per_token.saturating_mul(max_context),
+            kv_bytes_per_token,
+        ),
     };
-    crate::governor::WorstCase::of_requests(Bytes(per_request), max_context, requests, extra)
+    crate::governor::WorstCase::of_requests(
+        Bytes(per_request),
+        per_token,
+        max_context,
+        requests,
+        extra,
+    )
 }
 
 impl EngineConfig {

@@ -1000,6 +1000,7 @@ mod never_fits_agreement {
                 kv_tokens: ctx * rpt,
                 slots: requests,
                 request_tokens: ctx,
+                kv_bytes_per_token: 1,
             };
             prop_assert_eq!(
                 validation_says_never,
@@ -1035,6 +1036,7 @@ mod never_fits_agreement {
                 kv_tokens: ctx,
                 slots: 1,
                 request_tokens: ctx,
+                kv_bytes_per_token: 1,
             };
             prop_assert_eq!(validation_says_never, decide_never_fits(&pool, declared), "{}{}", pool_toml, profile);
         }

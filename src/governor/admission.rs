@@ -667,7 +667,9 @@ mod tests {
         });
         // 0.85 × 24 GiB − 1 GiB − 10 GiB = 9.4 GiB for KV + extra on a per-request engine.
         let room = (24u128 << 30) * 850_000 / 1_000_000 - (11 << 30);
-        let wc = |kv: u64, extra: u64| WorstCase::of_requests(Bytes(kv), 1000, 1, Bytes(extra));
+        let wc = |kv: u64, extra: u64| {
+            WorstCase::of_requests(Bytes(kv), kv / 1000, 1000, 1, Bytes(extra))
+        };
         let per_request = pool(KvPlacement::GpuBytes);
         let fits = u64::try_from(room).unwrap() - 1;
         assert_eq!(feasible(&per_request, gpu, &wc(fits, 1)), Ok(()));

@@ -23,6 +23,7 @@ pub fn effective(
             kv_tokens: declared.kv_tokens.max(l.kv_tokens),
             slots: declared.slots.max(l.slots),
             request_tokens: declared.request_tokens.max(l.request_tokens),
+            kv_bytes_per_token: declared.kv_bytes_per_token.max(l.kv_bytes_per_token),
         },
     }
 }
@@ -38,6 +39,7 @@ mod tests {
             kv_tokens: tokens,
             slots: 1,
             request_tokens: tokens,
+            kv_bytes_per_token: 1000,
         }
     }
 

@@ -77,11 +77,7 @@ impl PeakStats {
 /// declaration's shape (requests per task, extra bytes, KV bytes per token) with that context.
 pub fn learned_worst_case(declared: &WorstCase, per_request: u64) -> WorstCase {
     let requests = u64::from(declared.slots.max(1));
-    let per_token = declared
-        .kv_bytes
-        .get()
-        .checked_div(declared.kv_tokens)
-        .unwrap_or(0);
+    let per_token = declared.kv_bytes_per_token;
     let kv_tokens = per_request.saturating_mul(requests);
     WorstCase {
         kv_bytes: Bytes(kv_tokens.saturating_mul(per_token)),
@@ -89,6 +85,7 @@ pub fn learned_worst_case(declared: &WorstCase, per_request: u64) -> WorstCase {
         kv_tokens,
         slots: declared.slots,
         request_tokens: per_request,
+        kv_bytes_per_token: per_token,
     }
 }
 
@@ -142,6 +139,7 @@ mod tests {
             kv_tokens: 2 * 65536,
             slots: 2,
             request_tokens: 65536,
+            kv_bytes_per_token: 131_072,
         };
         let l = learned_worst_case(&declared, 10_000);
         assert_eq!(l.kv_tokens, 20_000);
@@ -166,6 +164,7 @@ mod tests {
             kv_tokens: 2 * 65536,
             slots: 2,
             request_tokens: 65536,
+            kv_bytes_per_token: 0,
         };
         assert_eq!(
             learned_spread(&declared, &s),

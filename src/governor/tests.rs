@@ -37,6 +37,7 @@ fn profile(name: &str, kv_gib: u64) -> ProfilePolicy {
             kv_tokens: kv_gib * 8192,
             slots: 1,
             request_tokens: kv_gib * 8192,
+            kv_bytes_per_token: 131_072,
         },
         max_parallel: None,
         guaranteed: 0,

@@ -254,15 +254,21 @@ pub struct WorstCase {
     /// Context tokens of the largest single request (`max_context_tokens`), checked against
     /// a fixed slot's context (llama.cpp `n_ctx / np`).
     pub request_tokens: u64,
+    /// KV bytes one token of context holds (the model's rate; for a catalog model whose
+    /// engine honours sliding windows, the average over `request_tokens`). What a learned
+    /// context is charged in bytes, so learning never divides it back out of `kv_bytes`.
+    pub kv_bytes_per_token: u64,
 }
 
 impl WorstCase {
     /// What a profile costs: `requests` requests of up to `request_tokens` context tokens
-    /// each, every one holding `kv_per_request` of KV, plus `extra` outside the engine. The
+    /// each, every one holding `kv_per_request` of KV (`kv_bytes_per_token` per token), plus
+    /// `extra` outside the engine. The
     /// one rule config validation, `plan` and `simulate` charge a profile by (the KV per
     /// request is the model's, windowed where the engine honours sliding windows).
     pub fn of_requests(
         kv_per_request: Bytes,
+        kv_bytes_per_token: u64,
         request_tokens: u64,
         requests: u32,
         extra: Bytes,
@@ -274,6 +280,7 @@ impl WorstCase {
             kv_tokens: request_tokens.saturating_mul(n),
             slots: requests,
             request_tokens,
+            kv_bytes_per_token,
         }
     }
 

@@ -134,6 +134,7 @@ impl PlanProfile {
         }
         WorstCase::of_requests(
             Bytes(self.kv_bytes_per_token.saturating_mul(self.max_context)),
+            self.kv_bytes_per_token,
             self.max_context,
             self.requests_per_task,
             Bytes(self.extra_bytes),

@@ -20,6 +20,7 @@ fn wc(gib: u64) -> WorstCase {
         kv_tokens: 0,
         slots: 1,
         request_tokens: 0,
+        kv_bytes_per_token: 0,
     }
 }
 
@@ -869,6 +870,7 @@ fn what_finished_tasks_really_reached_lowers_a_learned_footprint_and_more_tasks_
         kv_tokens: 8192,
         slots: 1,
         request_tokens: 8192,
+        kv_bytes_per_token: 1 << 20,
     };
     p.footprint = crate::governor::FootprintMode::Learned;
     rig.engine = Some(slots_engine(Some(0)));
