@@ -3,6 +3,7 @@
 
 use super::collector::Collector;
 use crate::config::*;
+use crate::governor::admission::apply_headroom;
 use std::collections::HashMap;
 
 /// A profile's name and lane, kept even when the rest of it is broken, for the cross checks.
@@ -103,14 +104,14 @@ pub(super) fn check_guaranteed(v: &mut Collector, pool: &PoolConfig, profiles: &
     let mut over = Vec::new();
     if pool.engine.kind.kv_placement() == KvPlacement::EnginePool {
         if let Some(cap) = pool.engine.kv_capacity_tokens {
-            let ceiling = (pool.gpu.headroom.fraction() * cap as f64).floor() as u64;
+            let ceiling = apply_headroom(cap, pool.gpu.headroom);
             let need = sum(&|p| p.declared.kv_tokens);
             if need > ceiling {
                 over.push(format!("{need} KV tokens > {ceiling} allowed"));
             }
         }
     } else if let Some(total) = pool.gpu.memory_total {
-        let room = Bytes((pool.gpu.headroom.fraction() * total.get() as f64).floor() as u64)
+        let room = Bytes(apply_headroom(total.get(), pool.gpu.headroom))
             .saturating_sub(pool.gpu.reserve)
             .saturating_sub(pool.gpu.baseline.unwrap_or(Bytes(0)));
         let need = Bytes(sum(&|p| p.declared.total_bytes().get()));
