@@ -264,6 +264,7 @@ fn observe_snapshot(
                     assignee: t.assignee.clone().unwrap_or_default(),
                     since: t.started_at.unwrap_or(now),
                     context_tokens: None,
+                    requests_in_flight: None,
                 });
             }
             TaskStatus::Ready | TaskStatus::Todo if !state.in_flight.contains_key(&t.id) => {
@@ -318,6 +319,7 @@ fn observe_snapshot(
             assignee: w.profile.to_string(),
             since: w.finishing_since.unwrap_or(now),
             context_tokens: None,
+            requests_in_flight: None,
         });
     }
     for (id, f) in &state.in_flight {
@@ -327,6 +329,7 @@ fn observe_snapshot(
             assignee: f.profile.to_string(),
             since: f.released_at,
             context_tokens: None,
+            requests_in_flight: None,
         });
     }
 

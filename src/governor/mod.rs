@@ -183,6 +183,7 @@ impl<'a> Admission<'a> {
                         &self.charged_wc[pi],
                         self.spread[pi].as_ref(),
                         task.context_tokens,
+                        task.requests_in_flight,
                     );
                     ledger.charge(&c);
                 }

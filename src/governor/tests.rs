@@ -86,6 +86,7 @@ fn running(id: &str, profile: &str) -> RunningTask {
         assignee: profile.into(),
         since: Millis::secs(900),
         context_tokens: None,
+        requests_in_flight: None,
     }
 }
 
@@ -463,6 +464,7 @@ fn a_running_task_is_charged_its_context_and_its_growth_over_the_horizon_in_a_kv
     });
     let seen = |id: &str, tokens: u64| RunningTask {
         context_tokens: Some(tokens),
+        requests_in_flight: None,
         ..running(id, "coder")
     };
     o.running = vec![seen("r_0", 2_000), seen("r_1", 2_000), seen("r_2", 2_000)];
@@ -817,6 +819,7 @@ proptest! {
             .enumerate()
             .map(|(i, &(pi, tokens))| RunningTask {
                 context_tokens: Some(tokens),
+                requests_in_flight: None,
                 ..running(&format!("r_{i}"), &format!("p{}", pi % n))
             })
             .collect();
