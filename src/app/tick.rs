@@ -288,8 +288,15 @@ fn observe_snapshot(
     };
     let followed = learning::follow(policy, state, snap, &running, evidence);
     // What the pass-through saw each running task reach (charged with its profile's growth).
+    // And its calls in flight now (a slot pool charges those, under the latency limit); a
+    // task the pass-through has not seen stays `None`, charged its declared slots.
     for r in &mut running {
         r.context_tokens = learning::context_seen(state, &r.id);
+        r.requests_in_flight = opts
+            .proxy
+            .as_ref()
+            .and_then(|m| m.get(&r.id))
+            .map(|t| t.in_flight);
     }
     for p in &followed.estimated {
         tracing::info!(task = %p.task, profile = %p.profile, peak_tokens = p.tokens,

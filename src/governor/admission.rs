@@ -57,9 +57,9 @@
 //! bound); it queues at the server, which is latency. What bounds that queue is the latency
 //! limit (AIMD on TTFT, [`crate::governor::limit`]): queued requests miss the TTFT target,
 //! the limit drops below the tasks running, and nothing more is released until the queue
-//! meets the target again. A deployment without a latency limit keeps the snapshot charge
-//! with no bound on the queue but the calls' own timeouts; `simulate` runs the governor with
-//! the limit on pools with slots, as the daemon does.
+//! meets the target again. So without a latency limit in force (`Observation::latency_limit`
+//! is `None`) `decide` charges every running task its declared slots, seen or not;
+//! `simulate` runs the governor with the limit on pools with slots, as the daemon does.
 
 use super::types::{
     Bytes, EngineSample, GpuSample, Headroom, HoldReason, KvPlacement, Millis, PoolBudget,
