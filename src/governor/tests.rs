@@ -857,7 +857,8 @@ proptest! {
         // Issue 14: a running task is charged the slots its calls hold only where the
         // pass-through sees them and a latency limit bounds the queue that can build. Unseen,
         // or with no limit, every running task is charged its declared slots as before; seen
-        // with as many calls as it declares, the same. And fewer calls never admit fewer.
+        // with as many calls as it declares, the same. Where everything waiting is admitted
+        // charged as declared, it is admitted charged by fewer calls too.
         let mut pool = gpu_pool();
         pool.slots = Some(slots);
         let profiles: Vec<ProfilePolicy> = per_task
@@ -893,8 +894,12 @@ proptest! {
             if latency.is_none() {
                 prop_assert_eq!(&seen, &unseen);
             }
+            // (Not "at least as many releases": first fit in Hermes's order can spend freed
+            // slots on a wide task ahead of narrow ones.)
             let fewer = with(&|pi, c| Some(c.min(declared(pi))), latency);
-            prop_assert!(fewer.release.len() >= unseen.release.len());
+            if unseen.held.is_empty() {
+                prop_assert!(fewer.held.is_empty());
+            }
         }
     }
 }
