@@ -397,6 +397,31 @@ pub struct Run<'a> {
     limit: Option<Aimd>,
 }
 
+/// The governor's latency limit where a pool has fixed slots (`None` elsewhere, and for other
+/// strategies), open, and floored at the slots of those pools: that many single-call tasks
+/// never queue behind each other, which is what charging each its declared slot admitted
+/// before (issue 14), so the limit only bounds the oversubscription that charging calls in
+/// flight allows. Without the floor a queue the board does not cause (an outside client on
+/// the server) holds the board to one task (`--scenario outside-client`: 23 tasks to 9).
+fn slot_limit(strategy: &Strategy, hosts: &[Host], config: AimdConfig) -> Option<Aimd> {
+    if !matches!(strategy, Strategy::Governor | Strategy::GovernorDeclared) {
+        return None;
+    }
+    let slots: usize = hosts
+        .iter()
+        .map(|h| match h.regime {
+            Regime::Slots { slots, .. } => slots,
+            _ => 0,
+        })
+        .sum();
+    (slots > 0).then(|| {
+        Aimd::open(AimdConfig {
+            min: config.min.max(u32::try_from(slots).unwrap_or(u32::MAX)),
+            ..config
+        })
+    })
+}
+
 fn micros(t: f64) -> u64 {
     (t * 1e6).max(0.0) as u64
 }
@@ -470,11 +495,7 @@ impl<'a> Run<'a> {
                 .collect(),
             active: Vec::new(),
             gateway: vec![VecDeque::new(); hosts.len()],
-            limit: (matches!(strategy, Strategy::Governor | Strategy::GovernorDeclared)
-                && hosts
-                    .iter()
-                    .any(|h| matches!(h.regime, Regime::Slots { .. })))
-            .then(|| Aimd::open(params.latency)),
+            limit: slot_limit(strategy, hosts, params.latency),
         };
         if let Strategy::VllmWatermark(w) = strategy {
             for e in &mut r.engines {
