@@ -53,6 +53,7 @@ fn main() {
             assignee: format!("p{}", i % 8),
             since: Millis::secs(999_000),
             context_tokens: None,
+            requests_in_flight: None,
         })
         .collect();
     let waiting = (0..10_000u64)

@@ -345,6 +345,7 @@ mod tests {
                 assignee: (*who).to_owned(),
                 since: Millis(0),
                 context_tokens: None,
+                requests_in_flight: None,
             })
             .collect()
     }

@@ -253,12 +253,14 @@ pub fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
     if args.scenario == Scenario::NoisyNeighbour && args.trace.is_none() {
         noisy_neighbour(&mut setup.host, 0.25, horizon);
     }
+    let latency = setup.latency;
     Ok(Plan {
         setup,
         tasks,
         params: Params {
             horizon,
             call_timeout: args.call_timeout.as_secs_f64(),
+            latency,
             ..Params::default()
         },
         strategies: args.strategies.clone(),

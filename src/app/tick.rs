@@ -264,6 +264,7 @@ fn observe_snapshot(
                     assignee: t.assignee.clone().unwrap_or_default(),
                     since: t.started_at.unwrap_or(now),
                     context_tokens: None,
+                    requests_in_flight: None,
                 });
             }
             TaskStatus::Ready | TaskStatus::Todo if !state.in_flight.contains_key(&t.id) => {
@@ -287,8 +288,15 @@ fn observe_snapshot(
     };
     let followed = learning::follow(policy, state, snap, &running, evidence);
     // What the pass-through saw each running task reach (charged with its profile's growth).
+    // And its calls in flight now (a slot pool charges those, under the latency limit); a
+    // task the pass-through has not seen stays `None`, charged its declared slots.
     for r in &mut running {
         r.context_tokens = learning::context_seen(state, &r.id);
+        r.requests_in_flight = opts
+            .proxy
+            .as_ref()
+            .and_then(|m| m.get(&r.id))
+            .map(|t| t.in_flight);
     }
     for p in &followed.estimated {
         tracing::info!(task = %p.task, profile = %p.profile, peak_tokens = p.tokens,
@@ -318,6 +326,7 @@ fn observe_snapshot(
             assignee: w.profile.to_string(),
             since: w.finishing_since.unwrap_or(now),
             context_tokens: None,
+            requests_in_flight: None,
         });
     }
     for (id, f) in &state.in_flight {
@@ -327,6 +336,7 @@ fn observe_snapshot(
             assignee: f.profile.to_string(),
             since: f.released_at,
             context_tokens: None,
+            requests_in_flight: None,
         });
     }
 

@@ -37,6 +37,29 @@
 //! refused request (KV in GPU bytes: per-request engines without paging; slots), a running
 //! task is charged its bound for its whole life, whatever its context: that pool's sum of
 //! charges is a true bound (property test in `governor::tests`).
+//!
+//! # Running tasks in a slot pool
+//!
+//! A fixed-slot engine (llama.cpp `-np N`) preallocates every slot's KV when it starts, so
+//! nothing a request does there allocates memory: a request that finds every slot busy
+//! waits in the server's queue for one, and a request longer than a slot is refused (checked
+//! per profile, [`Infeasible::SlotContext`], and unchanged here). An agent's task holds a
+//! slot only while one of its calls is in flight, not while it runs its tools. So a running
+//! task whose requests in flight are seen (the pass-through counts them per task; the
+//! simulator knows them) is charged that many slots, 0 between calls, and that share of its
+//! KV; a task not seen (no pass-through, not yet called, released and not yet running) is
+//! charged its declared slots for its whole life as before, so without the pass-through
+//! nothing changes (property test in `governor::tests`).
+//!
+//! Why that is safe there: the slot charge is then a snapshot, and tasks between calls may
+//! all call at once, more than there are slots. The overflow cannot OOM, fail or offload
+//! anything (the slots' memory is already held, GPU bytes are still charged bound by
+//! bound); it queues at the server, which is latency. What bounds that queue is the latency
+//! limit (AIMD on TTFT, [`crate::governor::limit`]): queued requests miss the TTFT target,
+//! the limit drops below the tasks running, and nothing more is released until the queue
+//! meets the target again. So without a latency limit in force (`Observation::latency_limit`
+//! is `None`) `decide` charges every running task its declared slots, seen or not;
+//! `simulate` runs the governor with the limit on pools with slots, as the daemon does.
 
 use super::types::{
     Bytes, EngineSample, GpuSample, Headroom, HoldReason, KvPlacement, Millis, PoolBudget,
@@ -259,7 +282,39 @@ impl PoolLedger {
     /// learned how fast its tasks grow, what it holds now plus what it may add over
     /// [`GROWTH_HORIZON_S`] (module doc, "Running tasks in a KV pool"), never above its
     /// bound; anywhere else, or unseen, as [`PoolLedger::charge_of`] charges a waiting task.
+    ///
+    /// In a pool with fixed slots, a task whose `requests_in_flight` are seen is charged that
+    /// many slots, and the KV of that many requests (module doc, "Running tasks in a slot
+    /// pool"); unseen, its declared slots as a waiting task.
     pub fn charge_running(
+        &self,
+        wc: &WorstCase,
+        spread: Option<&Spread>,
+        context_tokens: Option<u64>,
+        requests_in_flight: Option<u32>,
+    ) -> Charge {
+        let by_context = self.charge_running_by_context(wc, spread, context_tokens);
+        match (self.slots, requests_in_flight) {
+            (Some(_), Some(n)) => {
+                let n = u128::from(n);
+                let declared = u128::from(wc.slots.max(1));
+                // Fewer requests than declared hold that share of its KV (each request is
+                // bounded by `request_tokens`); more than declared are charged as they are
+                // (slots) and the whole declared KV: never less than it holds.
+                let share = |x: u128| (x * n.min(declared)).div_ceil(declared);
+                Charge {
+                    slots: n,
+                    kv_tokens: share(by_context.kv_tokens),
+                    kv_mean: share(by_context.kv_mean),
+                    kv_var: if n == 0 { 0 } else { by_context.kv_var },
+                    ..by_context
+                }
+            }
+            _ => by_context,
+        }
+    }
+
+    fn charge_running_by_context(
         &self,
         wc: &WorstCase,
         spread: Option<&Spread>,

@@ -183,6 +183,10 @@ impl<'a> Admission<'a> {
                         &self.charged_wc[pi],
                         self.spread[pi].as_ref(),
                         task.context_tokens,
+                        // Only under a latency limit: it is what bounds the queue a slot
+                        // charge by calls in flight can build (admission module doc).
+                        task.requests_in_flight
+                            .filter(|_| self.obs.latency_limit.is_some()),
                     );
                     ledger.charge(&c);
                 }

@@ -86,6 +86,7 @@ fn running(id: &str, profile: &str) -> RunningTask {
         assignee: profile.into(),
         since: Millis::secs(900),
         context_tokens: None,
+        requests_in_flight: None,
     }
 }
 
@@ -463,6 +464,7 @@ fn a_running_task_is_charged_its_context_and_its_growth_over_the_horizon_in_a_kv
     });
     let seen = |id: &str, tokens: u64| RunningTask {
         context_tokens: Some(tokens),
+        requests_in_flight: None,
         ..running(id, "coder")
     };
     o.running = vec![seen("r_0", 2_000), seen("r_1", 2_000), seen("r_2", 2_000)];
@@ -817,6 +819,7 @@ proptest! {
             .enumerate()
             .map(|(i, &(pi, tokens))| RunningTask {
                 context_tokens: Some(tokens),
+                requests_in_flight: None,
                 ..running(&format!("r_{i}"), &format!("p{}", pi % n))
             })
             .collect();
@@ -840,4 +843,97 @@ proptest! {
             "{charged} over a baseline of {used} GiB passes the ceiling {ceiling}"
         );
     }
+}
+
+proptest! {
+    #[test]
+    fn a_slot_charge_by_calls_in_flight_changes_nothing_where_they_are_unseen_or_no_latency_limit_holds(
+        slots in 1u32..8,
+        per_task in prop::collection::vec(1u32..4, 1..4),
+        runs in prop::collection::vec((0usize..4, 0u32..5), 0..8),
+        waits in prop::collection::vec(0usize..4, 0..12),
+        limit in 1u32..20,
+    ) {
+        // Issue 14: a running task is charged the slots its calls hold only where the
+        // pass-through sees them and a latency limit bounds the queue that can build. Unseen,
+        // or with no limit, every running task is charged its declared slots as before; seen
+        // with as many calls as it declares, the same. Where everything waiting is admitted
+        // charged as declared, it is admitted charged by fewer calls too.
+        let mut pool = gpu_pool();
+        pool.slots = Some(slots);
+        let profiles: Vec<ProfilePolicy> = per_task
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let mut q = profile(&format!("p{i}"), 1);
+                q.declared.slots = k;
+                q
+            })
+            .collect();
+        let n = profiles.len();
+        let mut p = policy(profiles);
+        p.pools = vec![pool];
+        let declared = |pi: usize| per_task[pi % n];
+        let with = |calls: &dyn Fn(usize, u32) -> Option<u32>, latency: Option<u32>| {
+            let running: Vec<RunningTask> = runs
+                .iter()
+                .enumerate()
+                .map(|(i, &(pi, c))| RunningTask {
+                    requests_in_flight: calls(pi, c),
+                    ..running(&format!("r_{i}"), &format!("p{}", pi % n))
+                })
+                .collect();
+            let mut o = obs(gpu(2), running, queue(&waits, n));
+            o.latency_limit = latency;
+            decide(&p, &o)
+        };
+        for latency in [None, Some(limit)] {
+            let unseen = with(&|_, _| None, latency);
+            prop_assert_eq!(&with(&|pi, _| Some(declared(pi)), latency), &unseen);
+            let seen = with(&|_, c| Some(c), latency);
+            if latency.is_none() {
+                prop_assert_eq!(&seen, &unseen);
+            }
+            // (Not "at least as many releases": first fit in Hermes's order can spend freed
+            // slots on a wide task ahead of narrow ones.)
+            let fewer = with(&|pi, c| Some(c.min(declared(pi))), latency);
+            if unseen.held.is_empty() {
+                prop_assert!(fewer.held.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn under_a_latency_limit_a_running_task_between_calls_holds_no_slot() {
+    // Issue 14: two slots, two running tasks. Unseen, they hold both slots; seen between
+    // calls (0 in flight) and with one call, they hold one, so one more task is released.
+    let mut pool = gpu_pool();
+    pool.slots = Some(2);
+    let mut p = policy(vec![profile("small", 1)]);
+    p.pools = vec![pool];
+    let run = |id: &str, calls: Option<u32>| RunningTask {
+        requests_in_flight: calls,
+        ..running(id, "small")
+    };
+    let waiting = vec![waiting("t_1", "small", 0, 1), waiting("t_2", "small", 0, 2)];
+    let mut o = obs(
+        gpu(0),
+        vec![run("r_1", None), run("r_2", None)],
+        waiting.clone(),
+    );
+    o.latency_limit = Some(10);
+    assert_eq!(released(&decide(&p, &o)), Vec::<&str>::new());
+    let mut o = obs(
+        gpu(0),
+        vec![run("r_1", Some(0)), run("r_2", Some(1))],
+        waiting,
+    );
+    assert_eq!(
+        released(&decide(&p, &o)),
+        Vec::<&str>::new(),
+        "no latency limit: charged as declared"
+    );
+    o.latency_limit = Some(10);
+    assert_eq!(released(&decide(&p, &o)), vec!["t_1"]);
 }

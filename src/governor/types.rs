@@ -429,6 +429,12 @@ pub struct RunningTask {
     /// pool, for profiles whose growth is learned ([`Spread::growth_per_min_kv_tokens`]).
     #[serde(default)]
     pub context_tokens: Option<u64>,
+    /// Its requests at the engine now (sent, not yet answered), where the pass-through or
+    /// the simulator sees them; `None` = not seen. Used only in a pool with fixed slots
+    /// (llama.cpp `-np`) under a latency limit, where a task holds a slot only while a call
+    /// of it is in flight ([`crate::governor::admission::PoolLedger::charge_running`]).
+    #[serde(default)]
+    pub requests_in_flight: Option<u32>,
 }
 
 /// Why a waiting task is not dispatchable regardless of capacity.

@@ -26,7 +26,8 @@ use crate::config::{
     VLLM_DEFAULT_UTILIZATION,
 };
 use crate::governor::admission::{self, KnownGpu, apply_headroom, longest_feasible};
-use crate::governor::{Bytes, FootprintMode, KvPlacement, Policy, ProfileId};
+use crate::governor::limit::AimdConfig;
+use crate::governor::{Bytes, FootprintMode, KvPlacement, Millis, Policy, ProfileId};
 use engine::{Hardware, Regime, Speed};
 use peers::HostMemory;
 use run::{Host, Outcome, Params, Run, Strategy};
@@ -57,6 +58,9 @@ pub struct Setup {
     pub more_pools: Vec<PoolSetup>,
     /// Each profile's pool (same order as `profiles`): 0 is `host`, k is `more_pools[k - 1]`.
     pub pool_of_profile: Vec<usize>,
+    /// The config's `[latency]`, for the governor's latency limit where it runs one
+    /// ([`run::Params::latency`]).
+    pub latency: AimdConfig,
 }
 
 /// A pool of a config beyond its first: its GPU and engine, and the governor's ceiling there.
@@ -189,6 +193,13 @@ pub fn setup_measured(cfg: &Config, measured: Option<(u64, u64)>) -> Result<Setu
         ceiling,
         more_pools,
         pool_of_profile,
+        latency: AimdConfig {
+            slo: Millis::from_duration(cfg.latency.ttft_slo),
+            min: cfg.latency.min_limit,
+            max: cfg.latency.max_limit,
+            backoff: cfg.latency.backoff,
+            dwell: Millis::from_duration(cfg.latency.dwell),
+        },
     })
 }
 

@@ -11,7 +11,9 @@
 use super::engine::{Engine, Event, Failure, Regime, Request};
 use super::peers::{self, EndpointMetrics, HostMemory};
 use super::workload::TaskSpec;
+use crate::config;
 use crate::governor::learned::{PeakStats, learned_spread, learned_worst_case};
+use crate::governor::limit::{Aimd, AimdConfig, ConcurrencyLimit, Outcome as LimitOutcome, Sample};
 use crate::governor::{
     Bytes, EngineSample, FootprintMode, GpuSample, Millis, Observation, Policy, PoolObservation,
     ProfileId, Readiness, RunningTask, Spread, TaskId, WaitingTask, WorstCase, decide,
@@ -165,6 +167,11 @@ pub struct Params {
     pub horizon: f64,
     /// Memory sampling and timeout checks, seconds.
     pub sample_every: f64,
+    /// The governor's latency limit (`[latency]`), run where a pool has fixed slots: there a
+    /// running task is charged the slots its calls hold now, and this limit bounds the queue
+    /// (`governor::admission`, "Running tasks in a slot pool"). Fed with every call's TTFT
+    /// and timeout as the pass-through feeds the daemon's, so it starts open.
+    pub latency: AimdConfig,
 }
 
 impl Params {
@@ -183,6 +190,13 @@ impl Default for Params {
             spawn_delay: 3.0,
             horizon: 7200.0,
             sample_every: 1.0,
+            latency: AimdConfig {
+                slo: Millis::from_duration(config::DEFAULT_TTFT_SLO),
+                min: config::DEFAULT_MIN_LIMIT,
+                max: config::DEFAULT_MAX_LIMIT,
+                backoff: config::DEFAULT_BACKOFF,
+                dwell: Millis::from_duration(config::DEFAULT_DWELL),
+            },
         }
     }
 }
@@ -378,6 +392,34 @@ pub struct Run<'a> {
     /// Per pool, calls held at llm-d's gateway while the pool is saturated (empty for other
     /// strategies).
     gateway: Vec<VecDeque<Request>>,
+    /// The governor's latency limit, where it charges slots by the calls in flight (`None`:
+    /// other strategies, or no pool with slots).
+    limit: Option<Aimd>,
+}
+
+/// The governor's latency limit where a pool has fixed slots (`None` elsewhere, and for other
+/// strategies), open, and floored at the slots of those pools: that many single-call tasks
+/// never queue behind each other, which is what charging each its declared slot admitted
+/// before (issue 14), so the limit only bounds the oversubscription that charging calls in
+/// flight allows. Without the floor a queue the board does not cause (an outside client on
+/// the server) holds the board to one task (`--scenario outside-client`: 23 tasks to 9).
+fn slot_limit(strategy: &Strategy, hosts: &[Host], config: AimdConfig) -> Option<Aimd> {
+    if !matches!(strategy, Strategy::Governor | Strategy::GovernorDeclared) {
+        return None;
+    }
+    let slots: usize = hosts
+        .iter()
+        .map(|h| match h.regime {
+            Regime::Slots { slots, .. } => slots,
+            _ => 0,
+        })
+        .sum();
+    (slots > 0).then(|| {
+        Aimd::open(AimdConfig {
+            min: config.min.max(u32::try_from(slots).unwrap_or(u32::MAX)),
+            ..config
+        })
+    })
 }
 
 fn micros(t: f64) -> u64 {
@@ -453,6 +495,7 @@ impl<'a> Run<'a> {
                 .collect(),
             active: Vec::new(),
             gateway: vec![VecDeque::new(); hosts.len()],
+            limit: slot_limit(strategy, hosts, params.latency),
         };
         if let Strategy::VllmWatermark(w) = strategy {
             for e in &mut r.engines {
@@ -675,6 +718,9 @@ impl<'a> Run<'a> {
         match e {
             Event::FirstToken { ttft, .. } => {
                 self.ttfts.push(ttft);
+                self.feed_limit(LimitOutcome::Completed {
+                    ttft: Millis((ttft * 1000.0) as u64),
+                });
                 0
             }
             Event::Done { id, task } => {
@@ -684,6 +730,11 @@ impl<'a> Run<'a> {
                 }
                 t.requests.retain(|&r| r != id);
                 t.outstanding -= 1;
+                if self.limit.is_some() {
+                    // A slot freed: the governor charges its task one slot less.
+                    self.generation += 1;
+                }
+                let t = &mut self.tasks[task];
                 if t.outstanding > 0 {
                     return 0;
                 }
@@ -793,6 +844,7 @@ impl<'a> Run<'a> {
                         }
                         if self.tasks[task].requests.contains(&id) {
                             self.timeouts += 1;
+                            self.feed_limit(LimitOutcome::Dropped);
                             closed += self.fail_run(task);
                         } else {
                             self.engines[k].cancel(id);
@@ -807,6 +859,7 @@ impl<'a> Run<'a> {
                             .collect();
                         for task in stalled {
                             self.timeouts += 1;
+                            self.feed_limit(LimitOutcome::Dropped);
                             closed += self.fail_run(task);
                         }
                         self.drain_gateway(k);
@@ -1119,6 +1172,7 @@ impl<'a> Run<'a> {
                     assignee: self.profile_ids[self.specs[i].profile].to_string(),
                     since: Millis(micros(self.tasks[i].started) / 1000),
                     context_tokens: self.context_seen(i),
+                    requests_in_flight: self.requests_seen(i),
                 })
                 .collect(),
             waiting: self
@@ -1144,7 +1198,7 @@ impl<'a> Run<'a> {
                 })
                 .collect(),
             dual_dispatcher: None,
-            latency_limit: None,
+            latency_limit: self.limit.as_ref().map(ConcurrencyLimit::limit),
             learned: self.learned.clone(),
             spread: self.spread.clone(),
         };
@@ -1154,6 +1208,45 @@ impl<'a> Run<'a> {
             .iter()
             .filter_map(|r| r.id.0.strip_prefix('t')?.parse().ok())
             .collect()
+    }
+
+    /// The requests task `i` has at the engine now, as the pass-through sees them: `None`
+    /// before its first call (the pass-through has not seen it yet).
+    fn requests_seen(&self, i: usize) -> Option<u32> {
+        let t = &self.tasks[i];
+        (t.turn > 0 || t.outstanding > 0).then_some(t.outstanding)
+    }
+
+    /// Feed one call's outcome to the governor's latency limit (where it has one), with the
+    /// tasks running then; a raise may release more, so an idle decision is recomputed.
+    fn feed_limit(&mut self, outcome: LimitOutcome) {
+        if self.limit.is_none() {
+            return;
+        }
+        let running = match self.counts {
+            Some((running, _)) => running,
+            None => {
+                let tasks = &self.tasks;
+                let n = self
+                    .active
+                    .iter()
+                    .filter(|&&i| tasks[i].phase == TaskPhase::Running)
+                    .count();
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        };
+        let at = Millis(micros(self.now) / 1000);
+        if let Some(limit) = self.limit.as_mut() {
+            let before = limit.limit();
+            limit.on_sample(Sample {
+                at,
+                in_flight: running,
+                outcome,
+            });
+            if limit.limit() > before {
+                self.generation += 1;
+            }
+        }
     }
 
     /// The context task `i` has reached so far, all its requests together, as the pass-through

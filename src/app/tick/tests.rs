@@ -672,6 +672,45 @@ fn a_running_tasks_context_the_proxy_measured_reaches_the_decision() {
 }
 
 #[test]
+fn a_running_tasks_calls_in_flight_the_proxy_counts_reach_the_decision() {
+    // Issue 14: a slot pool charges a running task the calls it has in flight, so the count
+    // must reach the observation; a task the proxy never saw stays `None` (its declared slots).
+    let mut rig = Rig::new(vec![
+        task("t_r", "big", TaskStatus::Running, 0, 1),
+        task("t_s", "big", TaskStatus::Running, 0, 2),
+    ]);
+    let proxied = |in_flight: u32| {
+        let t = learning::ProxyTask {
+            peak: learning::MeasuredPeak {
+                tokens: 1_000,
+                exact: true,
+            },
+            in_flight,
+            ended: 1,
+        };
+        TickOptions {
+            proxy: Some(BTreeMap::from([(TaskId::from("t_r"), t)])),
+            ..TickOptions::default()
+        }
+    };
+    let calls = |r: &TickReport, id: &str| {
+        r.observed
+            .observation
+            .running
+            .iter()
+            .find(|t| t.id.as_str() == id)
+            .map(|t| t.requests_in_flight)
+    };
+    let r = rig.tick_with(&proxied(0));
+    assert_eq!(calls(&r, "t_r"), Some(Some(0)));
+    assert_eq!(calls(&r, "t_s"), Some(None), "the proxy never saw it");
+    let r = rig.tick_with(&proxied(2));
+    assert_eq!(calls(&r, "t_r"), Some(Some(2)));
+    let r = rig.tick_with(&TickOptions::default());
+    assert_eq!(calls(&r, "t_r"), Some(None), "no proxy: not seen");
+}
+
+#[test]
 fn a_worker_lingering_past_the_grace_is_no_longer_charged() {
     let mut rig = t_a_done_with_its_worker_alive();
     assert!(rig.tick().released.is_empty());
